@@ -1,0 +1,20 @@
+"""encoder-shrink: small drop-in students for the T5-XXL text encoder of FLUX, SD3 and PixArt pipelines."""
+
+from encoder_shrink.compat import check_compatible, swap_text_encoder
+from encoder_shrink.configuration import ShrunkT5Config
+from encoder_shrink.pipelines import adapter_for, register_adapter, registered_families
+from encoder_shrink.student import ShrunkT5EncoderModel
+from encoder_shrink.weights import WeightsError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ShrunkT5Config",
+    "ShrunkT5EncoderModel",
+    "WeightsError",
+    "adapter_for",
+    "check_compatible",
+    "register_adapter",
+    "registered_families",
+    "swap_text_encoder",
+]

@@ -1,0 +1,72 @@
+"""ShrunkT5Config: the config of a student encoder, and the record of the teacher it replaces."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import T5Config
+
+# The paper's projector (arXiv 2503.19897, section 3.2) uses dropout 0.1 between its two linears.
+DEFAULT_PROJECTOR_DROPOUT = 0.1
+# T5-XXL's width, the conditioning width of FLUX.1, SD3/3.5 and PixArt-alpha/sigma.
+T5_XXL_DIM = 4096
+
+
+@strict
+class ShrunkT5Config(T5Config):
+    r"""
+    Configuration of a [`ShrunkT5EncoderModel`]: every field of a [`~transformers.T5Config`] (the student's own
+    T5), the projector that maps its output to the teacher's width, and a record of what the student replaces.
+
+    Args:
+        teacher_dim (`int`, defaults to 4096):
+            Width of the teacher's embeddings, i.e. of what the student returns (T5-XXL: 4096).
+        projector_dropout (`float`, defaults to 0.1):
+            Dropout between the two linears of the projector (active in training mode only).
+        pipeline_family (`str`, *optional*):
+            Pipeline family the student was made for (`"flux"`, `"sd3"`, `"pixart-alpha"`, `"pixart-sigma"`).
+        component (`str`, *optional*):
+            The pipeline slot it replaces (`"text_encoder_2"` for FLUX, `"text_encoder_3"` for SD3, ...).
+        teacher_name_or_path (`str`, *optional*):
+            Id or path of the teacher encoder or pipeline.
+        max_sequence_length (`int`, *optional*):
+            Padded prompt length the student was distilled at (FLUX-dev 512, schnell 256, SD3 256, PixArt 120/300).
+        use_attention_mask (`bool`, *optional*):
+            Whether the pipeline passes an attention mask to the encoder (PixArt does, FLUX and SD3 do not).
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink import ShrunkT5Config
+    >>> config = ShrunkT5Config(d_model=768, num_layers=12, num_heads=12, teacher_dim=4096)
+    >>> config.teacher_dim
+    4096
+    ```
+    """
+
+    model_type = "shrunk_t5"
+
+    teacher_dim: int = T5_XXL_DIM
+    projector_dropout: float | int = DEFAULT_PROJECTOR_DROPOUT
+    pipeline_family: str | None = None
+    component: str | None = None
+    teacher_name_or_path: str | None = None
+    max_sequence_length: int | None = None
+    use_attention_mask: bool | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.teacher_dim <= 0:
+            raise ValueError(f"ShrunkT5Config: teacher_dim must be a positive width, got {self.teacher_dim!r}.")
+        if not 0.0 <= self.projector_dropout < 1.0:
+            raise ValueError(
+                f"ShrunkT5Config: projector_dropout must be in [0, 1), got {self.projector_dropout!r}."
+            )
+        if self.max_sequence_length is not None and self.max_sequence_length <= 0:
+            raise ValueError(
+                "ShrunkT5Config: max_sequence_length must be a positive number of tokens or None, "
+                f"got {self.max_sequence_length!r}."
+            )
+        if self.component is not None and not self.component.isidentifier():
+            raise ValueError(
+                f"ShrunkT5Config: component must be a pipeline attribute such as 'text_encoder_2', got {self.component!r}."
+            )
+        super().__post_init__(**kwargs)

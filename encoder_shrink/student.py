@@ -1,0 +1,267 @@
+"""ShrunkT5EncoderModel: a small T5 encoder plus the paper's projector, a drop-in for a pipeline's T5-XXL."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# `PreTrainedModel` must be a name of this module: a pipeline saved with the student inside records this
+# module in model_index.json, and diffusers picks the load method by looking up `<module>.PreTrainedModel`.
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel, T5Config, T5EncoderModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.t5.modeling_t5 import T5PreTrainedModel, T5Stack
+from transformers.utils.generic import can_return_tuple
+
+from encoder_shrink.configuration import T5_XXL_DIM, ShrunkT5Config
+from encoder_shrink.reference import REFERENCE_KEY_MAPPING, is_reference_config, reference_to_student_config
+from encoder_shrink.weights import WeightsError, safetensors_files
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PreTrainedModel", "ShrunkT5EncoderModel"]
+
+# Keys `from_pretrained` passes on to the hub when it reads a config (everything else is a loading option).
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+# Saved metadata and fields T5Config derives from `feed_forward_proj` itself.
+_T5_CONFIG_KEYS_TO_DROP = (
+    "model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype",
+    "dense_act_fn", "is_gated_act", "scale_decoder_outputs",
+)
+
+
+class ShrunkT5EncoderModel(T5EncoderModel):
+    r"""
+    A T5 encoder followed by the projector of "Scaling Down Text Encoders of Text-to-Image Diffusion Models"
+    (`Linear(d_model -> teacher_dim) -> ReLU -> Dropout(0.1) -> Linear(teacher_dim -> teacher_dim)`, no biases), so
+    it returns embeddings of the teacher's width and a pipeline cannot tell it from its T5-XXL.
+
+    It *is a* [`~transformers.T5EncoderModel`], so diffusers accepts it silently in `text_encoder_2=` (FLUX),
+    `text_encoder_3=` (SD3) and `text_encoder=` (PixArt). Its forward takes what those pipelines pass
+    (`input_ids`, `attention_mask`, `output_hidden_states`, `return_dict`) and returns `last_hidden_state` of width
+    `config.teacher_dim` (`hidden_states`, when asked for, are the student's own, of width `config.d_model`).
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink import ShrunkT5Config, ShrunkT5EncoderModel
+    >>> student = ShrunkT5EncoderModel(ShrunkT5Config(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8,
+    ...                                              vocab_size=100, teacher_dim=64))
+    >>> student(torch.tensor([[5, 6, 1]])).last_hidden_state.shape
+    torch.Size([1, 3, 64])
+    ```
+    """
+
+    config_class = ShrunkT5Config
+    # Keeps `device_map="auto"` from splitting a T5 block (its residual stream) across devices.
+    _no_split_modules = ["T5Block"]
+
+    def __init__(self, config: ShrunkT5Config):
+        # Built here instead of through T5EncoderModel.__init__ so that `post_init` (weight init, tying) runs once,
+        # after the projector exists.
+        T5PreTrainedModel.__init__(self, config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        config.use_cache = False
+        config.is_encoder_decoder = False
+        self.encoder = T5Stack(config)
+        # Named as in the reference checkpoint (`final_projection.0/.3`), so both formats share the projector keys.
+        self.final_projection = nn.Sequential(
+            nn.Linear(config.d_model, config.teacher_dim, bias=False),
+            nn.ReLU(),
+            nn.Dropout(config.projector_dropout),
+            nn.Linear(config.teacher_dim, config.teacher_dim, bias=False),
+        )
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if module is self.final_projection[0] or module is self.final_projection[3]:
+            # Same scale as T5's own feed-forward input (std = fan_in ** -0.5): keeps the projected values O(1).
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_factor * module.in_features**-0.5)
+            return
+        super()._init_weights(module)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the embeddings `forward` returns (FLUX casts its prompt embeddings to it)."""
+        return self.final_projection[-1].weight.dtype
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        r"""
+        Encode tokens and project them to the teacher's width.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids from the pipeline's
+                T5 tokenizer.
+            attention_mask (`torch.Tensor`, *optional*): 1 for tokens to attend to (PixArt passes one).
+            inputs_embeds (`torch.Tensor`, *optional*): instead of `input_ids`.
+            output_hidden_states / output_attentions / return_dict: as for any transformers model.
+
+        Returns:
+            [`~transformers.modeling_outputs.BaseModelOutput`] (or a tuple) whose `last_hidden_state` has shape
+            `(batch_size, sequence_length, config.teacher_dim)` and dtype `self.dtype`.
+        """
+        outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        projection = self.final_projection
+        embeddings = projection(outputs.last_hidden_state.to(projection[0].weight.dtype))
+        return BaseModelOutput(
+            last_hidden_state=embeddings, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+    @classmethod
+    def from_t5(
+        cls,
+        t5: T5EncoderModel | T5Config | str | os.PathLike,
+        teacher_dim: int = T5_XXL_DIM,
+        **config_kwargs,
+    ) -> ShrunkT5EncoderModel:
+        r"""
+        Build a student from a T5, keeping that T5's weights (the paper's pretrained initialisation).
+
+        Args:
+            t5: a [`~transformers.T5EncoderModel`] or `T5ForConditionalGeneration` (its encoder is copied), a
+                [`~transformers.T5Config`] (random weights), or the id/path of a T5 checkpoint (safetensors).
+            teacher_dim: width of the teacher's embeddings (4096 for T5-XXL).
+            config_kwargs: further [`ShrunkT5Config`] fields, e.g. `pipeline_family="flux"`,
+                `component="text_encoder_2"`, `max_sequence_length=512`.
+
+        The student is float32 (master weights for training); cast it with `.to(dtype)` for inference.
+
+        Example:
+
+        ```python
+        >>> student = ShrunkT5EncoderModel.from_t5("google/t5-v1_1-base", teacher_dim=4096)  # doctest: +SKIP
+        ```
+        """
+        if isinstance(t5, (str, os.PathLike)):
+            config = AutoConfig.from_pretrained(t5)
+            _require_t5_config(config, f"{t5!s} is a {type(config).__name__}")
+            if Path(t5).is_dir():
+                safetensors_files(t5)
+            t5 = T5EncoderModel.from_pretrained(t5, use_safetensors=True, dtype=torch.float32)
+        if isinstance(t5, ShrunkT5EncoderModel) or isinstance(t5, ShrunkT5Config):
+            raise TypeError("from_t5 got a student already; use it as it is, or pass the T5 it was built from.")
+        if isinstance(t5, PreTrainedConfig):
+            _require_t5_config(t5, f"got a {type(t5).__name__}")
+            return cls(_student_config(t5, teacher_dim, config_kwargs))
+        if not isinstance(t5, PreTrainedModel) or not hasattr(t5, "get_encoder"):
+            raise TypeError(
+                f"from_t5 expects a T5EncoderModel, a T5Config or a T5 id/path, got {type(t5).__name__}."
+            )
+        _require_t5_config(t5.config, f"got a {type(t5).__name__}")
+        student = cls(_student_config(t5.config, teacher_dim, config_kwargs))
+        # Strict loads: every T5 tensor lands in the student or this raises; only the projector stays fresh.
+        student.shared.load_state_dict(t5.get_input_embeddings().state_dict())
+        student.encoder.load_state_dict(t5.get_encoder().state_dict())
+        student.tie_weights()
+        return student
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> ShrunkT5EncoderModel:
+        r"""
+        Load a student saved by [`~ShrunkT5EncoderModel.save_pretrained`], or a checkpoint of the reference
+        implementation (`T5EncoderWithProjection`, e.g. `LifuWang/DistillT5`), from a local folder or the hub.
+
+        Loads safetensors only. Missing, truncated or pickle-only weights and folders that hold another kind of
+        model raise a one-line `ValueError` instead of loading a partly random model. All options of
+        [`~transformers.PreTrainedModel.from_pretrained`] (`dtype`, `device_map`, ...) apply.
+
+        Example:
+
+        ```python
+        >>> student = ShrunkT5EncoderModel.from_pretrained("out/student", dtype=torch.bfloat16)  # doctest: +SKIP
+        ```
+        """
+        path = pretrained_model_name_or_path
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("ShrunkT5EncoderModel loads safetensors only; drop use_safetensors=False.")
+        kwargs["use_safetensors"] = True
+        local = Path(path) / kwargs.get("subfolder", "")
+        if local.is_dir():
+            safetensors_files(local)
+        if kwargs.get("config") is None:
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            config_dict, _ = PreTrainedConfig.get_config_dict(path, **hub_kwargs)
+            if is_reference_config(config_dict):
+                kwargs["config"] = reference_to_student_config(config_dict)
+                kwargs["key_mapping"] = REFERENCE_KEY_MAPPING
+            elif config_dict.get("model_type") != ShrunkT5Config.model_type:
+                raise ValueError(
+                    f"{path} holds a {config_dict.get('model_type', 'unknown')!r} model, not a student encoder; "
+                    "build one with ShrunkT5EncoderModel.from_t5(...)."
+                )
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
+        incomplete = sorted(info["missing_keys"]) + [key for key, *_ in info.get("mismatched_keys", [])]
+        if incomplete:
+            raise WeightsError(
+                f"{path} does not hold a complete student: {len(incomplete)} weights are missing or of the wrong "
+                f"shape ({', '.join(incomplete[:3])}{', ...' if len(incomplete) > 3 else ''}); re-save it with "
+                "save_pretrained."
+            )
+        if info["unexpected_keys"]:
+            logger.warning("Ignored %d unexpected weights in %s.", len(info["unexpected_keys"]), path)
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        r"""
+        Write `config.json` and `model.safetensors` (safetensors only) to `save_directory`.
+
+        Files are written to a temporary folder beside it and then moved in, so an interrupted save never leaves a
+        half-written weight file; weight files of an earlier save that the new one does not have are removed.
+
+        Example:
+
+        ```python
+        >>> student.save_pretrained("out/student")  # doctest: +SKIP
+        ```
+        """
+        if kwargs.get("push_to_hub"):
+            raise ValueError("save_pretrained(push_to_hub=True) is not supported here; save, then upload the folder.")
+        target = Path(save_directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            # Our key names are the canonical format, also for a model loaded from the reference format.
+            kwargs["save_original_format"] = False
+            super().save_pretrained(staging, **kwargs)
+            target.mkdir(exist_ok=True)
+            written = {p.name for p in staging.iterdir()}
+            for stale in target.iterdir():
+                if stale.name not in written and (stale.suffix == ".safetensors" or stale.name.endswith(".index.json")):
+                    stale.unlink()
+            for name in sorted(written):
+                os.replace(staging / name, target / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _require_t5_config(config: PreTrainedConfig, what: str) -> None:
+    if not isinstance(config, T5Config) or config.model_type != "t5":
+        raise TypeError(
+            f"from_t5 needs a T5 (model_type 't5': T5, T5 v1.1, FLAN-T5), but {what} "
+            f"(model_type {getattr(config, 'model_type', None)!r})."
+        )
+
+
+def _student_config(t5_config: T5Config, teacher_dim: int, config_kwargs: dict) -> ShrunkT5Config:
+    fields = {k: v for k, v in t5_config.to_dict().items() if k not in _T5_CONFIG_KEYS_TO_DROP}
+    fields.update(config_kwargs, teacher_dim=teacher_dim)
+    return ShrunkT5Config(**fields)
+
+
+AutoConfig.register(ShrunkT5Config.model_type, ShrunkT5Config)
+AutoModel.register(ShrunkT5Config, ShrunkT5EncoderModel)

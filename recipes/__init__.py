@@ -1,0 +1,1 @@
+"""encoder_shrink.recipes: named, versioned distillation recipes (YAML) and their validation."""

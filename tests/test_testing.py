@@ -1,0 +1,51 @@
+"""encoder_shrink.testing: offline tokenizers and tiny pipelines that reload through from_pretrained."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from encoder_shrink import adapter_for, testing
+
+
+def test_t5_tokenizer_covers_the_published_prompts(shared_data):
+    tokenizer = testing.tiny_t5_tokenizer()
+    prompts = json.loads((shared_data / "CommonText_Test.json").read_text())[:200]
+    prompts += (shared_data / "T2I-CompBench" / "color_val.txt").read_text().splitlines()[:200]
+    prompts = [p for p in prompts if p.isascii()]
+    assert len(prompts) > 300
+    for prompt in prompts:
+        ids = tokenizer(prompt).input_ids
+        assert tokenizer.unk_token_id not in ids, prompt
+        assert ids[-1] == tokenizer.eos_token_id
+
+
+def test_tokenizers_reload_from_disk(tmp_path):
+    t5 = testing.tiny_t5_tokenizer(300)
+    t5.save_pretrained(tmp_path / "t5")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "t5")
+    assert reloaded("a red circle").input_ids == t5("a red circle").input_ids
+    assert reloaded.model_max_length == 300
+    clip = testing.tiny_clip_tokenizer()
+    clip.save_pretrained(tmp_path / "clip")
+    assert AutoTokenizer.from_pretrained(tmp_path / "clip")("a cat").input_ids == clip("a cat").input_ids
+
+
+@pytest.mark.parametrize("family", testing.TINY_FAMILIES)
+def test_tiny_pipeline_is_a_model_folder_that_reloads(family, tiny_pipeline_dirs):
+    folder = tiny_pipeline_dirs[family]
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == testing.tiny_pipeline_class(family).__name__
+    pipe = testing.load_tiny_pipeline(family, folder)
+    adapter = adapter_for(pipe)
+    assert adapter.name == family
+    assert type(adapter.teacher).__name__ == "T5EncoderModel"
+    images = pipe("a red circle", **testing.tiny_call_kwargs(pipe)).images
+    assert images.shape[0] == 1 and images.shape[-1] == 3
+
+
+def test_unknown_family_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="Unknown tiny pipeline family 'flux'; choose one of flux-dev"):
+        testing.save_tiny_pipeline("flux", tmp_path)
