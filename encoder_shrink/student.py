@@ -77,6 +77,8 @@ class ShrunkT5EncoderModel(T5EncoderModel):
             nn.Dropout(config.projector_dropout),
             nn.Linear(config.teacher_dim, config.teacher_dim, bias=False),
         )
+        # Kinds of "called unlike its distillation" already warned about (each is logged once).
+        self._call_warnings: set[str] = set()
         self.post_init()
 
     @torch.no_grad()
@@ -114,12 +116,32 @@ class ShrunkT5EncoderModel(T5EncoderModel):
             [`~transformers.modeling_outputs.BaseModelOutput`] (or a tuple) whose `last_hidden_state` has shape
             `(batch_size, sequence_length, config.teacher_dim)` and dtype `self.dtype`.
         """
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if tokens is not None:
+            self._warn_if_called_differently(tokens.shape[1], attention_mask is not None)
         outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         projection = self.final_projection
         embeddings = projection(outputs.last_hidden_state.to(projection[0].weight.dtype))
         return BaseModelOutput(
             last_hidden_state=embeddings, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
+
+    def _warn_if_called_differently(self, length: int, masked: bool) -> None:
+        """Warn once when the pipeline encodes at another length or masking than the student was distilled with."""
+        warned = self._call_warnings
+        expected_length, expected_mask = self.config.max_sequence_length, self.config.use_attention_mask
+        if expected_length is not None and length != expected_length and "length" not in warned:
+            warned.add("length")
+            logger.warning(
+                "Student was distilled at %d tokens but is called with %d; pass max_sequence_length=%d to the pipeline.",
+                expected_length, length, expected_length,
+            )
+        if expected_mask is not None and masked != expected_mask and "mask" not in warned:
+            warned.add("mask")
+            logger.warning(
+                "Student was distilled %s an attention mask but is called %s one.",
+                "with" if expected_mask else "without", "with" if masked else "without",
+            )
 
     @classmethod
     def from_t5(

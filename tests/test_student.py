@@ -63,6 +63,18 @@ def test_attention_mask_is_used():
     assert not torch.allclose(masked[0, :5], unmasked[0, :5])
 
 
+def test_warns_once_when_called_unlike_its_distillation(caplog):
+    student = _student(max_sequence_length=8, use_attention_mask=True)
+    with caplog.at_level("WARNING", logger="encoder_shrink"), torch.no_grad():
+        student(IDS, attention_mask=(IDS != 0).long())
+        assert caplog.text == ""
+        student(IDS[:, :5])
+        student(IDS[:, :6])
+    assert caplog.text.count("distilled at 8 tokens but is called with 5; pass max_sequence_length=8") == 1
+    assert caplog.text.count("distilled with an attention mask but is called without one") == 1
+    assert "called with 6" not in caplog.text
+
+
 def test_dtype_and_device_follow_the_returned_embeddings():
     student = _student().to(torch.bfloat16)
     assert student.dtype == torch.bfloat16
