@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoder_shrink.pipelines.base import PipelineAdapter, register_adapter
+import torch
+from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import retrieve_timesteps
+from diffusers.utils import is_bs4_available, is_ftfy_available
+
+from encoder_shrink.pipelines.base import PipelineAdapter, Trajectory, register_adapter
 
 
 class _PixArtAdapter(PipelineAdapter):
@@ -13,12 +17,66 @@ class _PixArtAdapter(PipelineAdapter):
     tokenizer_slot = "tokenizer"
     uses_attention_mask = True
     conditioning_width_key = "caption_channels"
+    guidance = "cfg"
     sigma: bool
+
+    def __init__(self, pipe: Any):
+        super().__init__(pipe)
+        # The pipelines call with clean_caption=True and fall back to lower-casing when bs4/ftfy are missing.
+        self.clean_caption = is_bs4_available() and is_ftfy_available()
 
     @classmethod
     def matches(cls, pipe: Any) -> bool:
         # Alpha and sigma share the denoiser class; the pipeline class tells them apart (PixArtSigmaPAGPipeline too).
         return super().matches(pipe) and ("Sigma" in type(pipe).__name__) == cls.sigma
+
+    def tokenize(self, texts, max_sequence_length):
+        texts = self.pipe._text_preprocessing(list(texts), clean_caption=self.clean_caption)
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=max_sequence_length, truncation=True,
+            add_special_tokens=True, return_tensors="pt",
+        )
+        return tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
+
+    @torch.no_grad()
+    def encode_teacher(self, texts: list[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
+        input_ids, mask = self.tokenize(texts, max_sequence_length)
+        t5 = self.teacher(input_ids, attention_mask=mask)[0]
+        return {"t5": t5.to(self.teacher.dtype)}
+
+    def start_trajectory(self, batch_size, resolution, num_inference_steps, generator) -> Trajectory:
+        device, dtype = self.device, self.denoiser.dtype
+        latents = self.pipe.prepare_latents(
+            batch_size, self.denoiser.config.in_channels, resolution, resolution, dtype, device, generator
+        )
+        scheduler = self._scheduler()
+        timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, device)
+        # eta=0.0 is the pipelines' default (DDIM); the helper keeps only what this scheduler's step accepts.
+        step_kwargs = self.pipe.prepare_extra_step_kwargs(generator, 0.0)
+        added = {"resolution": None, "aspect_ratio": None}
+        if not self.sigma and self.denoiser.config.sample_size == 128:
+            # PixArt-alpha 1024px micro-conditions, as PixArtAlphaPipeline builds them (CFG doubles the batch).
+            size = torch.tensor([[resolution, resolution]] * 2 * batch_size, dtype=dtype, device=device)
+            added = {"resolution": size, "aspect_ratio": torch.ones(2 * batch_size, 1, dtype=dtype, device=device)}
+        return Trajectory(latents=latents, timesteps=timesteps, scheduler=scheduler,
+                          extras={"step_kwargs": step_kwargs, "added_cond_kwargs": added})
+
+    def predict(self, trajectory, t, t5, rows, attention_mask, guidance_scale) -> torch.Tensor:
+        model_input = trajectory.scheduler.scale_model_input(torch.cat([trajectory.latents] * 2), t)
+        timestep = t[None] if t.ndim == 0 else t
+        prediction = self.denoiser(
+            model_input,
+            encoder_hidden_states=t5.to(self.denoiser.dtype),
+            encoder_attention_mask=attention_mask,
+            timestep=timestep.to(model_input.device).expand(model_input.shape[0]),
+            added_cond_kwargs=trajectory.extras["added_cond_kwargs"],
+            return_dict=False,
+        )[0]
+        uncond, text = prediction.chunk(2)
+        prediction = uncond + guidance_scale * (text - uncond)
+        if self.denoiser.config.out_channels // 2 == trajectory.latents.shape[1]:
+            prediction = prediction.chunk(2, dim=1)[0]  # learned sigma: the pipeline steps with the mean only
+        return prediction
 
 
 @register_adapter

@@ -63,6 +63,7 @@ def test_registry_refuses_duplicates_and_incomplete_adapters():
         encoder_slot = tokenizer_slot = conditioning_width_key = "x"
         max_sequence_length = 1
         uses_attention_mask = False
+        guidance = None
 
     with pytest.raises(ValueError, match="'flux-dev' is already registered"):
         register_adapter(Again)
