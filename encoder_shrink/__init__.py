@@ -3,17 +3,21 @@
 from encoder_shrink.compat import check_compatible, swap_text_encoder
 from encoder_shrink.configuration import ShrunkT5Config
 from encoder_shrink.pipelines import adapter_for, register_adapter, registered_families
+from encoder_shrink.recipes import load_recipe
+from encoder_shrink.shrinker import EncoderShrinker
 from encoder_shrink.student import ShrunkT5EncoderModel
 from encoder_shrink.weights import WeightsError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EncoderShrinker",
     "ShrunkT5Config",
     "ShrunkT5EncoderModel",
     "WeightsError",
     "adapter_for",
     "check_compatible",
+    "load_recipe",
     "register_adapter",
     "registered_families",
     "swap_text_encoder",

@@ -1,0 +1,112 @@
+"""PromptMixture: a stage's prompt sources mixed by weight, drawn deterministically by batch index (resumable)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from encoder_shrink.data.commontext import generate_commontext, read_commontext
+from encoder_shrink.data.readers import COMPBENCH_CATEGORIES, read_captions, read_compbench
+
+# Size of a generated CommonText set: the paper's 50 k training prompts (1 k for validation).
+COMMONTEXT_SIZES = {"train": 50_000, "val": 1_000}
+
+
+@dataclass
+class PromptMixture:
+    r"""
+    Prompt lists with mixing weights. `batch(index, size)` is a pure function of `(seed, index)`: each slot picks a
+    source by weight, then a prompt of it uniformly, so a resumed run draws exactly the batches it would have.
+
+    Example:
+
+    ```python
+    >>> mixture = PromptMixture({"a": ["x", "y"], "b": ["z"]}, {"a": 1.0, "b": 1.0}, seed=0)
+    >>> len(mixture.batch(0, 4))
+    4
+    ```
+    """
+
+    sources: dict[str, list[str]]
+    weights: dict[str, float]
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, prompts in self.sources.items():
+            if not prompts:
+                raise ValueError(f"prompt source {name!r} is empty.")
+        total = sum(self.weights[name] for name in self.sources)
+        self._names = list(self.sources)
+        self._p = np.array([self.weights[name] / total for name in self._names])
+
+    def batch(self, index: int, size: int, stream: int = 0) -> list[str]:
+        rng = np.random.default_rng([self.seed, stream, index])
+        picks = rng.choice(len(self._names), size=size, p=self._p)
+        prompts = []
+        for pick in picks:
+            source = self.sources[self._names[pick]]
+            prompts.append(source[rng.integers(len(source))])
+        return prompts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.sources.values())
+
+
+PromptsArg = None | str | os.PathLike | Sequence[str] | Mapping[str, "str | os.PathLike | Sequence[str]"]
+
+
+def _read_source(source, given, seed: int) -> list[str]:
+    """Prompts of one recipe source: from the distill call's `prompts` mapping, the recipe's path, or generated."""
+    where = given if given is not None else source.path
+    if where is not None and not isinstance(where, (str, os.PathLike)):
+        prompts = [str(p) for p in where]
+        if not prompts:
+            raise ValueError(f"the prompts given for source {source.kind!r} are empty.")
+        return prompts[: source.limit] if source.limit else prompts
+    if source.kind == "compbench":
+        if where is None:
+            raise ValueError(
+                "source 'compbench' needs the T2I-CompBench folder: pass prompts={'compbench': PATH} "
+                "(or --prompts compbench=PATH)."
+            )
+        return read_compbench(where, source.categories or COMPBENCH_CATEGORIES, source.split, source.limit)
+    if source.kind == "commontext":
+        if where is None:
+            return generate_commontext(source.limit or COMMONTEXT_SIZES[source.split], source.split, seed)
+        return read_commontext(where, source.limit)
+    if source.kind == "laion":
+        if where is None:
+            raise ValueError(
+                "source 'laion' needs a caption file (txt, json, jsonl or parquet): pass prompts={'laion': PATH} "
+                "(or --prompts laion=PATH)."
+            )
+        return read_captions(where, source.limit)
+    if where is None:
+        raise ValueError("source 'prompts' needs the prompts themselves: pass prompts=[...] or prompts={'prompts': PATH}.")
+    return read_captions(where, source.limit)
+
+
+def build_mixture(stage, prompts: PromptsArg = None, seed: int = 0) -> PromptMixture:
+    r"""
+    The [`PromptMixture`] of a recipe stage. `prompts` may be `None` (the recipe's sources), a list of prompts or one
+    file (they replace the stage's sources), or a mapping from source kind to a path or list.
+    """
+    if prompts is not None and not isinstance(prompts, Mapping):
+        if isinstance(prompts, (str, os.PathLike)):
+            path = Path(prompts)
+            listed = read_commontext(path) if path.suffix == ".json" else read_captions(path)
+        else:
+            listed = [str(p) for p in prompts]
+        if not listed:
+            raise ValueError("prompts is empty; pass at least one prompt.")
+        return PromptMixture({"prompts": listed}, {"prompts": 1.0}, seed)
+    given = dict(prompts or {})
+    sources, weights = {}, {}
+    for source in stage.sources:
+        sources[source.kind] = _read_source(source, given.get(source.kind), seed)
+        weights[source.kind] = source.weight
+    return PromptMixture(sources, weights, seed)

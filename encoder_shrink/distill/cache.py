@@ -1,0 +1,144 @@
+"""TeacherEmbeddingCache: the teacher's conditioning computed once per prompt, in memory and in safetensors shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from encoder_shrink.files import atomic_write_text
+from encoder_shrink.pipelines import PipelineAdapter
+
+logger = logging.getLogger(__name__)
+
+INDEX = "index.json"
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+class TeacherEmbeddingCache:
+    r"""
+    The teacher's conditioning rows (`"t5"` plus CLIP parts where the pipeline has them) for each text, computed
+    once: a trajectory of 20 scheduler steps reuses them 20 times, and a prompt met again is never re-encoded.
+
+    With `directory`, rows are also persisted as safetensors shards under a folder keyed by teacher, family,
+    sequence length and masking, so `precompute` can encode a whole prompt set once; the teacher encoder can then
+    leave the device (`offload_teacher`) while training.
+
+    Example:
+
+    ```python
+    >>> cache = TeacherEmbeddingCache(adapter, max_sequence_length=512, directory="cache")  # doctest: +SKIP
+    >>> cache.precompute(prompts)  # doctest: +SKIP
+    >>> rows = cache.rows(["a red circle"])  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(
+        self,
+        adapter: PipelineAdapter,
+        max_sequence_length: int,
+        directory: str | os.PathLike | None = None,
+        teacher_id: str | None = None,
+        max_items: int = 65536,
+    ):
+        self.adapter = adapter
+        self.max_sequence_length = max_sequence_length
+        self.max_items = max_items
+        self.teacher_id = teacher_id or str(getattr(adapter.pipe, "name_or_path", None) or type(adapter.pipe).__name__)
+        self.encoded = 0  # texts the teacher has encoded through this cache (for accounting and tests)
+        self._memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._pending: dict[str, dict[str, torch.Tensor]] = {}
+        self.directory = None
+        self._index: dict[str, str] = {}
+        if directory is not None:
+            fingerprint = f"{self.teacher_id}|{adapter.name}|{adapter.encoder_slot}|{max_sequence_length}|{adapter.uses_attention_mask}"
+            self.directory = Path(directory) / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+            self.directory.mkdir(parents=True, exist_ok=True)
+            index = self.directory / INDEX
+            if index.is_file():
+                self._index = json.loads(index.read_text())["shards"]
+            else:
+                atomic_write_text(self.directory / "teacher.json", json.dumps({
+                    "teacher": self.teacher_id, "family": adapter.name, "slot": adapter.encoder_slot,
+                    "max_sequence_length": max_sequence_length, "attention_mask": adapter.uses_attention_mask,
+                }, indent=2))
+
+    def __contains__(self, text: str) -> bool:
+        key = _text_key(text)
+        return key in self._memory or key in self._pending or key in self._index
+
+    def rows(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The teacher rows of `texts`, stacked in order, on the pipeline's device; encodes only unseen texts."""
+        keys = [_text_key(t) for t in texts]
+        missing = list(dict.fromkeys(t for t, k in zip(texts, keys) if self._lookup(k) is None))
+        if missing:
+            self._encode(missing)
+        found = [self._lookup(k) for k in keys]
+        device = self.adapter.device
+        return {name: torch.stack([row[name] for row in found]).to(device) for name in found[0]}
+
+    def precompute(self, texts, batch_size: int = 32, offload_teacher: bool = False) -> int:
+        """
+        Encode every text not cached yet (in batches, with progress), persist the shards when the cache has a
+        directory, and optionally move the teacher encoder to the CPU afterwards. Returns how many were encoded.
+        """
+        todo = [t for t in dict.fromkeys(texts) if t not in self]
+        for start in tqdm(range(0, len(todo), batch_size), desc="teacher embeddings", unit="batch",
+                          disable=not todo):
+            self._encode(todo[start:start + batch_size])
+        self.flush()
+        if offload_teacher:
+            self.adapter.teacher.to("cpu")
+        return len(todo)
+
+    def flush(self) -> None:
+        """Write rows encoded since the last flush as one new safetensors shard (no-op without a directory)."""
+        if self.directory is None or not self._pending:
+            return
+        shard = f"shard-{len(set(self._index.values())):06d}.safetensors"
+        tensors = {f"{key}.{name}": row[name].contiguous() for key, row in self._pending.items() for name in row}
+        tmp = self.directory / f".{shard}.tmp"
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, self.directory / shard)
+        self._index.update({key: shard for key in self._pending})
+        atomic_write_text(self.directory / INDEX, json.dumps({"shards": self._index}))
+        self._pending.clear()
+
+    def _encode(self, texts: list[str]) -> None:
+        rows = self.adapter.encode_teacher(texts, self.max_sequence_length)
+        self.encoded += len(texts)
+        for i, text in enumerate(texts):
+            row = {name: value[i].detach().to("cpu") for name, value in rows.items()}
+            self._remember(_text_key(text), row)
+            if self.directory is not None:
+                self._pending[_text_key(text)] = row
+
+    def _remember(self, key: str, row: dict[str, torch.Tensor]) -> None:
+        self._memory[key] = row
+        self._memory.move_to_end(key)
+        while len(self._memory) > self.max_items:
+            self._memory.popitem(last=False)
+
+    def _lookup(self, key: str) -> dict[str, torch.Tensor] | None:
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key]
+        if key in self._pending:
+            return self._pending[key]
+        if key in self._index:
+            with safe_open(str(self.directory / self._index[key]), framework="pt") as shard:
+                row = {name.split(".", 1)[1]: shard.get_tensor(name) for name in shard.keys() if name.startswith(key + ".")}
+            self._remember(key, row)
+            return row
+        return None

@@ -1,0 +1,108 @@
+"""Full training-state checkpoints in safetensors + JSON (student, optimizer, LR schedule, RNG, position)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from encoder_shrink.files import atomic_write_text
+
+STATE = "state.json"
+CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step under `output_dir`, or `None`."""
+    root = Path(output_dir) / CHECKPOINTS
+    done = sorted(p for p in root.glob("step-*") if (p / STATE).is_file() and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, state: dict, rank: int, is_main: bool,
+                    barrier) -> None:
+    r"""
+    Write a checkpoint to `directory`: every process writes its RNG state, the main process the student
+    (save_pretrained), the optimizer, the LR schedule and `state.json` last. Written under `<directory>.tmp` and
+    renamed when complete, so an interrupted save never looks like a checkpoint.
+    """
+    tmp = directory.with_name(directory.name + ".tmp")
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    save_file({"torch": torch.get_rng_state(), **({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+               if torch.cuda.is_available() else {})}, tmp / f"rng-{rank}.safetensors")
+    version, internal, gauss = random.getstate()
+    atomic_write_text(tmp / f"rng-{rank}.json", json.dumps({"python": [version, list(internal), gauss]}))
+    barrier()
+    if is_main:
+        student.save_pretrained(tmp / "student")
+        tensors, meta = _optimizer_to_files(optimizer)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        atomic_write_text(tmp / "optimizer.json", json.dumps(meta))
+        atomic_write_text(tmp / "lr_scheduler.json", json.dumps(lr_scheduler.state_dict()))
+        atomic_write_text(tmp / STATE, json.dumps(state, indent=2))
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+    barrier()
+
+
+def load_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, rank: int) -> dict:
+    """Restore what `save_checkpoint` wrote into the given objects (weights in place); return `state.json`."""
+    from encoder_shrink.student import ShrunkT5EncoderModel
+
+    saved = ShrunkT5EncoderModel.from_pretrained(directory / "student")
+    student.load_state_dict(saved.state_dict())
+    optimizer.load_state_dict(
+        _optimizer_from_files(load_file(directory / "optimizer.safetensors"), json.loads((directory / "optimizer.json").read_text()))
+    )
+    lr_scheduler.load_state_dict(json.loads((directory / "lr_scheduler.json").read_text()))
+    rng_file = directory / f"rng-{rank}.safetensors"
+    if not rng_file.is_file():
+        raise ValueError(f"{directory} was written by fewer processes; resume with the same number of processes.")
+    rng = load_file(rng_file)
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available() and "cuda0" in rng:
+        torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
+    version, internal, gauss = json.loads((directory / f"rng-{rank}.json").read_text())["python"]
+    random.setstate((version, tuple(internal), gauss))
+    return json.loads((directory / STATE).read_text())
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
+    """Delete all but the `keep` newest complete checkpoints."""
+    root = Path(output_dir) / CHECKPOINTS
+    done = sorted(p for p in root.glob("step-*") if (p / STATE).is_file() and not p.name.endswith(".tmp"))
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)

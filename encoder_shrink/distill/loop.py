@@ -1,0 +1,194 @@
+"""The step-following distillation loop (and the naive embedding-MSE baseline), readable top to bottom."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from encoder_shrink.data import PromptMixture
+from encoder_shrink.distill.cache import TeacherEmbeddingCache
+from encoder_shrink.distill.checkpoint import (
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from encoder_shrink.pipelines import PipelineAdapter
+
+logger = logging.getLogger(__name__)
+
+# Full-state checkpoints kept on disk; older ones are deleted (each holds the student and 2x its size of Adam state).
+KEEP_CHECKPOINTS = 2
+
+
+class DistillationDiverged(FloatingPointError):
+    """The loss became NaN or infinite; a checkpoint of the last good state was saved."""
+
+
+def _embedding_loss(student_t5: torch.Tensor, teacher_t5: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Naive baseline: MSE between embeddings, over the tokens the denoiser attends to."""
+    squared = (student_t5.float() - teacher_t5.float()).pow(2)
+    if mask is None:
+        return squared.mean()
+    weights = mask[..., None].to(squared.dtype)
+    return (squared * weights).sum() / (weights.sum() * squared.shape[-1])
+
+
+def distill_loop(
+    adapter: PipelineAdapter,
+    student: torch.nn.Module,
+    recipe,
+    mixture_for_stage: Callable[[int], PromptMixture],
+    cache: TeacherEmbeddingCache,
+    accelerator: Accelerator,
+    output_dir: Path | None = None,
+    resume: bool = False,
+    callback: Callable[[int, float], None] | None = None,
+) -> dict:
+    r"""
+    Train `student` to make the frozen denoiser of `adapter`'s pipeline predict what it predicts with the teacher.
+
+    Each trajectory takes `recipe.batch_size` prompts and pure-noise latents; at each of the
+    `recipe.num_inference_steps` scheduler steps the denoiser runs on the same latents with teacher and with student
+    embeddings, the MSE between its two predictions is back-propagated into the student only (one optimizer step per
+    scheduler step, as the paper), and the latents advance along the teacher's prediction. With `recipe.loss ==
+    "embedding"` the loss is the MSE between the embeddings themselves (the naive baseline), same steps and prompts.
+
+    Everything random is a function of `(recipe.seed, trajectory, process)` or restored from a checkpoint, so a run
+    that is interrupted and resumed ends with the same weights as one that is not. Returns a summary dict.
+    """
+    length = recipe.max_sequence_length or adapter.max_sequence_length
+    steps_per_trajectory = recipe.num_inference_steps
+    total = recipe.total_steps
+    rank, main = accelerator.process_index, accelerator.is_main_process
+
+    # The denoiser is frozen: no gradients for its weights, eval mode, but gradients flow *through* it.
+    denoiser = adapter.denoiser
+    denoiser.requires_grad_(False).eval()
+    if recipe.gradient_checkpointing:
+        denoiser.enable_gradient_checkpointing()
+    student.train()  # the paper trains with the projector's (and T5's) dropout on
+
+    optimizer = torch.optim.AdamW(
+        student.parameters(), lr=recipe.learning_rate, betas=tuple(recipe.adam_betas), eps=recipe.adam_epsilon,
+        weight_decay=recipe.weight_decay,
+    )
+    lr_scheduler = get_scheduler(recipe.lr_scheduler, optimizer, num_warmup_steps=recipe.lr_warmup_steps,
+                                 num_training_steps=total)
+    # Only the student is wrapped (DDP across processes); the frozen denoiser and encoders are not prepared.
+    model, optimizer = accelerator.prepare(student, optimizer)
+
+    step = 0
+    if resume and output_dir is not None and (found := latest_checkpoint(output_dir)) is not None:
+        step = load_checkpoint(found, student=accelerator.unwrap_model(model), optimizer=optimizer,
+                               lr_scheduler=lr_scheduler, rank=rank)["step"]
+        logger.info("Resumed from %s at step %d.", found, step)
+    elif resume:
+        logger.info("No checkpoint under %s; starting from step 0.", output_dir)
+
+    def save(at_step: int) -> Path | None:
+        if output_dir is None:
+            return None
+        target = checkpoint_dir(output_dir, at_step)
+        save_checkpoint(target, student=accelerator.unwrap_model(model), optimizer=optimizer, lr_scheduler=lr_scheduler,
+                        state={"step": at_step, "recipe": recipe.name, "loss": recipe.loss, "processes": accelerator.num_processes},
+                        rank=rank, is_main=main, barrier=accelerator.wait_for_everyone)
+        if main:
+            prune_checkpoints(output_dir, KEEP_CHECKPOINTS)
+        return target
+
+    losses: list[float] = []
+    started, first_step = time.perf_counter(), step
+    progress = tqdm(total=total, initial=step, desc=f"distill ({recipe.loss})", unit="step", disable=not main)
+    try:
+        while step < total:
+            # A trajectory is `steps_per_trajectory` consecutive optimizer steps on one batch of prompts.
+            trajectory_index, offset = divmod(step, steps_per_trajectory)
+            stage_index, stage = recipe.stage_at(trajectory_index * steps_per_trajectory)
+            prompts = mixture_for_stage(stage_index).batch(trajectory_index, recipe.batch_size, stream=rank)
+            rng = np.random.default_rng([recipe.seed, trajectory_index, rank])
+            guidance = float(rng.choice(recipe.guidance_scales)) if adapter.guidance else None
+            generator = torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
+
+            texts = adapter.encoder_texts(prompts, recipe.negative_prompt)
+            rows = cache.rows(texts)  # the teacher encodes each prompt once, never per step
+            input_ids, mask = adapter.tokenize(texts, length)
+            trajectory = None
+            if recipe.loss == "vision":
+                trajectory = adapter.start_trajectory(len(prompts), stage.resolution or recipe.resolution,
+                                                      steps_per_trajectory, generator)
+            for i in range(steps_per_trajectory):
+                t = trajectory.timesteps[i] if trajectory is not None else None
+                if i < offset:
+                    # Resuming mid-trajectory: the latents follow the teacher only, so replaying its steps rebuilds them.
+                    with torch.no_grad(), accelerator.autocast():
+                        if trajectory is not None:
+                            adapter.step(trajectory, adapter.predict(trajectory, t, rows["t5"], rows, mask, guidance), t)
+                    continue
+                with accelerator.autocast():
+                    student_t5 = model(input_ids, attention_mask=mask)[0]
+                    if trajectory is not None:
+                        with torch.no_grad():
+                            teacher_prediction = adapter.predict(trajectory, t, rows["t5"], rows, mask, guidance)
+                        student_prediction = adapter.predict(trajectory, t, student_t5, rows, mask, guidance)
+                        loss = F.mse_loss(student_prediction.float(), teacher_prediction.float())
+                    else:
+                        loss = _embedding_loss(student_t5, rows["t5"], mask)
+
+                # Every process checks every process's loss, so all stop (and checkpoint) together.
+                if not torch.isfinite(accelerator.gather(loss.detach()[None])).all():
+                    saved = save(step)
+                    raise DistillationDiverged(
+                        f"loss became {loss.item()} at step {step}; last good state saved to {saved}. "
+                        "Lower learning_rate or max_grad_norm, or train in bf16/fp32 instead of fp16."
+                    )
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if trajectory is not None:
+                    adapter.step(trajectory, teacher_prediction, t)
+
+                step += 1
+                losses.append(loss.item())
+                progress.update(1)
+                progress.set_postfix(loss=f"{losses[-1]:.4g}", stage=stage.name)
+                accelerator.log({"loss": losses[-1], "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+                if recipe.checkpoint_every and step % recipe.checkpoint_every == 0 and step < total:
+                    save(step)
+                if callback is not None:
+                    callback(step, losses[-1])
+                if step >= total:
+                    break
+    except KeyboardInterrupt:
+        saved = save(step)
+        logger.warning("Interrupted at step %d; state saved to %s. Resume with resume=True.", step, saved)
+        raise
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - started
+    trained = step - first_step
+    return {
+        "steps": step,
+        "steps_this_run": trained,
+        "seconds": round(seconds, 3),
+        "steps_per_second": round(trained / seconds, 4) if seconds > 0 else None,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": float(np.mean(losses[-steps_per_trajectory:])) if losses else None,
+        # One value per trajectory (mean of its steps) keeps the summary small for 320k-step runs.
+        "loss_per_trajectory": [round(float(np.mean(losses[i:i + steps_per_trajectory])), 6)
+                                for i in range(0, len(losses), steps_per_trajectory)],
+        "teacher_texts_encoded": cache.encoded,
+        "processes": accelerator.num_processes,
+    }

@@ -1,0 +1,65 @@
+"""The model card (README.md with metadata) written beside a distilled student."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from encoder_shrink.files import atomic_write_text
+
+
+def write_model_card(folder: str | Path, summary: dict) -> Path:
+    r"""
+    Write `README.md` into the student's folder: metadata (teacher, pipeline, recipe, steps, fidelity) as the card's
+    YAML header, and a short description with the figures of `summary` (as `EncoderShrinker.distill` produces it).
+
+    Example:
+
+    ```python
+    >>> write_model_card("out/student", shrinker.summary)  # doctest: +SKIP
+    ```
+    """
+    recipe = summary["recipe"]
+    before, after = summary["fidelity_before"], summary["fidelity_after"]
+    data = ModelCardData(
+        library_name="encoder-shrink",
+        tags=["text-encoder", "t5", "distillation", "encoder-shrink", summary["family"]],
+        base_model=recipe.get("student_t5") or None,
+        teacher=summary["teacher"],
+        pipeline=summary["pipeline"],
+        pipeline_family=summary["family"],
+        recipe=f"{recipe['name']}@v{recipe['version']}",
+        loss=recipe["loss"],
+        training_steps=summary["steps"],
+        denoiser_relative_mse=round(after["relative_mse"], 6),
+        denoiser_relative_mse_initial=round(before["relative_mse"], 6),
+    )
+    text = f"""---
+{data.to_yaml()}
+---
+
+# Student text encoder for {summary['pipeline']} ({summary['family']})
+
+A small T5 encoder with a projector to the teacher's width, distilled from `{summary['teacher']}` with
+encoder-shrink's {'vision-based step-following' if recipe['loss'] == 'vision' else 'embedding-MSE (baseline)'} loss.
+
+| | value |
+|---|---|
+| recipe | `{recipe['name']}` v{recipe['version']} |
+| optimizer steps | {summary['steps']} |
+| student / teacher parameters | {summary['student_parameters']:,} / {summary['teacher_parameters']:,} |
+| held-out denoiser relative MSE | {before['relative_mse']:.4g} before, **{after['relative_mse']:.4g}** after |
+| measured on | {after['prompts']} held-out prompts, {after['num_inference_steps']} steps, {after['resolution']} px, guidance {after['guidance_scale']} |
+
+```python
+import encoder_shrink
+from encoder_shrink import ShrunkT5EncoderModel
+student = ShrunkT5EncoderModel.from_pretrained("<this folder or repo>")
+# e.g. FluxPipeline.from_pretrained(teacher, text_encoder_2=student)
+```
+"""
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, text)
+    ModelCard.load(path)  # parses the header back: a card other tools can read
+    return path

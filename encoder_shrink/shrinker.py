@@ -1,0 +1,214 @@
+"""EncoderShrinker(pipe): the public entry that distils a pipeline's T5 encoder into a student."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import T5Config
+
+from encoder_shrink.compat import check_compatible
+from encoder_shrink.data import build_mixture, generate_commontext
+from encoder_shrink.distill.cache import TeacherEmbeddingCache
+from encoder_shrink.distill.loop import distill_loop
+from encoder_shrink.fidelity import denoiser_fidelity
+from encoder_shrink.files import atomic_write_text
+from encoder_shrink.model_card import write_model_card
+from encoder_shrink.pipelines import adapter_for
+from encoder_shrink.recipes import Recipe, RecipeError, load_recipe
+from encoder_shrink.student import ShrunkT5EncoderModel
+
+logger = logging.getLogger(__name__)
+
+SUMMARY = "training_summary.json"
+
+
+class EncoderShrinker:
+    r"""
+    Distil the T5 encoder of a FLUX (dev/schnell), SD3/3.5 or PixArt-alpha/sigma pipeline into a small student with
+    the vision-based step-following loss.
+
+    Example:
+
+    ```python
+    >>> from diffusers import FluxPipeline
+    >>> from encoder_shrink import EncoderShrinker
+    >>> pipe = FluxPipeline.from_pretrained("black-forest-labs/FLUX.1-dev", dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> student = EncoderShrinker(pipe).distill(recipe="flux-t5base", prompts={"compbench": "T2I-CompBench",
+    ...     "laion": "laion_6.5.parquet"}, output_dir="out")  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(self, pipe: Any, teacher_id: str | None = None):
+        self.pipe = pipe
+        self.adapter = adapter_for(pipe)
+        if self.adapter.teacher is None:
+            raise ValueError(
+                f"{type(pipe).__name__}.{self.adapter.encoder_slot} is None; load the pipeline with its T5 teacher."
+            )
+        self.teacher_id = teacher_id or str(getattr(pipe, "name_or_path", None) or type(pipe).__name__)
+
+    def build_student(self, recipe: str | Recipe) -> ShrunkT5EncoderModel:
+        """The recipe's initial student: its pretrained T5 (or T5 config) with a projector to the pipeline's width."""
+        recipe = load_recipe(recipe)
+        record = {
+            "pipeline_family": self.adapter.name,
+            "component": self.adapter.encoder_slot,
+            "teacher_name_or_path": self.teacher_id,
+            "max_sequence_length": recipe.max_sequence_length or self.adapter.max_sequence_length,
+            "use_attention_mask": self.adapter.uses_attention_mask,
+        }
+        width = self.adapter.conditioning_width
+        if recipe.student_t5 is not None:
+            return ShrunkT5EncoderModel.from_t5(recipe.student_t5, teacher_dim=width, **record)
+        fields = {"vocab_size": self.adapter.teacher.config.vocab_size, **recipe.student_config}
+        return ShrunkT5EncoderModel.from_t5(T5Config(**fields), teacher_dim=width, **record)
+
+    def distill(
+        self,
+        recipe: str | os.PathLike | Recipe = "flux-t5base",
+        prompts=None,
+        student: ShrunkT5EncoderModel | None = None,
+        output_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        loss: str = "vision",
+        eval_prompts: list[str] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        callback=None,
+        **overrides,
+    ) -> ShrunkT5EncoderModel:
+        r"""
+        Distil the pipeline's T5 into a student and return it.
+
+        Args:
+            recipe: a bundled recipe name (`encoder-shrink recipes` lists them), a YAML path or a [`Recipe`].
+            prompts: `None` (the recipe's sources; generated CommonText needs no files), a list of prompts or one
+                prompt file (they replace the sources), or a mapping from source kind to a path or list, e.g.
+                `{"compbench": "T2I-CompBench/", "laion": "captions.parquet"}`.
+            student: start from this student instead of the recipe's (it must fit the pipeline).
+            output_dir: where checkpoints, `student/` (weights + model card) and `training_summary.json` go.
+            resume: continue from the newest checkpoint in `output_dir`.
+            loss: `"vision"` (step-following, the paper's) or `"embedding"` (naive MSE baseline, for ablations).
+            eval_prompts: held-out prompts for the fidelity measured before and after (default: generated
+                CommonText validation prompts, or the last prompts of a given list, which are then not trained on).
+            cache_dir: persist the teacher's embeddings there (safetensors shards) for reuse across runs.
+            callback: called as `callback(step, loss)` after every optimizer step.
+            overrides: recipe fields, e.g. `max_steps=1000, batch_size=8, learning_rate=5e-5, resolution=1024`.
+        """
+        from accelerate import Accelerator
+
+        recipe = load_recipe(recipe).with_overrides(loss=loss, **overrides)
+        self._check_recipe(recipe)
+        if resume and output_dir is None:
+            raise ValueError("resume=True needs the output_dir of the run to continue.")
+        length = recipe.max_sequence_length or self.adapter.max_sequence_length
+        if student is None:
+            student = self.build_student(recipe)
+        check_compatible(self.pipe, student)
+        train_prompts, held_out = self._split_prompts(prompts, eval_prompts, recipe.eval_prompts, recipe.seed)
+
+        mixtures: dict[int, Any] = {}
+
+        def mixture_for_stage(index: int):
+            if index not in mixtures:
+                mixtures[index] = build_mixture(recipe.stages[index], train_prompts, seed=recipe.seed + index)
+            return mixtures[index]
+
+        for index in range(len(recipe.stages)):  # read every source now: a missing file fails before training
+            mixture_for_stage(index)
+
+        on_accelerator = torch.cuda.is_available()
+        project = Path(output_dir) if output_dir is not None else None
+        log_with = "tensorboard" if project is not None and _has_tensorboard() else None
+        accelerator = Accelerator(
+            mixed_precision=recipe.mixed_precision if on_accelerator else "no",
+            cpu=not on_accelerator,
+            log_with=log_with,
+            project_dir=str(project / "logs") if project is not None else None,
+        )
+        if log_with is not None:
+            accelerator.init_trackers("encoder-shrink", config=_scalars(recipe.to_dict()))
+        self.pipe.to(accelerator.device)
+        student.to(accelerator.device)
+        cache = TeacherEmbeddingCache(self.adapter, length, directory=cache_dir, teacher_id=self.teacher_id)
+        fidelity_kwargs = dict(
+            max_sequence_length=length, num_inference_steps=recipe.num_inference_steps, resolution=recipe.resolution,
+            guidance_scale=recipe.guidance_scales[len(recipe.guidance_scales) // 2], negative_prompt=recipe.negative_prompt,
+            batch_size=recipe.batch_size, seed=recipe.seed + 10_000, teacher_rows=cache.rows,
+        )
+        before = denoiser_fidelity(self.adapter, student, held_out, **fidelity_kwargs)
+        summary = distill_loop(self.adapter, student, recipe, mixture_for_stage, cache, accelerator,
+                               output_dir=project, resume=resume, callback=callback)
+        student = accelerator.unwrap_model(student).eval()
+        after = denoiser_fidelity(self.adapter, student, held_out, **fidelity_kwargs)
+        cache.flush()
+        summary.update(
+            recipe=recipe.to_dict(),
+            pipeline=type(self.pipe).__name__,
+            family=self.adapter.name,
+            teacher=self.teacher_id,
+            device=str(accelerator.device),
+            fidelity_before=before,
+            fidelity_after=after,
+            student_parameters=sum(p.numel() for p in student.parameters()),
+            teacher_parameters=sum(p.numel() for p in self.adapter.teacher.parameters()),
+        )
+        accelerator.end_training()
+        if project is not None and accelerator.is_main_process:
+            student.save_pretrained(project / "student")
+            write_model_card(project / "student", summary)
+            atomic_write_text(project / SUMMARY, json.dumps(summary, indent=2))
+        logger.info("Held-out denoiser relative MSE: %.4g -> %.4g", before["relative_mse"], after["relative_mse"])
+        self.summary = summary
+        return student
+
+    def _check_recipe(self, recipe: Recipe) -> None:
+        adapter = self.adapter
+        if recipe.family is not None and recipe.family != adapter.name:
+            raise RecipeError(
+                f"recipe {recipe.name!r} is made for {recipe.family} pipelines but this is a {adapter.name} pipeline; "
+                "choose a recipe for it (encoder-shrink recipes)."
+            )
+        if recipe.use_attention_mask is not None and recipe.use_attention_mask != adapter.uses_attention_mask:
+            raise RecipeError(
+                f"recipe {recipe.name!r} sets use_attention_mask={recipe.use_attention_mask} but {adapter.name} "
+                f"pipelines call their T5 {'with' if adapter.uses_attention_mask else 'without'} a mask."
+            )
+        if adapter.guidance == "cfg" and any(g <= 1 for g in recipe.guidance_scales):
+            raise RecipeError(
+                f"{adapter.name} applies classifier-free guidance only above 1; recipe {recipe.name!r} has "
+                f"guidance_scales={recipe.guidance_scales}."
+            )
+
+    @staticmethod
+    def _split_prompts(prompts, eval_prompts, count: int, seed: int):
+        """Training prompts and held-out prompts for the fidelity check (never trained on)."""
+        if eval_prompts is not None:
+            return prompts, list(eval_prompts)
+        if isinstance(prompts, (list, tuple)) and len(prompts) >= 2:
+            held = max(1, min(count, len(prompts) // 5))  # at most a fifth of a small list is held out
+            return list(prompts[:-held]), list(prompts[-held:])
+        return prompts, generate_commontext(count, split="val", seed=seed)
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _scalars(data: dict, prefix: str = "") -> dict:
+    """Flatten a recipe dict to the scalar values trackers accept."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, (int, float, str, bool)):
+            flat[prefix + key] = value
+        elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+            flat[prefix + key] = ",".join(map(str, value))
+    return flat

@@ -1,0 +1,276 @@
+"""Recipe / StageConfig / SourceConfig: a distillation recipe as validated dataclasses, and loading it by name or path."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parent
+SOURCE_KINDS = ("compbench", "commontext", "laion", "prompts")
+LOSSES = ("vision", "embedding")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+# Learning-rate schedules of diffusers.optimization.get_scheduler that need no extra arguments.
+LR_SCHEDULERS = ("linear", "constant", "constant_with_warmup", "cosine")
+
+
+class RecipeError(ValueError):
+    """A recipe file or override that does not validate."""
+
+
+def _nearest(value: str, choices) -> str:
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _from_dict(cls, data: Any, where: str):
+    """Build dataclass `cls` from a mapping, refusing unknown keys with the nearest known one."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}.")
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise RecipeError(f"{where}: unknown key {key!r}.{_nearest(key, names)}")
+    return cls(**data)
+
+
+@dataclass
+class SourceConfig:
+    r"""
+    One prompt source of a stage.
+
+    Args:
+        kind: `"compbench"` (T2I-CompBench txt files), `"commontext"` (generated, or a CommonText json),
+            `"laion"` (a caption file: json, jsonl, parquet or txt) or `"prompts"` (the `prompts` given to distill).
+        weight: relative share of the stage's prompts drawn from this source.
+        path: local file or folder; `None` means the path must be given at distill time (`prompts={kind: path}`),
+            except for `commontext`, which is then generated.
+        categories: for `compbench`, the categories to read (default: color, shape, texture, spatial, 3d_spatial,
+            numeracy, the paper's training set).
+        split: `"train"` or `"val"` (CompBench `*_train.txt` / `*_val.txt`; CommonText train/validation split).
+        limit: read at most this many prompts (for quick runs).
+
+    Example:
+
+    ```python
+    >>> SourceConfig(kind="compbench", weight=2.0).split
+    'train'
+    ```
+    """
+
+    kind: str
+    weight: float = 1.0
+    path: str | None = None
+    categories: list[str] | None = None
+    split: str = "train"
+    limit: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in SOURCE_KINDS:
+            raise RecipeError(f"source kind {self.kind!r} is not one of {', '.join(SOURCE_KINDS)}.{_nearest(self.kind, SOURCE_KINDS)}")
+        if not self.weight > 0:
+            raise RecipeError(f"source {self.kind!r}: weight must be > 0, got {self.weight!r}.")
+        if self.split not in ("train", "val"):
+            raise RecipeError(f"source {self.kind!r}: split must be 'train' or 'val', got {self.split!r}.")
+        if self.limit is not None and self.limit <= 0:
+            raise RecipeError(f"source {self.kind!r}: limit must be positive, got {self.limit!r}.")
+
+
+@dataclass
+class StageConfig:
+    r"""
+    A curriculum stage: `steps` optimizer steps on prompts mixed from `sources`, optionally at its own resolution.
+
+    Example:
+
+    ```python
+    >>> StageConfig(name="compbench", steps=100, sources=[SourceConfig(kind="compbench")]).resolution is None
+    True
+    ```
+    """
+
+    name: str
+    steps: int
+    sources: list[SourceConfig]
+    resolution: int | None = None
+
+    def __post_init__(self):
+        if self.steps <= 0:
+            raise RecipeError(f"stage {self.name!r}: steps must be positive, got {self.steps!r}.")
+        if not self.sources:
+            raise RecipeError(f"stage {self.name!r}: needs at least one source.")
+        self.sources = [
+            s if isinstance(s, SourceConfig) else _from_dict(SourceConfig, s, f"stage {self.name!r} source")
+            for s in self.sources
+        ]
+        if self.resolution is not None and self.resolution <= 0:
+            raise RecipeError(f"stage {self.name!r}: resolution must be positive, got {self.resolution!r}.")
+
+
+@dataclass
+class Recipe:
+    r"""
+    A named, versioned distillation recipe (see `recipes/*.yaml`). Every field can be overridden at distill time.
+
+    Args:
+        name / version / description: identity of the recipe, recorded in the student's model card.
+        family: pipeline family the recipe is made for (`flux-dev`, `sd3`, ...); `None` for any.
+        student_t5: id or path of the T5 the student starts from (its pretrained weights are kept).
+        student_config: T5Config fields for a student built without pretrained weights (tests, toy models).
+        max_sequence_length / use_attention_mask: how the pipeline encodes prompts; `None` takes the pipeline's
+            own default, and the student records what was used.
+        num_inference_steps: scheduler steps per trajectory (the paper: 20); each step is one optimizer step.
+        resolution: image size in pixels of the trajectories (stages may override it).
+        guidance_scales: values sampled per trajectory: FLUX-dev's guidance embedding, or the CFG scale of SD3 /
+            PixArt (applied as the pipeline applies it). Ignored for pipelines without guidance.
+        negative_prompt: the negative prompt CFG pipelines use (the student learns to reproduce it too).
+        batch_size: prompts per trajectory.
+        learning_rate / weight_decay / adam_betas / adam_epsilon: AdamW.
+        lr_scheduler / lr_warmup_steps: learning-rate schedule (diffusers' get_scheduler names).
+        max_grad_norm: gradient clipping of the student.
+        stages: the curriculum; `max_steps` defaults to the sum of their steps and may cut it short.
+        checkpoint_every: full-state checkpoint interval in optimizer steps (0: only at the end).
+        mixed_precision: `"bf16"` autocast on accelerators (master weights stay fp32); CPU runs use fp32.
+        gradient_checkpointing: recompute the frozen denoiser's activations in the backward pass.
+        loss: `"vision"` (the paper's step-following loss) or `"embedding"` (naive baseline).
+        seed: seeds latents, guidance and prompt sampling.
+        eval_prompts: held-out prompts (count) for the fidelity measured at the end.
+
+    Example:
+
+    ```python
+    >>> recipe = load_recipe("tiny")
+    >>> recipe.with_overrides(max_steps=4).max_steps
+    4
+    ```
+    """
+
+    name: str
+    stages: list[StageConfig]
+    version: int = 1
+    description: str = ""
+    family: str | None = None
+    student_t5: str | None = None
+    student_config: dict[str, Any] | None = None
+    max_sequence_length: int | None = None
+    use_attention_mask: bool | None = None
+    num_inference_steps: int = 20
+    resolution: int = 512
+    guidance_scales: list[float] = field(default_factory=lambda: [3.5])
+    negative_prompt: str = ""
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = "linear"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    max_steps: int | None = None
+    checkpoint_every: int = 1000
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = False
+    loss: str = "vision"
+    seed: int = 0
+    eval_prompts: int = 16
+
+    def __post_init__(self):
+        self.stages = [
+            s if isinstance(s, StageConfig) else _from_dict(StageConfig, s, f"recipe {self.name!r} stage")
+            for s in self.stages
+        ]
+        if not self.stages:
+            raise RecipeError(f"recipe {self.name!r}: needs at least one stage.")
+        if self.student_t5 is None and not self.student_config:
+            raise RecipeError(f"recipe {self.name!r}: set student_t5 (a T5 id/path) or student_config (T5Config fields).")
+        positive = ("num_inference_steps", "resolution", "batch_size", "learning_rate", "max_grad_norm", "eval_prompts")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {getattr(self, name)!r}.")
+        for name in ("max_steps", "max_sequence_length"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {value!r}.")
+        if self.checkpoint_every < 0 or self.lr_warmup_steps < 0 or self.weight_decay < 0:
+            raise RecipeError(f"recipe {self.name!r}: checkpoint_every, lr_warmup_steps and weight_decay must be >= 0.")
+        if not self.guidance_scales or any(g <= 0 for g in self.guidance_scales):
+            raise RecipeError(f"recipe {self.name!r}: guidance_scales must be positive values, got {self.guidance_scales!r}.")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise RecipeError(f"recipe {self.name!r}: adam_betas must be two values in [0, 1), got {self.adam_betas!r}.")
+        for name, allowed in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISIONS), ("loss", LOSSES)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise RecipeError(
+                    f"recipe {self.name!r}: {name} {value!r} is not one of {', '.join(allowed)}.{_nearest(str(value), allowed)}"
+                )
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps the run makes: `max_steps`, or the sum of the stages' steps."""
+        return self.max_steps if self.max_steps is not None else sum(s.steps for s in self.stages)
+
+    def stage_at(self, step: int) -> tuple[int, StageConfig]:
+        """The stage (index, config) that optimizer step `step` (0-based) belongs to; the last stage continues."""
+        end = 0
+        for index, stage in enumerate(self.stages):
+            end += stage.steps
+            if step < end:
+                return index, stage
+        return len(self.stages) - 1, self.stages[-1]
+
+    def with_overrides(self, **overrides) -> Recipe:
+        """A copy with top-level fields replaced; unknown names raise with the nearest field."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key in overrides:
+            if key not in names:
+                raise RecipeError(f"unknown recipe field {key!r} in overrides.{_nearest(key, names)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def available_recipes() -> dict[str, Path]:
+    """Names of the bundled recipes and their files."""
+    return {path.stem: path for path in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
+    r"""
+    Load a bundled recipe by name (`"flux-t5base"`) or a recipe YAML by path, validated into a [`Recipe`].
+
+    Raises [`RecipeError`] for an unknown name (suggesting the nearest), an unknown key or a bad value.
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink import load_recipe
+    >>> load_recipe("flux-t5base").num_inference_steps
+    20
+    ```
+    """
+    if isinstance(name_or_path, Recipe):
+        return name_or_path
+    path = Path(name_or_path)
+    if not path.suffix:
+        recipes = available_recipes()
+        if str(name_or_path) not in recipes:
+            raise RecipeError(
+                f"unknown recipe {str(name_or_path)!r}.{_nearest(str(name_or_path), recipes)} "
+                f"Bundled: {', '.join(recipes)}; or pass a path to a .yaml file."
+            )
+        path = recipes[str(name_or_path)]
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    try:
+        return _from_dict(Recipe, data, str(path))
+    except TypeError as error:  # a missing required key
+        raise RecipeError(f"{path}: {error}") from None
