@@ -33,6 +33,64 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_prompts(values: list[str] | None):
+    """`--prompts PATH` (replaces the recipe's sources) or `--prompts KIND=PATH ...` (per source kind)."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    mapping = {}
+    for value in values:
+        kind, sep, path = value.partition("=")
+        if not sep:
+            raise ValueError(f"--prompts {value!r}: with several files, name each source: KIND=PATH (e.g. laion=captions.parquet).")
+        mapping[kind] = path
+    return mapping
+
+
+def _distill(args: argparse.Namespace) -> int:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from encoder_shrink.shrinker import SUMMARY, EncoderShrinker
+
+    overrides = {
+        key: value
+        for key, value in {
+            "max_steps": args.max_steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+            "resolution": args.resolution, "num_inference_steps": args.num_inference_steps,
+            "checkpoint_every": args.checkpoint_every, "max_sequence_length": args.max_sequence_length,
+            "gradient_checkpointing": args.gradient_checkpointing or None,
+        }.items()
+        if value is not None
+    }
+    pipe = DiffusionPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype))
+    pipe.set_progress_bar_config(disable=True)
+    shrinker = EncoderShrinker(pipe, teacher_id=args.pipeline)
+    shrinker.distill(
+        recipe=args.recipe, prompts=_parse_prompts(args.prompts), output_dir=args.output, resume=args.resume,
+        loss=args.loss, cache_dir=args.cache_dir, **overrides,
+    )
+    summary = shrinker.summary
+    print(
+        f"Student written to {args.output}/student ({summary['student_parameters']:,} parameters vs the teacher's "
+        f"{summary['teacher_parameters']:,}); held-out denoiser relative MSE "
+        f"{summary['fidelity_before']['relative_mse']:.4g} -> {summary['fidelity_after']['relative_mse']:.4g}; "
+        f"summary in {args.output}/{SUMMARY}"
+    )
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from encoder_shrink.recipes import available_recipes, load_recipe
+
+    for name in available_recipes():
+        recipe = load_recipe(name)
+        student = recipe.student_t5 or "T5 config"
+        print(f"{name:22} v{recipe.version}  {recipe.family or 'any':13} {student:24} {recipe.total_steps:>7} steps  {recipe.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from encoder_shrink.testing import TINY_FAMILIES
 
@@ -54,6 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"pipeline families to run (default: all of {', '.join(TINY_FAMILIES)})")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    distill = commands.add_parser(
+        "distill",
+        help="distil a pipeline's T5 encoder into a student (vision-based step-following loss)",
+        description="Distil the T5 text encoder of a FLUX, SD3 or PixArt pipeline into a small student.",
+    )
+    distill.add_argument("--pipeline", required=True, help="pipeline id or local folder (model_index.json)")
+    distill.add_argument("--recipe", default="flux-t5base", help="recipe name (see `encoder-shrink recipes`) or YAML path")
+    distill.add_argument("--prompts", nargs="+", metavar="[KIND=]PATH",
+                         help="one prompt file replacing the recipe's sources, or KIND=PATH per source (compbench, laion, commontext)")
+    distill.add_argument("--output", default="encoder-shrink-student", help="output folder (default: %(default)s)")
+    distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    distill.add_argument("--loss", choices=["vision", "embedding"], default="vision",
+                         help="vision: the paper's step-following loss; embedding: naive MSE baseline")
+    distill.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                         help="dtype the pipeline is loaded in (the student trains in fp32 regardless)")
+    distill.add_argument("--cache-dir", help="persist the teacher's embeddings here (safetensors shards)")
+    for flag, kind in (("--max-steps", int), ("--batch-size", int), ("--learning-rate", float), ("--resolution", int),
+                       ("--num-inference-steps", int), ("--checkpoint-every", int), ("--max-sequence-length", int)):
+        distill.add_argument(flag, type=kind, help="override the recipe's value")
+    distill.add_argument("--gradient-checkpointing", action="store_true", help="recompute the denoiser's activations")
+    distill.set_defaults(func=_distill)
+
+    recipes = commands.add_parser("recipes", help="list the bundled recipes, one line each")
+    recipes.set_defaults(func=_recipes)
 
     convert = commands.add_parser(
         "convert",

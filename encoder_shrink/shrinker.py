@@ -109,7 +109,7 @@ class EncoderShrinker:
         if student is None:
             student = self.build_student(recipe)
         check_compatible(self.pipe, student)
-        train_prompts, held_out = self._split_prompts(prompts, eval_prompts, recipe.eval_prompts, recipe.seed)
+        train_prompts, held_out = self._split_prompts(prompts, eval_prompts, recipe.eval_prompt_count, recipe.seed)
 
         mixtures: dict[int, Any] = {}
 

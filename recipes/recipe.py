@@ -138,7 +138,7 @@ class Recipe:
         gradient_checkpointing: recompute the frozen denoiser's activations in the backward pass.
         loss: `"vision"` (the paper's step-following loss) or `"embedding"` (naive baseline).
         seed: seeds latents, guidance and prompt sampling.
-        eval_prompts: held-out prompts (count) for the fidelity measured at the end.
+        eval_prompt_count: number of held-out prompts for the fidelity measured before and after.
 
     Example:
 
@@ -176,7 +176,7 @@ class Recipe:
     gradient_checkpointing: bool = False
     loss: str = "vision"
     seed: int = 0
-    eval_prompts: int = 16
+    eval_prompt_count: int = 16
 
     def __post_init__(self):
         self.stages = [
@@ -187,7 +187,7 @@ class Recipe:
             raise RecipeError(f"recipe {self.name!r}: needs at least one stage.")
         if self.student_t5 is None and not self.student_config:
             raise RecipeError(f"recipe {self.name!r}: set student_t5 (a T5 id/path) or student_config (T5Config fields).")
-        positive = ("num_inference_steps", "resolution", "batch_size", "learning_rate", "max_grad_norm", "eval_prompts")
+        positive = ("num_inference_steps", "resolution", "batch_size", "learning_rate", "max_grad_norm", "eval_prompt_count")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {getattr(self, name)!r}.")

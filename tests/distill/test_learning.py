@@ -1,0 +1,43 @@
+"""Proof that it learns: a short run cuts the held-out denoiser error by a large margin on every family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from encoder_shrink import EncoderShrinker, ShrunkT5EncoderModel, testing
+
+# Measured on this configuration (tiny recipe, 80 steps, 8 held-out CommonText validation prompts), after/before was
+# 0.010 (flux-dev), 0.021 (flux-schnell), 0.016 (sd3), 0.19 (pixart-alpha) and 0.17 (pixart-sigma): every family
+# at least 5x better; the threshold leaves 1.6x headroom over the worst.
+MAX_RATIO = 0.3
+
+
+@pytest.mark.parametrize("family", testing.TINY_FAMILIES)
+def test_short_run_cuts_held_out_denoiser_error(family, tiny_pipeline_dirs, tmp_path):
+    pipe = testing.load_tiny_pipeline(family, tiny_pipeline_dirs[family])
+    shrinker = EncoderShrinker(pipe)
+    student = shrinker.distill(recipe="tiny", output_dir=tmp_path / "out", max_steps=80)
+    before = shrinker.summary["fidelity_before"]["relative_mse"]
+    after = shrinker.summary["fidelity_after"]["relative_mse"]
+    print(f"{family}: held-out relative MSE {before:.4g} -> {after:.4g} (ratio {after / before:.3f})")
+    assert after < MAX_RATIO * before
+    assert isinstance(student, ShrunkT5EncoderModel) and not student.training
+
+    # the saved student is what was returned, and it drops into the pipeline
+    saved = ShrunkT5EncoderModel.from_pretrained(tmp_path / "out" / "student")
+    for name, tensor in student.state_dict().items():
+        torch.testing.assert_close(saved.state_dict()[name], tensor)
+    slot = shrinker.adapter.encoder_slot
+    assert saved.config.pipeline_family == family and saved.config.component == slot
+    with_student = testing.tiny_pipeline_class(family).from_pretrained(tiny_pipeline_dirs[family], **{slot: saved})
+    assert torch.isfinite(torch.as_tensor(with_student("a red circle", **testing.tiny_call_kwargs(with_student)).images)).all()
+
+
+def test_embedding_baseline_learns_its_own_objective(tiny_pipeline_dirs, tmp_path):
+    pipe = testing.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
+    shrinker = EncoderShrinker(pipe)
+    shrinker.distill(recipe="tiny", loss="embedding", max_steps=80)
+    losses = shrinker.summary["loss_per_trajectory"]
+    assert shrinker.summary["recipe"]["loss"] == "embedding"
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
