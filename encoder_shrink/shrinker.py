@@ -78,6 +78,7 @@ class EncoderShrinker:
         loss: str = "vision",
         eval_prompts: list[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        offload_teacher: bool = False,
         callback=None,
         **overrides,
     ) -> ShrunkT5EncoderModel:
@@ -96,6 +97,8 @@ class EncoderShrinker:
             eval_prompts: held-out prompts for the fidelity measured before and after (default: generated
                 CommonText validation prompts, or the last prompts of a given list, which are then not trained on).
             cache_dir: persist the teacher's embeddings there (safetensors shards) for reuse across runs.
+            offload_teacher: leave the T5 teacher where it is (e.g. on the CPU after `TeacherEmbeddingCache.precompute`)
+                instead of moving it to the training device with the rest of the pipeline.
             callback: called as `callback(step, loss)` after every optimizer step.
             overrides: recipe fields, e.g. `max_steps=1000, batch_size=8, learning_rate=5e-5, resolution=1024`.
         """
@@ -132,7 +135,11 @@ class EncoderShrinker:
         )
         if log_with is not None:
             accelerator.init_trackers("encoder-shrink", config=_scalars(recipe.to_dict()))
-        self.pipe.to(accelerator.device)
+        for name, module in self.pipe.components.items():
+            if isinstance(module, torch.nn.Module) and name != self.adapter.encoder_slot:
+                module.to(accelerator.device)
+        if not offload_teacher:
+            self.adapter.teacher.to(accelerator.device)
         student.to(accelerator.device)
         cache = TeacherEmbeddingCache(self.adapter, length, directory=cache_dir, teacher_id=self.teacher_id)
         fidelity_kwargs = dict(

@@ -49,3 +49,40 @@ def test_unknown_subcommand_exits_with_usage():
     with pytest.raises(SystemExit) as exit_info:
         main(["distil"])
     assert exit_info.value.code == 2
+
+
+def test_distill_writes_student_model_card_summary_and_resumes(tiny_pipeline_dirs, tmp_path, capfd, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    out = tmp_path / "run"
+    args = ["distill", "--pipeline", str(tiny_pipeline_dirs["pixart-sigma"]), "--recipe", "tiny", "--output", str(out),
+            "--checkpoint-every", "4"]
+    assert main([*args, "--max-steps", "8"]) == 0
+    captured = capfd.readouterr()
+    assert "distill (vision)" in captured.err and "loss=" in captured.err  # progress bar with loss
+    assert "held-out denoiser relative MSE" in captured.out
+    assert sorted(p.name for p in (out / "student").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    card = ModelCard.load(out / "student" / "README.md")
+    assert card.data.teacher == str(tiny_pipeline_dirs["pixart-sigma"])
+    assert card.data.pipeline == "PixArtSigmaPipeline" and card.data.recipe == "tiny@v1"
+    assert card.data.training_steps == 8 and card.data.denoiser_relative_mse >= 0
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["steps"] == 8 and summary["family"] == "pixart-sigma"
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "tensorboard tracker wrote no events"
+    assert ShrunkT5EncoderModel.from_pretrained(out / "student").config.max_sequence_length == 300
+
+    assert main([*args, "--max-steps", "12", "--resume"]) == 0
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["steps"] == 12 and summary["steps_this_run"] == 8  # resumed from the step-4 checkpoint
+
+
+def test_distill_reports_bad_input_in_one_line(tiny_pipeline_dirs, tmp_path, capsys):
+    code = main(["distill", "--pipeline", str(tiny_pipeline_dirs["flux-dev"]), "--recipe", "flux-t5bse",
+                 "--output", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown recipe 'flux-t5bse'. Did you mean 'flux-t5base'?" in err
+    assert main(["distill", "--pipeline", str(tiny_pipeline_dirs["flux-dev"]), "--recipe", "tiny", "--prompts",
+                 str(tmp_path / "missing.txt"), "--output", str(tmp_path / "o")]) == 2
+    assert "missing.txt does not exist" in capsys.readouterr().err

@@ -26,9 +26,9 @@ class _FluxAdapter(PipelineAdapter):
 
     @torch.no_grad()
     def encode_teacher(self, texts: list[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
-        device = self.device
-        t5 = self.pipe._get_t5_prompt_embeds(texts, max_sequence_length=max_sequence_length, device=device)
-        pooled = self.pipe._get_clip_prompt_embeds(texts, device=device)
+        # Each encoder runs where it is (the teacher may have been offloaded to the CPU); the cache moves rows.
+        t5 = self.pipe._get_t5_prompt_embeds(texts, max_sequence_length=max_sequence_length, device=self.teacher.device)
+        pooled = self.pipe._get_clip_prompt_embeds(texts, device=self.pipe.text_encoder.device)
         return {"t5": t5, "pooled": pooled}
 
     def start_trajectory(self, batch_size, resolution, num_inference_steps, generator) -> Trajectory:

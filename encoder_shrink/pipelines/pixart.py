@@ -41,7 +41,8 @@ class _PixArtAdapter(PipelineAdapter):
     @torch.no_grad()
     def encode_teacher(self, texts: list[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
         input_ids, mask = self.tokenize(texts, max_sequence_length)
-        t5 = self.teacher(input_ids, attention_mask=mask)[0]
+        device = self.teacher.device  # the teacher may have been offloaded to the CPU; the cache moves rows
+        t5 = self.teacher(input_ids.to(device), attention_mask=mask.to(device))[0]
         return {"t5": t5.to(self.teacher.dtype)}
 
     def start_trajectory(self, batch_size, resolution, num_inference_steps, generator) -> Trajectory:

@@ -22,10 +22,11 @@ class SD3Adapter(PipelineAdapter):
 
     @torch.no_grad()
     def encode_teacher(self, texts: list[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
-        device = self.device
-        t5 = self.pipe._get_t5_prompt_embeds(texts, max_sequence_length=max_sequence_length, device=device)
-        clip_l, pooled_l = self.pipe._get_clip_prompt_embeds(texts, device=device, clip_model_index=0)
-        clip_g, pooled_g = self.pipe._get_clip_prompt_embeds(texts, device=device, clip_model_index=1)
+        # Each encoder runs where it is (the teacher may have been offloaded to the CPU); the cache moves rows.
+        t5 = self.pipe._get_t5_prompt_embeds(texts, max_sequence_length=max_sequence_length, device=self.teacher.device)
+        clip_device = self.pipe.text_encoder.device
+        clip_l, pooled_l = self.pipe._get_clip_prompt_embeds(texts, device=clip_device, clip_model_index=0)
+        clip_g, pooled_g = self.pipe._get_clip_prompt_embeds(texts, device=clip_device, clip_model_index=1)
         # As StableDiffusion3Pipeline.encode_prompt: CLIP-L and CLIP-G side by side, zero-padded to the T5 width;
         # they precede the T5 tokens along the sequence.
         clip = torch.cat([clip_l, clip_g], dim=-1)

@@ -1,0 +1,122 @@
+"""Training done right: pretrained init, fp32 master weights, clipping, gradient checkpointing, NaN stop, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from encoder_shrink import EncoderShrinker, ShrunkT5EncoderModel, load_recipe, testing
+from encoder_shrink.distill import DistillationDiverged, latest_checkpoint
+from encoder_shrink.recipes import RecipeError
+
+
+@pytest.fixture
+def flux(tiny_pipeline_dirs):
+    return testing.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
+
+
+def _change_norm(student, before):
+    """L2 norm of how far all weights moved."""
+    return sum((p - before[n]).pow(2).sum().item() for n, p in student.named_parameters()) ** 0.5
+
+
+def test_student_starts_from_the_recipes_pretrained_t5(flux, tmp_path):
+    t5 = testing.tiny_t5_encoder(d_model=16, num_layers=1, seed=9)
+    t5.save_pretrained(tmp_path / "t5")
+    recipe = dataclasses.replace(load_recipe("tiny"), student_t5=str(tmp_path / "t5"), student_config=None)
+    student = EncoderShrinker(flux).build_student(recipe)
+    torch.testing.assert_close(student.shared.weight, t5.shared.weight)
+    torch.testing.assert_close(student.encoder.block[0].layer[0].SelfAttention.q.weight,
+                               t5.encoder.block[0].layer[0].SelfAttention.q.weight)
+    assert student.config.pipeline_family == "flux-dev" and student.config.max_sequence_length == 512
+    assert student.config.use_attention_mask is False and student.config.teacher_dim == 32
+
+
+def test_fp32_master_weights_with_a_bfloat16_pipeline(tiny_pipeline_dirs):
+    pipe = testing.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"], dtype=torch.bfloat16)
+    shrinker = EncoderShrinker(pipe)
+    student = shrinker.distill(recipe="tiny", max_steps=8, eval_prompts=["a cat"])
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    assert shrinker.summary["loss_last"] < shrinker.summary["loss_first"] or shrinker.summary["loss_last"] > 0
+
+
+def test_gradients_are_clipped_on_the_student(flux):
+    # With adam_epsilon=1 AdamW's update is ~lr * gradient, so clipping the gradient norm bounds how far weights move.
+    shrinker = EncoderShrinker(flux)
+    changes = {}
+    for max_norm in (1e-6, 1e3):
+        student = shrinker.build_student("tiny")
+        before = {n: p.detach().clone() for n, p in student.named_parameters()}
+        shrinker.distill(recipe="tiny", student=student, max_steps=4, max_grad_norm=max_norm, adam_epsilon=1.0,
+                         learning_rate=1.0, eval_prompts=["a cat"])
+        changes[max_norm] = _change_norm(student, before)
+    # AdamW's bias-corrected step is m / (sqrt(v) + eps) with ||m|| <= the clipped norm: at most lr * 1e-6 per step
+    assert changes[1e-6] <= 4 * 1.0 * 1e-6 * 1.01
+    assert changes[1e3] > 100 * changes[1e-6]
+
+
+def test_gradient_checkpointing_of_the_frozen_denoiser_takes_effect(flux):
+    shrinker = EncoderShrinker(flux)
+    block = flux.transformer.transformer_blocks[0]
+    calls = {"n": 0}
+    # a pre-hook: checkpointing's recomputation stops early once it has what backward needs, so post-hooks may not run
+    block.register_forward_pre_hook(lambda *args: calls.__setitem__("n", calls["n"] + 1))
+    counts, weights = {}, {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        calls["n"] = 0
+        student = shrinker.distill(recipe="tiny", max_steps=4, gradient_checkpointing=checkpointing,
+                                   eval_prompts=["a cat"])
+        counts[checkpointing] = calls["n"]
+        weights[checkpointing] = student.state_dict()
+    # every student prediction (one per optimizer step) is recomputed once in the backward pass
+    assert counts[True] - counts[False] == 4
+    assert flux.transformer.gradient_checkpointing
+    for name, tensor in weights[False].items():
+        torch.testing.assert_close(weights[True][name], tensor, atol=1e-6, rtol=1e-5)
+
+
+def test_non_finite_loss_stops_with_a_checkpoint(flux, tmp_path):
+    shrinker = EncoderShrinker(flux)
+    with pytest.raises(DistillationDiverged, match=r"loss became (nan|inf) at step \d+; last good state saved to"):
+        shrinker.distill(recipe="tiny", output_dir=tmp_path, max_steps=40, learning_rate=1e30, max_grad_norm=1e30,
+                         adam_epsilon=1e-30, eval_prompts=["a cat"])
+    checkpoint = latest_checkpoint(tmp_path)
+    assert checkpoint is not None
+    ShrunkT5EncoderModel.from_pretrained(checkpoint / "student")
+
+
+def test_clear_errors_before_training(flux, tmp_path):
+    shrinker = EncoderShrinker(flux)
+    with pytest.raises(RecipeError, match="unknown recipe field 'max_step' in overrides. Did you mean 'max_steps'?"):
+        shrinker.distill(recipe="tiny", max_step=3)
+    with pytest.raises(RecipeError, match="recipe 'sd3-t5base' is made for sd3 pipelines but this is a flux-dev pipeline"):
+        shrinker.distill(recipe="sd3-t5base")
+    with pytest.raises(ValueError, match="source 'compbench' needs the T2I-CompBench folder"):
+        shrinker.distill(recipe="flux-t5small", student=shrinker.build_student("tiny"), max_steps=1)
+    with pytest.raises(ValueError, match="resume=True needs the output_dir"):
+        shrinker.distill(recipe="tiny", resume=True)
+    with pytest.raises(ValueError, match="Student returns 48-dim embeddings"):
+        shrinker.distill(recipe="tiny", student=testing.tiny_student(teacher_dim=48))
+
+
+def test_unsupported_pipeline_lists_families():
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(4, 8), down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
+    with pytest.raises(ValueError, match="supported families: flux-dev, flux-schnell, pixart-alpha, pixart-sigma, sd3"):
+        EncoderShrinker(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
+
+
+def test_cfg_pipelines_train_on_the_negative_prompt(tiny_pipeline_dirs):
+    pipe = testing.load_tiny_pipeline("sd3", tiny_pipeline_dirs["sd3"])
+    shrinker = EncoderShrinker(pipe)
+    # 2 training prompts, 1 held out, and the empty negative prompt are the texts the teacher encodes
+    shrinker.distill(recipe="tiny", prompts=["a red circle", "a blue square", "held out"], max_steps=40)
+    assert shrinker.summary["teacher_texts_encoded"] == 4
+    with pytest.raises(RecipeError, match="sd3 applies classifier-free guidance only above 1"):
+        shrinker.distill(recipe="tiny", guidance_scales=[1.0])

@@ -1,0 +1,94 @@
+"""Recipes: bundled YAML validated into dataclasses, the paper's curriculum, and clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from encoder_shrink import load_recipe
+from encoder_shrink.recipes import Recipe, RecipeError, available_recipes
+
+BUNDLED = {"flux-t5small", "flux-t5base", "flux-t5large", "flux-t5xl", "flux-schnell-t5base", "sd3-t5base",
+           "pixart-t5base", "tiny"}
+
+
+def test_bundled_recipes_load():
+    assert set(available_recipes()) == BUNDLED
+    for name in BUNDLED:
+        recipe = load_recipe(name)
+        assert isinstance(recipe, Recipe) and recipe.name == name and recipe.version >= 1
+
+
+@pytest.mark.parametrize("name, t5", [("flux-t5small", "small"), ("flux-t5base", "base"), ("flux-t5large", "large"),
+                                      ("flux-t5xl", "xl")])
+def test_flux_recipes_follow_the_paper(name, t5):
+    recipe = load_recipe(name)
+    assert recipe.family == "flux-dev" and recipe.student_t5.endswith(f"t5-{t5}")
+    assert recipe.guidance_scales == [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]
+    assert recipe.num_inference_steps == 20 and recipe.lr_scheduler == "linear" and recipe.batch_size == 32
+    assert [(s.name, s.steps, s.resolution) for s in recipe.stages] == [
+        ("compbench", 50_000, None), ("commontext", 70_000, 1024), ("mix", 200_000, None)]
+    assert recipe.resolution == 512 and recipe.max_sequence_length == 512 and recipe.use_attention_mask is False
+    assert [s.kind for s in recipe.stages[2].sources] == ["laion", "compbench", "commontext"]
+
+
+def test_other_families():
+    assert load_recipe("flux-schnell-t5base").max_sequence_length == 256
+    sd3 = load_recipe("sd3-t5base")
+    assert sd3.family == "sd3" and min(sd3.guidance_scales) > 1
+    pixart = load_recipe("pixart-t5base")
+    assert pixart.guidance_scales[0] == 5.0 and pixart.guidance_scales[-1] == 10.0
+    assert {s.kind for s in pixart.stages[0].sources} == {"laion", "compbench"} and pixart.use_attention_mask
+
+
+def test_stage_lookup_and_overrides():
+    recipe = load_recipe("flux-t5base")
+    assert recipe.stage_at(0)[1].name == "compbench"
+    assert recipe.stage_at(50_000)[1].name == "commontext"
+    assert recipe.stage_at(10**9)[1].name == "mix"
+    short = recipe.with_overrides(max_steps=10, batch_size=4)
+    assert short.total_steps == 10 and short.batch_size == 4 and recipe.batch_size == 32
+
+
+def test_unknown_name_suggests_nearest():
+    with pytest.raises(RecipeError, match="unknown recipe 'flux-t5-base'. Did you mean 'flux-t5base'?"):
+        load_recipe("flux-t5-base")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"batch_sise": 4}, "unknown key 'batch_sise'. Did you mean 'batch_size'?"),
+        ({"batch_size": 0}, "batch_size must be positive, got 0"),
+        ({"loss": "vison"}, "loss 'vison' is not one of vision, embedding. Did you mean 'vision'?"),
+        ({"guidance_scales": []}, "guidance_scales must be positive values"),
+        ({"stages": [{"name": "s", "steps": 5, "sources": [{"kind": "laoin"}]}]},
+         "source kind 'laoin' is not one of .* Did you mean 'laion'?"),
+        ({"stages": [{"name": "s", "steps": -1, "sources": [{"kind": "laion"}]}]}, "steps must be positive, got -1"),
+        ({"stages": [{"name": "s", "steps": 5, "sources": [{"kind": "laion", "weight": 0}]}]}, "weight must be > 0, got 0"),
+    ],
+)
+def test_bad_recipe_files(tmp_path, change, message):
+    data = yaml.safe_load(available_recipes()["tiny"].read_text())
+    data.update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "broken.yaml").write_text("name: [unclosed")
+    with pytest.raises(RecipeError, match="is not valid YAML"):
+        load_recipe(tmp_path / "broken.yaml")
+
+
+def test_cli_lists_one_line_per_recipe():
+    out = subprocess.run(["encoder-shrink", "recipes"], capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == len(BUNDLED)
+    assert any(line.startswith("flux-t5base ") and "google/flan-t5-base" in line and "320000 steps" in line for line in lines)
