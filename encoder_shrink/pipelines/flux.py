@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
 from encoder_shrink.pipelines.base import PipelineAdapter, Trajectory, register_adapter
 
@@ -32,6 +31,9 @@ class _FluxAdapter(PipelineAdapter):
         return {"t5": t5, "pooled": pooled}
 
     def start_trajectory(self, batch_size, resolution, num_inference_steps, generator) -> Trajectory:
+        # Imported here: loading the pipeline module costs seconds that `import encoder_shrink` should not pay.
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
         device, dtype = self.device, self.denoiser.dtype
         latents, image_ids = self.pipe.prepare_latents(
             batch_size, self.denoiser.config.in_channels // 4, resolution, resolution, dtype, device, generator

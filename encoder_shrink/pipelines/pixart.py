@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import retrieve_timesteps
 from diffusers.utils import is_bs4_available, is_ftfy_available
 
 from encoder_shrink.pipelines.base import PipelineAdapter, Trajectory, register_adapter
@@ -46,6 +45,9 @@ class _PixArtAdapter(PipelineAdapter):
         return {"t5": t5.to(self.teacher.dtype)}
 
     def start_trajectory(self, batch_size, resolution, num_inference_steps, generator) -> Trajectory:
+        # Imported here: loading the pipeline module costs seconds that `import encoder_shrink` should not pay.
+        from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import retrieve_timesteps
+
         device, dtype = self.device, self.denoiser.dtype
         latents = self.pipe.prepare_latents(
             batch_size, self.denoiser.config.in_channels, resolution, resolution, dtype, device, generator

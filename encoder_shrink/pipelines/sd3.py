@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
 
 from encoder_shrink.pipelines.base import PipelineAdapter, Trajectory, register_adapter
 
@@ -34,6 +33,9 @@ class SD3Adapter(PipelineAdapter):
         return {"t5": t5, "clip": clip, "pooled": torch.cat([pooled_l, pooled_g], dim=-1)}
 
     def start_trajectory(self, batch_size, resolution, num_inference_steps, generator) -> Trajectory:
+        # Imported here: loading the pipeline module costs seconds that `import encoder_shrink` should not pay.
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
+
         device, dtype = self.device, self.denoiser.dtype
         latents = self.pipe.prepare_latents(
             batch_size, self.denoiser.config.in_channels, resolution, resolution, dtype, device, generator
