@@ -260,9 +260,11 @@ def load_tiny_pipeline(family: str, directory: str | Path, seed: int = 0, **from
 
 def tiny_call_kwargs(pipe, num_inference_steps: int = 2, seed: int = 0) -> dict:
     """Keyword arguments for a fast, deterministic call of a tiny pipeline (small image, few steps)."""
-    family = adapter_for(pipe).name
+    adapter = adapter_for(pipe)
+    family = adapter.name
     kwargs = {
         "num_inference_steps": num_inference_steps,
+        "max_sequence_length": adapter.max_sequence_length,  # the family's deployment length (schnell: 256)
         "generator": torch.Generator("cpu").manual_seed(seed),
         "output_type": "np",
     }

@@ -19,6 +19,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert figures["reload_identical"] and figures["images_finite"]
         assert figures["student_class_after_reload"] == "ShrunkT5EncoderModel"
         assert figures["student_parameters"] < figures["teacher_parameters"]
+        assert figures["distill_steps"] == 80
+        assert figures["relative_mse_after"] < 0.3 * figures["relative_mse_before"]
     assert (tmp_path / "demo" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| flux-dev | text_encoder_2 |" in (tmp_path / "demo" / "report.md").read_text()
     assert "| pixart-sigma | text_encoder |" in capsys.readouterr().out

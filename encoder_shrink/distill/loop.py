@@ -75,6 +75,7 @@ def distill_loop(
     # The denoiser is frozen: no gradients for its weights, eval mode, but gradients flow *through* it.
     denoiser = adapter.denoiser
     denoiser.requires_grad_(False).eval()
+    checkpointing_was_on = bool(getattr(denoiser, "gradient_checkpointing", False))
     if recipe.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
     student.train()  # the paper trains with the projector's (and T5's) dropout on
@@ -177,6 +178,8 @@ def distill_loop(
         raise
     finally:
         progress.close()
+        if recipe.gradient_checkpointing and not checkpointing_was_on:
+            denoiser.disable_gradient_checkpointing()  # leave the user's pipeline as it was for inference
     seconds = time.perf_counter() - started
     trained = step - first_step
     return {

@@ -64,17 +64,19 @@ def test_gradient_checkpointing_of_the_frozen_denoiser_takes_effect(flux):
     calls = {"n": 0}
     # a pre-hook: checkpointing's recomputation stops early once it has what backward needs, so post-hooks may not run
     block.register_forward_pre_hook(lambda *args: calls.__setitem__("n", calls["n"] + 1))
-    counts, weights = {}, {}
+    counts, weights, during = {}, {}, []
     for checkpointing in (False, True):
         torch.manual_seed(0)
         calls["n"] = 0
         student = shrinker.distill(recipe="tiny", max_steps=4, gradient_checkpointing=checkpointing,
-                                   eval_prompts=["a cat"])
+                                   eval_prompts=["a cat"],
+                                   callback=lambda step, loss: during.append(flux.transformer.gradient_checkpointing))
         counts[checkpointing] = calls["n"]
         weights[checkpointing] = student.state_dict()
     # every student prediction (one per optimizer step) is recomputed once in the backward pass
     assert counts[True] - counts[False] == 4
-    assert flux.transformer.gradient_checkpointing
+    assert during == [False] * 4 + [True] * 4
+    assert not flux.transformer.gradient_checkpointing  # the pipeline is left as it was
     for name, tensor in weights[False].items():
         torch.testing.assert_close(weights[True][name], tensor, atol=1e-6, rtol=1e-5)
 
