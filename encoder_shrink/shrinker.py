@@ -52,16 +52,20 @@ class EncoderShrinker:
             )
         self.teacher_id = teacher_id or str(getattr(pipe, "name_or_path", None) or type(pipe).__name__)
 
-    def build_student(self, recipe: str | Recipe) -> ShrunkT5EncoderModel:
-        """The recipe's initial student: its pretrained T5 (or T5 config) with a projector to the pipeline's width."""
-        recipe = load_recipe(recipe)
-        record = {
+    def _record(self, recipe: Recipe) -> dict:
+        """What a student distilled with `recipe` on this pipeline replaces, for its config."""
+        return {
             "pipeline_family": self.adapter.name,
             "component": self.adapter.encoder_slot,
             "teacher_name_or_path": self.teacher_id,
             "max_sequence_length": recipe.max_sequence_length or self.adapter.max_sequence_length,
             "use_attention_mask": self.adapter.uses_attention_mask,
         }
+
+    def build_student(self, recipe: str | Recipe) -> ShrunkT5EncoderModel:
+        """The recipe's initial student: its pretrained T5 (or T5 config) with a projector to the pipeline's width."""
+        recipe = load_recipe(recipe)
+        record = self._record(recipe)
         width = self.adapter.conditioning_width
         if recipe.student_t5 is not None:
             return ShrunkT5EncoderModel.from_t5(recipe.student_t5, teacher_dim=width, **record)
@@ -112,6 +116,8 @@ class EncoderShrinker:
         if student is None:
             student = self.build_student(recipe)
         check_compatible(self.pipe, student)
+        for key, value in self._record(recipe).items():  # a given student now records this distillation
+            setattr(student.config, key, value)
         train_prompts, held_out = self._split_prompts(prompts, eval_prompts, recipe.eval_prompt_count, recipe.seed)
 
         mixtures: dict[int, Any] = {}

@@ -34,6 +34,16 @@ def test_student_starts_from_the_recipes_pretrained_t5(flux, tmp_path):
     assert student.config.use_attention_mask is False and student.config.teacher_dim == 32
 
 
+def test_a_given_student_records_the_distillation(flux):
+    student = testing.tiny_student(teacher_dim=32)
+    assert student.config.pipeline_family is None
+    EncoderShrinker(flux, teacher_id="tiny-flux").distill(recipe="tiny", student=student, max_steps=4,
+                                                          max_sequence_length=128, eval_prompts=["a cat"])
+    config = student.config
+    assert (config.pipeline_family, config.component, config.teacher_name_or_path) == ("flux-dev", "text_encoder_2", "tiny-flux")
+    assert config.max_sequence_length == 128 and config.use_attention_mask is False
+
+
 def test_fp32_master_weights_with_a_bfloat16_pipeline(tiny_pipeline_dirs):
     pipe = testing.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"], dtype=torch.bfloat16)
     shrinker = EncoderShrinker(pipe)
