@@ -2,6 +2,7 @@
 
 from encoder_shrink.compat import check_compatible, swap_text_encoder
 from encoder_shrink.configuration import ShrunkT5Config
+from encoder_shrink.exporters.runtime import load_encoder
 from encoder_shrink.pipelines import adapter_for, register_adapter, registered_families
 from encoder_shrink.recipes import load_recipe
 from encoder_shrink.shrinker import EncoderShrinker
@@ -17,6 +18,7 @@ __all__ = [
     "WeightsError",
     "adapter_for",
     "check_compatible",
+    "load_encoder",
     "load_recipe",
     "register_adapter",
     "registered_families",

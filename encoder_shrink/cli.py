@@ -81,6 +81,28 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from encoder_shrink.exporters import export_onnx, load_report
+
+    if not args.onnx:
+        raise ValueError("choose an export format: --onnx (with --int8 dynamic for int8 weights).")
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    folder = export_onnx(args.student, args.output, int8=args.int8, tokenizer=tokenizer, max_tokens=args.max_tokens,
+                         overwrite=args.overwrite)
+    report = load_report(folder)
+    parity = report["parity"]
+    print(
+        f"Wrote {folder} ({report['precision']}, {report['bytes']['onnx'] / 2**20:.1f} MiB): cosine "
+        f"{parity['min_cosine']:.6f}, max abs error {parity['max_abs_error']:.3g}, relative L2 "
+        f"{parity['relative_l2']:.3g}, NaN {parity['nan']}, Inf {parity['inf']} against the torch student"
+    )
+    return 0
+
+
 def _recipes(args: argparse.Namespace) -> int:
     from encoder_shrink.recipes import available_recipes, load_recipe
 
@@ -134,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
         distill.add_argument(flag, type=kind, help="override the recipe's value")
     distill.add_argument("--gradient-checkpointing", action="store_true", help="recompute the denoiser's activations")
     distill.set_defaults(func=_distill)
+
+    export = commands.add_parser(
+        "export",
+        help="export a student to ONNX (fp32 or int8) with a parity check against the torch model",
+        description="Export a saved student (our format or the reference's) to an ONNX folder that load_encoder "
+                    "and the pipelines load drop-in; the export is checked against the torch student.",
+    )
+    export.add_argument("student", help="folder of a saved student")
+    export.add_argument("--onnx", action="store_true", help="export to ONNX (T5 + projector in one graph)")
+    export.add_argument("--int8", choices=["dynamic"], help="int8 weights by ONNX Runtime dynamic quantization")
+    export.add_argument("--output", required=True, help="folder to create (must not exist)")
+    export.add_argument("--tokenizer", help="tokenizer id/path for the parity prompts (default: random token ids)")
+    export.add_argument("--max-tokens", type=int, default=2048, help="longest input the graph accepts (default: %(default)s)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    export.set_defaults(func=_export)
 
     recipes = commands.add_parser("recipes", help="list the bundled recipes, one line each")
     recipes.set_defaults(func=_recipes)

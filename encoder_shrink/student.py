@@ -117,7 +117,8 @@ class ShrunkT5EncoderModel(T5EncoderModel):
             `(batch_size, sequence_length, config.teacher_dim)` and dtype `self.dtype`.
         """
         tokens = input_ids if input_ids is not None else inputs_embeds
-        if tokens is not None:
+        # Not while exporting/compiling: comparing a symbolic length would pin the exported sequence axis.
+        if tokens is not None and not (torch.compiler.is_exporting() or torch.compiler.is_compiling()):
             self._warn_if_called_differently(tokens.shape[1], attention_mask is not None)
         outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         projection = self.final_projection

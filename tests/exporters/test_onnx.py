@@ -1,0 +1,142 @@
+"""ONNX export (fp32, int8 dynamic): parity with the torch student, runtime encoder drop-in, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from encoder_shrink import ShrunkT5EncoderModel, adapter_for, testing
+from encoder_shrink.exporters import ExportParityError, OnnxShrunkT5Encoder, export_onnx, load_encoder, load_report
+from tests.test_reference import write_reference_checkpoint
+
+TOKENIZER = testing.tiny_t5_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("student") / "student"
+    testing.tiny_student(teacher_dim=32, max_sequence_length=64, pipeline_family="flux-dev").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exports(student_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    return {
+        "fp32": export_onnx(student_dir, root / "fp32", tokenizer=TOKENIZER),
+        "int8": export_onnx(student_dir, root / "int8", int8="dynamic", tokenizer=TOKENIZER),
+    }
+
+
+def _ids(texts, length):
+    tokens = TOKENIZER(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    return tokens.input_ids, tokens.attention_mask
+
+
+def test_fp32_export_matches_torch_at_any_batch_and_length(student_dir, exports):
+    folder = exports["fp32"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "export_report.json", "model.onnx"]
+    report = load_report(folder)
+    assert report["parity"]["passed"] and report["parity"]["nan"] == 0 and report["parity"]["inf"] == 0
+    assert report["parity"]["min_cosine"] > 0.99999 and report["prompts"] == "tokenized prompts"
+    model = onnx.load(str(folder / "model.onnx"))
+    assert model.opset_import[0].version >= 17
+    encoder, student = load_encoder(folder), ShrunkT5EncoderModel.from_pretrained(student_dir).eval()
+    assert isinstance(encoder, OnnxShrunkT5Encoder)
+    for batch, length in ((1, 8), (3, 64), (2, 300)):
+        ids, mask = _ids(["a red circle left of a blue square"] * batch, length)
+        with torch.no_grad():
+            expected = student(ids, attention_mask=mask)[0]
+        got = encoder(ids, attention_mask=mask).last_hidden_state
+        assert got.shape == (batch, length, 32) and got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_int8_export_quantizes_linears_but_not_wo(exports):
+    report = load_report(exports["int8"])
+    assert report["precision"] == "int8-dynamic" and report["parity"]["passed"]
+    assert report["parity"]["min_cosine"] > 0.98
+    model = onnx.load(str(exports["int8"] / "model.onnx"))
+    quantized = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert len(quantized) == report["int8"]["quantized_linears"] == 8  # q, k, v, o, wi_0, wi_1, 2 projector linears
+    float_matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    scopes = [next(p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes") for n in float_matmuls]
+    assert any("DenseReluDense.wo" in s for s in scopes)  # wo stays fp32
+    assert not any(n.op_type == "Gather" and "Quant" in n.name for n in model.graph.node)  # embeddings stay fp32
+
+
+def test_export_refuses_bad_input_and_leaves_nothing(student_dir, tmp_path, exports):
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        export_onnx(student_dir, exports["fp32"])
+    with pytest.raises(ValueError, match="holds a 't5' model, not a student encoder"):
+        testing.tiny_t5_encoder().save_pretrained(tmp_path / "t5")
+        export_onnx(tmp_path / "t5", tmp_path / "out")
+    with pytest.raises(ValueError, match="int8='static' is not supported here"):
+        export_onnx(student_dir, tmp_path / "out", int8="static")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_parity_failure_raises_and_writes_nothing(student_dir, tmp_path, monkeypatch):
+    from encoder_shrink.exporters import parity
+
+    monkeypatch.setitem(parity.TOLERANCES, "fp32", {"min_cosine": 1.1, "max_relative_l2": 0.0})
+    with pytest.raises(ExportParityError, match=r"fp32 export is not close to the torch student: cosine"):
+        export_onnx(student_dir, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reference_checkpoint_exports(tmp_path):
+    write_reference_checkpoint(tmp_path / "ref")
+    folder = export_onnx(tmp_path / "ref", tmp_path / "onnx")
+    assert load_report(folder)["prompts"].startswith("random token ids")
+    assert json.loads((folder / "config.json").read_text())["teacher_dim"] == 64
+
+
+def test_sequence_longer_than_the_export_is_refused(student_dir, tmp_path):
+    folder = export_onnx(student_dir, tmp_path / "short", max_tokens=64)
+    encoder = load_encoder(folder)
+    with pytest.raises(ValueError, match="sequence of 65 tokens is longer than the exported encoder's 64"):
+        encoder(torch.ones(1, 65, dtype=torch.long))
+
+
+def test_load_encoder_picks_the_right_runtime(student_dir, exports, tmp_path):
+    assert type(load_encoder(student_dir)) is ShrunkT5EncoderModel
+    assert type(load_encoder(exports["int8"])) is OnnxShrunkT5Encoder
+    with pytest.raises(ValueError, match="is not a student folder \\(no config.json\\)"):
+        load_encoder(tmp_path)
+    with pytest.raises(ValueError, match="no model.safetensors"):
+        ShrunkT5EncoderModel.from_pretrained(exports["fp32"])
+
+
+def test_encoder_returns_on_the_device_and_dtype_it_was_moved_to(exports):
+    encoder = load_encoder(exports["fp32"]).to(torch.bfloat16)
+    assert encoder.dtype == torch.bfloat16 and encoder.device.type == "cpu"
+    out = encoder(torch.tensor([[5, 6, 1]]))[0]
+    assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("family", ["flux-dev", "sd3", "pixart-alpha"])
+@pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("int8", 0.05)])
+def test_pipelines_generate_with_onnx_encoders(family, precision, atol, tiny_pipeline_dirs, tmp_path):
+    pipeline_class = testing.tiny_pipeline_class(family)
+    slot = adapter_for(pipeline_class.from_pretrained(tiny_pipeline_dirs[family])).encoder_slot
+    student = testing.tiny_student(teacher_dim=32, pipeline_family=family)
+    student.save_pretrained(tmp_path / "student")
+    folder = export_onnx(tmp_path / "student", tmp_path / precision, int8="dynamic" if precision == "int8" else None,
+                         tokenizer=TOKENIZER)
+    torch_pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: student})
+    onnx_pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: load_encoder(folder)})
+    expected = torch_pipe("a red circle", **testing.tiny_call_kwargs(torch_pipe)).images
+    images = onnx_pipe("a red circle", **testing.tiny_call_kwargs(onnx_pipe)).images
+    assert np.isfinite(images).all()
+    np.testing.assert_allclose(images, expected, atol=atol)
+    if precision == "fp32":  # a pipeline saved with the ONNX encoder inside reloads with plain from_pretrained
+        onnx_pipe.save_pretrained(tmp_path / "saved")
+        reloaded = pipeline_class.from_pretrained(tmp_path / "saved")
+        assert isinstance(getattr(reloaded, slot), OnnxShrunkT5Encoder)
+        np.testing.assert_array_equal(reloaded("a red circle", **testing.tiny_call_kwargs(reloaded)).images, images)
