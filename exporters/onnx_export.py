@@ -25,10 +25,9 @@ OPSET = 18
 PROTOBUF_LIMIT = 2 * 1024**3
 # Longest input the dynamic sequence axis accepts (T5's relative buckets extrapolate; FLUX-dev uses 512).
 MAX_TOKENS = 2048
-# Module-path pieces of the layers kept out of int8 (FIELD-NOTES: naive int8 of T5 breaks it): the feed-forward
-# output `wo`, and everything that is not a plain Linear (embeddings, relative attention bias, norms) is excluded
-# because only Linear MatMuls are ever selected.
-INT8_EXCLUDED_LINEARS = (".wo",)
+# Layers kept out of int8 by default (FIELD-NOTES: naive int8 of T5 broke it): the feed-forward output `wo` and the
+# token embeddings; the relative attention bias and the norms are never quantized (only Linear MatMuls and, when
+# asked, the token-embedding Gather are selected).
 DEFAULT_PROMPTS = (
     "two red circles left of a blue square",
     "a cat holding a sign that says 'hello world'",
@@ -74,17 +73,20 @@ def _check(student, session_path: Path, batches, precision: str, masked: bool) -
     return worst.to_dict()
 
 
-def _linear_nodes_to_quantize(model) -> list[str]:
-    """Names of MatMul nodes that implement a student Linear, except the sensitive ones (`wo`)."""
+def _nodes_to_quantize(model, quantize_wo: bool, quantize_embeddings: bool) -> list[str]:
+    """
+    Names of the nodes to quantize: MatMuls that implement a student Linear (the exporter records each node's module
+    path), minus `wo` unless `quantize_wo`, plus the token-embedding Gather if `quantize_embeddings`.
+    """
     nodes = []
     for node in model.graph.node:
-        if node.op_type not in ("MatMul", "Gemm"):
-            continue
         scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
         modules = [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
-        module = modules[-2] if len(modules) >= 2 else ""
-        is_linear = modules[-1].startswith("linear") if modules else False
-        if is_linear and not any(module.endswith(part) for part in INT8_EXCLUDED_LINEARS):
+        module, operation = (modules[-2], modules[-1]) if len(modules) >= 2 else ("", "")
+        if node.op_type in ("MatMul", "Gemm") and operation.startswith("linear"):
+            if quantize_wo or not module.endswith(".wo"):
+                nodes.append(node.name)
+        elif node.op_type == "Gather" and quantize_embeddings and module.endswith("embed_tokens"):
             nodes.append(node.name)
     return nodes
 
@@ -96,6 +98,8 @@ def export_onnx(
     tokenizer=None,
     prompts=DEFAULT_PROMPTS,
     max_tokens: int = MAX_TOKENS,
+    quantize_wo: bool = False,
+    quantize_embeddings: bool = False,
     overwrite: bool = False,
 ) -> Path:
     r"""
@@ -112,6 +116,8 @@ def export_onnx(
         student: a [`ShrunkT5EncoderModel`] or the folder of one (the reference checkpoint format included).
         output_dir: the folder to create; it must not exist unless `overwrite`.
         int8: `None` (fp32) or `"dynamic"`.
+        quantize_wo / quantize_embeddings: also quantize the feed-forward output `wo` / the token embeddings (kept
+            fp32 by default; the parity check measures what they cost).
 
     Example:
 
@@ -164,9 +170,10 @@ def export_onnx(
         if int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            nodes = _linear_nodes_to_quantize(onnx.load(str(fp32_file), load_external_data=False))
+            nodes = _nodes_to_quantize(onnx.load(str(fp32_file), load_external_data=False), quantize_wo,
+                                       quantize_embeddings)
             quantize_dynamic(str(fp32_file), str(graph_file), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes,
+                             op_types_to_quantize=["MatMul", "Gemm", "Gather"], nodes_to_quantize=nodes,
                              use_external_data_format=weights_bytes > PROTOBUF_LIMIT)
             for leftover in staging.glob("fp32.onnx*"):
                 leftover.unlink()
@@ -184,7 +191,9 @@ def export_onnx(
             "bytes": {"onnx": sum(f.stat().st_size for f in staging.iterdir()), "torch_weights": weights_bytes},
         }
         if int8:
-            report["int8"] = {"quantized_linears": len(nodes), "kept_fp32": list(INT8_EXCLUDED_LINEARS)}
+            kept = ["relative_attention_bias", "norms"] + ([] if quantize_wo else ["wo"]) + (
+                [] if quantize_embeddings else ["embed_tokens"])
+            report["int8"] = {"quantized_nodes": len(nodes), "kept_fp32": kept}
         atomic_write_text(staging / REPORT, json.dumps(report, indent=2))
         if not parity["passed"]:
             raise ExportParityError(

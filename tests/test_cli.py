@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from encoder_shrink import ShrunkT5EncoderModel
+from encoder_shrink import ShrunkT5EncoderModel, testing
 from encoder_shrink.cli import main
 from tests.test_reference import write_reference_checkpoint
 
@@ -88,3 +88,21 @@ def test_distill_reports_bad_input_in_one_line(tiny_pipeline_dirs, tmp_path, cap
     assert main(["distill", "--pipeline", str(tiny_pipeline_dirs["flux-dev"]), "--recipe", "tiny", "--prompts",
                  str(tmp_path / "missing.txt"), "--output", str(tmp_path / "o")]) == 2
     assert "missing.txt does not exist" in capsys.readouterr().err
+
+
+def test_export_cli_and_optimum_cli(tmp_path, capsys):
+    student = tmp_path / "student"
+    ShrunkT5EncoderModel.from_t5(testing.tiny_t5_encoder(d_model=16, num_layers=1), teacher_dim=32,
+                                 max_sequence_length=32).save_pretrained(student)
+    assert main(["export", str(student), "--onnx", "--int8", "dynamic", "--output", str(tmp_path / "int8")]) == 0
+    out = capsys.readouterr().out
+    assert "int8-dynamic" in out and "NaN 0, Inf 0" in out
+    assert main(["export", str(student), "--output", str(tmp_path / "x")]) == 2
+    assert "choose an export format: --onnx" in capsys.readouterr().err
+    assert main(["export", str(student), "--onnx", "--output", str(tmp_path / "int8")]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+
+    import subprocess
+
+    run = subprocess.run(["optimum-cli", "encoder-shrink", "recipes"], capture_output=True, text=True)
+    assert run.returncode == 0 and "flux-t5base" in run.stdout

@@ -62,11 +62,21 @@ def test_int8_export_quantizes_linears_but_not_wo(exports):
     assert report["parity"]["min_cosine"] > 0.98
     model = onnx.load(str(exports["int8"] / "model.onnx"))
     quantized = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
-    assert len(quantized) == report["int8"]["quantized_linears"] == 8  # q, k, v, o, wi_0, wi_1, 2 projector linears
+    assert len(quantized) == report["int8"]["quantized_nodes"] == 8  # q, k, v, o, wi_0, wi_1, 2 projector linears
+    assert report["int8"]["kept_fp32"] == ["relative_attention_bias", "norms", "wo", "embed_tokens"]
     float_matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     scopes = [next(p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes") for n in float_matmuls]
     assert any("DenseReluDense.wo" in s for s in scopes)  # wo stays fp32
     assert not any(n.op_type == "Gather" and "Quant" in n.name for n in model.graph.node)  # embeddings stay fp32
+
+
+def test_int8_can_include_wo_and_embeddings(student_dir, exports, tmp_path):
+    folder = export_onnx(student_dir, tmp_path / "all", int8="dynamic", tokenizer=TOKENIZER, quantize_wo=True,
+                         quantize_embeddings=True)
+    report = load_report(folder)
+    assert report["int8"]["quantized_nodes"] == 10 and report["int8"]["kept_fp32"] == ["relative_attention_bias", "norms"]
+    assert report["parity"]["passed"]
+    assert report["bytes"]["onnx"] < load_report(exports["int8"])["bytes"]["onnx"]
 
 
 def test_export_refuses_bad_input_and_leaves_nothing(student_dir, tmp_path, exports):

@@ -1,0 +1,146 @@
+"""Benchmark: size and CPU latency of a T5-base-sized student as torch eager fp32, ONNX fp32 and ONNX int8.
+
+Run:  python -m encoder_shrink.benchmarks.export_latency --output benchmarks/results/export_latency
+
+The student has the FLUX recipe's architecture (FLAN-T5-base encoder, 12 x 768, gated-GELU, 32 128-token vocabulary,
+projector to 4096) with random weights: speed and size do not depend on the values. Every backend encodes the same
+512-token batch (FLUX-dev's padded length) after warm-up, in one process, side by side; figures are medians over the
+repeats. Writes results.json, results.md and results.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _timed(fn, repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".onnx", ".data", ".safetensors"))
+
+
+def run(args) -> dict:
+    from tqdm.auto import tqdm
+    from transformers import T5Config
+
+    from encoder_shrink import ShrunkT5EncoderModel
+    from encoder_shrink.exporters import export_onnx, load_encoder, load_report
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
+                      feed_forward_proj="gated-gelu")
+    student = ShrunkT5EncoderModel.from_t5(config, teacher_dim=4096, max_sequence_length=args.tokens,
+                                           use_attention_mask=True).eval()
+    ids = torch.randint(3, 32128, (args.batch, args.tokens))
+    mask = torch.ones_like(ids)  # the exported graph always takes a mask: give both backends the same inputs
+    results = {
+        "benchmark": "export_latency", "device": "cpu", "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "tokens": args.tokens, "batch": args.batch,
+        "repeats": args.repeats, "warmup": args.warmup, "student": "FLAN-T5-base-sized encoder + projector to 4096, random",
+        "backends": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        student.save_pretrained(tmp / "torch")
+        # (name, int8, also quantize wo and the embeddings)
+        steps = [("torch eager fp32", None, False), ("onnx fp32", None, False), ("onnx int8 (dynamic)", "dynamic", False),
+                 ("onnx int8 (dynamic, + wo, embeddings)", "dynamic", True)]
+        for index, (name, int8, everything) in enumerate(tqdm(steps, desc="backends", unit="backend")):
+            if name.startswith("torch"):
+                encoder, folder, report = student, tmp / "torch", None
+            else:
+                folder = export_onnx(tmp / "torch", tmp / f"export-{index}", int8=int8, quantize_wo=everything,
+                                     quantize_embeddings=everything)
+                encoder, report = load_encoder(folder), load_report(folder)
+            with torch.no_grad():
+                times = _timed(lambda: encoder(ids, attention_mask=mask), args.repeats, args.warmup)
+            results["backends"][name] = {
+                "bytes": _size(folder),
+                "latency_median_s": statistics.median(times),
+                "latency_min_s": min(times),
+                "latency_max_s": max(times),
+                "parity_cosine": report["parity"]["min_cosine"] if report else None,
+                "parity_relative_l2": report["parity"]["relative_l2"] if report else None,
+            }
+    base = results["backends"]["torch eager fp32"]
+    onnx_fp32 = results["backends"]["onnx fp32"]
+    for figures in results["backends"].values():
+        figures["latency_vs_torch"] = round(figures["latency_median_s"] / base["latency_median_s"], 3)
+        figures["size_vs_onnx_fp32"] = round(figures["bytes"] / onnx_fp32["bytes"], 3)
+    results["targets"] = {}
+    for name in ("onnx int8 (dynamic)", "onnx int8 (dynamic, + wo, embeddings)"):
+        int8 = results["backends"][name]
+        results["targets"][f"{name}: size <= 0.3x onnx fp32"] = int8["size_vs_onnx_fp32"] <= 0.3
+        results["targets"][f"{name}: latency <= 0.5x torch eager fp32"] = int8["latency_vs_torch"] <= 0.5
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(results, indent=2))
+    (output / "results.md").write_text(table(results) + "\n")
+    _chart(results, output / "results.png")
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [
+        f"Student encode latency, {results['device']} ({results['threads']} threads, torch {results['torch']}), "
+        f"batch {results['batch']} x {results['tokens']} tokens, median of {results['repeats']} after "
+        f"{results['warmup']} warm-up; {results['student']}",
+        "",
+        "| backend | size (MB) | x onnx fp32 | latency median (s) | min-max (s) | x torch eager | parity cosine |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, f in results["backends"].items():
+        cosine = f"{f['parity_cosine']:.6f}" if f["parity_cosine"] is not None else "reference"
+        lines.append(f"| {name} | {f['bytes'] / 1e6:.1f} | {f['size_vs_onnx_fp32']:.2f} | {f['latency_median_s']:.3f} | "
+                     f"{f['latency_min_s']:.3f}-{f['latency_max_s']:.3f} | {f['latency_vs_torch']:.2f} | {cosine} |")
+    lines += ["", *(f"- {target}: {'met' if ok else 'NOT met'}" for target, ok in results["targets"].items())]
+    return "\n".join(lines)
+
+
+def _chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["backends"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    axes[0].barh(names, [results["backends"][n]["bytes"] / 1e6 for n in names], color="#27a")
+    axes[0].set_title("size (MB)")
+    axes[1].barh(names, [results["backends"][n]["latency_median_s"] for n in names], color="#2a7")
+    axes[1].set_title(f"encode latency (s), {results['tokens']} tokens, CPU")
+    axes[1].set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="benchmarks/results/export_latency")
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    print(table(run(parser.parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()
