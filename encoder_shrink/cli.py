@@ -91,8 +91,8 @@ def _export(args: argparse.Namespace) -> int:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    folder = export_onnx(args.student, args.output, int8=args.int8, tokenizer=tokenizer, max_tokens=args.max_tokens,
-                         overwrite=args.overwrite)
+    folder = export_onnx(args.student, args.output, int8=args.int8, fp16=args.fp16, tokenizer=tokenizer,
+                         max_tokens=args.max_tokens, overwrite=args.overwrite)
     report = load_report(folder)
     parity = report["parity"]
     print(
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("student", help="folder of a saved student")
     export.add_argument("--onnx", action="store_true", help="export to ONNX (T5 + projector in one graph)")
+    export.add_argument("--fp16", action="store_true",
+                        help="fp16 graph for GPUs; wo, norms, residual stream and attention scores stay fp32")
     export.add_argument("--int8", choices=["dynamic"], help="int8 weights by ONNX Runtime dynamic quantization")
     export.add_argument("--output", required=True, help="folder to create (must not exist)")
     export.add_argument("--tokenizer", help="tokenizer id/path for the parity prompts (default: random token ids)")

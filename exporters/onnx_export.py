@@ -73,6 +73,67 @@ def _check(student, session_path: Path, batches, precision: str, masked: bool) -
     return worst.to_dict()
 
 
+def _scope(node) -> list[str]:
+    """The module path the exporter recorded for a node: ['', 'student', ..., '<op>']."""
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+    return [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
+
+
+# What stays fp32 in an fp16 export: T5 overflows fp16 in the feed-forward output `wo` and in the residual stream
+# (transformers clamps it in fp16 for that reason), the norms need fp32 statistics, and T5's unscaled attention
+# logits (no 1/sqrt(d)) plus position bias lose too much in an fp16 softmax. The Linear layers, where the time
+# goes, run in fp16.
+FP16_KEPT = ("wo", "norms", "residual stream", "attention scores and softmax")
+
+
+def _keep_fp32(node) -> bool:
+    modules = _scope(node)
+    module, operation = (modules[-2], modules[-1]) if len(modules) >= 2 else ("", "")
+    if module.endswith(".wo") or "layer_norm" in module:
+        return True
+    if module.endswith("SelfAttention") and not operation.startswith("linear"):
+        return True
+    # residual adds sit directly in `...block.N.layer.M` (T5LayerSelfAttention / T5LayerFF)
+    return node.op_type == "Add" and module.rsplit(".", 2)[-2:-1] == ["layer"]
+
+
+def _to_fp16(model):
+    """fp16 weights and matmuls, with the nodes `_keep_fp32` selects computed in fp32 behind casts."""
+    from onnx import TensorProto
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    kept = sorted(node.name for node in model.graph.node if _keep_fp32(node))
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=kept)
+    # The converter names each cast after the tensor it converts, so a tensor feeding two kept nodes gets two
+    # identical casts (same input, same output name): keep the first, which is the same computation.
+    seen, nodes = set(), []
+    for node in converted.graph.node:
+        signature = (node.op_type, tuple(node.input), tuple(node.output))
+        if node.op_type == "Cast" and signature in seen:
+            continue
+        seen.add(signature)
+        nodes.append(node)
+    # The converter also sends every kept node's output through fp16 before the next kept node casts it back, which
+    # would overflow exactly where fp32 is needed: wire fp32 consumers to the fp32 value and drop the round trip.
+    to_fp16 = {n.output[0]: n.input[0] for n in nodes if n.op_type == "Cast" and _cast_to(n) == TensorProto.FLOAT16}
+    replace = {n.output[0]: to_fp16[n.input[0]] for n in nodes
+               if n.op_type == "Cast" and _cast_to(n) == TensorProto.FLOAT and n.input[0] in to_fp16}
+    nodes = [n for n in nodes if not (n.op_type == "Cast" and n.output[0] in replace)]
+    for node in nodes:
+        for index, name in enumerate(node.input):
+            if name in replace:
+                node.input[index] = replace[name]
+    used = {name for n in nodes for name in n.input} | {o.name for o in converted.graph.output}
+    nodes = [n for n in nodes if not (n.op_type == "Cast" and n.output[0] not in used)]
+    del converted.graph.node[:]
+    converted.graph.node.extend(nodes)
+    return converted
+
+
+def _cast_to(node) -> int:
+    return next(a.i for a in node.attribute if a.name == "to")
+
+
 def _nodes_to_quantize(model, quantize_wo: bool, quantize_embeddings: bool) -> list[str]:
     """
     Names of the nodes to quantize: MatMuls that implement a student Linear (the exporter records each node's module
@@ -80,8 +141,7 @@ def _nodes_to_quantize(model, quantize_wo: bool, quantize_embeddings: bool) -> l
     """
     nodes = []
     for node in model.graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
-        modules = [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
+        modules = _scope(node)
         module, operation = (modules[-2], modules[-1]) if len(modules) >= 2 else ("", "")
         if node.op_type in ("MatMul", "Gemm") and operation.startswith("linear"):
             if quantize_wo or not module.endswith(".wo"):
@@ -95,6 +155,7 @@ def export_onnx(
     student,
     output_dir: str | os.PathLike,
     int8: str | None = None,
+    fp16: bool = False,
     tokenizer=None,
     prompts=DEFAULT_PROMPTS,
     max_tokens: int = MAX_TOKENS,
@@ -116,6 +177,8 @@ def export_onnx(
         student: a [`ShrunkT5EncoderModel`] or the folder of one (the reference checkpoint format included).
         output_dir: the folder to create; it must not exist unless `overwrite`.
         int8: `None` (fp32) or `"dynamic"`.
+        fp16: fp16 weights and matmuls (for GPUs / TensorRT), with `wo`, the norms and the residual stream kept in
+            fp32 because T5 overflows fp16 there; checked like every export.
         quantize_wo / quantize_embeddings: also quantize the feed-forward output `wo` / the token embeddings (kept
             fp32 by default; the parity check measures what they cost).
 
@@ -132,6 +195,8 @@ def export_onnx(
 
     if int8 not in (None, "dynamic"):
         raise ValueError(f"int8={int8!r} is not supported here; use None (fp32) or 'dynamic'.")
+    if int8 and fp16:
+        raise ValueError("choose one of int8 and fp16: int8 weights are for CPUs, fp16 for GPUs.")
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite=True.")
@@ -142,13 +207,13 @@ def export_onnx(
     length = student.config.max_sequence_length or 128
     if length > max_tokens:
         raise ValueError(f"the student's max_sequence_length {length} exceeds max_tokens={max_tokens}.")
-    precision = "int8-dynamic" if int8 else "fp32"
+    precision = "int8-dynamic" if int8 else "fp16" if fp16 else "fp32"
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         graph_file = staging / ONNX_FILE
-        fp32_file = staging / "fp32.onnx" if int8 else graph_file
+        fp32_file = staging / "fp32.onnx" if int8 or fp16 else graph_file
         example = torch.tensor([[5, 6, 7, 1, 0, 0], [5, 6, 1, 0, 0, 0]])
         batch = torch.export.Dim("batch")
         sequence = torch.export.Dim("sequence", min=2, max=max_tokens)
@@ -167,6 +232,11 @@ def export_onnx(
         weights_bytes = sum(p.numel() * p.element_size() for p in student.parameters())
         program.save(str(fp32_file), external_data=weights_bytes > PROTOBUF_LIMIT)
 
+        if fp16:
+            converted = _to_fp16(onnx.load(str(fp32_file)))
+            onnx.save(converted, str(graph_file), save_as_external_data=weights_bytes / 2 > PROTOBUF_LIMIT)
+            for leftover in staging.glob("fp32.onnx*"):
+                leftover.unlink()
         if int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -194,6 +264,8 @@ def export_onnx(
             kept = ["relative_attention_bias", "norms"] + ([] if quantize_wo else ["wo"]) + (
                 [] if quantize_embeddings else ["embed_tokens"])
             report["int8"] = {"quantized_nodes": len(nodes), "kept_fp32": kept}
+        if fp16:
+            report["fp16"] = {"kept_fp32": list(FP16_KEPT)}
         atomic_write_text(staging / REPORT, json.dumps(report, indent=2))
         if not parity["passed"]:
             raise ExportParityError(

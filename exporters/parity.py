@@ -10,6 +10,8 @@ import numpy as np
 # embedding direction on T5 (measured on the tiny tests' students and on random T5-base-sized weights).
 TOLERANCES = {
     "fp32": {"min_cosine": 0.99999, "max_relative_l2": 1e-4},
+    # fp16 matmuls with fp32 residual stream, norms and `wo`: ~0.5% relative error measured on the tiny students.
+    "fp16": {"min_cosine": 0.999, "max_relative_l2": 0.02},
     "int8-dynamic": {"min_cosine": 0.98, "max_relative_l2": 0.2},
 }
 

@@ -150,3 +150,46 @@ def test_pipelines_generate_with_onnx_encoders(family, precision, atol, tiny_pip
         reloaded = pipeline_class.from_pretrained(tmp_path / "saved")
         assert isinstance(getattr(reloaded, slot), OnnxShrunkT5Encoder)
         np.testing.assert_array_equal(reloaded("a red circle", **testing.tiny_call_kwargs(reloaded)).images, images)
+
+
+def _overflowing_student():
+    """A student whose feed-forward output exceeds fp16's range (65504), as T5 activations do at scale."""
+    student = testing.tiny_student(teacher_dim=32, max_sequence_length=64)
+    with torch.no_grad():
+        wo = student.encoder.block[0].layer[1].DenseReluDense.wo.weight
+        wo.mul_(3e4 / wo.abs().max())  # weights still representable in fp16; their sums are not
+        ids, mask = _ids(["a red circle"], 64)
+        ff = student.encoder.block[0].layer[1]
+        assert ff.DenseReluDense(ff.layer_norm(student.shared(ids))).abs().max() > 65504
+    return student
+
+
+def test_fp16_export_keeps_wo_norms_and_residual_in_fp32(tmp_path):
+    student = _overflowing_student()
+    folder = export_onnx(student, tmp_path / "fp16", fp16=True, tokenizer=TOKENIZER)
+    report = load_report(folder)
+    assert report["precision"] == "fp16" and report["parity"]["passed"]
+    assert report["parity"]["nan"] == 0 and report["parity"]["inf"] == 0
+    assert report["fp16"]["kept_fp32"][:3] == ["wo", "norms", "residual stream"]
+    model = onnx.load(str(folder / "model.onnx"))
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) >= 8  # weights stored fp16
+    encoder = load_encoder(folder)
+    ids, mask = _ids(["a red circle", "two cats"], 64)
+    assert torch.isfinite(encoder(ids, attention_mask=mask)[0]).all()
+
+    # structurally: nothing kept in fp32 reads a value that went through fp16
+    from encoder_shrink.exporters.onnx_export import _keep_fp32
+
+    producers = {out: node for node in model.graph.node for out in node.output}
+    kept = [n for n in model.graph.node if n.op_type != "Cast" and _keep_fp32(n)]
+    assert len(kept) > 10
+    for node in kept:
+        for name in node.input:
+            producer = producers.get(name)
+            to = next((a.i for a in producer.attribute if a.name == "to"), None) if producer is not None else None
+            assert not (producer is not None and producer.op_type == "Cast" and to == onnx.TensorProto.FLOAT16), node.name
+
+
+def test_fp16_and_int8_are_exclusive(student_dir, tmp_path):
+    with pytest.raises(ValueError, match="choose one of int8 and fp16"):
+        export_onnx(student_dir, tmp_path / "x", int8="dynamic", fp16=True)
