@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--onnx", action="store_true", help="export to ONNX (T5 + projector in one graph)")
     export.add_argument("--fp16", action="store_true",
                         help="fp16 graph for GPUs; wo, norms, residual stream and attention scores stay fp32")
-    export.add_argument("--int8", choices=["dynamic"], help="int8 weights by ONNX Runtime dynamic quantization")
+    export.add_argument("--int8", choices=["dynamic", "static"],
+                        help="dynamic: int8 weights, activations quantized at run time (CPU); static: QDQ graph "
+                             "calibrated on prompts (for TensorRT)")
     export.add_argument("--output", required=True, help="folder to create (must not exist)")
     export.add_argument("--tokenizer", help="tokenizer id/path for the parity prompts (default: random token ids)")
     export.add_argument("--max-tokens", type=int, default=2048, help="longest input the graph accepts (default: %(default)s)")

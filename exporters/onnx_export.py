@@ -130,6 +130,36 @@ def _to_fp16(model):
     return converted
 
 
+class _Calibration:
+    """onnxruntime.quantization's CalibrationDataReader over token batches, one example per row."""
+
+    def __init__(self, batches):
+        self._rows = iter([{"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]}
+                           for ids, mask in batches for i in range(len(ids))])
+
+    def get_next(self):
+        return next(self._rows, None)
+
+
+def _quantize(source: Path, target: Path, mode: str, nodes: list[str], calibration, external: bool) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    # Embedding lookups are quantized only when selected in `nodes`; relative-position Gathers never are.
+    op_types = ["MatMul", "Gemm", "Gather"]
+    if mode == "dynamic":
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=op_types, nodes_to_quantize=nodes, use_external_data_format=external)
+        return
+    # Symmetric int8 activations and weights in QDQ form, as TensorRT expects; percentile calibration keeps the few
+    # very large T5 activations from stretching the scale of everything else.
+    quantize_static(str(source), str(target), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=op_types, nodes_to_quantize=nodes, use_external_data_format=external,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]})
+
+
 def _cast_to(node) -> int:
     return next(a.i for a in node.attribute if a.name == "to")
 
@@ -158,6 +188,7 @@ def export_onnx(
     fp16: bool = False,
     tokenizer=None,
     prompts=DEFAULT_PROMPTS,
+    calibration_prompts=None,
     max_tokens: int = MAX_TOKENS,
     quantize_wo: bool = False,
     quantize_embeddings: bool = False,
@@ -176,7 +207,9 @@ def export_onnx(
     Args:
         student: a [`ShrunkT5EncoderModel`] or the folder of one (the reference checkpoint format included).
         output_dir: the folder to create; it must not exist unless `overwrite`.
-        int8: `None` (fp32) or `"dynamic"`.
+        int8: `None` (fp32), `"dynamic"` (int8 weights, activations quantized at run time: fast on CPUs) or
+            `"static"` (a QDQ graph with activation ranges calibrated on `calibration_prompts`: the form TensorRT
+            consumes).
         fp16: fp16 weights and matmuls (for GPUs / TensorRT), with `wo`, the norms and the residual stream kept in
             fp32 because T5 overflows fp16 there; checked like every export.
         quantize_wo / quantize_embeddings: also quantize the feed-forward output `wo` / the token embeddings (kept
@@ -193,10 +226,16 @@ def export_onnx(
 
     from encoder_shrink.student import ShrunkT5EncoderModel
 
-    if int8 not in (None, "dynamic"):
-        raise ValueError(f"int8={int8!r} is not supported here; use None (fp32) or 'dynamic'.")
+    if int8 not in (None, "dynamic", "static"):
+        raise ValueError(f"int8={int8!r} is not supported; use None (fp32), 'dynamic' or 'static'.")
     if int8 and fp16:
         raise ValueError("choose one of int8 and fp16: int8 weights are for CPUs, fp16 for GPUs.")
+    if calibration_prompts is None:
+        from encoder_shrink.data import generate_commontext
+
+        # 32 generated CommonText validation prompts plus the empty prompt, which every CFG pipeline encodes as its
+        # negative and whose activations lie outside the range of ordinary prompts (without it: cosine 0.96).
+        calibration_prompts = generate_commontext(32, split="val") + [""]
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite=True.")
@@ -207,7 +246,7 @@ def export_onnx(
     length = student.config.max_sequence_length or 128
     if length > max_tokens:
         raise ValueError(f"the student's max_sequence_length {length} exceeds max_tokens={max_tokens}.")
-    precision = "int8-dynamic" if int8 else "fp16" if fp16 else "fp32"
+    precision = f"int8-{int8}" if int8 else "fp16" if fp16 else "fp32"
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
@@ -238,13 +277,10 @@ def export_onnx(
             for leftover in staging.glob("fp32.onnx*"):
                 leftover.unlink()
         if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
             nodes = _nodes_to_quantize(onnx.load(str(fp32_file), load_external_data=False), quantize_wo,
                                        quantize_embeddings)
-            quantize_dynamic(str(fp32_file), str(graph_file), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm", "Gather"], nodes_to_quantize=nodes,
-                             use_external_data_format=weights_bytes > PROTOBUF_LIMIT)
+            calibration = _token_batches(student, tokenizer, calibration_prompts, length) if int8 == "static" else None
+            _quantize(fp32_file, graph_file, int8, nodes, calibration, weights_bytes > PROTOBUF_LIMIT)
             for leftover in staging.glob("fp32.onnx*"):
                 leftover.unlink()
 

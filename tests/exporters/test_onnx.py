@@ -70,6 +70,21 @@ def test_int8_export_quantizes_linears_but_not_wo(exports):
     assert not any(n.op_type == "Gather" and "Quant" in n.name for n in model.graph.node)  # embeddings stay fp32
 
 
+def test_int8_static_is_a_calibrated_qdq_graph(student_dir, tmp_path):
+    folder = export_onnx(student_dir, tmp_path / "static", int8="static", tokenizer=TOKENIZER)
+    report = load_report(folder)
+    assert report["precision"] == "int8-static" and report["parity"]["passed"] and report["parity"]["min_cosine"] > 0.99
+    model = onnx.load(str(folder / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    # activations: q/k/v share one input, wi_0/wi_1 another, then o and the two projector linears; weights: 8
+    assert ops.count("QuantizeLinear") >= 5 and ops.count("DequantizeLinear") >= 5 + 8
+    scales = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("_scale")}
+    assert scales and all(np.all(v > 0) for v in scales.values())
+    encoder = load_encoder(folder)
+    ids, mask = _ids(["a blue square", ""], 64)
+    assert torch.isfinite(encoder(ids, attention_mask=mask)[0]).all()
+
+
 def test_int8_can_include_wo_and_embeddings(student_dir, exports, tmp_path):
     folder = export_onnx(student_dir, tmp_path / "all", int8="dynamic", tokenizer=TOKENIZER, quantize_wo=True,
                          quantize_embeddings=True)
@@ -85,8 +100,8 @@ def test_export_refuses_bad_input_and_leaves_nothing(student_dir, tmp_path, expo
     with pytest.raises(ValueError, match="holds a 't5' model, not a student encoder"):
         testing.tiny_t5_encoder().save_pretrained(tmp_path / "t5")
         export_onnx(tmp_path / "t5", tmp_path / "out")
-    with pytest.raises(ValueError, match="int8='static' is not supported here"):
-        export_onnx(student_dir, tmp_path / "out", int8="static")
+    with pytest.raises(ValueError, match="int8='weights' is not supported"):
+        export_onnx(student_dir, tmp_path / "out", int8="weights")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
