@@ -130,6 +130,34 @@ def _to_fp16(model):
     return converted
 
 
+def _denoiser_error(adapter, student, graph_file: Path, folder: Path, prompts, length: int, resolution: int,
+                    steps: int) -> dict:
+    """Relative MSE of the denoiser's predictions with exported vs torch-student embeddings, on teacher trajectories."""
+    from encoder_shrink.exporters.runtime import OnnxShrunkT5Encoder
+    from encoder_shrink.fidelity import denoiser_fidelity
+
+    # A temporary config beside the graph lets the runtime encoder load it as an exported folder would.
+    config = student.config.to_dict()
+    config[EXPORT_KEY] = {"format": "onnx", "file": graph_file.name}
+    atomic_write_text(folder / "config.json", json.dumps(config))
+    exported = OnnxShrunkT5Encoder.from_pretrained(folder, providers=["CPUExecutionProvider"]).to(adapter.device)
+    student = student.to(adapter.device)
+
+    def torch_student_rows(texts):
+        rows = adapter.encode_teacher(texts, length)
+        input_ids, mask = adapter.tokenize(texts, length)
+        with torch.no_grad():
+            rows["t5"] = student(input_ids, attention_mask=mask)[0]
+        return rows
+
+    prompts = [p for p in prompts if p]
+    guidance = 3.5 if adapter.guidance else None
+    result = denoiser_fidelity(adapter, exported, prompts, max_sequence_length=length, num_inference_steps=steps,
+                               resolution=resolution, guidance_scale=guidance, teacher_rows=torch_student_rows)
+    return {"relative_mse": result["relative_mse"], "steps": steps, "resolution": resolution,
+            "prompts": len(prompts), "guidance_scale": guidance, "family": adapter.name}
+
+
 class _Calibration:
     """onnxruntime.quantization's CalibrationDataReader over token batches, one example per row."""
 
@@ -192,6 +220,9 @@ def export_onnx(
     max_tokens: int = MAX_TOKENS,
     quantize_wo: bool = False,
     quantize_embeddings: bool = False,
+    pipeline=None,
+    resolution: int = 512,
+    denoiser_steps: int = 4,
     overwrite: bool = False,
 ) -> Path:
     r"""
@@ -214,6 +245,9 @@ def export_onnx(
             fp32 because T5 overflows fp16 there; checked like every export.
         quantize_wo / quantize_embeddings: also quantize the feed-forward output `wo` / the token embeddings (kept
             fp32 by default; the parity check measures what they cost).
+        pipeline: the student's pipeline; its tokenizer is then used for the prompts, and the report adds the
+            denoiser-output relative error the export causes (exported vs torch student embeddings along teacher
+            trajectories of `denoiser_steps` steps at `resolution` px).
 
     Example:
 
@@ -284,6 +318,12 @@ def export_onnx(
             for leftover in staging.glob("fp32.onnx*"):
                 leftover.unlink()
 
+        adapter = None
+        if pipeline is not None:
+            from encoder_shrink.compat import check_compatible
+
+            adapter = check_compatible(pipeline, student)
+            tokenizer = tokenizer or adapter.tokenizer
         batches = _token_batches(student, tokenizer, prompts, length)
         parity = _check(student, graph_file, batches, precision, masked=bool(student.config.use_attention_mask))
         report = {
@@ -302,6 +342,9 @@ def export_onnx(
             report["int8"] = {"quantized_nodes": len(nodes), "kept_fp32": kept}
         if fp16:
             report["fp16"] = {"kept_fp32": list(FP16_KEPT)}
+        if adapter is not None and parity["passed"]:
+            report["denoiser"] = _denoiser_error(adapter, student, graph_file, staging, prompts, length, resolution,
+                                                 denoiser_steps)
         atomic_write_text(staging / REPORT, json.dumps(report, indent=2))
         if not parity["passed"]:
             raise ExportParityError(

@@ -145,6 +145,19 @@ def test_encoder_returns_on_the_device_and_dtype_it_was_moved_to(exports):
     assert out.dtype == torch.bfloat16
 
 
+def test_report_gives_denoiser_error_with_a_pipeline(tiny_pipeline_dirs, tmp_path):
+    pipe = testing.load_tiny_pipeline("sd3", tiny_pipeline_dirs["sd3"])
+    student = testing.tiny_student(teacher_dim=32, max_sequence_length=256)
+    errors = {}
+    for name, options in (("fp32", {}), ("int8", {"int8": "dynamic"})):
+        folder = export_onnx(student, tmp_path / name, pipeline=pipe, resolution=16, **options)
+        report = load_report(folder)
+        assert report["prompts"] == "tokenized prompts"  # the pipeline's tokenizer was used
+        assert report["denoiser"]["family"] == "sd3" and report["denoiser"]["steps"] == 4
+        errors[name] = report["denoiser"]["relative_mse"]
+    assert errors["fp32"] < 1e-8 < errors["int8"] < 1e-2
+
+
 @pytest.mark.parametrize("family", ["flux-dev", "sd3", "pixart-alpha"])
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("int8", 0.05)])
 def test_pipelines_generate_with_onnx_encoders(family, precision, atol, tiny_pipeline_dirs, tmp_path):
