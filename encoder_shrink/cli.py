@@ -91,8 +91,14 @@ def _export(args: argparse.Namespace) -> int:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    folder = export_onnx(args.student, args.output, int8=args.int8, fp16=args.fp16, tokenizer=tokenizer,
-                         max_tokens=args.max_tokens, overwrite=args.overwrite)
+    onnx_output = f"{args.output.rstrip('/')}-onnx" if args.trt else args.output
+    if args.trt:
+        from encoder_shrink.exporters.tensorrt import _tensorrt
+
+        _tensorrt()  # fail before the ONNX export when TensorRT or the GPU is missing
+    folder = export_onnx(args.student, onnx_output, int8=args.int8, fp16=args.fp16, tokenizer=tokenizer,
+                         max_tokens=args.max_tokens, quantize_wo=args.quantize_wo,
+                         quantize_embeddings=args.quantize_embeddings, overwrite=args.overwrite)
     report = load_report(folder)
     parity = report["parity"]
     print(
@@ -100,6 +106,12 @@ def _export(args: argparse.Namespace) -> int:
         f"{parity['min_cosine']:.6f}, max abs error {parity['max_abs_error']:.3g}, relative L2 "
         f"{parity['relative_l2']:.3g}, NaN {parity['nan']}, Inf {parity['inf']} against the torch student"
     )
+    if args.trt:
+        from encoder_shrink.exporters import build_engine
+
+        engine = build_engine(folder, args.output, max_batch=args.max_batch, timing_cache=args.timing_cache,
+                              overwrite=args.overwrite)
+        print(f"Wrote TensorRT engine {engine} from {folder}")
     return 0
 
 
@@ -170,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--int8", choices=["dynamic", "static"],
                         help="dynamic: int8 weights, activations quantized at run time (CPU); static: QDQ graph "
                              "calibrated on prompts (for TensorRT)")
+    export.add_argument("--quantize-wo", action="store_true", help="int8: also quantize the feed-forward output wo")
+    export.add_argument("--quantize-embeddings", action="store_true", help="int8: also quantize the token embeddings")
+    export.add_argument("--trt", action="store_true",
+                        help="also build a TensorRT engine from the ONNX graph (in --output; the ONNX goes to OUTPUT-onnx)")
+    export.add_argument("--max-batch", type=int, default=4, help="largest batch of the TensorRT profile")
+    export.add_argument("--timing-cache", help="TensorRT timing cache file to reuse and update")
     export.add_argument("--output", required=True, help="folder to create (must not exist)")
     export.add_argument("--tokenizer", help="tokenizer id/path for the parity prompts (default: random token ids)")
     export.add_argument("--max-tokens", type=int, default=2048, help="longest input the graph accepts (default: %(default)s)")
@@ -196,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileExistsError, OSError) as error:
+    except (ValueError, TypeError, FileExistsError, OSError, RuntimeError) as error:
         print(f"encoder-shrink {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -170,8 +170,9 @@ def _read_config(folder: Path) -> dict:
 
 def load_encoder(path: str | os.PathLike, **kwargs):
     r"""
-    The encoder a folder holds: the torch student (`model.safetensors`, our format or the reference's) or an ONNX
-    Runtime encoder (an `encoder-shrink export` folder). Each loads drop-in into a pipeline's T5 slot.
+    The encoder a folder holds: the torch student (`model.safetensors`, our format or the reference's), an ONNX
+    Runtime encoder or a TensorRT encoder (`encoder-shrink export` folders). Each loads drop-in into a pipeline's T5
+    slot.
 
     Example:
 
@@ -185,6 +186,10 @@ def load_encoder(path: str | os.PathLike, **kwargs):
     export = config.get(EXPORT_KEY) or {}
     if export.get("format") == "onnx":
         return OnnxShrunkT5Encoder.from_pretrained(folder, **kwargs)
+    if export.get("format") == "tensorrt":
+        from encoder_shrink.exporters.tensorrt import TensorRTShrunkT5Encoder
+
+        return TensorRTShrunkT5Encoder.from_pretrained(folder, **kwargs)
     if export:
         raise ValueError(f"{folder} holds a {export.get('format')!r} export, which this version cannot run.")
     from encoder_shrink.student import ShrunkT5EncoderModel

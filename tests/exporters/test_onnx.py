@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -115,6 +116,18 @@ def test_parity_failure_raises_and_writes_nothing(student_dir, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_large_graphs_keep_weights_in_external_data(student_dir, tmp_path, monkeypatch):
+    from encoder_shrink.exporters import onnx_export
+
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 1000)  # pretend the tiny student is over the 2 GB limit
+    folder = export_onnx(student_dir, tmp_path / "external", tokenizer=TOKENIZER)
+    data = [p for p in folder.iterdir() if p.name not in ("config.json", "export_report.json", "model.onnx")]
+    assert data and sum(p.stat().st_size for p in data) > 30_000  # the weights live beside the graph
+    assert load_report(folder)["parity"]["passed"]
+    ids, mask = _ids(["a cat"], 16)
+    assert torch.isfinite(load_encoder(folder)(ids, attention_mask=mask)[0]).all()
+
+
 def test_reference_checkpoint_exports(tmp_path):
     write_reference_checkpoint(tmp_path / "ref")
     folder = export_onnx(tmp_path / "ref", tmp_path / "onnx")
@@ -221,3 +234,26 @@ def test_fp16_export_keeps_wo_norms_and_residual_in_fp32(tmp_path):
 def test_fp16_and_int8_are_exclusive(student_dir, tmp_path):
     with pytest.raises(ValueError, match="choose one of int8 and fp16"):
         export_onnx(student_dir, tmp_path / "x", int8="dynamic", fp16=True)
+
+
+@pytest.mark.accelerator
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for the denoiser")
+def test_cpu_resident_onnx_encoder_feeds_a_gpu_pipeline(tiny_pipeline_dirs, exports, student_dir):
+    encoder = load_encoder(exports["fp32"], providers=["CPUExecutionProvider"])
+    pipe = testing.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"],
+                                                                   text_encoder_2=encoder).to("cuda")
+    embeds, _, _ = pipe.encode_prompt(prompt="a red circle", prompt_2=None, max_sequence_length=64)
+    assert embeds.device.type == "cuda" and encoder.session.get_providers() == ["CPUExecutionProvider"]
+    images = pipe("a red circle", **testing.tiny_call_kwargs(pipe)).images
+    assert np.isfinite(images).all()
+
+
+@pytest.mark.accelerator
+@pytest.mark.skipif(not (torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()),
+                    reason="needs onnxruntime-gpu and a CUDA device")
+def test_cuda_io_binding_matches_cpu(exports):
+    cpu = load_encoder(exports["fp32"], providers=["CPUExecutionProvider"])
+    cuda = load_encoder(exports["fp32"]).to("cuda")
+    ids, mask = _ids(["a red circle", "two cats"], 64)
+    torch.testing.assert_close(cuda(ids.cuda(), attention_mask=mask.cuda())[0].cpu(), cpu(ids, attention_mask=mask)[0],
+                               atol=1e-4, rtol=1e-4)
