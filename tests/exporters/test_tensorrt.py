@@ -21,6 +21,7 @@ TOKENIZER = testing.tiny_t5_tokenizer()
 def test_without_tensorrt_or_gpu_the_error_is_one_line(tmp_path, capsys):
     student = tmp_path / "student"
     testing.tiny_student(teacher_dim=32, max_sequence_length=32).save_pretrained(student)
+    capsys.readouterr()  # drop the save's progress bar
     assert main(["export", str(student), "--onnx", "--trt", "--output", str(tmp_path / "trt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ("TensorRT is not installed" in err or "needs an NVIDIA GPU" in err)
