@@ -34,16 +34,19 @@ def tiny_t5_tokenizer(model_max_length: int = 512):
 
     ```python
     >>> tiny_t5_tokenizer()("a red circle").input_ids
-    [3, 16, 42, 1]
+    [4, 24, 35, 1]
     ```
     """
     from transformers import T5TokenizerFast
 
-    # Whole words score higher than their spelling out, so Unigram prefers them.
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
-    vocab += [("\u2581" + word, -2.0) for word in dict.fromkeys(_WORDS)]
-    vocab += [(char, -5.0) for char in _CHARS] + [("\u2581" + char, -4.0) for char in _CHARS]
-    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+    # Whole words score higher than their spelling out, so Unigram prefers them; a piece listed twice (the word "a"
+    # and the character "a" after a space) keeps its first, higher score.
+    pieces = {"<pad>": 0.0, "</s>": 0.0, "<unk>": 0.0, "\u2581": -3.0}
+    for piece, score in [("\u2581" + word, -2.0) for word in _WORDS] + [(char, -5.0) for char in _CHARS] + [
+        ("\u2581" + char, -4.0) for char in _CHARS
+    ]:
+        pieces.setdefault(piece, score)
+    return T5TokenizerFast(vocab=list(pieces.items()), extra_ids=0, model_max_length=model_max_length)
 
 
 def tiny_clip_tokenizer(model_max_length: int = 77):

@@ -83,8 +83,8 @@ def generate_commontext(n: int, split: str = "train", seed: int = 0) -> list[str
     Example:
 
     ```python
-    >>> generate_commontext(2, seed=0)  # doctest: +SKIP
-    ["A koala waving a poster stating 'market'.", "A mug labeled 'thank you'."]
+    >>> generate_commontext(2, seed=0)
+    ["A monkey carrying a banner with the words 'authority'.", "A boy holding a sign reading 'blocked'."]
     ```
     """
     if n <= 0:
