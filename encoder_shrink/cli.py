@@ -93,9 +93,9 @@ def _export(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     onnx_output = f"{args.output.rstrip('/')}-onnx" if args.trt else args.output
     if args.trt:
-        from encoder_shrink.exporters.tensorrt import _tensorrt
+        from encoder_shrink.exporters.tensorrt import require_tensorrt
 
-        _tensorrt()  # fail before the ONNX export when TensorRT or the GPU is missing
+        require_tensorrt()  # fail before the ONNX export when TensorRT or the GPU is missing
     folder = export_onnx(args.student, onnx_output, int8=args.int8, fp16=args.fp16, tokenizer=tokenizer,
                          max_tokens=args.max_tokens, quantize_wo=args.quantize_wo,
                          quantize_embeddings=args.quantize_embeddings, overwrite=args.overwrite)

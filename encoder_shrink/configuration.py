@@ -9,6 +9,12 @@ from transformers import T5Config
 DEFAULT_PROJECTOR_DROPOUT = 0.1
 # T5-XXL's width, the conditioning width of FLUX.1, SD3/3.5 and PixArt-alpha/sigma.
 T5_XXL_DIM = 4096
+# Keys of a saved T5 config.json that are metadata or that T5Config derives from `feed_forward_proj` itself: not
+# passed on when a student config is built from another config.
+NON_FIELD_KEYS = (
+    "model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype",
+    "dense_act_fn", "is_gated_act", "scale_decoder_outputs",
+)
 
 
 @strict

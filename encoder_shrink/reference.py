@@ -6,14 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from encoder_shrink.configuration import T5_XXL_DIM, ShrunkT5Config
+from encoder_shrink.configuration import NON_FIELD_KEYS, T5_XXL_DIM, ShrunkT5Config
 
 REFERENCE_ARCHITECTURE = "T5EncoderWithProjection"
 # The reference wraps a whole T5EncoderModel as `encoder`, so its T5 keys carry one extra `encoder.` prefix
 # (`encoder.shared.weight`, `encoder.encoder.block.0...`); the projector keys `final_projection.0/.3` match ours.
 REFERENCE_KEY_MAPPING = {r"^encoder\.(shared|encoder)\.": r"\1."}
-# Config keys of the reference that are not T5 fields, and saved metadata the student config sets itself.
-_REFERENCE_ONLY_KEYS = ("project_in_dim", "project_out_dim", "architectures", "model_type", "transformers_version")
+# Config keys of the reference that are not T5 fields (besides the metadata every saved config has).
+_REFERENCE_ONLY_KEYS = ("project_in_dim", "project_out_dim", *NON_FIELD_KEYS)
 
 
 def is_reference_config(config_dict: dict[str, Any]) -> bool:
@@ -43,7 +43,7 @@ def reference_to_student_config(config_dict: dict[str, Any]) -> ShrunkT5Config:
     fields.setdefault("pipeline_family", "flux")
     fields.setdefault("component", "text_encoder_2")
     fields["teacher_dim"] = config_dict.get("project_out_dim", T5_XXL_DIM)
-    return ShrunkT5Config(**{k: v for k, v in fields.items() if k not in ("dense_act_fn", "is_gated_act")})
+    return ShrunkT5Config(**fields)
 
 
 def convert_reference_checkpoint(source: str | os.PathLike, destination: str | os.PathLike, overwrite: bool = False):

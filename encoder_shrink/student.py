@@ -19,7 +19,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5PreTrainedModel, T5Stack
 from transformers.utils.generic import can_return_tuple
 
-from encoder_shrink.configuration import T5_XXL_DIM, ShrunkT5Config
+from encoder_shrink.configuration import NON_FIELD_KEYS, T5_XXL_DIM, ShrunkT5Config
 from encoder_shrink.reference import REFERENCE_KEY_MAPPING, is_reference_config, reference_to_student_config
 from encoder_shrink.weights import WeightsError, safetensors_files
 
@@ -29,11 +29,6 @@ __all__ = ["PreTrainedModel", "ShrunkT5EncoderModel"]
 
 # Keys `from_pretrained` passes on to the hub when it reads a config (everything else is a loading option).
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
-# Saved metadata and fields T5Config derives from `feed_forward_proj` itself.
-_T5_CONFIG_KEYS_TO_DROP = (
-    "model_type", "architectures", "transformers_version", "auto_map", "dtype", "torch_dtype",
-    "dense_act_fn", "is_gated_act", "scale_decoder_outputs",
-)
 
 
 class ShrunkT5EncoderModel(T5EncoderModel):
@@ -281,7 +276,7 @@ def _require_t5_config(config: PreTrainedConfig, what: str) -> None:
 
 
 def _student_config(t5_config: T5Config, teacher_dim: int, config_kwargs: dict) -> ShrunkT5Config:
-    fields = {k: v for k, v in t5_config.to_dict().items() if k not in _T5_CONFIG_KEYS_TO_DROP}
+    fields = {k: v for k, v in t5_config.to_dict().items() if k not in NON_FIELD_KEYS}
     fields.update(config_kwargs, teacher_dim=teacher_dim)
     return ShrunkT5Config(**fields)
 

@@ -27,7 +27,8 @@ TIMING_CACHE = "timing.cache"
 WORKSPACE_BYTES = 4 * 1024**3
 
 
-def _tensorrt():
+def require_tensorrt():
+    """The tensorrt module, or a one-line RuntimeError when it or an NVIDIA GPU is missing."""
     try:
         import tensorrt as trt
     except ImportError:
@@ -64,7 +65,7 @@ def build_engine(
     >>> build_engine("out/student-onnx-fp16", "out/student-trt")  # doctest: +SKIP
     ```
     """
-    trt = _tensorrt()
+    trt = require_tensorrt()
     onnx_folder, output_dir = Path(onnx_folder), Path(output_dir)
     config = _read_config(onnx_folder)
     export = config.get(EXPORT_KEY) or {}
@@ -139,7 +140,7 @@ class TensorRTShrunkT5Encoder(OnnxShrunkT5Encoder):
 
     @classmethod
     def from_pretrained(cls, folder, *args, **kwargs) -> TensorRTShrunkT5Encoder:
-        trt = _tensorrt()
+        trt = require_tensorrt()
         folder = Path(folder)
         config = _read_config(folder)
         info = config.get(EXPORT_KEY) or {}
@@ -194,4 +195,4 @@ class TensorRTShrunkT5Encoder(OnnxShrunkT5Encoder):
         return output if return_dict is not False else (embeddings,)
 
 
-__all__ = ["PreTrainedModel", "TensorRTShrunkT5Encoder", "build_engine"]
+__all__ = ["PreTrainedModel", "TensorRTShrunkT5Encoder", "build_engine", "require_tensorrt"]
