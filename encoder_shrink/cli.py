@@ -81,6 +81,11 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _choice(value: str):
+    """`auto|yes|no` on the command line -> `"auto" | True | False` in the library."""
+    return {"auto": "auto", "yes": True, "no": False}[value]
+
+
 def _export(args: argparse.Namespace) -> int:
     from encoder_shrink.exporters import export_onnx, load_report
 
@@ -97,8 +102,8 @@ def _export(args: argparse.Namespace) -> int:
 
         require_tensorrt()  # fail before the ONNX export when TensorRT or the GPU is missing
     folder = export_onnx(args.student, onnx_output, int8=args.int8, fp16=args.fp16, tokenizer=tokenizer,
-                         max_tokens=args.max_tokens, quantize_wo=args.quantize_wo,
-                         quantize_embeddings=args.quantize_embeddings, overwrite=args.overwrite)
+                         max_tokens=args.max_tokens, quantize_wo=_choice(args.quantize_wo),
+                         quantize_embeddings=_choice(args.quantize_embeddings), overwrite=args.overwrite)
     report = load_report(folder)
     parity = report["parity"]
     print(
@@ -113,6 +118,23 @@ def _export(args: argparse.Namespace) -> int:
                               overwrite=args.overwrite)
         print(f"Wrote TensorRT engine {engine} from {folder}")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from encoder_shrink.benchmarks.bench import BenchConfig, markdown, run_bench
+
+    config = BenchConfig(
+        pipeline=args.pipeline, student=args.student, synthetic=args.synthetic, synthetic_student=args.synthetic_student,
+        backends=[b.strip() for b in args.backends.split(",") if b.strip()], device=args.device, dtype=args.dtype,
+        seq_len=args.seq_len, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
+        original_repeats=args.original_repeats, pipeline_steps=args.pipeline_steps, resolution=args.resolution,
+        offload=args.offload, memory_fraction=args.memory_fraction,
+    )
+    results = run_bench(config, args.output)
+    print(markdown(results))
+    print(f"\nWrote {args.output}/results.json, results.md and results.png")
+    failed = [n for n, f in {**results["encoders"], **results["pipelines"]}.items() if "error" in f]
+    return 1 if failed else 0
 
 
 def _recipes(args: argparse.Namespace) -> int:
@@ -182,8 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--int8", choices=["dynamic", "static"],
                         help="dynamic: int8 weights, activations quantized at run time (CPU); static: QDQ graph "
                              "calibrated on prompts (for TensorRT)")
-    export.add_argument("--quantize-wo", action="store_true", help="int8: also quantize the feed-forward output wo")
-    export.add_argument("--quantize-embeddings", action="store_true", help="int8: also quantize the token embeddings")
+    export.add_argument("--quantize-wo", choices=["auto", "yes", "no"], default="auto",
+                        help="int8: quantize the feed-forward output wo too (auto: only if measured harmless; "
+                             "default: %(default)s)")
+    export.add_argument("--quantize-embeddings", choices=["auto", "yes", "no"], default="auto",
+                        help="int8: quantize the token embeddings too (auto: only if measured harmless; "
+                             "default: %(default)s)")
     export.add_argument("--trt", action="store_true",
                         help="also build a TensorRT engine from the ONNX graph (in --output; the ONNX goes to OUTPUT-onnx)")
     export.add_argument("--max-batch", type=int, default=4, help="largest batch of the TensorRT profile")
@@ -193,6 +219,33 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-tokens", type=int, default=2048, help="longest input the graph accepts (default: %(default)s)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.set_defaults(func=_export)
+
+    bench = commands.add_parser(
+        "bench",
+        help="weights, peak memory and latency of the original T5 encoder vs the student's backends",
+        description="Measure the original encoder and each student backend, each in its own process, side by side; "
+                    "with --pipeline-steps also whole generations. Writes results.json, results.md and results.png.",
+    )
+    source = bench.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pipeline", help="pipeline id or folder whose T5 slot holds the original encoder")
+    source.add_argument("--synthetic", choices=["t5-xxl", "t5-xl", "t5-large", "t5-base", "flux-dev", "sd3", "pixart"],
+                        help="real architecture with random weights (no download): an encoder, or a pipeline with T5-XXL")
+    bench.add_argument("--student", help="saved student folder (default with --synthetic: a random student)")
+    bench.add_argument("--synthetic-student", default="t5-base", help="T5 size of the random student (default: %(default)s)")
+    bench.add_argument("--backends", default="torch,onnx,onnx-int8", help="comma list of torch,onnx,onnx-int8,trt (default: %(default)s)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    bench.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="torch dtype (default: %(default)s)")
+    bench.add_argument("--seq-len", type=int, default=512, help="tokens per encode (default: %(default)s, FLUX-dev's)")
+    bench.add_argument("--batch", type=int, default=1)
+    bench.add_argument("--repeats", type=int, default=5, help="timed encodes per variant (default: %(default)s)")
+    bench.add_argument("--original-repeats", type=int, help="timed encodes of the original (a T5-XXL encode takes minutes on a CPU)")
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--pipeline-steps", type=int, default=0, help=">0: also time whole generations with this many steps")
+    bench.add_argument("--resolution", type=int, default=1024, help="generation size in px (default: %(default)s)")
+    bench.add_argument("--offload", action="store_true", help="also generate with enable_model_cpu_offload (CUDA)")
+    bench.add_argument("--memory-fraction", type=float, help="cap CUDA memory to this fraction (e.g. 24 GB / GPU total)")
+    bench.add_argument("--output", default="encoder-shrink-bench", help="results folder (default: %(default)s)")
+    bench.set_defaults(func=_bench)
 
     recipes = commands.add_parser("recipes", help="list the bundled recipes, one line each")
     recipes.set_defaults(func=_recipes)

@@ -25,9 +25,14 @@ OPSET = 18
 PROTOBUF_LIMIT = 2 * 1024**3
 # Longest input the dynamic sequence axis accepts (T5's relative buckets extrapolate; FLUX-dev uses 512).
 MAX_TOKENS = 2048
-# Layers kept out of int8 by default (FIELD-NOTES: naive int8 of T5 broke it): the feed-forward output `wo` and the
-# token embeddings; the relative attention bias and the norms are never quantized (only Linear MatMuls and, when
-# asked, the token-embedding Gather are selected).
+# Layers kept out of int8 unless measured harmless (FIELD-NOTES: naive int8 of T5 broke it): the feed-forward output
+# `wo` and the token embeddings; the relative attention bias and the norms are never quantized (only Linear MatMuls
+# and, when selected, the token-embedding Gather are).
+SENSITIVE_GROUPS = ("wo", "embed_tokens")
+# "Harmless" for `quantize_wo="auto"` / `quantize_embeddings="auto"`: with the group in int8 the student's output
+# still keeps 99 % of its direction on every token (the denoiser reads embeddings through attention and linear
+# projections, so direction is what it sees) and its relative L2 error stays within 10 %.
+HARMLESS = {"min_cosine": 0.99, "max_relative_l2": 0.1}
 DEFAULT_PROMPTS = (
     "two red circles left of a blue square",
     "a cat holding a sign that says 'hello world'",
@@ -218,8 +223,8 @@ def export_onnx(
     prompts=DEFAULT_PROMPTS,
     calibration_prompts=None,
     max_tokens: int = MAX_TOKENS,
-    quantize_wo: bool = False,
-    quantize_embeddings: bool = False,
+    quantize_wo: bool | str = "auto",
+    quantize_embeddings: bool | str = "auto",
     pipeline=None,
     resolution: int = 512,
     denoiser_steps: int = 4,
@@ -243,8 +248,10 @@ def export_onnx(
             consumes).
         fp16: fp16 weights and matmuls (for GPUs / TensorRT), with `wo`, the norms and the residual stream kept in
             fp32 because T5 overflows fp16 there; checked like every export.
-        quantize_wo / quantize_embeddings: also quantize the feed-forward output `wo` / the token embeddings (kept
-            fp32 by default; the parity check measures what they cost).
+        quantize_wo / quantize_embeddings: whether int8 also covers the feed-forward output `wo` / the token
+            embeddings, which T5 is sensitive to. `"auto"` (default) measures it: the group is quantized only if the
+            graph with it stays within `HARMLESS` of the torch student on the parity prompts (the measurements go to
+            the report's `int8.sensitive`); `True` / `False` force it.
         pipeline: the student's pipeline; its tokenizer is then used for the prompts, and the report adds the
             denoiser-output relative error the export causes (exported vs torch student embeddings along teacher
             trajectories of `denoiser_steps` steps at `resolution` px).
@@ -264,6 +271,9 @@ def export_onnx(
         raise ValueError(f"int8={int8!r} is not supported; use None (fp32), 'dynamic' or 'static'.")
     if int8 and fp16:
         raise ValueError("choose one of int8 and fp16: int8 weights are for CPUs, fp16 for GPUs.")
+    for name, value in (("quantize_wo", quantize_wo), ("quantize_embeddings", quantize_embeddings)):
+        if value not in (True, False, "auto"):
+            raise ValueError(f"{name}={value!r} is not supported; use 'auto' (quantize if measured harmless), True or False.")
     if calibration_prompts is None:
         from encoder_shrink.data import generate_commontext
 
@@ -310,14 +320,6 @@ def export_onnx(
             onnx.save(converted, str(graph_file), save_as_external_data=weights_bytes / 2 > PROTOBUF_LIMIT)
             for leftover in staging.glob("fp32.onnx*"):
                 leftover.unlink()
-        if int8:
-            nodes = _nodes_to_quantize(onnx.load(str(fp32_file), load_external_data=False), quantize_wo,
-                                       quantize_embeddings)
-            calibration = _token_batches(student, tokenizer, calibration_prompts, length) if int8 == "static" else None
-            _quantize(fp32_file, graph_file, int8, nodes, calibration, weights_bytes > PROTOBUF_LIMIT)
-            for leftover in staging.glob("fp32.onnx*"):
-                leftover.unlink()
-
         adapter = None
         if pipeline is not None:
             from encoder_shrink.compat import check_compatible
@@ -325,7 +327,50 @@ def export_onnx(
             adapter = check_compatible(pipeline, student)
             tokenizer = tokenizer or adapter.tokenizer
         batches = _token_batches(student, tokenizer, prompts, length)
-        parity = _check(student, graph_file, batches, precision, masked=bool(student.config.use_attention_mask))
+        masked = bool(student.config.use_attention_mask)
+        sensitive = {}
+        if int8:
+            graph = onnx.load(str(fp32_file), load_external_data=False)
+            calibration = _token_batches(student, tokenizer, calibration_prompts, length) if int8 == "static" else None
+            external = weights_bytes > PROTOBUF_LIMIT
+            chosen = {"wo": quantize_wo is True, "embed_tokens": quantize_embeddings is True}
+
+            def build(include: dict, folder: Path) -> list[str]:
+                folder.mkdir(exist_ok=True)
+                nodes = _nodes_to_quantize(graph, include["wo"], include["embed_tokens"])
+                _quantize(fp32_file, folder / ONNX_FILE, int8, nodes, calibration, external)
+                return nodes
+
+            nodes = build(chosen, staging)
+            automatic = [group for group, value in zip(SENSITIVE_GROUPS, (quantize_wo, quantize_embeddings))
+                         if value == "auto"]
+            if automatic:
+                current = _check(student, graph_file, batches, precision, masked)
+            for group in automatic:
+                # One group at a time on top of what was already accepted, so each is charged only its own error.
+                trial_dir = staging / "trial"
+                trial_nodes = build(dict(chosen, **{group: True}), trial_dir)
+                trial = _check(student, trial_dir / ONNX_FILE, batches, precision, masked)
+                harmless = (trial["passed"] and trial["min_cosine"] >= HARMLESS["min_cosine"]
+                            and trial["relative_l2"] <= HARMLESS["max_relative_l2"])
+                sensitive[group] = {
+                    "quantized": harmless, "decided_by": "measurement",
+                    "min_cosine": {"fp32_group": current["min_cosine"], "int8_group": trial["min_cosine"]},
+                    "relative_l2": {"fp32_group": current["relative_l2"], "int8_group": trial["relative_l2"]},
+                    "criterion": dict(HARMLESS),
+                }
+                if harmless:
+                    for produced in trial_dir.iterdir():
+                        os.replace(produced, staging / produced.name)
+                    chosen[group], nodes, current = True, trial_nodes, trial
+                shutil.rmtree(trial_dir)
+            for group, value in zip(SENSITIVE_GROUPS, (quantize_wo, quantize_embeddings)):
+                if value != "auto":
+                    sensitive[group] = {"quantized": bool(value), "decided_by": "argument"}
+            for leftover in staging.glob("fp32.onnx*"):
+                leftover.unlink()
+
+        parity = _check(student, graph_file, batches, precision, masked)
         report = {
             "precision": precision,
             "opset": OPSET,
@@ -337,9 +382,8 @@ def export_onnx(
             "bytes": {"onnx": sum(f.stat().st_size for f in staging.iterdir()), "torch_weights": weights_bytes},
         }
         if int8:
-            kept = ["relative_attention_bias", "norms"] + ([] if quantize_wo else ["wo"]) + (
-                [] if quantize_embeddings else ["embed_tokens"])
-            report["int8"] = {"quantized_nodes": len(nodes), "kept_fp32": kept}
+            kept = ["relative_attention_bias", "norms"] + [g for g in SENSITIVE_GROUPS if not sensitive[g]["quantized"]]
+            report["int8"] = {"quantized_nodes": len(nodes), "kept_fp32": kept, "sensitive": sensitive}
         if fp16:
             report["fp16"] = {"kept_fp32": list(FP16_KEPT)}
         if adapter is not None and parity["passed"]:

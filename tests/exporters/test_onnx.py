@@ -29,7 +29,9 @@ def exports(student_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     return {
         "fp32": export_onnx(student_dir, root / "fp32", tokenizer=TOKENIZER),
-        "int8": export_onnx(student_dir, root / "int8", int8="dynamic", tokenizer=TOKENIZER),
+        "int8": export_onnx(student_dir, root / "int8", int8="dynamic", tokenizer=TOKENIZER, quantize_wo=False,
+                            quantize_embeddings=False),
+        "int8-auto": export_onnx(student_dir, root / "int8-auto", int8="dynamic", tokenizer=TOKENIZER),
     }
 
 
@@ -57,7 +59,7 @@ def test_fp32_export_matches_torch_at_any_batch_and_length(student_dir, exports)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_int8_export_quantizes_linears_but_not_wo(exports):
+def test_int8_export_quantizes_linears_but_not_wo_when_asked(exports):
     report = load_report(exports["int8"])
     assert report["precision"] == "int8-dynamic" and report["parity"]["passed"]
     assert report["parity"]["min_cosine"] > 0.98
@@ -65,10 +67,54 @@ def test_int8_export_quantizes_linears_but_not_wo(exports):
     quantized = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     assert len(quantized) == report["int8"]["quantized_nodes"] == 8  # q, k, v, o, wi_0, wi_1, 2 projector linears
     assert report["int8"]["kept_fp32"] == ["relative_attention_bias", "norms", "wo", "embed_tokens"]
+    assert report["int8"]["sensitive"]["wo"] == {"quantized": False, "decided_by": "argument"}
     float_matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     scopes = [next(p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes") for n in float_matmuls]
     assert any("DenseReluDense.wo" in s for s in scopes)  # wo stays fp32
     assert not any(n.op_type == "Gather" and "Quant" in n.name for n in model.graph.node)  # embeddings stay fp32
+
+
+def _quantized_groups(folder):
+    model = onnx.load(str(folder / "model.onnx"))
+    scopes = [next((p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+              for n in model.graph.node if n.op_type == "MatMul"]
+    return {
+        "wo": not any("DenseReluDense.wo" in s for s in scopes),
+        "embed_tokens": any(i.name.endswith("_quantized") and "embed_tokens" in i.name for i in model.graph.initializer),
+    }
+
+
+def test_int8_auto_quantizes_sensitive_layers_only_when_measured_harmless(exports):
+    report = load_report(exports["int8-auto"])
+    sensitive = report["int8"]["sensitive"]
+    assert set(sensitive) == {"wo", "embed_tokens"}
+    for group, decision in sensitive.items():
+        assert decision["decided_by"] == "measurement" and decision["criterion"] == {"min_cosine": 0.99, "max_relative_l2": 0.1}
+        within = (decision["min_cosine"]["int8_group"] >= 0.99 and decision["relative_l2"]["int8_group"] <= 0.1)
+        assert decision["quantized"] == within
+    # The graph holds what the report says, and the measured figures are the final graph's parity.
+    assert _quantized_groups(exports["int8-auto"]) == {g: d["quantized"] for g, d in sensitive.items()}
+    assert sensitive["wo"]["quantized"] and sensitive["embed_tokens"]["quantized"]  # harmless on this student
+    assert report["parity"]["relative_l2"] == pytest.approx(sensitive["embed_tokens"]["relative_l2"]["int8_group"])
+    assert report["bytes"]["onnx"] < load_report(exports["int8"])["bytes"]["onnx"]
+
+
+def test_int8_auto_keeps_a_harmful_wo_in_fp32(tmp_path):
+    student = testing.tiny_student(teacher_dim=32, max_sequence_length=64)
+    with torch.no_grad():
+        for block in student.encoder.block:
+            ff = block.layer[1].DenseReluDense
+            # Hidden unit 0 is always 0 (its input row is zeroed), so a huge wo column 0 changes nothing in fp32, but
+            # per-output-channel int8 scales then round every other wo weight to 0.
+            getattr(ff, "wi_1", getattr(ff, "wi", None)).weight[0] = 0
+            ff.wo.weight[:, 0] = 1000 * ff.wo.weight.abs().max()
+    folder = export_onnx(student, tmp_path / "auto", int8="dynamic", tokenizer=TOKENIZER)
+    decision = load_report(folder)["int8"]["sensitive"]["wo"]
+    assert decision["quantized"] is False and decision["decided_by"] == "measurement"
+    assert decision["relative_l2"]["int8_group"] > 0.1 > decision["relative_l2"]["fp32_group"]
+    assert _quantized_groups(folder)["wo"] is False
+    with pytest.raises(ValueError, match="quantize_wo='yes' is not supported"):
+        export_onnx(student, tmp_path / "bad", int8="dynamic", quantize_wo="yes")
 
 
 def test_int8_static_is_a_calibrated_qdq_graph(student_dir, tmp_path):

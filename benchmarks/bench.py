@@ -1,0 +1,352 @@
+"""`encoder-shrink bench`: weights, peak memory and latency of the original T5 encoder against a student's backends.
+
+Every variant is measured in its own process (`encoder_shrink.benchmarks.measure`), side by side in one run, and the
+ratios against the original come from that run. Writes results.json, results.md and results.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from encoder_shrink.benchmarks.synthetic import PIPELINES, SYNTHETIC, T5_CONFIGS, t5_slot
+from encoder_shrink.files import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "onnx-int8", "trt")
+DTYPES = ("float32", "bfloat16", "float16")
+RESULTS = "results.json"
+
+
+@dataclass
+class BenchConfig:
+    r"""
+    What `encoder-shrink bench` measures.
+
+    Args:
+        pipeline: a pipeline id or folder whose T5 slot holds the original encoder, or None with `synthetic`.
+        student: a saved student folder, or None with `synthetic` (then a random student with `synthetic_student`'s
+            architecture, projecting to the original's width, is built).
+        synthetic: `t5-xxl|t5-xl|t5-large|t5-base` (the original encoder only) or `flux-dev|sd3|pixart` (a whole
+            pipeline, T5-XXL included) with real architectures and random weights.
+        synthetic_student: the T5 size of the synthetic student.
+        backends: student backends among `torch`, `onnx` (fp32; fp16 on CUDA), `onnx-int8` (ONNX Runtime dynamic
+            int8 on the CPU) and `trt` (TensorRT engine; needs tensorrt and a GPU).
+        device / dtype: where and in which dtype the torch encoders and the pipeline run.
+        seq_len / batch: the encode input (every position a real token, as FLUX and SD3 run T5).
+        repeats / warmup: timed encodes per variant after `warmup` untimed ones.
+        pipeline_steps: >0 adds end-to-end generations (original vs each student backend) at `resolution` px.
+        offload: also generate with `enable_model_cpu_offload()` (CUDA only).
+        memory_fraction: cap the process's CUDA memory (e.g. 24 GiB / total for the consumer-GPU case).
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink.benchmarks import BenchConfig, run_bench
+    >>> run_bench(BenchConfig(synthetic="t5-xxl", backends=["torch", "onnx-int8"], dtype="bfloat16"), "bench")  # doctest: +SKIP
+    ```
+    """
+
+    pipeline: str | None = None
+    student: str | None = None
+    synthetic: str | None = None
+    synthetic_student: str = "t5-base"
+    backends: list[str] = field(default_factory=lambda: ["torch", "onnx", "onnx-int8"])
+    device: str = "cpu"
+    dtype: str = "bfloat16"
+    seq_len: int = 512
+    batch: int = 1
+    repeats: int = 5
+    warmup: int = 1
+    original_repeats: int | None = None
+    pipeline_steps: int = 0
+    pipeline_repeats: int = 2
+    resolution: int = 1024
+    offload: bool = False
+    memory_fraction: float | None = None
+    prompt: str = "a cat holding a sign that says 'hello world'"
+
+    def __post_init__(self):
+        if self.pipeline is None and self.synthetic is None:
+            raise ValueError("nothing to measure: pass pipeline=ID_OR_PATH or synthetic=NAME (e.g. synthetic='t5-xxl').")
+        if self.pipeline is not None and self.synthetic is not None:
+            raise ValueError(f"pass one of pipeline={self.pipeline!r} and synthetic={self.synthetic!r}, not both.")
+        if self.synthetic is not None and self.synthetic not in SYNTHETIC:
+            raise ValueError(f"synthetic={self.synthetic!r} is not known; choose one of {', '.join(SYNTHETIC)}.")
+        if self.synthetic_student not in T5_CONFIGS:
+            raise ValueError(f"synthetic_student={self.synthetic_student!r} is not known; choose one of {', '.join(T5_CONFIGS)}.")
+        if self.student is None and self.synthetic is None:
+            raise ValueError("a real pipeline needs student=PATH (a saved student folder).")
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown or not self.backends:
+            raise ValueError(f"backends={self.backends!r}: choose among {', '.join(BACKENDS)}.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {', '.join(DTYPES)}.")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device={self.device!r} is not supported; use 'cpu' or 'cuda'.")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but torch sees no CUDA GPU; use device='cpu'.")
+        if self.offload and not self.device.startswith("cuda"):
+            raise ValueError("offload=True needs device='cuda' (enable_model_cpu_offload moves models to a GPU).")
+        if self.pipeline_steps and self.synthetic in T5_CONFIGS:
+            raise ValueError(f"pipeline_steps needs a pipeline; synthetic={self.synthetic!r} is an encoder only.")
+        for name in ("seq_len", "batch", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+        if self.memory_fraction is not None and not 0 < self.memory_fraction <= 1:
+            raise ValueError(f"memory_fraction={self.memory_fraction} must be in (0, 1].")
+
+
+def _pipeline_slot(path: str) -> str:
+    """The component of a saved pipeline that holds its T5 encoder, from model_index.json."""
+    from huggingface_hub import hf_hub_download
+
+    from encoder_shrink.pipelines import get_adapter, registered_families
+
+    index_file = Path(path) / "model_index.json" if Path(path).is_dir() else Path(hf_hub_download(path, "model_index.json"))
+    index = json.loads(index_file.read_text())
+    denoiser = (index.get("transformer") or [None, None])[1]
+    for family in registered_families():
+        adapter = get_adapter(family)
+        if adapter.denoiser_class == denoiser and adapter.encoder_slot in index:
+            return adapter.encoder_slot
+    raise ValueError(f"{path} is not a FLUX, SD3 or PixArt pipeline (transformer {denoiser!r}); pass one of those.")
+
+
+def _prepare_student(config: BenchConfig, work: Path, teacher_dim: int) -> Path:
+    if config.student is not None:
+        return Path(config.student)
+    from encoder_shrink.benchmarks.synthetic import synthetic_student
+
+    folder = work / f"student-{config.synthetic_student}-{teacher_dim}"
+    if not (folder / "config.json").is_file():
+        synthetic_student(config.synthetic_student, teacher_dim, config.seq_len).save_pretrained(folder)
+    return folder
+
+
+def _prepare_exports(config: BenchConfig, backends: list[str], student: Path, work: Path) -> dict[str, Path]:
+    """ONNX / int8 / TensorRT folders of the student (re-used when `work` already holds them)."""
+    from encoder_shrink.exporters import build_engine, export_onnx
+
+    exports = {}
+    gpu = config.device.startswith("cuda")
+    for backend in backends:
+        if backend == "torch":
+            continue
+        if backend == "onnx":
+            # On a GPU the fp16 graph (fp32 wo/norms) is the one worth running; on a CPU fp32.
+            exports[backend] = work / ("onnx-fp16" if gpu else "onnx-fp32")
+            if not (exports[backend] / "config.json").is_file():
+                export_onnx(student, exports[backend], fp16=gpu, max_tokens=max(config.seq_len, 64), overwrite=True)
+        elif backend == "onnx-int8":
+            exports[backend] = work / "onnx-int8"
+            if not (exports[backend] / "config.json").is_file():
+                export_onnx(student, exports[backend], int8="dynamic", max_tokens=max(config.seq_len, 64), overwrite=True)
+        elif backend == "trt":
+            onnx_folder = work / "onnx-fp16-trt-source"
+            if not (onnx_folder / "config.json").is_file():
+                export_onnx(student, onnx_folder, fp16=True, max_tokens=max(config.seq_len, 64), overwrite=True)
+            exports[backend] = work / "trt-fp16"
+            if not (exports[backend] / "config.json").is_file():
+                build_engine(onnx_folder, exports[backend], max_batch=config.batch, max_tokens=config.seq_len,
+                             timing_cache=work / "trt.cache", overwrite=True)
+    return exports
+
+
+def _run(spec: dict, work: Path) -> dict:
+    """Run one variant in a fresh process; its progress bars go to this terminal, its figures come back as JSON."""
+    spec_file = work / f"spec-{spec['name']}.json".replace(" ", "_")
+    spec["result"] = str(spec_file.with_name(spec_file.stem + "-result.json"))
+    spec_file.write_text(json.dumps(spec, indent=2))
+    # stderr passes through: the worker's progress bars show here while a slow variant (T5-XXL on a CPU) runs.
+    completed = subprocess.run([sys.executable, "-m", "encoder_shrink.benchmarks.measure", str(spec_file)])
+    if completed.returncode != 0 or not Path(spec["result"]).is_file():
+        return {"name": spec["name"], "role": spec["role"], "backend": spec["backend"],
+                "error": f"the measuring process exited with {completed.returncode} (its traceback is above)"}
+    return json.loads(Path(spec["result"]).read_text())
+
+
+def _skip_reason(backend: str, config: BenchConfig) -> str | None:
+    if backend == "trt":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorrt") is None:
+            return "tensorrt is not installed (pip install 'encoder-shrink[tensorrt]')"
+        if not config.device.startswith("cuda"):
+            return "TensorRT needs device='cuda'"
+    return None
+
+
+def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> dict:
+    r"""
+    Measure the original encoder and each student backend (and, with `pipeline_steps`, whole generations) as
+    [`BenchConfig`] says, each in its own process; write results.json, results.md and results.png to `output_dir`.
+
+    Example:
+
+    ```python
+    >>> results = run_bench(BenchConfig(synthetic="t5-xxl"), "bench-out")  # doctest: +SKIP
+    >>> results["encoders"]["student onnx-int8"]["smaller_than_original"]  # doctest: +SKIP
+    72.4
+    ```
+    """
+    from tqdm.auto import tqdm
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(work_dir) if work_dir is not None else output_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+
+    if config.synthetic in T5_CONFIGS:
+        original = {"kind": "synthetic", "name": config.synthetic}
+        teacher_dim, pipeline = T5_CONFIGS[config.synthetic]["d_model"], None
+    elif config.synthetic in PIPELINES:
+        original = {"kind": "synthetic", "name": "t5-xxl"}
+        teacher_dim, pipeline = T5_CONFIGS["t5-xxl"]["d_model"], {"kind": "synthetic", "name": config.synthetic,
+                                                                    "slot": t5_slot(config.synthetic)}
+    else:
+        from transformers import AutoConfig
+
+        slot = _pipeline_slot(config.pipeline)
+        original = {"kind": "pipeline-slot", "path": config.pipeline, "slot": slot}
+        teacher_dim = AutoConfig.from_pretrained(config.pipeline, subfolder=slot).d_model
+        pipeline = {"kind": "path", "path": config.pipeline, "slot": slot}
+
+    skipped = {f"student {b}": _skip_reason(b, config) for b in config.backends if _skip_reason(b, config)}
+    backends = [b for b in config.backends if f"student {b}" not in skipped]
+    student = _prepare_student(config, work, teacher_dim)
+    exports = _prepare_exports(config, backends, student, work)
+    common = {"device": config.device, "dtype": config.dtype, "seq_len": config.seq_len, "batch": config.batch,
+              "warmup": config.warmup, "memory_fraction": config.memory_fraction, "prompt": config.prompt,
+              "resolution": config.resolution, "pipeline_steps": config.pipeline_steps,
+              "pipeline_repeats": config.pipeline_repeats, "offload": False}
+    variants = [{"name": "original", "role": "original", "backend": "torch", "encoder": original,
+                 "repeats": config.original_repeats or config.repeats, "run_device": config.device}]
+    for backend in backends:
+        source = {"kind": "folder", "path": str(exports.get(backend, student))}
+        run_device = config.device
+        if backend == "onnx-int8":
+            # ONNX Runtime's int8 kernels are CPU kernels: the encoder runs on the CPU, its output goes to the device.
+            source["providers"], run_device = ["CPUExecutionProvider"], "cpu"
+        variants.append({"name": f"student {backend}", "role": "student", "backend": backend, "encoder": source,
+                         "repeats": config.repeats, "run_device": run_device})
+
+    jobs = [dict(common, kind="encoder", **v) for v in variants]
+    if pipeline is not None and config.pipeline_steps:
+        for offload in (False, True) if config.offload else (False,):
+            for v in variants:
+                job = dict(common, **v, kind="pipeline", pipeline=pipeline, offload=offload)
+                job["name"] = f"{v['name']} pipeline" + (" offload" if offload else "")
+                jobs.append(job)
+
+    results = {
+        "benchmark": "encoder-shrink bench", "config": asdict(config), "host": platform.node(),
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if config.device.startswith("cuda") else None,
+        "student": str(student), "exports": {k: str(v) for k, v in exports.items()},
+        "encoders": {}, "pipelines": {}, "skipped": skipped,
+    }
+    for job in tqdm(jobs, desc="bench", unit="variant"):
+        figures = _run(job, work)
+        (results["pipelines"] if job["kind"] == "pipeline" else results["encoders"])[job["name"]] = figures
+    _ratios(results)
+    atomic_write_text(output_dir / RESULTS, json.dumps(results, indent=2))
+    atomic_write_text(output_dir / "results.md", markdown(results) + "\n")
+    chart(results, output_dir / "results.png")
+    return results
+
+
+def _ratios(results: dict) -> None:
+    """Each student's figures as multiples of the original's, from this run."""
+    original = results["encoders"].get("original", {})
+    for name, figures in results["encoders"].items():
+        if "error" in figures or "error" in original:
+            continue
+        figures["smaller_than_original"] = round(original["weights_bytes"] / figures["weights_bytes"], 2)
+        peak, peak_original = figures["memory"].get("peak_bytes"), original["memory"].get("peak_bytes")
+        figures["peak_memory_vs_original"] = round(peak / peak_original, 4) if peak and peak_original else None
+        figures["faster_than_original"] = round(original["latency"]["median_s"] / figures["latency"]["median_s"], 1)
+    for name, figures in results["pipelines"].items():
+        base = results["pipelines"].get("original pipeline" + (" offload" if figures.get("offload") else ""))
+        if not base or "error" in figures or "error" in base:
+            continue
+        figures["latency_vs_original"] = round(figures["latency"]["median_s"] / base["latency"]["median_s"], 3)
+        figures["peak_memory_vs_original"] = round(figures["memory"]["peak_bytes"] / base["memory"]["peak_bytes"], 3)
+
+
+def _mb(value) -> str:
+    return "-" if value is None else f"{value / 1e6:,.1f}"
+
+
+def markdown(results: dict) -> str:
+    r"""The results as Markdown tables (encoders, then pipelines), each headed by device, dtype, length and repeats."""
+    config = results["config"]
+    where = results["gpu"] or f"CPU ({results['cpu']})"
+    lines = [f"Encoders on {where}, {config['dtype']} torch, batch {config['batch']} x {config['seq_len']} tokens, "
+             f"median of the repeats after {config['warmup']} warm-up; every variant in its own process.", "",
+             "| variant | runs on | output dtype | weights MB | x smaller | peak memory MB | encode median s "
+             "(min-max) | repeats | x faster |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, f in results["encoders"].items():
+        if "error" in f:
+            lines.append(f"| {name} | failed: {f['error']} |||||||")
+            continue
+        lat = f["latency"]
+        lines.append(
+            f"| {name} | {f['device']} | {f['dtype']} | {_mb(f['weights_bytes'])} | {f.get('smaller_than_original', 1):g} | "
+            f"{_mb(f['memory'].get('peak_bytes'))} | {lat['median_s']:.4g} ({lat['min_s']:.3g}-{lat['max_s']:.3g}) | "
+            f"{lat['repeats']} | {f.get('faster_than_original', 1):g} |")
+    for name, reason in results["skipped"].items():
+        lines.append(f"| {name} | skipped: {reason} |||||||")
+    if results["pipelines"]:
+        lines += ["", f"Generation on {where}, {config['dtype']}, {config['resolution']} px, {config['pipeline_steps']} "
+                  f"steps, median of {config['pipeline_repeats']} after 1 warm-up.", "",
+                  "| variant | offload | latency s | x original | peak memory MB | x original |", "|---|---|---:|---:|---:|---:|"]
+        for name, f in results["pipelines"].items():
+            if "error" in f:
+                lines.append(f"| {name} | failed: {f['error']} |||||")
+                continue
+            lines.append(f"| {name} | {f['offload']} | {f['latency']['median_s']:.3f} | {f.get('latency_vs_original', 1):g} | "
+                         f"{_mb(f['memory']['peak_bytes'])} | {f.get('peak_memory_vs_original', 1):g} |")
+    method = next((f["memory"]["method"] for f in results["encoders"].values() if "memory" in f), "")
+    lines += ["", f"Peak memory: {method}."]
+    return "\n".join(lines)
+
+
+def chart(results: dict, path: Path) -> None:
+    """Bar charts (log scale) of weights, peak memory and encode latency per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {n: f for n, f in results["encoders"].items() if "error" not in f}
+    names = list(rows)
+    panels = [("weights (MB)", [rows[n]["weights_bytes"] / 1e6 for n in names]),
+              ("peak memory (MB)", [(rows[n]["memory"].get("peak_bytes") or 0) / 1e6 for n in names]),
+              (f"encode latency (s), {results['config']['seq_len']} tokens", [rows[n]["latency"]["median_s"] for n in names])]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.6 * len(names) + 1.6))
+    for index, (axis, (title, values)) in enumerate(zip(axes, panels)):
+        axis.barh(names, [max(v, 1e-6) for v in values], color=["#b44" if n == "original" else "#27a" for n in names])
+        axis.set_xscale("log")
+        axis.set_title(title, fontsize=9)
+        if index:
+            axis.set_yticks([])
+    fig.suptitle(f"{results['gpu'] or 'CPU'} - {results['config']['dtype']}", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+__all__ = ["BACKENDS", "BenchConfig", "chart", "markdown", "run_bench"]

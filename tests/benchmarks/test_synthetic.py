@@ -1,0 +1,69 @@
+"""Synthetic real-architecture models: the published parameter counts, random but finite weights, no downloads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from encoder_shrink.benchmarks.synthetic import synthetic_pipeline, synthetic_student, synthetic_t5, t5_config
+
+
+def _parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _t5_encoder_parameters(d_model, d_ff, num_layers, num_heads, d_kv=64, vocab=32128, buckets=32):
+    """T5 v1.1 encoder parameters from the architecture: embeddings, per layer attention + gated FF + 2 norms, final norm."""
+    inner = num_heads * d_kv
+    layer = 4 * d_model * inner + 3 * d_model * d_ff + 2 * d_model
+    return vocab * d_model + num_layers * layer + buckets * num_heads + d_model
+
+
+def test_t5_xxl_has_the_published_encoder_size_without_allocating():
+    config = t5_config("t5-xxl")
+    assert _t5_encoder_parameters(config.d_model, config.d_ff, config.num_layers, config.num_heads) == 4_762_310_656
+    model = synthetic_t5("t5-xxl", device="meta")
+    assert _parameters(model) == 4_762_310_656  # google/t5-v1_1-xxl's encoder
+    assert model.shared.weight is model.encoder.embed_tokens.weight
+
+
+@pytest.mark.parametrize("name, transformer, vae", [
+    ("flux-dev", 11_901_408_320, 83_819_683),  # FLUX.1-dev transformer and VAE
+    ("sd3", 2_028_328_000, 83_819_683),  # SD3-medium MMDiT
+    ("pixart", 610_856_096, 83_653_863),  # PixArt-Sigma 1024 (0.6 B) and the SD VAE
+])
+def test_synthetic_pipelines_have_published_architectures(name, transformer, vae):
+    pipe = synthetic_pipeline(name, device="meta")
+    assert _parameters(pipe.transformer) == transformer
+    assert _parameters(pipe.vae) == vae
+    slot = {"flux-dev": "text_encoder_2", "sd3": "text_encoder_3", "pixart": "text_encoder"}[name]
+    assert _parameters(getattr(pipe, slot)) == 4_762_310_656
+
+
+def test_materialized_models_are_random_finite_and_in_the_requested_dtype():
+    model = synthetic_t5("t5-small", dtype=torch.bfloat16)
+    assert not any(p.is_meta for p in model.parameters())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert _parameters(model) == _t5_encoder_parameters(512, 1024, 8, 6)
+    ids = torch.randint(3, 32128, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(ids).last_hidden_state.float()
+    assert torch.isfinite(out).all() and 0.1 < out.std() < 10
+    assert not torch.allclose(out[0], out[1])  # different tokens, different embeddings: the weights are not constant
+    torch.testing.assert_close(synthetic_t5("t5-small", dtype=torch.bfloat16)(ids)[0].float(), out)  # seeded
+
+
+def test_synthetic_student_projects_to_the_teacher_width():
+    student = synthetic_student("t5-small", teacher_dim=4096, max_sequence_length=128)
+    assert student.config.teacher_dim == 4096 and student.config.max_sequence_length == 128
+    with torch.no_grad():
+        out = student(torch.randint(3, 32128, (1, 128)))[0]
+    assert out.shape == (1, 128, 4096) and torch.isfinite(out).all()
+    assert _parameters(student) == _t5_encoder_parameters(512, 1024, 8, 6) + 512 * 4096 + 4096 * 4096
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="Unknown synthetic T5 't5-xxxl'"):
+        synthetic_t5("t5-xxxl")
+    with pytest.raises(ValueError, match="Unknown synthetic pipeline 'sdxl'"):
+        synthetic_pipeline("sdxl", device="meta")
