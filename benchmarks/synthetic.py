@@ -55,6 +55,12 @@ def _materialize(module: torch.nn.Module, dtype: torch.dtype, device: str | torc
                 value.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
                             .mul_(fan_in ** -0.5).to(dtype))
             submodule._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+    if hasattr(module, "_init_weights"):
+        # transformers' own per-layer init where the model has one: T5 does not scale attention scores, so its query
+        # weights must start small (std (d_model * d_kv)^-0.5) or attention turns one-hot and numerics degrade.
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(seed)
+            module.apply(module._init_weights)
     if hasattr(module, "tie_weights"):
         module.tie_weights()  # meta construction leaves T5's shared and encoder embeddings as two tensors
     return module.to(device=device, dtype=dtype).eval()

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
 from encoder_shrink import __version__
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _quiet_libraries() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from encoder_shrink.demo import run_drop_in_demo, results_table
-
-    # One progress bar for the demo; the libraries' per-load and per-step bars would bury it.
+    # One progress bar per job; the libraries' per-load and per-step bars would bury it.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    if not args.drop_in:
+        from encoder_shrink.toy.demo import run_toy_demo, results_table
+
+        results = run_toy_demo(args.output, teacher=args.teacher, steps=args.steps, seed=args.seed)
+        print(results_table(results))
+        for target, ok in results["targets"].items():
+            print(f"- {target}: {'met' if ok else 'NOT met'}")
+        print(f"\nWrote {args.output}/results.json, report.md and grid.png in {results['timings_s']['total']:.0f} s")
+        return 0
+    from encoder_shrink.demo import run_drop_in_demo, results_table
+
     results = run_drop_in_demo(args.output, families=tuple(args.families), seed=args.seed)
     print(results_table(results))
     print(f"\nWrote {args.output}/results.json, report.md and grid.png")
@@ -64,6 +79,9 @@ def _distill(args: argparse.Namespace) -> int:
         }.items()
         if value is not None
     }
+    from encoder_shrink.recipes import load_recipe
+
+    load_recipe(args.recipe)  # a misspelt recipe fails before minutes of pipeline loading
     pipe = DiffusionPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype))
     pipe.set_progress_bar_config(disable=True)
     shrinker = EncoderShrinker(pipe, teacher_id=args.pipeline)
@@ -120,6 +138,71 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from encoder_shrink.evaluation import evaluate
+    from encoder_shrink.exporters import load_encoder
+    from encoder_shrink.files import atomic_write_text
+
+    _quiet_libraries()
+    toy = args.pipeline == "toy" or args.checker == "toy"
+    if args.pipeline == "toy":
+        from encoder_shrink.toy.teacher import load_toy_teacher
+
+        pipe = load_toy_teacher()
+    else:
+        pipe = DiffusionPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype))
+        pipe.set_progress_bar_config(disable=True)
+    if args.prompts:
+        from encoder_shrink.data import read_captions
+
+        prompts = read_captions(args.prompts, limit=args.num_prompts)
+    elif toy:
+        from encoder_shrink.toy import sample_prompts
+
+        prompts = [p.text for p in sample_prompts(args.num_prompts, "heldout", seed=1)]
+    else:
+        from encoder_shrink.data import generate_commontext
+
+        prompts = generate_commontext(args.num_prompts, split="val")
+    students = {}
+    for path in args.student:
+        name = Path(path).name or "student"
+        students[name if name not in students else f"{name}-{len(students)}"] = load_encoder(path)
+    defaults = {"num_inference_steps": 12, "resolution": 32, "max_sequence_length": 16} if toy else {}
+    results = evaluate(
+        pipe, students, prompts, toy=toy, guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps or defaults.get("num_inference_steps", 20),
+        resolution=args.resolution or defaults.get("resolution", 512),
+        max_sequence_length=args.max_sequence_length or defaults.get("max_sequence_length"),
+    )
+    images = results.pop("images")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
+    _image_grid(images, output / "grid.png")
+    header = "| encoder | denoiser rel. MSE | PSNR vs teacher (dB) |" + (" checker overall |" if toy else "")
+    print(header + "\n|---|---:|---:|" + ("---:|" if toy else ""))
+    if toy:
+        print(f"| teacher | 0 | - | {results['teacher']['checker']['overall']:.3f} |")
+    for name, f in results["students"].items():
+        print(f"| {name} | {f['denoiser_relative_mse']:.4g} | {f['psnr_db']:.2f} |"
+              + (f" {f['checker']['overall']:.3f} |" if toy else ""))
+    print(f"\nWrote {output}/results.json and grid.png ({len(prompts)} prompts)")
+    return 0
+
+
+def _image_grid(images: dict, path: Path, count: int = 8) -> None:
+    """One column per encoder (teacher first), one row per prompt, for the first `count` prompts."""
+    import numpy as np
+    from PIL import Image
+
+    columns = [np.concatenate(list(v[:count]), axis=0) for v in images.values()]
+    Image.fromarray(np.concatenate(columns, axis=1)).save(path)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from encoder_shrink.benchmarks.bench import BenchConfig, markdown, run_bench
 
@@ -160,10 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="offline end-to-end drop-in demo on tiny FLUX/SD3/PixArt pipelines",
-        description="Build tiny pipelines, put a student in their T5 slot, generate, save, reload; write a report.",
+        help="offline end to end on the bundled toy world: distil, export int8, evaluate, bench",
+        description="On the bundled toy FLUX teacher: distil its T5 with the vision-based and the naive loss, export "
+                    "int8 ONNX, score every encoder with the toy checker, bench them; write report.md, grid.png and "
+                    "results.json. --drop-in runs the drop-in round trip on tiny random pipelines instead.",
     )
     demo.add_argument("--output", default="encoder-shrink-demo", help="folder for results (default: %(default)s)")
+    demo.add_argument("--teacher", help="toy teacher folder (default: the bundled one)")
+    demo.add_argument("--steps", type=int, help="distillation steps per student (default: the toy recipe's)")
+    demo.add_argument("--drop-in", action="store_true",
+                      help="instead: the drop-in round trip on tiny random FLUX/SD3/PixArt pipelines (--families)")
     demo.add_argument("--families", nargs="+", default=list(TINY_FAMILIES), choices=TINY_FAMILIES, metavar="FAMILY",
                       help=f"pipeline families to run (default: all of {', '.join(TINY_FAMILIES)})")
     demo.add_argument("--seed", type=int, default=0)
@@ -219,6 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-tokens", type=int, default=2048, help="longest input the graph accepts (default: %(default)s)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.set_defaults(func=_export)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="fidelity of students against the pipeline's T5 teacher (denoiser MSE, image PSNR, toy checker)",
+        description="Generate with the teacher and each student on the same prompts and seeds; report the denoiser's "
+                    "relative MSE along teacher trajectories, image PSNR and, for the toy world, checker accuracy.",
+    )
+    evaluation.add_argument("--pipeline", required=True, help="pipeline id or folder, or 'toy' for the bundled toy teacher")
+    evaluation.add_argument("--student", nargs="+", required=True, help="student folders (torch, ONNX or TensorRT)")
+    evaluation.add_argument("--prompts", help="prompt file (txt/json/jsonl/parquet; default: held-out toy or CommonText)")
+    evaluation.add_argument("--num-prompts", type=int, default=64)
+    evaluation.add_argument("--checker", choices=["none", "toy"], default="none", help="score images with the toy checker")
+    evaluation.add_argument("--num-inference-steps", type=int)
+    evaluation.add_argument("--resolution", type=int)
+    evaluation.add_argument("--max-sequence-length", type=int)
+    evaluation.add_argument("--guidance-scale", type=float, default=None, help="FLUX-dev guidance / CFG scale")
+    evaluation.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    evaluation.add_argument("--output", default="encoder-shrink-eval", help="results folder (default: %(default)s)")
+    evaluation.set_defaults(func=_eval)
 
     bench = commands.add_parser(
         "bench",

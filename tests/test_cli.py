@@ -11,8 +11,8 @@ from encoder_shrink.cli import main
 from tests.test_reference import write_reference_checkpoint
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--output", str(tmp_path / "demo"), "--families", "flux-dev", "pixart-sigma"]) == 0
+def test_drop_in_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--drop-in", "--output", str(tmp_path / "demo"), "--families", "flux-dev", "pixart-sigma"]) == 0
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(results["families"]) == {"flux-dev", "pixart-sigma"}
     for figures in results["families"].values():
@@ -106,3 +106,42 @@ def test_export_cli_and_optimum_cli(tmp_path, capsys):
 
     run = subprocess.run(["optimum-cli", "encoder-shrink", "recipes"], capture_output=True, text=True)
     assert run.returncode == 0 and "flux-t5base" in run.stdout
+
+
+def test_eval_on_the_toy_teacher(tmp_path, capsys):
+    from encoder_shrink.toy.teacher import load_toy_teacher
+
+    pipe = load_toy_teacher()
+    student = ShrunkT5EncoderModel.from_t5(pipe.text_encoder_2.config.__class__(
+        **{**pipe.text_encoder_2.config.to_dict(), "d_model": 32, "num_layers": 1}), teacher_dim=128,
+        max_sequence_length=16, use_attention_mask=False)
+    student.save_pretrained(tmp_path / "random-student")
+    assert main(["eval", "--pipeline", "toy", "--student", str(tmp_path / "random-student"), "--num-prompts", "8",
+                 "--output", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "| teacher | 0 | - |" in out and "| random-student |" in out
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["prompts"] == 8 and results["resolution"] == 32 and results["max_sequence_length"] == 16
+    student_figures = results["students"]["random-student"]
+    # an untrained student: the denoiser is far from the teacher's and the checker sees it
+    assert student_figures["denoiser_relative_mse"] > 0.05
+    assert student_figures["checker"]["overall"] < results["teacher"]["checker"]["overall"]
+    assert (tmp_path / "eval" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_toy_demo_writes_its_report(tmp_path):
+    from encoder_shrink.toy.demo import run_toy_demo
+
+    results = run_toy_demo(tmp_path / "demo", steps=6, eval_prompts=8, bench=False)
+    assert set(results["evaluation"]["students"]) == {"student", "naive", "student int8"}
+    assert results["parameters"]["smaller"] >= 4
+    assert set(results["targets"]) == {
+        "student >= 4x smaller than the teacher's T5", "student keeps >= 90% of the teacher's accuracy",
+        "student beats the naive baseline", "int8 student within 2 points of the fp32 student"}
+    assert results["int8_export"]["precision"] == "int8-dynamic" and "denoiser" in results["int8_export"]
+    for name in ("student", "naive"):
+        summary = json.loads((tmp_path / "demo" / name / "training_summary.json").read_text())
+        assert summary["steps"] == 6 and summary["recipe"]["loss"] == ("vision" if name == "student" else "embedding")
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| teacher |" in report and "| student int8 |" in report and "![grid](grid.png)" in report
+    assert (tmp_path / "demo" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,117 @@
+"""evaluate: how faithfully students stand in for a pipeline's T5 teacher (denoiser fidelity, image PSNR, toy checker)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from encoder_shrink.compat import check_compatible, swap_text_encoder
+from encoder_shrink.fidelity import denoiser_fidelity
+from encoder_shrink.pipelines import adapter_for
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def generate_images(pipe, prompts: list[str], seeds: list[int], num_inference_steps: int, resolution: int,
+                    max_sequence_length: int | None = None, batch_size: int = 16, **call_kwargs) -> np.ndarray:
+    r"""
+    `uint8` images (N x H x W x 3) from `pipe`, one seed per prompt, so two encoders are compared on the same noise.
+
+    Example:
+
+    ```python
+    >>> generate_images(pipe, ["a red circle"], seeds=[0], num_inference_steps=12, resolution=32).shape  # doctest: +SKIP
+    (1, 32, 32, 3)
+    ```
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt.")
+    if max_sequence_length and "max_sequence_length" in inspect.signature(pipe.__call__).parameters:
+        call_kwargs["max_sequence_length"] = max_sequence_length
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
+        out = pipe(prompt=list(prompts[start:start + batch_size]), num_inference_steps=num_inference_steps,
+                   height=resolution, width=resolution, generator=generators, output_type="np", **call_kwargs).images
+        images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
+    return np.concatenate(images)
+
+
+def psnr(reference: np.ndarray, images: np.ndarray) -> float:
+    """Mean PSNR (dB, 8-bit) of `images` against `reference`, image by image; identical images count as 100 dB."""
+    errors = ((reference.astype(np.float64) - images.astype(np.float64)) ** 2).reshape(len(images), -1).mean(1)
+    values = np.where(errors == 0, 100.0, 10 * np.log10(255.0**2 / np.maximum(errors, 1e-12)))
+    return float(values.mean())
+
+
+def evaluate(
+    pipe,
+    students: dict,
+    prompts: list[str],
+    seeds: list[int] | None = None,
+    num_inference_steps: int = 20,
+    resolution: int = 512,
+    max_sequence_length: int | None = None,
+    guidance_scale: float | None = 3.5,
+    toy: bool = False,
+    fidelity_prompts: int | None = None,
+    call_kwargs: dict | None = None,
+) -> dict:
+    r"""
+    Compare students (torch, ONNX or TensorRT encoders) with the pipeline's own T5 on the same prompts and seeds:
+
+    - `denoiser_relative_mse`: the denoiser's predictions with student vs teacher embeddings along teacher
+      trajectories (0 is perfect; [`denoiser_fidelity`]);
+    - `psnr_db`: the final images against the teacher's;
+    - with `toy=True`, the toy world's checker accuracy per category (`encoder_shrink.toy.score`) of the teacher's and
+      each student's images.
+
+    Returns `{"teacher": {...}, "students": {name: {...}}, "images": {name: uint8 array}}`.
+
+    Example:
+
+    ```python
+    >>> results = evaluate(pipe, {"student": student}, prompts, resolution=32, toy=True)  # doctest: +SKIP
+    >>> results["students"]["student"]["checker"]["overall"]  # doctest: +SKIP
+    0.91
+    ```
+    """
+    adapter = adapter_for(pipe)
+    teacher = adapter.teacher
+    for name, student in students.items():
+        check_compatible(pipe, student)
+    seeds = list(range(len(prompts))) if seeds is None else list(seeds)
+    length = max_sequence_length or adapter.max_sequence_length
+    kwargs = dict(call_kwargs or {})
+    generate = lambda: generate_images(pipe, prompts, seeds, num_inference_steps, resolution, length, **kwargs)  # noqa: E731
+    images = {"teacher": generate()}
+    results = {"prompts": len(prompts), "num_inference_steps": num_inference_steps, "resolution": resolution,
+               "max_sequence_length": length, "teacher": {}, "students": {}}
+    if toy:
+        from encoder_shrink.toy import score
+
+        results["teacher"]["checker"] = score(images["teacher"], prompts)
+    fidelity_set = prompts[:fidelity_prompts] if fidelity_prompts else prompts
+    for name, student in tqdm(students.items(), desc="evaluate", unit="student"):
+        fidelity = denoiser_fidelity(adapter, student, fidelity_set, length, num_inference_steps, resolution,
+                                     guidance_scale=guidance_scale, seed=seeds[0])
+        swap_text_encoder(pipe, student)
+        try:
+            images[name] = generate()
+        finally:
+            pipe.register_modules(**{adapter.encoder_slot: teacher})
+        figures = {"denoiser_relative_mse": fidelity["relative_mse"], "psnr_db": psnr(images["teacher"], images[name]),
+                   "images_finite": bool(np.isfinite(images[name]).all())}
+        if toy:
+            figures["checker"] = score(images[name], prompts)
+        results["students"][name] = figures
+    results["images"] = images
+    return results
+
+
+__all__ = ["evaluate", "generate_images", "psnr"]

@@ -1,0 +1,54 @@
+"""evaluate: fidelity, PSNR and toy-checker figures of students against the pipeline's own T5."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from encoder_shrink import ShrunkT5EncoderModel
+from encoder_shrink.evaluation import evaluate, psnr
+from encoder_shrink.toy.teacher import toy_pipeline_components
+
+
+def test_psnr():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[1] = 255
+    assert psnr(a, a) == 100.0
+    assert psnr(a, b) == pytest.approx((100.0 + 0.0) / 2)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = FluxPipeline(**toy_pipeline_components(seed=0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_evaluate_compares_students_on_the_same_seeds(pipe):
+    teacher = pipe.text_encoder_2
+    random_student = ShrunkT5EncoderModel.from_t5(teacher.config.__class__(**{**teacher.config.to_dict(), "d_model": 32,
+                                                  "num_layers": 1}), teacher_dim=128).eval()
+    # a "student" that is the teacher's own T5 behind an exact projector: same embeddings, same images
+    copy = ShrunkT5EncoderModel.from_t5(teacher, teacher_dim=128).eval()
+    with torch.no_grad():
+        copy.final_projection[0].weight.copy_(torch.eye(128))
+        copy.final_projection[3].weight.copy_(torch.eye(128))
+    prompts = ["a red circle", "two blue squares", "a sign that says 'cat'", "a green triangle above a red circle"]
+    results = evaluate(pipe, {"random": random_student, "copy": copy}, prompts, num_inference_steps=3, resolution=32,
+                       max_sequence_length=16, guidance_scale=None, toy=True)
+    assert pipe.text_encoder_2 is teacher  # the teacher is back in its slot
+    assert set(results["images"]) == {"teacher", "random", "copy"}
+    # ReLU(teacher) != teacher, so "copy" is close but not identical; the random student is far
+    assert results["students"]["copy"]["psnr_db"] > results["students"]["random"]["psnr_db"]
+    assert results["students"]["copy"]["denoiser_relative_mse"] < results["students"]["random"]["denoiser_relative_mse"]
+    for figures in [results["teacher"]] + list(results["students"].values()):
+        assert set(figures["checker"]) >= {"overall", "colour", "shape", "count", "position", "text", "prompts"}
+        assert figures["checker"]["prompts"] == 4
+    again = evaluate(pipe, {"random": random_student}, prompts, num_inference_steps=3, resolution=32,
+                     max_sequence_length=16, guidance_scale=None)
+    assert (again["images"]["teacher"] == results["images"]["teacher"]).all()
+    assert (again["images"]["random"] == results["images"]["random"]).all()
+    assert "checker" not in again["teacher"]
