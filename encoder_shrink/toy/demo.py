@@ -164,11 +164,11 @@ def _bench_summary(bench: dict) -> str:
 
 
 def _save_grid(images: dict, prompts: list[str], path: Path, cell: int = 96) -> None:
-    """Rows: the first prompts of each kind; columns: teacher | student | naive | int8 student (same seed per row)."""
+    """Rows: the first prompts (they cycle through the kinds); columns: teacher | student | naive | int8 student."""
     from PIL import Image, ImageDraw
 
-    picks = list(range(0, len(prompts), max(1, len(prompts) // GRID_PROMPTS)))[:GRID_PROMPTS]
-    label_width = 300
+    picks = list(range(min(GRID_PROMPTS, len(prompts))))  # sample_prompts cycles single, count, spatial, text
+    label_width = 260
     grid = Image.new("RGB", (label_width + cell * len(VARIANTS), 20 + cell * len(picks)), "white")
     draw = ImageDraw.Draw(grid)
     for column, name in enumerate(VARIANTS):

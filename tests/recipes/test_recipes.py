@@ -11,7 +11,7 @@ from encoder_shrink import load_recipe
 from encoder_shrink.recipes import Recipe, RecipeError, available_recipes
 
 BUNDLED = {"flux-t5small", "flux-t5base", "flux-t5large", "flux-t5xl", "flux-schnell-t5base", "sd3-t5base",
-           "pixart-t5base", "tiny"}
+           "pixart-t5base", "tiny", "toy"}
 
 
 def test_bundled_recipes_load():
@@ -92,3 +92,12 @@ def test_cli_lists_one_line_per_recipe():
     lines = out.strip().splitlines()
     assert len(lines) == len(BUNDLED)
     assert any(line.startswith("flux-t5base ") and "google/flan-t5-base" in line and "320000 steps" in line for line in lines)
+
+
+def test_toy_recipe_matches_the_toy_teacher():
+    from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, NUM_INFERENCE_STEPS, STUDENT_T5
+
+    recipe = load_recipe("toy")
+    assert recipe.family == "flux-schnell" and recipe.max_sequence_length == MAX_SEQUENCE_LENGTH
+    assert recipe.num_inference_steps == NUM_INFERENCE_STEPS and recipe.resolution == 32
+    assert {k: recipe.student_config[k] for k in STUDENT_T5} == STUDENT_T5
