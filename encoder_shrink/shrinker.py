@@ -67,10 +67,14 @@ class EncoderShrinker:
         recipe = load_recipe(recipe)
         record = self._record(recipe)
         width = self.adapter.conditioning_width
-        if recipe.student_t5 is not None:
-            return ShrunkT5EncoderModel.from_t5(recipe.student_t5, teacher_dim=width, **record)
-        fields = {"vocab_size": self.adapter.teacher.config.vocab_size, **recipe.student_config}
-        return ShrunkT5EncoderModel.from_t5(T5Config(**fields), teacher_dim=width, **record)
+        # The projector (and a T5 built from a config) start from random weights: seed them with the recipe's seed so
+        # the same recipe gives the same student, whatever the caller's RNG did before.
+        with torch.random.fork_rng():
+            torch.manual_seed(recipe.seed)
+            if recipe.student_t5 is not None:
+                return ShrunkT5EncoderModel.from_t5(recipe.student_t5, teacher_dim=width, **record)
+            fields = {"vocab_size": self.adapter.teacher.config.vocab_size, **recipe.student_config}
+            return ShrunkT5EncoderModel.from_t5(T5Config(**fields), teacher_dim=width, **record)
 
     def distill(
         self,

@@ -129,7 +129,6 @@ def student_t5_config():
     return toy_t5_config(STUDENT_T5, len(toy_t5_tokenizer()))
 
 
-@torch.no_grad()
 def generate(pipe, prompts: list[str | ToyPrompt], seeds: list[int], num_inference_steps: int = NUM_INFERENCE_STEPS,
              batch_size: int = 32) -> np.ndarray:
     r"""
@@ -142,18 +141,11 @@ def generate(pipe, prompts: list[str | ToyPrompt], seeds: list[int], num_inferen
     (1, 32, 32, 3)
     ```
     """
+    from encoder_shrink.evaluation import generate_images
+
     texts = [p.text if isinstance(p, ToyPrompt) else p for p in prompts]
-    if len(texts) != len(seeds):
-        raise ValueError(f"{len(texts)} prompts but {len(seeds)} seeds; pass one seed per prompt.")
-    images = []
-    for start in range(0, len(texts), batch_size):
-        batch = texts[start:start + batch_size]
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
-        out = pipe(prompt=batch, height=IMAGE_SIZE, width=IMAGE_SIZE, num_inference_steps=num_inference_steps,
-                   guidance_scale=1.0, max_sequence_length=MAX_SEQUENCE_LENGTH, generator=generators,
-                   output_type="np").images
-        images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
-    return np.concatenate(images)
+    return generate_images(pipe, texts, seeds, num_inference_steps, IMAGE_SIZE, MAX_SEQUENCE_LENGTH,
+                           batch_size=batch_size, guidance_scale=1.0)
 
 
 __all__ = ["BUNDLED_TEACHER", "MAX_SEQUENCE_LENGTH", "NUM_INFERENCE_STEPS", "generate", "load_toy_teacher",

@@ -132,3 +132,19 @@ def test_cfg_pipelines_train_on_the_negative_prompt(tiny_pipeline_dirs):
     assert shrinker.summary["teacher_texts_encoded"] == 4
     with pytest.raises(RecipeError, match="sd3 applies classifier-free guidance only above 1"):
         shrinker.distill(recipe="tiny", guidance_scales=[1.0])
+
+
+def test_the_same_recipe_builds_the_same_student_whatever_the_global_rng(flux):
+    shrinker = EncoderShrinker(flux)
+    torch.manual_seed(1)
+    first = shrinker.build_student("tiny")
+    torch.randn(1000)  # the caller's RNG moves on
+    second = shrinker.build_student("tiny")
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    other_seed = dataclasses.replace(load_recipe("tiny"), seed=1)
+    third = shrinker.build_student(other_seed)
+    assert not torch.equal(third.final_projection[0].weight, first.final_projection[0].weight)
+    state = torch.random.get_rng_state()
+    shrinker.build_student("tiny")
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left untouched
