@@ -12,14 +12,13 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from encoder_shrink.benchmarks.synthetic import PIPELINES, SYNTHETIC, T5_CONFIGS, t5_slot
-from encoder_shrink.files import atomic_write_text
+from encoder_shrink.files import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +221,9 @@ def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str 
         teacher_dim = AutoConfig.from_pretrained(config.pipeline, subfolder=slot).d_model
         pipeline = {"kind": "path", "path": config.pipeline, "slot": slot}
 
-    skipped = {f"student {b}": _skip_reason(b, config) for b in config.backends if _skip_reason(b, config)}
-    backends = [b for b in config.backends if f"student {b}" not in skipped]
+    reasons = {b: _skip_reason(b, config) for b in config.backends}
+    skipped = {f"student {b}": reason for b, reason in reasons.items() if reason}
+    backends = [b for b, reason in reasons.items() if not reason]
     student = _prepare_student(config, work, teacher_dim)
     exports = _prepare_exports(config, backends, student, work)
     common = {"device": config.device, "dtype": config.dtype, "seq_len": config.seq_len, "batch": config.batch,
@@ -343,10 +343,9 @@ def chart(results: dict, path: Path) -> None:
             axis.set_yticks([])
     fig.suptitle(f"{results['gpu'] or 'CPU'} - {results['config']['dtype']}", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 __all__ = ["BACKENDS", "BenchConfig", "chart", "markdown", "run_bench"]

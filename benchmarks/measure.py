@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from encoder_shrink.files import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -243,9 +245,7 @@ def main(argv=None) -> int:
         transformers_logging.set_verbosity_error()
     result = measure_pipeline(spec) if spec["kind"] == "pipeline" else measure_encoder(spec)
     result["threads"], result["pid"] = torch.get_num_threads(), os.getpid()
-    tmp = Path(spec["result"]).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, spec["result"])
+    atomic_write_text(spec["result"], json.dumps(result, indent=2))
     return 0
 
 

@@ -171,7 +171,13 @@ def _eval(args: argparse.Namespace) -> int:
     for path in args.student:
         name = Path(path).name or "student"
         students[name if name not in students else f"{name}-{len(students)}"] = load_encoder(path)
-    defaults = {"num_inference_steps": 12, "resolution": 32, "max_sequence_length": 16} if toy else {}
+    defaults = {}
+    if toy:
+        from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, NUM_INFERENCE_STEPS
+        from encoder_shrink.toy.world import IMAGE_SIZE
+
+        defaults = {"num_inference_steps": NUM_INFERENCE_STEPS, "resolution": IMAGE_SIZE,
+                    "max_sequence_length": MAX_SEQUENCE_LENGTH}
     results = evaluate(
         pipe, students, prompts, toy=toy, guidance_scale=args.guidance_scale,
         num_inference_steps=args.num_inference_steps or defaults.get("num_inference_steps", 20),
@@ -199,8 +205,11 @@ def _image_grid(images: dict, path: Path, count: int = 8) -> None:
     import numpy as np
     from PIL import Image
 
+    from encoder_shrink.files import atomic_path
+
     columns = [np.concatenate(list(v[:count]), axis=0) for v in images.values()]
-    Image.fromarray(np.concatenate(columns, axis=1)).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.concatenate(columns, axis=1)).save(tmp)
 
 
 def _bench(args: argparse.Namespace) -> int:

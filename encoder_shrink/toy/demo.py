@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from encoder_shrink.files import atomic_write_text
+from encoder_shrink.files import atomic_path, atomic_write_text
 from encoder_shrink.toy.teacher import BUNDLED_TEACHER, MAX_SEQUENCE_LENGTH, NUM_INFERENCE_STEPS, load_toy_teacher
 from encoder_shrink.toy.world import ATTRIBUTES, sample_prompts
 
@@ -180,9 +180,8 @@ def _save_grid(images: dict, prompts: list[str], path: Path, cell: int = 96) -> 
         for column, name in enumerate(VARIANTS):
             tile = Image.fromarray(images[name][index]).resize((cell, cell), Image.NEAREST)
             grid.paste(tile, (label_width + column * cell, 20 + row * cell))
-    tmp = path.with_suffix(".tmp.png")
-    grid.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        grid.save(tmp)
 
 
 __all__ = ["run_toy_demo", "results_table"]
