@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from encoder_shrink.compat import check_compatible, swap_text_encoder
-from encoder_shrink.fidelity import denoiser_fidelity
+from encoder_shrink.fidelity import denoiser_fidelities
 from encoder_shrink.pipelines import adapter_for
 
 logger = logging.getLogger(__name__)
@@ -97,9 +97,11 @@ def evaluate(
 
         results["teacher"]["checker"] = score(images["teacher"], prompts)
     fidelity_set = prompts[:fidelity_prompts] if fidelity_prompts else prompts
-    for name, student in tqdm(students.items(), desc="evaluate", unit="student"):
-        fidelity = denoiser_fidelity(adapter, student, fidelity_set, length, num_inference_steps, resolution,
+    # One teacher trajectory for every student: the teacher's denoiser passes are not repeated per student.
+    fidelities = denoiser_fidelities(adapter, students, fidelity_set, length, num_inference_steps, resolution,
                                      guidance_scale=guidance_scale, seed=seeds[0])
+    for name, student in tqdm(students.items(), desc="evaluate", unit="student"):
+        fidelity = fidelities[name]
         swap_text_encoder(pipe, student)
         try:
             images[name] = generate()

@@ -52,3 +52,34 @@ def test_evaluate_compares_students_on_the_same_seeds(pipe):
     assert (again["images"]["teacher"] == results["images"]["teacher"]).all()
     assert (again["images"]["random"] == results["images"]["random"]).all()
     assert "checker" not in again["teacher"]
+
+
+def test_denoiser_fidelities_share_one_teacher_trajectory(pipe):
+    from encoder_shrink.fidelity import denoiser_fidelities, denoiser_fidelity
+    from encoder_shrink.pipelines import adapter_for
+
+    teacher = pipe.text_encoder_2
+    students = {
+        name: ShrunkT5EncoderModel.from_t5(teacher.config.__class__(**{**teacher.config.to_dict(), "d_model": width,
+                                           "num_layers": 1}), teacher_dim=128).eval()
+        for name, width in (("narrow", 16), ("wide", 32))
+    }
+    adapter = adapter_for(pipe)
+    calls = []
+    hook = pipe.transformer.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        kwargs = dict(max_sequence_length=16, num_inference_steps=3, resolution=32, guidance_scale=None)
+        together = denoiser_fidelities(adapter, students, ["a red circle", "two blue squares"], **kwargs)
+        shared_calls = len(calls)
+        alone = {name: denoiser_fidelity(adapter, s, ["a red circle", "two blue squares"], **kwargs)
+                 for name, s in students.items()}
+    finally:
+        hook.remove()
+    # 3 steps: the teacher once and each of the 2 students once per step, against 2 x (3 + 3) one at a time.
+    assert shared_calls == 3 * (1 + 2) and len(calls) - shared_calls == 2 * (3 + 3)
+    for name in students:
+        assert together[name]["relative_mse"] == pytest.approx(alone[name]["relative_mse"], rel=1e-6)
+        assert together[name]["per_step"] == pytest.approx(alone[name]["per_step"], rel=1e-5, abs=1e-9)
+    assert together["narrow"]["relative_mse"] != together["wide"]["relative_mse"]
+    with pytest.raises(ValueError, match="no students"):
+        denoiser_fidelities(adapter, {}, ["a red circle"], **kwargs)

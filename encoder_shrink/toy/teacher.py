@@ -80,9 +80,12 @@ def toy_pipeline_components(seed: int = 0) -> dict:
     torch.manual_seed(seed)
     t5_tokenizer = toy_t5_tokenizer()
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=3, attention_head_dim=32, num_attention_heads=4,
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=64, num_attention_heads=2,
         joint_attention_dim=TEACHER_T5["d_model"], pooled_projection_dim=16, guidance_embeds=False,
-        axes_dims_rope=(8, 12, 12),  # sums to the 32-wide heads, split like FLUX's (16, 56, 56) over 128
+        # FLUX's split of the head over (text, row, column) scaled to 64: image tokens sit on an 8 x 8 grid, and RoPE
+        # (theta 10000) over 28 dims has four frequencies that turn less than once across it, so "left"/"above" can be
+        # read off the rotation; 12-dim axes had one.
+        axes_dims_rope=(8, 28, 28),
     )
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,

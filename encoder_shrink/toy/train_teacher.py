@@ -1,6 +1,10 @@
 """Re-train the toy teacher from scratch, reproducibly: VAE first, then the T5 and the FLUX transformer together.
 
 Run:  python -m encoder_shrink.toy.train_teacher --output encoder_shrink/toy/teacher
+
+Every random draw of step `s` is a function of `(seed, s)` and the learning rate is constant after warm-up (EMA
+weights do the annealing), so a run stopped at any checkpoint and resumed with `--resume` (even with a larger
+`--steps`) follows the same path as one run straight through to that many steps.
 """
 
 from __future__ import annotations
@@ -20,26 +24,40 @@ import torch.nn.functional as F
 
 from encoder_shrink.toy.checker import score
 from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, generate, toy_pipeline_components
-from encoder_shrink.toy.world import render, sample_prompts
+from encoder_shrink.toy.world import all_prompts, render, sample_prompts, split_of
 
 logger = logging.getLogger(__name__)
 
+# Spatial and text prompts are listed twice, so drawn twice as often: they are 98 % of the training prompts and
+# the slowest to learn (binding two objects to two places; letters to cells), while 43 single and count prompts
+# are learned early.
+KIND_WEIGHTS = ("single", "count", "spatial", "text", "spatial", "text")
+# Jittered renders of each training prompt in the latent pool: the jitter is at most +-3 px, so 8 draws cover its
+# spread, and 2,730 prompts x 8 = 21,840 latents (22 MB) are encoded once instead of at every step.
+VARIANTS = 8
+# EMA of the weights, evaluated and shipped: a ~1,000-step average removes most of the noise of batch-32 steps at a
+# constant learning rate; the ramp min(decay, (1 + s) / (10 + s)) keeps early averages from holding random weights.
+EMA_DECAY = 0.999
+# Steps of linear learning-rate warm-up: the fresh transformer's AdaLN modulations are otherwise unstable.
+WARMUP_STEPS = 200
+STATE = "state"
 
-def _images(prompts, rng: np.random.Generator) -> torch.Tensor:
-    """Rendered scenes as a (B, 3, 32, 32) tensor in [-1, 1], each with its own random layout jitter."""
-    batch = np.stack([render(p, seed=int(rng.integers(2**31))) for p in prompts])
+
+def _images(prompts, seeds) -> torch.Tensor:
+    """Rendered scenes as a (B, 3, 32, 32) tensor in [-1, 1], one layout jitter seed each."""
+    batch = np.stack([render(p, seed=int(s)) for p, s in zip(prompts, seeds)])
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def train_vae(vae, steps: int, batch_size: int, seed: int, progress) -> dict:
     """Reconstruction (L1 + MSE) with a small KL term, so that noisy generated latents still decode to clean shapes."""
-    rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)  # small conv net: a high LR is stable
     vae.train()
     for step in progress(range(steps), desc="vae"):
-        images = _images(sample_prompts(batch_size, "train", seed=seed * 100_003 + step), rng)
+        rng = np.random.default_rng([seed, step])
+        images = _images(sample_prompts(batch_size, "train", seed=seed * 100_003 + step), rng.integers(2**31, size=batch_size))
         posterior = vae.encode(images).latent_dist
-        recon = vae.decode(posterior.sample()).sample
+        recon = vae.decode(posterior.sample(torch.Generator().manual_seed(int(rng.integers(2**62))))).sample
         kl = posterior.kl().mean() / images[0].numel()
         loss = F.l1_loss(recon, images) + F.mse_loss(recon, images) + 1e-4 * kl  # 1e-4: keeps latents O(1), no blur
         optimizer.zero_grad(set_to_none=True)
@@ -47,45 +65,126 @@ def train_vae(vae, steps: int, batch_size: int, seed: int, progress) -> dict:
         optimizer.step()
     vae.eval()
     with torch.no_grad():  # normalise latents to zero mean, unit variance, as FLUX's VAE config does
-        images = _images(sample_prompts(256, "train", seed=seed + 7), rng)
-        latents = vae.encode(images).latent_dist.mode()
+        prompts = sample_prompts(256, "train", seed=seed + 7)
+        latents = vae.encode(_images(prompts, range(len(prompts)))).latent_dist.mode()
     shift, scale = float(latents.mean()), float(1 / latents.std())
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     return {"vae_loss": float(loss), "shift_factor": shift, "scaling_factor": scale}
 
 
+class TrainingPool:
+    r"""
+    Everything the denoiser's training reads per prompt, computed once: packed, normalised VAE latents of `variants`
+    jittered renders (the posterior mean: its spread is under 2 % of the latents'), the pooled CLIP vector and the T5
+    input ids.
+    """
+
+    def __init__(self, pipe, seed: int, progress, variants: int = VARIANTS, batch_size: int = 256):
+        self.variants = variants
+        self.prompts = [p for p in all_prompts() if split_of(p) == "train"]
+        self.index = {p.text: i for i, p in enumerate(self.prompts)}
+        texts = [p.text for p in self.prompts]
+        size = pipe.vae.config.sample_size // pipe.vae_scale_factor
+        config = pipe.vae.config
+        latents, pooled = [], []
+        with torch.no_grad():
+            for start in progress(range(0, len(texts), batch_size), desc="latent pool"):
+                chunk = self.prompts[start:start + batch_size]
+                pooled.append(pipe._get_clip_prompt_embeds([p.text for p in chunk], device="cpu"))
+                for variant in range(variants):
+                    seeds = [seed * 1_000_003 + (start + i) * variants + variant for i in range(len(chunk))]
+                    x = pipe.vae.encode(_images(chunk, seeds)).latent_dist.mode()
+                    x = (x - config.shift_factor) * config.scaling_factor
+                    latents.append(pipe._pack_latents(x, len(chunk), x.shape[1], size, size))
+        # latents[chunk * variants + variant] holds rows start:start+len(chunk): regroup to (prompt, variant, ...).
+        chunks = [torch.stack(latents[c * variants:(c + 1) * variants], 1) for c in range(len(latents) // variants)]
+        self.latents = torch.cat(chunks)
+        self.pooled = torch.cat(pooled)
+        self.input_ids = pipe.tokenizer_2(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True,
+                                          return_tensors="pt").input_ids
+
+    def batch(self, step: int, batch_size: int, seed: int):
+        """The step's prompts (kinds weighted by `KIND_WEIGHTS`), one random jitter variant each."""
+        rows = [self.index[p.text] for p in sample_prompts(batch_size, "train", seed=seed * 100_003 + step,
+                                                           kinds=KIND_WEIGHTS)]
+        variants = np.random.default_rng([seed, step, 1]).integers(self.variants, size=batch_size)
+        rows_t = torch.tensor(rows)
+        return self.latents[rows_t, torch.from_numpy(variants)], self.pooled[rows_t], self.input_ids[rows_t]
+
+
+def _swap(params: list[torch.nn.Parameter], other: list[torch.Tensor]) -> None:
+    """Exchange the values of the live weights and the EMA weights in place (evaluate and save with the EMA)."""
+    with torch.no_grad():
+        for p, q in zip(params, other):
+            tmp = p.detach().clone()
+            p.copy_(q)
+            q.copy_(tmp)
+
+
+def evaluate_teacher(pipe, prompts: int, seed: int = 1) -> dict:
+    """Checker accuracy on `prompts` held-out prompts (balanced over kinds), seeds 0..n-1."""
+    held_out = sample_prompts(prompts, "heldout", seed=seed)
+    return score(generate(pipe, held_out, seeds=list(range(len(held_out)))), held_out)
+
+
 def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learning_rate: float = 1e-3,
-                   eval_every: int = 0, eval_prompts: int = 64, on_eval=None) -> list[dict]:
+                   eval_every: int = 0, eval_prompts: int = 64, on_eval=None, state_dir: Path | None = None,
+                   resume: bool = False, variants: int = VARIANTS) -> list[dict]:
     """Flow matching (x_t = (1 - s) x0 + s noise, predict noise - x0) of the transformer and the T5 together."""
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
+    from safetensors.torch import load_file, save_file
+
+    from encoder_shrink.distill.checkpoint import _optimizer_from_files, _optimizer_to_files
+    from encoder_shrink.files import atomic_write_text
+
     t5, transformer = pipe.text_encoder_2, pipe.transformer
     params = list(t5.parameters()) + list(transformer.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
-    warmup = 100  # steps of linear warm-up: the fresh transformer's AdaLN modulations are otherwise unstable
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / max(steps, 1)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP_STEPS))
+    ema = [p.detach().clone() for p in params]
+    history, start = [], 0
+    if resume and state_dir is not None and (state_dir / "state.json").is_file():
+        saved = json.loads((state_dir / "state.json").read_text())
+        weights = load_file(state_dir / "weights.safetensors")
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(weights[f"live.{i}"])
+                ema[i].copy_(weights[f"ema.{i}"])
+        optimizer.load_state_dict(_optimizer_from_files(load_file(state_dir / "optimizer.safetensors"), saved["optimizer"]))
+        schedule.load_state_dict(saved["schedule"])
+        start, history = saved["step"], saved["history"]
+        logger.info("Resumed the denoiser at step %d from %s.", start, state_dir)
+
+    def save_state(step: int) -> None:
+        """Live and EMA weights, optimizer and schedule: what `resume` needs (written to a temp folder, renamed)."""
+        if state_dir is None:
+            return
+        tmp = state_dir.with_name(state_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({**{f"live.{i}": p.detach().contiguous() for i, p in enumerate(params)},
+                   **{f"ema.{i}": q.contiguous() for i, q in enumerate(ema)}}, tmp / "weights.safetensors")
+        tensors, meta = _optimizer_to_files(optimizer)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        atomic_write_text(tmp / "state.json", json.dumps({"step": step, "optimizer": meta, "history": history,
+                                                          "schedule": schedule.state_dict()}))
+        shutil.rmtree(state_dir, ignore_errors=True)
+        os.replace(tmp, state_dir)
+
+    pool = TrainingPool(pipe, seed, progress, variants)
     size = pipe.vae.config.sample_size // pipe.vae_scale_factor
     image_ids = pipe._prepare_latent_image_ids(batch_size, size // 2, size // 2, "cpu", torch.float32)
     text_ids = torch.zeros(MAX_SEQUENCE_LENGTH, 3)
-    history = []
-    for step in progress(range(steps), desc="teacher"):
+    losses = []
+    bar = progress(range(start, steps), desc="teacher", initial=start, total=steps)
+    for step in bar:
         t5.train(), transformer.train()
-        prompts = sample_prompts(batch_size, "train", seed=seed * 100_003 + step)
-        texts = [p.text for p in prompts]
-        with torch.no_grad():
-            images = _images(prompts, rng)
-            latents = pipe.vae.encode(images).latent_dist.sample(generator)
-            latents = (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
-            x0 = pipe._pack_latents(latents, batch_size, latents.shape[1], size, size)
-            pooled = pipe._get_clip_prompt_embeds(texts, device="cpu")
-        ids = pipe.tokenizer_2(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True,
-                               return_tensors="pt").input_ids
-        text = t5(ids).last_hidden_state
+        x0, pooled, ids = pool.batch(step, batch_size, seed)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         # Logit-normal noise levels (as SD3/FLUX train): most steps in the middle, where layout is decided.
         sigma = torch.sigmoid(torch.randn(batch_size, generator=generator))
         noise = torch.randn(x0.shape, generator=generator)
         x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+        text = t5(ids).last_hidden_state
         prediction = transformer(hidden_states=x_t, timestep=sigma, pooled_projections=pooled,
                                  encoder_hidden_states=text, txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
         loss = F.mse_loss(prediction, noise - x0)
@@ -94,15 +193,25 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
+        decay = min(EMA_DECAY, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        losses.append(float(loss))
+        if hasattr(bar, "set_postfix") and step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            save_state(step + 1)
             t5.eval(), transformer.eval()
-            held_out = sample_prompts(eval_prompts, "heldout", seed=1)
-            accuracy = score(generate(pipe, held_out, seeds=list(range(len(held_out)))), held_out)
-            history.append({"step": step + 1, "loss": float(loss), "heldout": accuracy})
-            logger.info("step %d loss %.4f held-out accuracy %s", step + 1, float(loss), accuracy)
+            _swap(params, ema)
+            accuracy = evaluate_teacher(pipe, eval_prompts)
+            history.append({"step": step + 1, "loss": float(np.mean(losses[-eval_every:])), "heldout": accuracy})
+            logger.info("step %d loss %.4f held-out overall %.3f by kind %s", step + 1, history[-1]["loss"],
+                        accuracy["overall"], {k: v["overall"] for k, v in accuracy["by_kind"].items()})
             if on_eval is not None:
-                on_eval(step + 1, accuracy)
+                on_eval(step + 1, history)  # sees (and saves) the EMA weights
+            _swap(params, ema)
     t5.eval(), transformer.eval()
+    _swap(params, ema)  # the pipeline leaves with its EMA weights
     return history
 
 
@@ -126,37 +235,52 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(Path(__file__).parent / "teacher"))
+    parser.add_argument("--work-dir", default="toy-teacher-work",
+                        help="full training state (live and EMA weights, optimizer) for --resume")
     parser.add_argument("--vae-steps", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts at each --eval-every")
+    parser.add_argument("--final-prompts", type=int, default=160, help="held-out prompts of the final evaluation")
+    parser.add_argument("--variants", type=int, default=VARIANTS, help="jittered renders per prompt in the latent pool")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", help="continue from this saved teacher (its VAE is kept; --vae-steps is ignored)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from --work-dir: after its VAE stage, or from its last evaluation")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
     started = time.time()
-    if args.init:
-        pipe = FluxPipeline.from_pretrained(args.init)
-        previous = json.loads((Path(args.init) / "training_summary.json").read_text())
-        vae = dict(previous["vae"], continued_from=previous)
+    work = Path(args.work_dir)
+    # The VAE stage writes work/pipeline (trained VAE, initial T5 and transformer) before the denoiser starts, so
+    # resuming from it, with or without denoiser state, is the same run as one from scratch.
+    resume = args.resume and (work / "pipeline" / "model_index.json").is_file()
+    if resume:
+        pipe = FluxPipeline.from_pretrained(work / "pipeline")
+        vae = json.loads((work / "vae.json").read_text())
     else:
         pipe = FluxPipeline(**toy_pipeline_components(seed=args.seed))
         vae = train_vae(pipe.vae, args.vae_steps, args.batch_size, args.seed, tqdm)
+        # The VAE and the frozen CLIP never change again: the state folder keeps them with the initial weights.
+        save_teacher(pipe, work / "pipeline", {"vae": vae})
+        (work / "vae.json").write_text(json.dumps(vae))
     pipe.set_progress_bar_config(disable=True)
     logger.info("VAE: %s (%.0f s)", vae, time.time() - started)
     output = Path(args.output)
+    settings = {k: v for k, v in vars(args).items() if k not in ("output", "work_dir", "resume")}
 
-    def checkpoint(step, accuracy):
-        save_teacher(pipe, output, {"args": vars(args), "vae": vae, "step": step, "heldout": accuracy,
-                                    "seconds": round(time.time() - started)})
+    def checkpoint(step, history):
+        save_teacher(pipe, output, {"args": settings, "vae": vae, "step": step, "history": history,
+                                    "seconds": round(time.time() - started), "torch": torch.__version__})
 
     history = train_denoiser(pipe, args.steps, args.batch_size, args.seed, tqdm, args.learning_rate, args.eval_every,
-                             on_eval=checkpoint)
-    save_teacher(pipe, output, {"args": vars(args), "vae": vae, "history": history, "seconds": round(time.time() - started),
-                                "torch": torch.__version__})
-    print(json.dumps(history[-1] if history else {}, indent=2))
+                             args.eval_prompts, on_eval=checkpoint, state_dir=work / STATE, resume=resume,
+                             variants=args.variants)
+    final = {"step": args.steps, "heldout": evaluate_teacher(pipe, args.final_prompts, seed=2)}
+    save_teacher(pipe, output, {"args": settings, "vae": vae, "history": history, "final": final,
+                                "seconds": round(time.time() - started), "torch": torch.__version__})
+    print(json.dumps(final, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,14 +56,22 @@ GLYPHS: dict[str, list[str]] = {
     "u": ["...", "#.#", "#.#", "#.#", "###"],
 }
 ALPHABET = tuple(sorted(GLYPHS))
-# Common English words spelled from ALPHABET only; every letter occurs in at least 4 of them.
+# The length of every sign's text: three glyph cells fill the 32 px image width at 2x scale.
+TEXT_LENGTH = 3
+# The 100 most frequent English words (wordfreq's list, in its order) spelled from ALPHABET alone, less acronyms,
+# names and abbreviations. A fifth of them are held out: they are how text rendering is evaluated.
 WORDS = (
-    "cat", "sun", "cup", "pen", "pot", "top", "tea", "sea", "red", "car", "art", "ant", "end", "nut", "run", "pin",
-    "tin", "tip", "dot", "rod", "ice", "pie", "tie", "set", "net", "ten", "tap", "cap", "pan", "can", "ear", "eat",
-    "rat", "son", "out", "use", "one", "air", "arc", "toe",
+    "and", "are", "not", "one", "can", "out", "its", "our", "see", "did", "too", "use", "end", "put", "set", "top",
+    "run", "car", "per", "air", "due", "red", "act", "art", "son", "cut", "eat", "cup", "add", "die", "sea", "sir",
+    "ten", "ice", "sun", "dad", "sit", "pop", "ran", "sad", "cat", "nor", "net", "aid", "tea", "era", "sat", "tip",
+    "cap", "tie", "rid", "pet", "ear", "odd", "pot", "pan", "pen", "cop", "ate", "ton", "pin", "tap", "pit", "rip",
+    "pat", "arc", "pie", "rat", "rod", "rap", "ace", "ore", "duo", "inn", "toe", "dip", "dot", "nut", "tin", "den",
+    "pad", "tan", "spa", "cod", "ant", "nap", "tee", "nod", "pod", "rot", "apt", "sip", "nun", "pup", "tar", "sap",
+    "pun", "pea", "ape", "ode",
 )
 TEXT_PREFIX = "a sign that says"
-# The fraction of each kind's prompts (of the words, for the text kind) held out of training.
+# The fraction of each kind's prompts held out of training; for the text kind, the fraction of WORDS (every other
+# three-glyph string is trained on, so each letter is seen in each cell and held-out words test composition).
 HELDOUT_FRACTION = 0.2
 # Shown in the error for a prompt outside the grammar: one example of each kind.
 EXAMPLE_PROMPTS = (
@@ -106,7 +115,8 @@ class ToyPrompt:
     - `"single"`: "a red circle" (colour, shape);
     - `"count"`: "two blue squares", "three green triangles" (colour, shape, count), `count` copies of `objects[0]`;
     - `"spatial"`: "a red circle left of a blue square" (colour, shape, position), relation one of `RELATIONS`;
-    - `"text"`: "a sign that says 'cat'" (text), `word` one of `WORDS`.
+    - `"text"`: "a sign that says 'cat'" (text), `word` any `TEXT_LENGTH` letters of `ALPHABET` (a sign may say
+      'tnc' as well as 'cat'; the English `WORDS` are what held-out prompts are drawn from).
 
     Example:
 
@@ -137,8 +147,8 @@ class ToyPrompt:
             raise ValueError(f"ToyPrompt: relation {self.relation!r} is wrong for a {self.kind!r} prompt; spatial prompts take one of {RELATIONS}, others None.")
         if self.kind == "spatial" and self.objects[0] == self.objects[1]:
             raise ValueError(f"ToyPrompt: the two objects of a spatial prompt must differ in colour or shape, got {self.objects[0].text!r} twice.")
-        if (self.word is not None) != (self.kind == "text") or (self.word is not None and self.word not in WORDS):
-            raise ValueError(f"ToyPrompt: word {self.word!r} is wrong for a {self.kind!r} prompt; text prompts take a word of WORDS (e.g. 'cat'), others None.")
+        if (self.word is not None) != (self.kind == "text") or (self.word is not None and not _spellable(self.word)):
+            raise ValueError(f"ToyPrompt: word {self.word!r} is wrong for a {self.kind!r} prompt; text prompts take {TEXT_LENGTH} letters of {''.join(ALPHABET)!r} (e.g. 'cat'), others None.")
 
     @property
     def text(self) -> str:
@@ -158,6 +168,10 @@ class ToyPrompt:
         return KIND_ATTRIBUTES[self.kind]
 
 
+def _spellable(word) -> bool:
+    return isinstance(word, str) and len(word) == TEXT_LENGTH and set(word) <= set(ALPHABET)
+
+
 def _objects() -> list[ToyObject]:
     return [ToyObject(colour, shape) for colour in COLOURS for shape in SHAPES]
 
@@ -171,7 +185,7 @@ def _all_prompts(kind: str) -> tuple[ToyPrompt, ...]:
     if kind == "spatial":
         pairs = [(a, b) for a in _objects() for b in _objects() if a != b]
         return tuple(ToyPrompt("spatial", pair, relation=r) for r in RELATIONS for pair in pairs)
-    return tuple(ToyPrompt("text", word=w) for w in WORDS)
+    return tuple(ToyPrompt("text", word="".join(w)) for w in itertools.product(ALPHABET, repeat=TEXT_LENGTH))
 
 
 def _check_kind(kind: str) -> None:
@@ -182,13 +196,13 @@ def _check_kind(kind: str) -> None:
 def all_prompts(kind: str | None = None) -> list[ToyPrompt]:
     r"""
     Every prompt of the toy grammar (or of one kind), in a fixed order: kinds as in `KINDS`, then relation, colour,
-    shape (or word) as listed in `RELATIONS`, `COLOURS`, `SHAPES` and `WORDS`.
+    shape as listed in `RELATIONS`, `COLOURS`, `SHAPES`, and text in alphabetical order of its letters.
 
     Example:
 
     ```python
     >>> [len(all_prompts(kind)) for kind in KINDS]
-    [18, 36, 1224, 40]
+    [18, 36, 1224, 1728]
     >>> all_prompts("count")[0].text
     'two red circles'
     ```
@@ -227,7 +241,7 @@ def parse_prompt(text: str) -> ToyPrompt:
         return prompt
     quoted = re.fullmatch(re.escape(TEXT_PREFIX) + r" '([^']*)'", normal)
     if quoted:
-        raise ValueError(f"prompt {text!r}: the word {quoted.group(1)!r} is not in WORDS; use one of them, e.g. \"{TEXT_PREFIX} 'cat'\".")
+        raise ValueError(f"prompt {text!r}: the sign's text {quoted.group(1)!r} is not {TEXT_LENGTH} letters of {''.join(ALPHABET)!r}; write e.g. \"{TEXT_PREFIX} 'cat'\".")
     raise ValueError(f"prompt {text!r} is outside the toy grammar; write e.g. {EXAMPLE_PROMPTS}.")
 
 
@@ -256,7 +270,8 @@ def _heldout_texts(kind: str) -> frozenset[str]:
 def split_of(prompt: ToyPrompt | str) -> str:
     r"""
     `"train"` or `"heldout"`: 20 % of each kind's prompts, chosen by the sha256 of their canonical text, are held out
-    (for the text kind, 20 % of `WORDS`, so a held-out word never appears in training). The same on every machine.
+    (for the text kind, 20 % of `WORDS`; every other string of `TEXT_LENGTH` letters is trained on, so a held-out word
+    is a new combination of letters the model has drawn in every cell). The same on every machine.
 
     Example:
 
@@ -271,12 +286,17 @@ def split_of(prompt: ToyPrompt | str) -> str:
     return "heldout" if prompt.text in _heldout_texts(prompt.kind) else "train"
 
 
+@lru_cache(maxsize=None)
+def _split_pool(kind: str, split: str) -> tuple[ToyPrompt, ...]:
+    return tuple(p for p in _all_prompts(kind) if split_of(p) == split)
+
+
 def sample_prompts(
     n: int, split: str = "train", seed: int = 0, kinds: tuple[str, ...] | list[str] | None = None
 ) -> list[ToyPrompt]:
     r"""
-    `n` prompts of `split`, balanced across `kinds` (round-robin in the order given, default `KINDS`) and drawn at
-    random within a kind: each kind's prompts are shuffled with `numpy.random.default_rng(seed)` and used in turn, all
+    `n` prompts of `split`, balanced across `kinds` (round-robin in the order given, default `KINDS`; a kind listed
+    twice is drawn twice as often) and drawn at random within a kind: each kind's prompts are shuffled with `numpy.random.default_rng(seed)` and used in turn, all
     before any repeats. The same `seed` gives the same list.
 
     Example:
@@ -296,7 +316,7 @@ def sample_prompts(
     for kind in kinds:
         _check_kind(kind)
     rng = np.random.default_rng(seed)
-    pools = {kind: [p for p in _all_prompts(kind) if split_of(p) == split] for kind in dict.fromkeys(kinds)}
+    pools = {kind: _split_pool(kind, split) for kind in dict.fromkeys(kinds)}
     queues: dict[str, list[ToyPrompt]] = {kind: [] for kind in pools}
     prompts = []
     for i in range(n):

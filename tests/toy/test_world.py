@@ -29,13 +29,14 @@ from encoder_shrink.toy.world import (
 
 
 def test_grammar_sizes_and_order():
-    assert [len(all_prompts(kind)) for kind in KINDS] == [18, 36, 1224, 40]
+    assert [len(all_prompts(kind)) for kind in KINDS] == [18, 36, 1224, 12**3]
     prompts = all_prompts()
-    assert len({p.text for p in prompts}) == len(prompts) == 1318
+    assert len({p.text for p in prompts}) == len(prompts) == 18 + 36 + 1224 + 1728
     assert prompts == all_prompts()  # a fixed order
     assert [p.text for p in all_prompts("single")[:2]] == ["a red circle", "a red square"]
     assert all_prompts("spatial")[0].text == "a red circle left of a red square"
-    assert all_prompts("text")[0].text == "a sign that says 'cat'"
+    assert [p.word for p in all_prompts("text")[:2]] == ["aaa", "aac"]
+    assert {p.word for p in all_prompts("text")} >= set(WORDS)
 
 
 def test_every_prompt_round_trips():
@@ -49,7 +50,7 @@ def test_every_prompt_round_trips():
     "text",
     [
         "", "a red circel", "one red circle", "two red circle", "four red circles", "a pink circle",
-        "a red circle left of a red circle", "a red circle next to a blue square", "a sign that says 'xyz'",
+        "a red circle left of a red circle", "a red circle next to a blue square", "a sign that says 'xyz'", "a sign that says 'cats'",
         "a sign that says cat", "a red circle.",
     ],
 )
@@ -75,6 +76,9 @@ def test_prompt_fields_are_validated():
         ToyPrompt("single", (red_circle,), relation="above")
     with pytest.raises(ValueError, match="'xyz'"):
         ToyPrompt("text", word="xyz")
+    with pytest.raises(ValueError, match="'ca'"):
+        ToyPrompt("text", word="ca")
+    assert ToyPrompt("text", word="tnc").text == "a sign that says 'tnc'"  # any three glyphs, not only WORDS
     with pytest.raises(ValueError, match="'photo'"):
         ToyPrompt("photo", (red_circle,))
 
@@ -89,21 +93,25 @@ def test_attributes_follow_the_fixed_category_order():
 
 
 def test_split_holds_out_about_a_fifth_of_each_kind_and_is_stable():
-    for kind in KINDS:
+    for kind in ("single", "count", "spatial"):
         splits = [split_of(p) for p in all_prompts(kind)]
         assert set(splits) == {"train", "heldout"}
         assert 0.1 <= splits.count("heldout") / len(splits) <= 0.3, kind
     # sha256 of the text, not Python's salted hash(): the same words on every machine and in every process.
     heldout_words = {p.word for p in all_prompts("text") if split_of(p) == "heldout"}
-    assert heldout_words == {"pan", "sun", "top", "car", "end", "ear", "arc", "cap"}
+    assert heldout_words == {"ace", "aid", "arc", "car", "cut", "ear", "end", "nod", "not", "pan", "pod", "pun", "pup",
+                             "put", "sat", "sir", "spa", "sun", "tan", "top"}
     assert split_of("a sign that says 'sun'") == "heldout" and split_of("a sign that says 'cat'") == "train"
 
 
-def test_text_words_are_disjoint_between_splits_and_every_letter_is_trained():
+def test_held_out_text_is_a_fifth_of_the_words_and_every_letter_is_trained_in_every_cell():
     by_split = {split: {p.word for p in all_prompts("text") if split_of(p) == split} for split in ("train", "heldout")}
     assert not by_split["train"] & by_split["heldout"]
-    assert by_split["train"] | by_split["heldout"] == set(WORDS)
-    assert set("".join(by_split["train"])) == set(ALPHABET)
+    assert by_split["heldout"] < set(WORDS) and len(by_split["heldout"]) == round(0.2 * len(WORDS))
+    assert len(by_split["train"]) == 12**3 - len(by_split["heldout"])  # every other three-glyph string is trained
+    for cell in range(3):
+        assert {word[cell] for word in by_split["train"]} == set(ALPHABET)
+    assert all(split_of(p) == "heldout" for p in sample_prompts(40, "heldout", kinds="text"))
 
 
 def test_sample_prompts_respects_split_is_balanced_and_seeded():
@@ -122,6 +130,9 @@ def test_sample_prompts_respects_split_is_balanced_and_seeded():
     drawn = sample_prompts(len(train_singles), kinds=["single"], seed=5)
     assert sorted(p.text for p in drawn) == sorted(p.text for p in train_singles)
     assert sample_prompts(0) == []
+    # A kind listed twice is drawn twice as often.
+    weighted = Counter(p.kind for p in sample_prompts(60, kinds=("single", "text", "text")))
+    assert weighted == {"single": 20, "text": 40}
 
 
 def test_sample_prompts_rejects_bad_arguments():
@@ -158,7 +169,7 @@ def test_palette_glyphs_and_words_are_well_formed():
     assert all(b.shape == (5, 3) and set("".join(GLYPHS[k])) <= {"#", "."} for k, b in bitmaps.items())
     for a, b in itertools.combinations(bitmaps, 2):
         assert (bitmaps[a] != bitmaps[b]).sum() >= 3, (a, b)
-    assert len(WORDS) == len(set(WORDS)) == 40
+    assert len(WORDS) == len(set(WORDS)) == 100
     assert all(len(w) == 3 and set(w) <= set(ALPHABET) for w in WORDS)
 
 

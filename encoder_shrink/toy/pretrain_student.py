@@ -1,0 +1,149 @@
+"""The toy world's pretrained small T5 (its "t5-small"): what toy students start from, and the script that makes it.
+
+Run:  python -m encoder_shrink.toy.pretrain_student --output encoder_shrink/toy/t5_small
+
+Real students start from a pretrained T5 (T5-base, pretrained on C4 by span corruption), never from random weights
+(FIELD-NOTES: random students give "the same image for every prompt"). The toy analogue: an encoder-decoder T5 of
+the student's size (`STUDENT_T5`) pretrained, with nothing of the teacher or its images, to rebuild toy prompts from
+corrupted copies (spans replaced by `<unk>`, BART-style, since the toy tokenizer has no sentinel tokens), on the
+training split only. Its encoder is saved as a `T5EncoderModel`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, STUDENT_T5, toy_t5_config, toy_t5_tokenizer
+from encoder_shrink.toy.world import all_prompts, spell_quoted, split_of
+
+logger = logging.getLogger(__name__)
+
+# Shipped with the package (python -m encoder_shrink.toy.pretrain_student re-creates it).
+BUNDLED_T5_SMALL = Path(__file__).parent / "t5_small"
+# T5's corruption rate: 15 % of the tokens, in spans of mean length 3 (rounded to whole spans of 1-3 here, since
+# toy prompts are 6-10 tokens long).
+CORRUPTION_RATE = 0.15
+MAX_SPAN = 3
+
+
+def _corrupt(ids: list[int], rng: np.random.Generator, unk: int) -> list[int]:
+    """Replace spans covering ~15 % of the tokens (at least one) with a single `<unk>` each, T5-style."""
+    body = ids[:-1]  # keep </s>
+    budget = max(1, round(CORRUPTION_RATE * len(body)))
+    masked = np.zeros(len(body), dtype=bool)
+    while masked.sum() < budget:
+        span = int(rng.integers(1, MAX_SPAN + 1))
+        start = int(rng.integers(0, len(body)))
+        masked[start:start + span] = True
+    out, previous = [], False
+    for token, hidden in zip(body, masked):
+        if hidden and not previous:
+            out.append(unk)
+        elif not hidden:
+            out.append(token)
+        previous = hidden
+    return out + ids[-1:]
+
+
+def pretrain_toy_t5(steps: int = 1500, batch_size: int = 64, seed: int = 0, learning_rate: float = 3e-3,
+                    progress=None) -> tuple:
+    r"""
+    Pretrain a `STUDENT_T5`-sized encoder-decoder on toy prompts by denoising; return `(encoder, history)` with the
+    encoder a [`~transformers.T5EncoderModel`] and `history` the reconstruction loss and token accuracy at the end.
+
+    Example:
+
+    ```python
+    >>> encoder, history = pretrain_toy_t5(steps=1500)  # doctest: +SKIP
+    >>> history["token_accuracy"] > 0.9  # doctest: +SKIP
+    True
+    ```
+    """
+    from transformers import T5EncoderModel, T5ForConditionalGeneration
+
+    progress = progress or (lambda iterable, **_: iterable)
+    tokenizer = toy_t5_tokenizer()
+    texts = [spell_quoted(p.text) for p in all_prompts() if split_of(p) == "train"]
+    encoded = [tokenizer(t).input_ids for t in texts]
+    unk, pad = tokenizer.unk_token_id, tokenizer.pad_token_id
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        config = toy_t5_config(STUDENT_T5, len(tokenizer))
+        config.is_encoder_decoder, config.num_decoder_layers = True, STUDENT_T5["num_layers"]
+        config.decoder_start_token_id = pad
+        model = T5ForConditionalGeneration(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    # Linear decay to zero: a one-off run of fixed length, unlike the resumable teacher.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
+    model.train()
+    loss = accuracy = None
+    for step in progress(range(steps), desc="pretrain toy t5-small"):
+        rng = np.random.default_rng([seed, step])
+        rows = rng.integers(len(encoded), size=batch_size)
+        inputs = [_corrupt(encoded[r], rng, unk) for r in rows]
+        targets = [encoded[r] for r in rows]
+        input_ids = torch.full((batch_size, MAX_SEQUENCE_LENGTH), pad)
+        labels = torch.full((batch_size, MAX_SEQUENCE_LENGTH), -100)
+        for i, (x, y) in enumerate(zip(inputs, targets)):
+            input_ids[i, :len(x)] = torch.tensor(x)
+            labels[i, :len(y)] = torch.tensor(y)
+        # Attention mask over real tokens: the student itself runs unmasked in FLUX, but pretraining is generic T5.
+        out = model(input_ids=input_ids, attention_mask=(input_ids != pad).long(), labels=labels)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss = float(out.loss)
+        known = labels != -100
+        accuracy = float((out.logits.argmax(-1)[known] == labels[known]).float().mean())
+    model.eval()
+    encoder = T5EncoderModel(toy_t5_config(STUDENT_T5, len(tokenizer))).eval()
+    encoder.shared.load_state_dict(model.shared.state_dict())
+    encoder.encoder.load_state_dict(model.encoder.state_dict())
+    return encoder, {"steps": steps, "batch_size": batch_size, "seed": seed, "learning_rate": learning_rate,
+                     "loss": loss, "token_accuracy": accuracy, "prompts": len(texts)}
+
+
+def save_t5_small(encoder, output: str | os.PathLike, summary: dict) -> Path:
+    """Write the encoder (safetensors) and its pretraining summary to a temp folder, then move it into place."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        encoder.save_pretrained(staging, safe_serialization=True)
+        (staging / "pretraining_summary.json").write_text(json.dumps(summary, indent=2))
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def main(argv=None) -> None:
+    from tqdm.auto import tqdm
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=str(BUNDLED_T5_SMALL))
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    encoder, summary = pretrain_toy_t5(args.steps, args.batch_size, args.seed, args.learning_rate, tqdm)
+    save_t5_small(encoder, args.output, {**summary, "torch": torch.__version__})
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
