@@ -25,7 +25,8 @@ def write_model_card(folder: str | Path, summary: dict) -> Path:
     data = ModelCardData(
         library_name="encoder-shrink",
         tags=["text-encoder", "t5", "distillation", "encoder-shrink", summary["family"]],
-        base_model=recipe.get("student_t5") or None,
+        # A hub id or path; a T5 bundled with the package (package:...) is no model the hub knows.
+        base_model=None if str(recipe.get("student_t5") or "package:").startswith("package:") else recipe["student_t5"],
         teacher=summary["teacher"],
         pipeline=summary["pipeline"],
         pipeline_family=summary["family"],

@@ -19,7 +19,7 @@ from encoder_shrink.fidelity import denoiser_fidelity
 from encoder_shrink.files import atomic_write_text
 from encoder_shrink.model_card import write_model_card
 from encoder_shrink.pipelines import adapter_for
-from encoder_shrink.recipes import Recipe, RecipeError, load_recipe
+from encoder_shrink.recipes import Recipe, RecipeError, load_recipe, resolve_student_t5
 from encoder_shrink.student import ShrunkT5EncoderModel
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class EncoderShrinker:
         with torch.random.fork_rng():
             torch.manual_seed(recipe.seed)
             if recipe.student_t5 is not None:
-                return ShrunkT5EncoderModel.from_t5(recipe.student_t5, teacher_dim=width, **record)
+                return ShrunkT5EncoderModel.from_t5(resolve_student_t5(recipe.student_t5), teacher_dim=width, **record)
             fields = {"vocab_size": self.adapter.teacher.config.vocab_size, **recipe.student_config}
             return ShrunkT5EncoderModel.from_t5(T5Config(**fields), teacher_dim=width, **record)
 

@@ -7,6 +7,8 @@ from encoder_shrink.recipes.recipe import (
     StageConfig,
     available_recipes,
     load_recipe,
+    resolve_student_t5,
 )
 
-__all__ = ["Recipe", "RecipeError", "SourceConfig", "StageConfig", "available_recipes", "load_recipe"]
+__all__ = ["Recipe", "RecipeError", "SourceConfig", "StageConfig", "available_recipes", "load_recipe",
+           "resolve_student_t5"]

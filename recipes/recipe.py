@@ -16,6 +16,34 @@ LOSSES = ("vision", "embedding")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 # Learning-rate schedules of diffusers.optimization.get_scheduler that need no extra arguments.
 LR_SCHEDULERS = ("linear", "constant", "constant_with_warmup", "cosine")
+# A student_t5 starting with this names a folder inside the installed encoder_shrink package (a bundled T5, such as
+# the toy world's pretrained t5-small), wherever the package is installed.
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_student_t5(value: str) -> str:
+    r"""
+    The id or path `from_t5` loads for a recipe's `student_t5`: `"package:toy/t5_small"` becomes that folder inside
+    the installed `encoder_shrink` package; anything else (a hub id, a path) is returned unchanged.
+
+    Example:
+
+    ```python
+    >>> resolve_student_t5("google/t5-v1_1-base")
+    'google/t5-v1_1-base'
+    >>> resolve_student_t5("package:toy/t5_small").endswith("t5_small")
+    True
+    ```
+    """
+    if not value.startswith(PACKAGE_PREFIX):
+        return value
+    from importlib.resources import files
+
+    folder = Path(str(files("encoder_shrink"))) / value[len(PACKAGE_PREFIX):]
+    if not (folder / "config.json").is_file():
+        raise RecipeError(f"student_t5 {value!r}: the installed encoder_shrink package has no T5 folder {folder}; "
+                          "name a bundled folder (e.g. 'package:toy/t5_small'), a hub id or a local path.")
+    return str(folder)
 
 
 class RecipeError(ValueError):
@@ -119,7 +147,8 @@ class Recipe:
     Args:
         name / version / description: identity of the recipe, recorded in the student's model card.
         family: pipeline family the recipe is made for (`flux-dev`, `sd3`, ...); `None` for any.
-        student_t5: id or path of the T5 the student starts from (its pretrained weights are kept).
+        student_t5: id or path of the T5 the student starts from (its pretrained weights are kept); `package:PATH`
+            is a folder inside the installed package (`resolve_student_t5`).
         student_config: T5Config fields for a student built without pretrained weights (tests, toy models).
         max_sequence_length / use_attention_mask: how the pipeline encodes prompts; `None` takes the pipeline's
             own default, and the student records what was used.
@@ -187,6 +216,8 @@ class Recipe:
             raise RecipeError(f"recipe {self.name!r}: needs at least one stage.")
         if self.student_t5 is None and not self.student_config:
             raise RecipeError(f"recipe {self.name!r}: set student_t5 (a T5 id/path) or student_config (T5Config fields).")
+        if self.student_t5 is not None:
+            resolve_student_t5(self.student_t5)  # a bundled folder that is not there fails now, not after loading
         positive = ("num_inference_steps", "resolution", "batch_size", "learning_rate", "max_grad_norm", "eval_prompt_count")
         for name in positive:
             if not getattr(self, name) > 0:

@@ -1,6 +1,10 @@
-"""Re-train the toy teacher from scratch, reproducibly: VAE first, then the T5 and the FLUX transformer together.
+"""Re-train the toy teacher from scratch, reproducibly: the VAE, the T5 (pretrained on text, then frozen), the denoiser.
 
 Run:  python -m encoder_shrink.toy.train_teacher --output encoder_shrink/toy/teacher
+
+As in FLUX, the text encoder is a language model trained before and apart from the image model: the toy "T5-XXL"
+(`TEACHER_T5`) is pretrained to rebuild corrupted toy prompts (`encoder_shrink.toy.pretrain_t5`) and stays frozen
+while the FLUX transformer learns to draw from its embeddings with flow matching.
 
 Every random draw of step `s` is a function of `(seed, s)` and the learning rate is constant after warm-up (EMA
 weights do the annealing), so a run stopped at any checkpoint and resumed with `--resume` (even with a larger
@@ -23,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from encoder_shrink.toy.checker import score
-from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, generate, toy_pipeline_components
+from encoder_shrink.toy.pretrain_t5 import pretrain_toy_t5
+from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, TEACHER_T5, generate, toy_pipeline_components
 from encoder_shrink.toy.world import all_prompts, render, sample_prompts, split_of
 
 logger = logging.getLogger(__name__)
@@ -75,8 +80,8 @@ def train_vae(vae, steps: int, batch_size: int, seed: int, progress) -> dict:
 class TrainingPool:
     r"""
     Everything the denoiser's training reads per prompt, computed once: packed, normalised VAE latents of `variants`
-    jittered renders (the posterior mean: its spread is under 2 % of the latents'), the pooled CLIP vector and the T5
-    input ids.
+    jittered renders (the posterior mean: its spread is under 2 % of the latents'), the pooled CLIP vector and the
+    frozen T5's embeddings.
     """
 
     def __init__(self, pipe, seed: int, progress, variants: int = VARIANTS, batch_size: int = 256):
@@ -100,8 +105,10 @@ class TrainingPool:
         chunks = [torch.stack(latents[c * variants:(c + 1) * variants], 1) for c in range(len(latents) // variants)]
         self.latents = torch.cat(chunks)
         self.pooled = torch.cat(pooled)
-        self.input_ids = pipe.tokenizer_2(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True,
-                                          return_tensors="pt").input_ids
+        input_ids = pipe.tokenizer_2(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True,
+                                     return_tensors="pt").input_ids
+        with torch.no_grad():  # FluxPipeline calls its T5 without an attention mask, on max-length padding
+            self.text = torch.cat([pipe.text_encoder_2(chunk).last_hidden_state for chunk in input_ids.split(batch_size)])
 
     def batch(self, step: int, batch_size: int, seed: int):
         """The step's prompts (kinds weighted by `KIND_WEIGHTS`), one random jitter variant each."""
@@ -109,7 +116,7 @@ class TrainingPool:
                                                            kinds=KIND_WEIGHTS)]
         variants = np.random.default_rng([seed, step, 1]).integers(self.variants, size=batch_size)
         rows_t = torch.tensor(rows)
-        return self.latents[rows_t, torch.from_numpy(variants)], self.pooled[rows_t], self.input_ids[rows_t]
+        return self.latents[rows_t, torch.from_numpy(variants)], self.pooled[rows_t], self.text[rows_t]
 
 
 def _swap(params: list[torch.nn.Parameter], other: list[torch.Tensor]) -> None:
@@ -130,14 +137,15 @@ def evaluate_teacher(pipe, prompts: int, seed: int = 1) -> dict:
 def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learning_rate: float = 1e-3,
                    eval_every: int = 0, eval_prompts: int = 64, on_eval=None, state_dir: Path | None = None,
                    resume: bool = False, variants: int = VARIANTS) -> list[dict]:
-    """Flow matching (x_t = (1 - s) x0 + s noise, predict noise - x0) of the transformer and the T5 together."""
+    """Flow matching (x_t = (1 - s) x0 + s noise, predict noise - x0) of the transformer on the frozen T5's embeddings."""
     from safetensors.torch import load_file, save_file
 
     from encoder_shrink.distill.checkpoint import _optimizer_from_files, _optimizer_to_files
     from encoder_shrink.files import atomic_write_text
 
-    t5, transformer = pipe.text_encoder_2, pipe.transformer
-    params = list(t5.parameters()) + list(transformer.parameters())
+    transformer = pipe.transformer
+    pipe.text_encoder_2.requires_grad_(False).eval()
+    params = list(transformer.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / WARMUP_STEPS))
     ema = [p.detach().clone() for p in params]
@@ -177,14 +185,13 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
     losses = []
     bar = progress(range(start, steps), desc="teacher", initial=start, total=steps)
     for step in bar:
-        t5.train(), transformer.train()
-        x0, pooled, ids = pool.batch(step, batch_size, seed)
+        transformer.train()
+        x0, pooled, text = pool.batch(step, batch_size, seed)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         # Logit-normal noise levels (as SD3/FLUX train): most steps in the middle, where layout is decided.
         sigma = torch.sigmoid(torch.randn(batch_size, generator=generator))
         noise = torch.randn(x0.shape, generator=generator)
         x_t = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
-        text = t5(ids).last_hidden_state
         prediction = transformer(hidden_states=x_t, timestep=sigma, pooled_projections=pooled,
                                  encoder_hidden_states=text, txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
         loss = F.mse_loss(prediction, noise - x0)
@@ -201,7 +208,7 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
             save_state(step + 1)
-            t5.eval(), transformer.eval()
+            transformer.eval()
             _swap(params, ema)
             accuracy = evaluate_teacher(pipe, eval_prompts)
             history.append({"step": step + 1, "loss": float(np.mean(losses[-eval_every:])), "heldout": accuracy})
@@ -210,7 +217,7 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
             if on_eval is not None:
                 on_eval(step + 1, history)  # sees (and saves) the EMA weights
             _swap(params, ema)
-    t5.eval(), transformer.eval()
+    transformer.eval()
     _swap(params, ema)  # the pipeline leaves with its EMA weights
     return history
 
@@ -238,6 +245,7 @@ def main(argv=None) -> None:
     parser.add_argument("--work-dir", default="toy-teacher-work",
                         help="full training state (live and EMA weights, optimizer) for --resume")
     parser.add_argument("--vae-steps", type=int, default=600)
+    parser.add_argument("--t5-steps", type=int, default=3000, help="pretraining steps of the T5 (batch 64)")
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -262,7 +270,10 @@ def main(argv=None) -> None:
     else:
         pipe = FluxPipeline(**toy_pipeline_components(seed=args.seed))
         vae = train_vae(pipe.vae, args.vae_steps, args.batch_size, args.seed, tqdm)
-        # The VAE and the frozen CLIP never change again: the state folder keeps them with the initial weights.
+        t5, vae["t5_pretraining"] = pretrain_toy_t5(TEACHER_T5, args.t5_steps, seed=args.seed, progress=tqdm)
+        pipe.register_modules(text_encoder_2=t5)
+        # The VAE, the T5 and the CLIP never change again: the state folder keeps them with the transformer's
+        # initial weights.
         save_teacher(pipe, work / "pipeline", {"vae": vae})
         (work / "vae.json").write_text(json.dumps(vae))
     pipe.set_progress_bar_config(disable=True)

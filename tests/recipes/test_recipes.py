@@ -100,4 +100,21 @@ def test_toy_recipe_matches_the_toy_teacher():
     recipe = load_recipe("toy")
     assert recipe.family == "flux-schnell" and recipe.max_sequence_length == MAX_SEQUENCE_LENGTH
     assert recipe.num_inference_steps == NUM_INFERENCE_STEPS and recipe.resolution == 32
-    assert {k: recipe.student_config[k] for k in STUDENT_T5} == STUDENT_T5
+    # Students start from the toy world's pretrained t5-small, bundled inside the package.
+    from transformers import T5Config
+
+    from encoder_shrink.recipes import resolve_student_t5
+
+    assert recipe.student_t5 == "package:toy/t5_small"
+    config = T5Config.from_pretrained(resolve_student_t5(recipe.student_t5))
+    assert {k: getattr(config, k) for k in STUDENT_T5} == STUDENT_T5
+
+
+def test_package_paths_resolve_inside_the_installed_package_and_fail_early():
+    from encoder_shrink.recipes import resolve_student_t5
+
+    assert resolve_student_t5("google/t5-v1_1-base") == "google/t5-v1_1-base"
+    with pytest.raises(RecipeError, match="'package:toy/nowhere'"):
+        load_recipe("toy").with_overrides(student_t5="package:toy/nowhere")
+    with pytest.raises(RecipeError, match="no T5 folder"):
+        resolve_student_t5("package:toy/nowhere")
