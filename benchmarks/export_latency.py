@@ -59,16 +59,17 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         student.save_pretrained(tmp / "torch")
-        # (name, int8, quantize wo and the embeddings: False keeps them fp32, "auto" is the default: if measured harmless)
+        # (name, int8, quantize wo, embeddings and attention: False keeps them fp32, "auto" is the default: if measured
+        # harmless)
         steps = [("torch eager fp32", None, False), ("onnx fp32", None, False),
-                 ("onnx int8 (dynamic, wo + embeddings fp32)", "dynamic", False),
+                 ("onnx int8 (dynamic, wo + embeddings + attention fp32)", "dynamic", False),
                  ("onnx int8 (dynamic, default: sensitive layers auto)", "dynamic", "auto")]
         for index, (name, int8, everything) in enumerate(tqdm(steps, desc="backends", unit="backend")):
             if name.startswith("torch"):
                 encoder, folder, report = student, tmp / "torch", None
             else:
                 folder = export_onnx(tmp / "torch", tmp / f"export-{index}", int8=int8, quantize_wo=everything,
-                                     quantize_embeddings=everything)
+                                     quantize_embeddings=everything, quantize_attention=everything)
                 encoder, report = load_encoder(folder), load_report(folder)
             with torch.no_grad():
                 times = _timed(lambda: encoder(ids, attention_mask=mask), args.repeats, args.warmup)

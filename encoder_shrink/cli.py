@@ -121,7 +121,8 @@ def _export(args: argparse.Namespace) -> int:
         require_tensorrt()  # fail before the ONNX export when TensorRT or the GPU is missing
     folder = export_onnx(args.student, onnx_output, int8=args.int8, fp16=args.fp16, tokenizer=tokenizer,
                          max_tokens=args.max_tokens, quantize_wo=_choice(args.quantize_wo),
-                         quantize_embeddings=_choice(args.quantize_embeddings), overwrite=args.overwrite)
+                         quantize_embeddings=_choice(args.quantize_embeddings),
+                         quantize_attention=_choice(args.quantize_attention), overwrite=args.overwrite)
     report = load_report(folder)
     parity = report["parity"]
     print(
@@ -278,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="one prompt file replacing the recipe's sources, or KIND=PATH per source (compbench, laion, commontext)")
     distill.add_argument("--output", default="encoder-shrink-student", help="output folder (default: %(default)s)")
     distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    distill.add_argument("--loss", choices=["vision", "embedding"], default="vision",
-                         help="vision: the paper's step-following loss; embedding: naive MSE baseline")
+    distill.add_argument("--loss", choices=["vision", "embedding"],
+                         help="in every stage: vision (the paper's step-following loss) or embedding (naive MSE "
+                              "baseline); default: the recipe's (vision, or per stage)")
     distill.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                          help="dtype the pipeline is loaded in (the student trains in fp32 regardless)")
     distill.add_argument("--cache-dir", help="persist the teacher's embeddings here (safetensors shards)")
@@ -307,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: %(default)s)")
     export.add_argument("--quantize-embeddings", choices=["auto", "yes", "no"], default="auto",
                         help="int8: quantize the token embeddings too (auto: only if measured harmless; "
+                             "default: %(default)s)")
+    export.add_argument("--quantize-attention", choices=["auto", "yes", "no"], default="auto",
+                        help="int8: quantize the self-attention q/k/v/o too (auto: only if measured harmless; "
                              "default: %(default)s)")
     export.add_argument("--trt", action="store_true",
                         help="also build a TensorRT engine from the ONNX graph (in --output; the ONNX goes to OUTPUT-onnx)")

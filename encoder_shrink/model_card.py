@@ -21,6 +21,8 @@ def write_model_card(folder: str | Path, summary: dict) -> Path:
     ```
     """
     recipe = summary["recipe"]
+    losses = list(dict.fromkeys(s.get("loss") or recipe["loss"] for s in recipe["stages"]))
+    names = {"vision": "vision-based step-following", "embedding": "embedding-MSE (baseline)"}
     before, after = summary["fidelity_before"], summary["fidelity_after"]
     data = ModelCardData(
         library_name="encoder-shrink",
@@ -31,7 +33,7 @@ def write_model_card(folder: str | Path, summary: dict) -> Path:
         pipeline=summary["pipeline"],
         pipeline_family=summary["family"],
         recipe=f"{recipe['name']}@v{recipe['version']}",
-        loss=recipe["loss"],
+        loss=" then ".join(losses),
         training_steps=summary["steps"],
         denoiser_relative_mse=round(after["relative_mse"], 6),
         denoiser_relative_mse_initial=round(before["relative_mse"], 6),
@@ -43,7 +45,7 @@ def write_model_card(folder: str | Path, summary: dict) -> Path:
 # Student text encoder for {summary['pipeline']} ({summary['family']})
 
 A small T5 encoder with a projector to the teacher's width, distilled from `{summary['teacher']}` with
-encoder-shrink's {'vision-based step-following' if recipe['loss'] == 'vision' else 'embedding-MSE (baseline)'} loss.
+encoder-shrink's {' then '.join(names[loss] for loss in losses)} loss.
 
 | | value |
 |---|---|

@@ -83,7 +83,7 @@ class EncoderShrinker:
         student: ShrunkT5EncoderModel | None = None,
         output_dir: str | os.PathLike | None = None,
         resume: bool = False,
-        loss: str = "vision",
+        loss: str | None = None,
         eval_prompts: list[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
         offload_teacher: bool = False,
@@ -101,7 +101,8 @@ class EncoderShrinker:
             student: start from this student instead of the recipe's (it must fit the pipeline).
             output_dir: where checkpoints, `student/` (weights + model card) and `training_summary.json` go.
             resume: continue from the newest checkpoint in `output_dir`.
-            loss: `"vision"` (step-following, the paper's) or `"embedding"` (naive MSE baseline, for ablations).
+            loss: `None` (the recipe's losses, stage by stage), `"vision"` (step-following, the paper's, in every
+                stage) or `"embedding"` (naive MSE baseline in every stage, for ablations).
             eval_prompts: held-out prompts for the fidelity measured before and after (default: generated
                 CommonText validation prompts, or the last prompts of a given list, which are then not trained on).
             cache_dir: persist the teacher's embeddings there (safetensors shards) for reuse across runs.
@@ -112,7 +113,8 @@ class EncoderShrinker:
         """
         from accelerate import Accelerator
 
-        recipe = load_recipe(recipe).with_overrides(loss=loss, **overrides)
+        recipe = load_recipe(recipe)
+        recipe = recipe.with_overrides(**overrides, **({"loss": loss} if loss is not None else {}))
         self._check_recipe(recipe)
         if resume and output_dir is None:
             raise ValueError("resume=True needs the output_dir of the run to continue.")

@@ -26,9 +26,10 @@ PROTOBUF_LIMIT = 2 * 1024**3
 # Longest input the dynamic sequence axis accepts (T5's relative buckets extrapolate; FLUX-dev uses 512).
 MAX_TOKENS = 2048
 # Layers kept out of int8 unless measured harmless (FIELD-NOTES: naive int8 of T5 broke it): the feed-forward output
-# `wo` and the token embeddings; the relative attention bias and the norms are never quantized (only Linear MatMuls
-# and, when selected, the token-embedding Gather are).
-SENSITIVE_GROUPS = ("wo", "embed_tokens")
+# `wo`, the token embeddings and the self-attention projections q/k/v/o (T5 does not scale its attention logits by
+# 1/sqrt(d), so int8 noise on q and k goes straight into the softmax). The relative attention bias and the norms are never quantized (only Linear
+# MatMuls and, when selected, the token-embedding Gather are).
+SENSITIVE_GROUPS = ("wo", "embed_tokens", "attention")
 # "Harmless" for `quantize_wo="auto"` / `quantize_embeddings="auto"`: with the group in int8 the student's output
 # still keeps 99 % of its direction on every token (the denoiser reads embeddings through attention and linear
 # projections, so direction is what it sees) and its relative L2 error stays within 10 %.
@@ -180,7 +181,10 @@ def _quantize(source: Path, target: Path, mode: str, nodes: list[str], calibrati
     # Embedding lookups are quantized only when selected in `nodes`; relative-position Gathers never are.
     op_types = ["MatMul", "Gemm", "Gather"]
     if mode == "dynamic":
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+        # 7-bit weights (reduce_range): ONNX Runtime's CPU kernels multiply uint8 activations by int8 weights and add
+        # pairs of products in int16 on CPUs without VNNI (AVX2), which saturates with full-range per-channel weights
+        # (tiny test student: worst-token cosine 0.959 with 8 bits, 0.9996 with 7).
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
                          op_types_to_quantize=op_types, nodes_to_quantize=nodes, use_external_data_format=external)
         return
     # Symmetric int8 activations and weights in QDQ form, as TensorRT expects; percentile calibration keeps the few
@@ -197,19 +201,21 @@ def _cast_to(node) -> int:
     return next(a.i for a in node.attribute if a.name == "to")
 
 
-def _nodes_to_quantize(model, quantize_wo: bool, quantize_embeddings: bool) -> list[str]:
+def _nodes_to_quantize(model, include: dict) -> list[str]:
     """
     Names of the nodes to quantize: MatMuls that implement a student Linear (the exporter records each node's module
-    path), minus `wo` unless `quantize_wo`, plus the token-embedding Gather if `quantize_embeddings`.
+    path), minus `wo` and the self-attention projections unless `include["wo"]` / `include["attention"]`, plus the
+    token-embedding Gather if `include["embed_tokens"]`.
     """
     nodes = []
     for node in model.graph.node:
         modules = _scope(node)
         module, operation = (modules[-2], modules[-1]) if len(modules) >= 2 else ("", "")
         if node.op_type in ("MatMul", "Gemm") and operation.startswith("linear"):
-            if quantize_wo or not module.endswith(".wo"):
+            group = "wo" if module.endswith(".wo") else "attention" if ".SelfAttention." in module else None
+            if group is None or include[group]:
                 nodes.append(node.name)
-        elif node.op_type == "Gather" and quantize_embeddings and module.endswith("embed_tokens"):
+        elif node.op_type == "Gather" and include["embed_tokens"] and module.endswith("embed_tokens"):
             nodes.append(node.name)
     return nodes
 
@@ -225,6 +231,7 @@ def export_onnx(
     max_tokens: int = MAX_TOKENS,
     quantize_wo: bool | str = "auto",
     quantize_embeddings: bool | str = "auto",
+    quantize_attention: bool | str = "auto",
     pipeline=None,
     resolution: int = 512,
     denoiser_steps: int = 4,
@@ -235,7 +242,7 @@ def export_onnx(
 
     The graph takes `input_ids` and `attention_mask` (dynamic batch and sequence up to `max_tokens`) and returns
     `last_hidden_state` at the teacher's width: T5 and projector in one graph, opset 18. With `int8="dynamic"` the
-    Linear weights (except the feed-forward output `wo`) are quantized to int8 by ONNX Runtime. After the export the
+    Linear weights are quantized to int8 by ONNX Runtime (T5's sensitive groups only if measured harmless). After the export the
     graph runs on `prompts` (tokenized with `tokenizer`, or seeded random ids when there is none) next to the torch
     student at its recorded sequence length; max abs/rel error, relative L2, cosine and NaN/Inf counts go to
     `export_report.json`, and an export beyond tolerance raises [`ExportParityError`] and writes nothing.
@@ -248,8 +255,8 @@ def export_onnx(
             consumes).
         fp16: fp16 weights and matmuls (for GPUs / TensorRT), with `wo`, the norms and the residual stream kept in
             fp32 because T5 overflows fp16 there; checked like every export.
-        quantize_wo / quantize_embeddings: whether int8 also covers the feed-forward output `wo` / the token
-            embeddings, which T5 is sensitive to. `"auto"` (default) measures it: the group is quantized only if the
+        quantize_wo / quantize_embeddings / quantize_attention: whether int8 also covers the feed-forward output
+            `wo` / the token embeddings / the self-attention q, k, v, o, which T5 is sensitive to. `"auto"` (default) measures it: the group is quantized only if the
             graph with it stays within `HARMLESS` of the torch student on the parity prompts (the measurements go to
             the report's `int8.sensitive`); `True` / `False` force it.
         pipeline: the student's pipeline; its tokenizer is then used for the prompts, and the report adds the
@@ -271,7 +278,9 @@ def export_onnx(
         raise ValueError(f"int8={int8!r} is not supported; use None (fp32), 'dynamic' or 'static'.")
     if int8 and fp16:
         raise ValueError("choose one of int8 and fp16: int8 weights are for CPUs, fp16 for GPUs.")
-    for name, value in (("quantize_wo", quantize_wo), ("quantize_embeddings", quantize_embeddings)):
+    requested = dict(zip(SENSITIVE_GROUPS, (quantize_wo, quantize_embeddings, quantize_attention)))
+    for name, value in (("quantize_wo", quantize_wo), ("quantize_embeddings", quantize_embeddings),
+                        ("quantize_attention", quantize_attention)):
         if value not in (True, False, "auto"):
             raise ValueError(f"{name}={value!r} is not supported; use 'auto' (quantize if measured harmless), True or False.")
     if calibration_prompts is None:
@@ -333,17 +342,16 @@ def export_onnx(
             graph = onnx.load(str(fp32_file), load_external_data=False)
             calibration = _token_batches(student, tokenizer, calibration_prompts, length) if int8 == "static" else None
             external = weights_bytes > PROTOBUF_LIMIT
-            chosen = {"wo": quantize_wo is True, "embed_tokens": quantize_embeddings is True}
+            chosen = {group: value is True for group, value in requested.items()}
 
             def build(include: dict, folder: Path) -> list[str]:
                 folder.mkdir(exist_ok=True)
-                nodes = _nodes_to_quantize(graph, include["wo"], include["embed_tokens"])
+                nodes = _nodes_to_quantize(graph, include)
                 _quantize(fp32_file, folder / ONNX_FILE, int8, nodes, calibration, external)
                 return nodes
 
             nodes = build(chosen, staging)
-            automatic = [group for group, value in zip(SENSITIVE_GROUPS, (quantize_wo, quantize_embeddings))
-                         if value == "auto"]
+            automatic = [group for group, value in requested.items() if value == "auto"]
             if automatic:
                 current = _check(student, graph_file, batches, precision, masked)
             for group in automatic:
@@ -364,7 +372,7 @@ def export_onnx(
                         os.replace(produced, staging / produced.name)
                     chosen[group], nodes, current = True, trial_nodes, trial
                 shutil.rmtree(trial_dir)
-            for group, value in zip(SENSITIVE_GROUPS, (quantize_wo, quantize_embeddings)):
+            for group, value in requested.items():
                 if value != "auto":
                     sensitive[group] = {"quantized": bool(value), "decided_by": "argument"}
             for leftover in staging.glob("fp32.onnx*"):

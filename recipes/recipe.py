@@ -111,7 +111,9 @@ class SourceConfig:
 @dataclass
 class StageConfig:
     r"""
-    A curriculum stage: `steps` optimizer steps on prompts mixed from `sources`, optionally at its own resolution.
+    A curriculum stage: `steps` optimizer steps on prompts mixed from `sources`, optionally at its own resolution, with
+    its own loss (e.g. a cheap `"embedding"` stage that places the projector before the `"vision"` stage) and its own
+    peak learning rate (the recipe's schedule shape still applies).
 
     Example:
 
@@ -125,10 +127,16 @@ class StageConfig:
     steps: int
     sources: list[SourceConfig]
     resolution: int | None = None
+    loss: str | None = None
+    learning_rate: float | None = None
 
     def __post_init__(self):
         if self.steps <= 0:
             raise RecipeError(f"stage {self.name!r}: steps must be positive, got {self.steps!r}.")
+        if self.loss is not None and self.loss not in LOSSES:
+            raise RecipeError(f"stage {self.name!r}: loss {self.loss!r} is not one of {', '.join(LOSSES)}.{_nearest(str(self.loss), LOSSES)}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise RecipeError(f"stage {self.name!r}: learning_rate must be positive, got {self.learning_rate!r}.")
         if not self.sources:
             raise RecipeError(f"stage {self.name!r}: needs at least one source.")
         self.sources = [
@@ -165,7 +173,8 @@ class Recipe:
         checkpoint_every: full-state checkpoint interval in optimizer steps (0: only at the end).
         mixed_precision: `"bf16"` autocast on accelerators (master weights stay fp32); CPU runs use fp32.
         gradient_checkpointing: recompute the frozen denoiser's activations in the backward pass.
-        loss: `"vision"` (the paper's step-following loss) or `"embedding"` (naive baseline).
+        loss: `"vision"` (the paper's step-following loss) or `"embedding"` (naive baseline), for the stages that do
+            not set their own; overriding it (`with_overrides(loss=...)`) sets it for every stage.
         seed: seeds latents, guidance and prompt sampling.
         eval_prompt_count: number of held-out prompts for the fidelity measured before and after.
 
@@ -253,13 +262,31 @@ class Recipe:
                 return index, stage
         return len(self.stages) - 1, self.stages[-1]
 
+    def loss_at(self, step: int) -> str:
+        """The loss of optimizer step `step` (0-based): its stage's own, or the recipe's."""
+        return self.stage_at(step)[1].loss or self.loss
+
+    def learning_rate_at(self, step: int) -> float:
+        """The peak learning rate of optimizer step `step`'s stage (the schedule scales it)."""
+        return self.stage_at(step)[1].learning_rate or self.learning_rate
+
     def with_overrides(self, **overrides) -> Recipe:
-        """A copy with top-level fields replaced; unknown names raise with the nearest field."""
+        """
+        A copy with top-level fields replaced; unknown names raise with the nearest field. `loss` replaces the loss of
+        every stage (`loss="embedding"` is the naive baseline of the whole recipe).
+        """
         names = {f.name for f in dataclasses.fields(self)}
         for key in overrides:
             if key not in names:
                 raise RecipeError(f"unknown recipe field {key!r} in overrides.{_nearest(key, names)}")
+        if overrides.get("loss") is not None:
+            overrides["stages"] = [dataclasses.replace(s, loss=None) for s in overrides.get("stages", self.stages)]
         return dataclasses.replace(self, **overrides)
+
+    @property
+    def losses(self) -> list[str]:
+        """The losses the stages use, in order, each once."""
+        return list(dict.fromkeys(s.loss or self.loss for s in self.stages))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

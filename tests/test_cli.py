@@ -141,7 +141,11 @@ def test_toy_demo_writes_its_report(tmp_path):
     assert results["int8_export"]["precision"] == "int8-dynamic" and "denoiser" in results["int8_export"]
     for name in ("student", "naive"):
         summary = json.loads((tmp_path / "demo" / name / "training_summary.json").read_text())
-        assert summary["steps"] == 6 and summary["recipe"]["loss"] == ("vision" if name == "student" else "embedding")
+        recipe = summary["recipe"]
+        losses = [stage["loss"] or recipe["loss"] for stage in recipe["stages"]]
+        assert summary["steps"] == 6 and losses == (["embedding", "vision"] if name == "student" else ["embedding"] * 2)
+    assert [s.split(",")[0] for s in results["training"]["student"]] == ["align: embedding loss", "follow: vision loss"]
+    assert [s.split(",")[0] for s in results["training"]["naive"]] == ["align: embedding loss", "follow: embedding loss"]
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "| teacher |" in report and "| student int8 |" in report and "![grid](grid.png)" in report
+    assert "| teacher |" in report and "- student: recipe `toy`, align: embedding loss" in report and "| student int8 |" in report and "![grid](grid.png)" in report
     assert (tmp_path / "demo" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -44,6 +44,18 @@ def _embedding_loss(student_t5: torch.Tensor, teacher_t5: torch.Tensor, mask: to
     return (squared * weights).sum() / (weights.sum() * squared.shape[-1])
 
 
+def _stage_scaled(schedule, recipe):
+    """
+    A learning-rate lambda times the stage's `learning_rate / recipe.learning_rate`; the stage is the one of the
+    step's trajectory, as for the loss. (A plain function, so the scheduler's JSON state stays free of it.)
+    """
+    def scaled(step: int) -> float:
+        start = step - step % recipe.num_inference_steps
+        return schedule(step) * recipe.learning_rate_at(start) / recipe.learning_rate
+
+    return scaled
+
+
 def distill_loop(
     adapter: PipelineAdapter,
     student: torch.nn.Module,
@@ -61,8 +73,9 @@ def distill_loop(
     Each trajectory takes `recipe.batch_size` prompts and pure-noise latents; at each of the
     `recipe.num_inference_steps` scheduler steps the denoiser runs on the same latents with teacher and with student
     embeddings, the MSE between its two predictions is back-propagated into the student only (one optimizer step per
-    scheduler step, as the paper), and the latents advance along the teacher's prediction. With `recipe.loss ==
-    "embedding"` the loss is the MSE between the embeddings themselves (the naive baseline), same steps and prompts.
+    scheduler step, as the paper), and the latents advance along the teacher's prediction. In stages whose loss is
+    `"embedding"` (`recipe.loss_at`) the loss is the MSE between the embeddings themselves (the naive baseline), same
+    steps and prompts; a stage's own `learning_rate` scales the schedule while it runs.
 
     Everything random is a function of `(recipe.seed, trajectory, process)` or restored from a checkpoint, so a run
     that is interrupted and resumed ends with the same weights as one that is not. Returns a summary dict.
@@ -86,6 +99,10 @@ def distill_loop(
     )
     lr_scheduler = get_scheduler(recipe.lr_scheduler, optimizer, num_warmup_steps=recipe.lr_warmup_steps,
                                  num_training_steps=total)
+    if any(s.learning_rate is not None for s in recipe.stages):
+        # The schedule's shape over the whole run, times the stage's peak rate relative to the recipe's.
+        # (The optimizer keeps `initial_lr` from the first scheduler, so the new one starts from the same base.)
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [_stage_scaled(f, recipe) for f in lr_scheduler.lr_lambdas])
     # Only the student is wrapped (DDP across processes); the frozen denoiser and encoders are not prepared.
     model, optimizer = accelerator.prepare(student, optimizer)
 
@@ -110,7 +127,8 @@ def distill_loop(
 
     losses: list[float] = []
     started, first_step = time.perf_counter(), step
-    progress = tqdm(total=total, initial=step, desc=f"distill ({recipe.loss})", unit="step", disable=not main)
+    progress = tqdm(total=total, initial=step, desc=f"distill ({' then '.join(recipe.losses)})", unit="step",
+                    disable=not main)
     try:
         while step < total:
             # A trajectory is `steps_per_trajectory` consecutive optimizer steps on one batch of prompts.
@@ -125,7 +143,8 @@ def distill_loop(
             rows = cache.rows(texts)  # the teacher encodes each prompt once, never per step
             input_ids, mask = adapter.tokenize(texts, length)
             trajectory = None
-            if recipe.loss == "vision":
+            loss_kind = recipe.loss_at(trajectory_index * steps_per_trajectory)
+            if loss_kind == "vision":
                 trajectory = adapter.start_trajectory(len(prompts), stage.resolution or recipe.resolution,
                                                       steps_per_trajectory, generator)
             for i in range(steps_per_trajectory):

@@ -56,13 +56,18 @@ def run_toy_demo(output_dir: str | Path, teacher: str | Path | None = None, step
     held_out = [p.text for p in sample_prompts(eval_prompts, "heldout", seed=seed + 1)]
     overrides = {"max_steps": steps} if steps else {}
 
-    students = {}
-    for name, loss in (("student", "vision"), ("naive", "embedding")):
+    students, training = {}, {}
+    # The student follows the recipe as written (its stages' losses); the naive baseline is the same recipe, same
+    # steps and prompts, with the embedding loss in every stage.
+    for name, loss in (("student", None), ("naive", "embedding")):
         tick = time.time()
         shrinker = EncoderShrinker(pipe, teacher_id="encoder-shrink/toy-teacher")
         students[name] = shrinker.distill(recipe="toy", prompts=train, eval_prompts=held_out[:16], loss=loss,
                                           output_dir=output_dir / name, **overrides).eval()
         timings[f"distill {name}"] = round(time.time() - tick, 1)
+        recipe = shrinker.summary["recipe"]
+        training[name] = [f"{stage['name']}: {stage['loss'] or recipe['loss']} loss, {stage['steps']} steps"
+                          for stage in recipe["stages"]]
 
     tick = time.time()
     # Parity and the denoiser error on the world's own held-out prompts (the default prompts are not toy sentences).
@@ -95,6 +100,7 @@ def run_toy_demo(output_dir: str | Path, teacher: str | Path | None = None, step
     results = {
         "teacher": str(teacher_dir),
         "parameters": {"teacher t5": _parameters(teacher_t5), "student": _parameters(students["student"])},
+        "training": training,
         "int8_export": load_report(int8_dir),
         "evaluation": evaluation,
         "accuracy": accuracy,
@@ -137,6 +143,8 @@ def report(results: dict) -> str:
         f"{params['student']:,} parameters ({params['smaller']}x smaller). "
         f"{results['evaluation']['prompts']} held-out prompts, same seeds for every encoder, "
         f"{results['evaluation']['num_inference_steps']} steps at {results['evaluation']['resolution']} px.", "",
+        *(f"- {name}: recipe `toy`, " + "; ".join(stages) for name, stages in results["training"].items()),
+        "", "(The step counts are the recipe's; `--steps` cuts a run short.)", "",
         results_table(results), "",
         *(f"- {target}: {'met' if ok else 'NOT met'}" for target, ok in results["targets"].items()), "",
         f"int8 export parity: cosine {results['int8_export']['parity']['min_cosine']:.4f}, "

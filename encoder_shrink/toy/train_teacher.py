@@ -207,7 +207,6 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
         if hasattr(bar, "set_postfix") and step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            save_state(step + 1)
             transformer.eval()
             _swap(params, ema)
             accuracy = evaluate_teacher(pipe, eval_prompts)
@@ -217,6 +216,7 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
             if on_eval is not None:
                 on_eval(step + 1, history)  # sees (and saves) the EMA weights
             _swap(params, ema)
+            save_state(step + 1)  # live weights again, and the history with this evaluation
     transformer.eval()
     _swap(params, ema)  # the pipeline leaves with its EMA weights
     return history

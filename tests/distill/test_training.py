@@ -148,3 +148,35 @@ def test_the_same_recipe_builds_the_same_student_whatever_the_global_rng(flux):
     state = torch.random.get_rng_state()
     shrinker.build_student("tiny")
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left untouched
+
+
+def test_stages_can_set_their_own_loss_and_learning_rate(flux):
+    # Stage "align" (embedding loss, the recipe's rate) then stage "follow" (vision loss, a rate of ~0): the denoiser
+    # runs only in "follow" (teacher + student pass per step), and the weights move only in "align".
+    k = load_recipe("tiny").num_inference_steps
+    stages = [{"name": "align", "steps": 2 * k, "loss": "embedding", "sources": [{"kind": "commontext"}]},
+              {"name": "follow", "steps": 2 * k, "learning_rate": 1e-30, "sources": [{"kind": "commontext"}]}]
+    recipe = dataclasses.replace(load_recipe("tiny"), stages=stages)
+    assert recipe.losses == ["embedding", "vision"] and recipe.loss_at(2 * k) == "vision"
+    assert recipe.with_overrides(loss="embedding").losses == ["embedding"]
+    calls, per_step, weights = [0], [], []
+    hook = flux.transformer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    shrinker = EncoderShrinker(flux)
+    student = shrinker.build_student(recipe)
+
+    def record(step, loss):
+        per_step.append(calls[0])
+        weights.append(student.shared.weight.detach().clone())
+
+    try:
+        shrinker.distill(recipe=recipe, student=student, eval_prompts=["a cat"], callback=record)
+        # How far the embeddings move from after each step to the end; denoiser calls made by each step after the first.
+        moved = [(student.shared.weight.detach() - w).norm().item() for w in weights]
+        calls_per_step = [b - a for a, b in zip(per_step, per_step[1:])]
+        assert calls_per_step == [0] * (2 * k - 1) + [2] * (2 * k)
+        assert moved[0] > 1e-3 and moved[2 * k - 1] < 1e-12
+        per_step.clear()
+        shrinker.distill(recipe=recipe, eval_prompts=["a cat"], loss="embedding", callback=record)
+        assert per_step[-1] == per_step[0]  # the naive baseline of the whole recipe never runs the denoiser
+    finally:
+        hook.remove()

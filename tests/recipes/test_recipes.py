@@ -68,6 +68,10 @@ def test_unknown_name_suggests_nearest():
          "source kind 'laoin' is not one of .* Did you mean 'laion'?"),
         ({"stages": [{"name": "s", "steps": -1, "sources": [{"kind": "laion"}]}]}, "steps must be positive, got -1"),
         ({"stages": [{"name": "s", "steps": 5, "sources": [{"kind": "laion", "weight": 0}]}]}, "weight must be > 0, got 0"),
+        ({"stages": [{"name": "s", "steps": 5, "loss": "embeding", "sources": [{"kind": "laion"}]}]},
+         "stage 's': loss 'embeding' is not one of vision, embedding. Did you mean 'embedding'?"),
+        ({"stages": [{"name": "s", "steps": 5, "learning_rate": 0, "sources": [{"kind": "laion"}]}]},
+         "stage 's': learning_rate must be positive, got 0"),
     ],
 )
 def test_bad_recipe_files(tmp_path, change, message):
@@ -100,6 +104,9 @@ def test_toy_recipe_matches_the_toy_teacher():
     recipe = load_recipe("toy")
     assert recipe.family == "flux-schnell" and recipe.max_sequence_length == MAX_SEQUENCE_LENGTH
     assert recipe.num_inference_steps == NUM_INFERENCE_STEPS and recipe.resolution == 32
+    # Aligned on embeddings, then trained with the vision loss; every stage is whole trajectories.
+    assert recipe.losses == ["embedding", "vision"] and recipe.stages[1].learning_rate < recipe.learning_rate
+    assert all(s.steps % recipe.num_inference_steps == 0 for s in recipe.stages)
     # Students start from the toy world's pretrained t5-small, bundled inside the package.
     from transformers import T5Config
 

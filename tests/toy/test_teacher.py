@@ -34,13 +34,12 @@ def test_bundled_teacher_draws_held_out_prompts():
     pipe = load_toy_teacher()
     prompts = sample_prompts(48, "heldout", seed=5)
     accuracy = score(generate(pipe, prompts, seeds=list(range(48))), prompts)
-    # The bundled teacher is still weak (0.44 overall on the demo's 160 prompts; see its training_summary.json), but
-    # it draws the prompt's colours and counts far above chance.
-    assert accuracy["colour"] >= 0.7 and accuracy["count"] >= 0.7 and accuracy["overall"] >= 0.15, accuracy
+    # 0.875 of 160 held-out prompts fully right in its final evaluation (training_summary.json); 0.85 on these 48.
+    assert accuracy["overall"] >= 0.75 and accuracy["colour"] >= 0.9 and accuracy["text"] >= 0.8, accuracy
     # and the prompt matters: the images of shuffled prompts fail against the real ones
     shuffled = prompts[1:] + prompts[:1]
     wrong = score(generate(pipe, shuffled, seeds=list(range(48))), prompts)
-    assert wrong["overall"] <= accuracy["overall"] / 3 and wrong["colour"] < 0.5, wrong
+    assert wrong["overall"] <= accuracy["overall"] / 5 and wrong["colour"] < 0.5 and wrong["text"] < 0.2, wrong
 
 
 def test_quoted_words_are_spelled_by_the_tokenizer():
