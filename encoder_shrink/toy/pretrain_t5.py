@@ -17,13 +17,12 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from encoder_shrink.files import atomic_dir
 from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, STUDENT_T5, TEACHER_T5, toy_t5_config, toy_t5_tokenizer
 from encoder_shrink.toy.world import all_prompts, spell_quoted, split_of
 
@@ -120,18 +119,10 @@ def pretrain_toy_t5(size: dict = STUDENT_T5, steps: int = 1500, batch_size: int 
 
 def save_t5_small(encoder, output: str | os.PathLike, summary: dict) -> Path:
     """Write the encoder (safetensors) and its pretraining summary to a temp folder, then move it into place."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with atomic_dir(output) as staging:
         encoder.save_pretrained(staging, safe_serialization=True)
         (staging / "pretraining_summary.json").write_text(json.dumps(summary, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output
+    return Path(output)
 
 
 def main(argv=None) -> None:

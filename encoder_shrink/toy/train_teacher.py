@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from encoder_shrink.files import atomic_dir, atomic_write_text
 from encoder_shrink.toy.checker import score
 from encoder_shrink.toy.pretrain_t5 import pretrain_toy_t5
 from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, TEACHER_T5, generate, toy_pipeline_components
@@ -141,7 +141,6 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
     from safetensors.torch import load_file, save_file
 
     from encoder_shrink.distill.checkpoint import _optimizer_from_files, _optimizer_to_files
-    from encoder_shrink.files import atomic_write_text
 
     transformer = pipe.transformer
     pipe.text_encoder_2.requires_grad_(False).eval()
@@ -224,16 +223,9 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
 
 def save_teacher(pipe, output: Path, summary: dict) -> None:
     """Write the pipeline (safetensors) and its training summary to a temp folder, then move it into place."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with atomic_dir(output) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
         (staging / "training_summary.json").write_text(json.dumps(summary, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv=None) -> None:
