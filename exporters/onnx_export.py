@@ -27,10 +27,10 @@ PROTOBUF_LIMIT = 2 * 1024**3
 MAX_TOKENS = 2048
 # Layers kept out of int8 unless measured harmless (FIELD-NOTES: naive int8 of T5 broke it): the feed-forward output
 # `wo`, the token embeddings and the self-attention projections q/k/v/o (T5 does not scale its attention logits by
-# 1/sqrt(d), so int8 noise on q and k goes straight into the softmax). The relative attention bias and the norms are never quantized (only Linear
-# MatMuls and, when selected, the token-embedding Gather are).
+# 1/sqrt(d), so int8 noise on q and k goes straight into the softmax). The relative attention bias and the norms are
+# never quantized (only Linear MatMuls and, when selected, the token-embedding Gather are).
 SENSITIVE_GROUPS = ("wo", "embed_tokens", "attention")
-# "Harmless" for `quantize_wo="auto"` / `quantize_embeddings="auto"`: with the group in int8 the student's output
+# "Harmless" for a sensitive group left at "auto" (`quantize_wo`, `quantize_embeddings`, `quantize_attention`): with the group in int8 the student's output
 # still keeps 99 % of its direction on every token (the denoiser reads embeddings through attention and linear
 # projections, so direction is what it sees) and its relative L2 error stays within 10 %.
 HARMLESS = {"min_cosine": 0.99, "max_relative_l2": 0.1}
@@ -242,8 +242,8 @@ def export_onnx(
 
     The graph takes `input_ids` and `attention_mask` (dynamic batch and sequence up to `max_tokens`) and returns
     `last_hidden_state` at the teacher's width: T5 and projector in one graph, opset 18. With `int8="dynamic"` the
-    Linear weights are quantized to int8 by ONNX Runtime (T5's sensitive groups only if measured harmless). After the export the
-    graph runs on `prompts` (tokenized with `tokenizer`, or seeded random ids when there is none) next to the torch
+    Linear weights are quantized to int8 by ONNX Runtime (T5's sensitive groups only if measured harmless). After the
+    export the graph runs on `prompts` (tokenized with `tokenizer`, or seeded random ids when there is none) next to the torch
     student at its recorded sequence length; max abs/rel error, relative L2, cosine and NaN/Inf counts go to
     `export_report.json`, and an export beyond tolerance raises [`ExportParityError`] and writes nothing.
 
@@ -256,8 +256,8 @@ def export_onnx(
         fp16: fp16 weights and matmuls (for GPUs / TensorRT), with `wo`, the norms and the residual stream kept in
             fp32 because T5 overflows fp16 there; checked like every export.
         quantize_wo / quantize_embeddings / quantize_attention: whether int8 also covers the feed-forward output
-            `wo` / the token embeddings / the self-attention q, k, v, o, which T5 is sensitive to. `"auto"` (default) measures it: the group is quantized only if the
-            graph with it stays within `HARMLESS` of the torch student on the parity prompts (the measurements go to
+            `wo` / the token embeddings / the self-attention q, k, v, o, which T5 is sensitive to. `"auto"` (default)
+            measures it: the group is quantized only if the graph with it stays within `HARMLESS` of the torch student on the parity prompts (the measurements go to
             the report's `int8.sensitive`); `True` / `False` force it.
         pipeline: the student's pipeline; its tokenizer is then used for the prompts, and the report adds the
             denoiser-output relative error the export causes (exported vs torch student embeddings along teacher
@@ -278,9 +278,9 @@ def export_onnx(
         raise ValueError(f"int8={int8!r} is not supported; use None (fp32), 'dynamic' or 'static'.")
     if int8 and fp16:
         raise ValueError("choose one of int8 and fp16: int8 weights are for CPUs, fp16 for GPUs.")
-    requested = dict(zip(SENSITIVE_GROUPS, (quantize_wo, quantize_embeddings, quantize_attention)))
-    for name, value in (("quantize_wo", quantize_wo), ("quantize_embeddings", quantize_embeddings),
-                        ("quantize_attention", quantize_attention)):
+    arguments = {"quantize_wo": quantize_wo, "quantize_embeddings": quantize_embeddings,
+                 "quantize_attention": quantize_attention}
+    for name, value in arguments.items():
         if value not in (True, False, "auto"):
             raise ValueError(f"{name}={value!r} is not supported; use 'auto' (quantize if measured harmless), True or False.")
     if calibration_prompts is None:
@@ -342,6 +342,7 @@ def export_onnx(
             graph = onnx.load(str(fp32_file), load_external_data=False)
             calibration = _token_batches(student, tokenizer, calibration_prompts, length) if int8 == "static" else None
             external = weights_bytes > PROTOBUF_LIMIT
+            requested = dict(zip(SENSITIVE_GROUPS, arguments.values()))
             chosen = {group: value is True for group, value in requested.items()}
 
             def build(include: dict, folder: Path) -> list[str]:

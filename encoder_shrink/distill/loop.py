@@ -102,7 +102,8 @@ def distill_loop(
     if any(s.learning_rate is not None for s in recipe.stages):
         # The schedule's shape over the whole run, times the stage's peak rate relative to the recipe's.
         # (The optimizer keeps `initial_lr` from the first scheduler, so the new one starts from the same base.)
-        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [_stage_scaled(f, recipe) for f in lr_scheduler.lr_lambdas])
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [_stage_scaled(f, recipe) for f in lr_scheduler.lr_lambdas])
     # Only the student is wrapped (DDP across processes); the frozen denoiser and encoders are not prepared.
     model, optimizer = accelerator.prepare(student, optimizer)
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from encoder_shrink.files import atomic_dir, atomic_write_text
+from encoder_shrink.files import atomic_dir
 from encoder_shrink.toy.checker import score
 from encoder_shrink.toy.pretrain_t5 import pretrain_toy_t5
 from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, TEACHER_T5, generate, toy_pipeline_components
@@ -165,17 +163,13 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
         """Live and EMA weights, optimizer and schedule: what `resume` needs (written to a temp folder, renamed)."""
         if state_dir is None:
             return
-        tmp = state_dir.with_name(state_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({**{f"live.{i}": p.detach().contiguous() for i, p in enumerate(params)},
-                   **{f"ema.{i}": q.contiguous() for i, q in enumerate(ema)}}, tmp / "weights.safetensors")
-        tensors, meta = _optimizer_to_files(optimizer)
-        save_file(tensors, tmp / "optimizer.safetensors")
-        atomic_write_text(tmp / "state.json", json.dumps({"step": step, "optimizer": meta, "history": history,
-                                                          "schedule": schedule.state_dict()}))
-        shutil.rmtree(state_dir, ignore_errors=True)
-        os.replace(tmp, state_dir)
+        with atomic_dir(state_dir) as tmp:
+            save_file({**{f"live.{i}": p.detach().contiguous() for i, p in enumerate(params)},
+                       **{f"ema.{i}": q.contiguous() for i, q in enumerate(ema)}}, tmp / "weights.safetensors")
+            tensors, meta = _optimizer_to_files(optimizer)
+            save_file(tensors, tmp / "optimizer.safetensors")
+            (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "history": history,
+                                                        "schedule": schedule.state_dict()}))
 
     pool = TrainingPool(pipe, seed, progress, variants)
     size = pipe.vae.config.sample_size // pipe.vae_scale_factor
@@ -253,12 +247,13 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     started = time.time()
     work = Path(args.work_dir)
-    # The VAE stage writes work/pipeline (trained VAE, initial T5 and transformer) before the denoiser starts, so
-    # resuming from it, with or without denoiser state, is the same run as one from scratch.
+    # The VAE and T5 stages write work/pipeline (trained VAE, pretrained T5, initial transformer, and their record in
+    # its training_summary.json) before the denoiser starts, so resuming from it, with or without denoiser state, is
+    # the same run as one from scratch.
     resume = args.resume and (work / "pipeline" / "model_index.json").is_file()
     if resume:
         pipe = FluxPipeline.from_pretrained(work / "pipeline")
-        vae = json.loads((work / "vae.json").read_text())
+        vae = json.loads((work / "pipeline" / "training_summary.json").read_text())["vae"]
     else:
         pipe = FluxPipeline(**toy_pipeline_components(seed=args.seed))
         vae = train_vae(pipe.vae, args.vae_steps, args.batch_size, args.seed, tqdm)
@@ -267,7 +262,6 @@ def main(argv=None) -> None:
         # The VAE, the T5 and the CLIP never change again: the state folder keeps them with the transformer's
         # initial weights.
         save_teacher(pipe, work / "pipeline", {"vae": vae})
-        (work / "vae.json").write_text(json.dumps(vae))
     pipe.set_progress_bar_config(disable=True)
     logger.info("VAE: %s (%.0f s)", vae, time.time() - started)
     output = Path(args.output)

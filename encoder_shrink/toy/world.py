@@ -296,8 +296,8 @@ def sample_prompts(
 ) -> list[ToyPrompt]:
     r"""
     `n` prompts of `split`, balanced across `kinds` (round-robin in the order given, default `KINDS`; a kind listed
-    twice is drawn twice as often) and drawn at random within a kind: each kind's prompts are shuffled with `numpy.random.default_rng(seed)` and used in turn, all
-    before any repeats. The same `seed` gives the same list.
+    twice is drawn twice as often) and drawn at random within a kind: each kind's prompts are shuffled with
+    `numpy.random.default_rng(seed)` and used in turn, all before any repeats. The same `seed` gives the same list.
 
     Example:
 
