@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from encoder_shrink.benchmarks.synthetic import T5_CONFIGS, synthetic_names
 
-from encoder_shrink.benchmarks.synthetic import PIPELINES, SYNTHETIC, T5_CONFIGS, t5_slot
+from encoder_shrink.errors import InvalidArgumentError, UnknownNameError
 from encoder_shrink.files import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ class BenchConfig:
         pipeline: a pipeline id or folder whose T5 slot holds the original encoder, or None with `synthetic`.
         student: a saved student folder, or None with `synthetic` (then a random student with `synthetic_student`'s
             architecture, projecting to the original's width, is built).
-        synthetic: `t5-xxl|t5-xl|t5-large|t5-base` (the original encoder only) or `flux-dev|sd3|pixart` (a whole
-            pipeline, T5-XXL included) with real architectures and random weights.
+        synthetic: a T5 size (`t5-xxl|t5-xl|t5-large|t5-base|t5-small`: the original encoder only) or a registered
+            family with a synthetic pipeline (`flux-dev`, `sd3`, `pixart-sigma`, ...: the whole published pipeline,
+            its teacher included), with real architectures and random weights (`synthetic_names()` lists them).
         synthetic_student: the T5 size of the synthetic student.
         backends: student backends among `torch`, `onnx` (fp32; fp16 on CUDA), `onnx-int8` (ONNX Runtime dynamic
             int8 on the CPU) and `trt` (TensorRT engine; needs tensorrt and a GPU).
@@ -52,7 +54,8 @@ class BenchConfig:
 
     ```python
     >>> from encoder_shrink.benchmarks import BenchConfig, run_bench
-    >>> run_bench(BenchConfig(synthetic="t5-xxl", backends=["torch", "onnx-int8"], dtype="bfloat16"), "bench")  # doctest: +SKIP
+    >>> config = BenchConfig(synthetic="t5-xxl", backends=["torch", "onnx-int8"], dtype="bfloat16")
+    >>> run_bench(config, "bench")  # doctest: +SKIP
     ```
     """
 
@@ -77,49 +80,66 @@ class BenchConfig:
 
     def __post_init__(self):
         if self.pipeline is None and self.synthetic is None:
-            raise ValueError("nothing to measure: pass pipeline=ID_OR_PATH or synthetic=NAME (e.g. synthetic='t5-xxl').")
+            raise InvalidArgumentError(
+                "nothing to measure: pass pipeline=ID_OR_PATH or synthetic=NAME (e.g. synthetic='t5-xxl')."
+            )
         if self.pipeline is not None and self.synthetic is not None:
-            raise ValueError(f"pass one of pipeline={self.pipeline!r} and synthetic={self.synthetic!r}, not both.")
-        if self.synthetic is not None and self.synthetic not in SYNTHETIC:
-            raise ValueError(f"synthetic={self.synthetic!r} is not known; choose one of {', '.join(SYNTHETIC)}.")
+            raise InvalidArgumentError(
+                f"pass one of pipeline={self.pipeline!r} and synthetic={self.synthetic!r}, not both."
+            )
+        if self.synthetic is not None and self.synthetic not in synthetic_names():
+            raise UnknownNameError(
+                f"synthetic={self.synthetic!r} is not known; choose one of {', '.join(synthetic_names())}."
+            )
         if self.synthetic_student not in T5_CONFIGS:
-            raise ValueError(f"synthetic_student={self.synthetic_student!r} is not known; choose one of {', '.join(T5_CONFIGS)}.")
+            raise UnknownNameError(
+                f"synthetic_student={self.synthetic_student!r} is not known; choose one of {', '.join(T5_CONFIGS)}."
+            )
         if self.student is None and self.synthetic is None:
-            raise ValueError("a real pipeline needs student=PATH (a saved student folder).")
+            raise InvalidArgumentError("a real pipeline needs student=PATH (a saved student folder).")
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown or not self.backends:
-            raise ValueError(f"backends={self.backends!r}: choose among {', '.join(BACKENDS)}.")
+            raise InvalidArgumentError(f"backends={self.backends!r}: choose among {', '.join(BACKENDS)}.")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not supported; choose one of {', '.join(DTYPES)}.")
+            raise InvalidArgumentError(f"dtype={self.dtype!r} is not supported; choose one of {', '.join(DTYPES)}.")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device={self.device!r} is not supported; use 'cpu' or 'cuda'.")
+            raise InvalidArgumentError(f"device={self.device!r} is not supported; use 'cpu' or 'cuda'.")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} but torch sees no CUDA GPU; use device='cpu'.")
+            raise InvalidArgumentError(f"device={self.device!r} but torch sees no CUDA GPU; use device='cpu'.")
         if self.offload and not self.device.startswith("cuda"):
-            raise ValueError("offload=True needs device='cuda' (enable_model_cpu_offload moves models to a GPU).")
+            raise InvalidArgumentError(
+                "offload=True needs device='cuda' (enable_model_cpu_offload moves models to a GPU)."
+            )
         if self.pipeline_steps and self.synthetic in T5_CONFIGS:
-            raise ValueError(f"pipeline_steps needs a pipeline; synthetic={self.synthetic!r} is an encoder only.")
+            raise InvalidArgumentError(
+                f"pipeline_steps needs a pipeline; synthetic={self.synthetic!r} is an encoder only."
+            )
         for name in ("seq_len", "batch", "repeats"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+                raise InvalidArgumentError(f"{name}={getattr(self, name)} must be >= 1.")
         if self.memory_fraction is not None and not 0 < self.memory_fraction <= 1:
-            raise ValueError(f"memory_fraction={self.memory_fraction} must be in (0, 1].")
+            raise InvalidArgumentError(f"memory_fraction={self.memory_fraction} must be in (0, 1].")
 
 
-def _pipeline_slot(path: str) -> str:
-    """The component of a saved pipeline that holds its T5 encoder, from model_index.json."""
+def _pipeline_slot(path: str) -> tuple[str, str]:
+    """The slot of a saved pipeline that holds its teacher encoder, and that encoder's class (model_index.json)."""
     from huggingface_hub import hf_hub_download
 
     from encoder_shrink.pipelines import get_adapter, registered_families
 
-    index_file = Path(path) / "model_index.json" if Path(path).is_dir() else Path(hf_hub_download(path, "model_index.json"))
+    index_file = (
+        Path(path) / "model_index.json" if Path(path).is_dir() else Path(hf_hub_download(path, "model_index.json"))
+    )
     index = json.loads(index_file.read_text())
     denoiser = (index.get("transformer") or [None, None])[1]
     for family in registered_families():
         adapter = get_adapter(family)
         if adapter.denoiser_class == denoiser and adapter.encoder_slot in index:
-            return adapter.encoder_slot
-    raise ValueError(f"{path} is not a FLUX, SD3 or PixArt pipeline (transformer {denoiser!r}); pass one of those.")
+            return adapter.encoder_slot, index[adapter.encoder_slot][1]
+    raise InvalidArgumentError(
+        f"{path} is not a pipeline of a registered family (transformer {denoiser!r}); supported: "
+        f"{', '.join(registered_families())}."
+    )
 
 
 def _prepare_student(config: BenchConfig, work: Path, teacher_dim: int) -> Path:
@@ -133,32 +153,34 @@ def _prepare_student(config: BenchConfig, work: Path, teacher_dim: int) -> Path:
     return folder
 
 
+def _backend_exports(config: BenchConfig, work: Path) -> dict:
+    """Each student backend but torch as (folder under `work`, export config); every one a registered format."""
+    from encoder_shrink.exporters import OnnxExportConfig, TensorRTExportConfig
+
+    tokens = max(config.seq_len, 64)
+    gpu = config.device.startswith("cuda")
+    return {
+        # On a GPU the fp16 graph (fp32 wo/norms) is the one worth running; on a CPU fp32.
+        "onnx": ("onnx-fp16" if gpu else "onnx-fp32", OnnxExportConfig(fp16=gpu, max_tokens=tokens)),
+        "onnx-int8": ("onnx-int8", OnnxExportConfig(int8="dynamic", max_tokens=tokens)),
+        "trt": ("trt-fp16", TensorRTExportConfig(
+            onnx=OnnxExportConfig(fp16=True, max_tokens=tokens), max_batch=config.batch, max_tokens=config.seq_len,
+            timing_cache=str(work / "trt.cache"), onnx_dir=str(work / "onnx-fp16-trt-source"))),
+    }
+
+
 def _prepare_exports(config: BenchConfig, backends: list[str], student: Path, work: Path) -> dict[str, Path]:
-    """ONNX / int8 / TensorRT folders of the student (re-used when `work` already holds them)."""
-    from encoder_shrink.exporters import build_engine, export_onnx
+    """The export folder of each backend (re-used when `work` already holds it)."""
+    from encoder_shrink.exporters import export
 
     exports = {}
-    gpu = config.device.startswith("cuda")
     for backend in backends:
         if backend == "torch":
             continue
-        if backend == "onnx":
-            # On a GPU the fp16 graph (fp32 wo/norms) is the one worth running; on a CPU fp32.
-            exports[backend] = work / ("onnx-fp16" if gpu else "onnx-fp32")
-            if not (exports[backend] / "config.json").is_file():
-                export_onnx(student, exports[backend], fp16=gpu, max_tokens=max(config.seq_len, 64), overwrite=True)
-        elif backend == "onnx-int8":
-            exports[backend] = work / "onnx-int8"
-            if not (exports[backend] / "config.json").is_file():
-                export_onnx(student, exports[backend], int8="dynamic", max_tokens=max(config.seq_len, 64), overwrite=True)
-        elif backend == "trt":
-            onnx_folder = work / "onnx-fp16-trt-source"
-            if not (onnx_folder / "config.json").is_file():
-                export_onnx(student, onnx_folder, fp16=True, max_tokens=max(config.seq_len, 64), overwrite=True)
-            exports[backend] = work / "trt-fp16"
-            if not (exports[backend] / "config.json").is_file():
-                build_engine(onnx_folder, exports[backend], max_batch=config.batch, max_tokens=config.seq_len,
-                             timing_cache=work / "trt.cache", overwrite=True)
+        folder, export_config = _backend_exports(config, work)[backend]
+        exports[backend] = work / folder
+        if not (exports[backend] / "config.json").is_file():
+            export(student, exports[backend], export_config, overwrite=True)
     return exports
 
 
@@ -175,15 +197,17 @@ def _run(spec: dict, work: Path) -> dict:
     return json.loads(Path(spec["result"]).read_text())
 
 
-def _skip_reason(backend: str, config: BenchConfig) -> str | None:
-    if backend == "trt":
-        import importlib.util
+def _skip_reason(backend: str, config: BenchConfig, work: Path) -> str | None:
+    """Why a backend cannot be measured here (its export format's missing package or GPU), or None."""
+    from encoder_shrink.exporters import format_of
 
-        if importlib.util.find_spec("tensorrt") is None:
-            return "tensorrt is not installed (pip install 'encoder-shrink[tensorrt]')"
-        if not config.device.startswith("cuda"):
-            return "TensorRT needs device='cuda'"
-    return None
+    if backend == "torch":
+        return None
+    entry = format_of(_backend_exports(config, work)[backend][1])
+    reason = entry.unavailable() if entry.unavailable else None
+    if reason is None and entry.name == "tensorrt" and not config.device.startswith("cuda"):
+        reason = "TensorRT needs device='cuda'"
+    return reason
 
 
 def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> dict:
@@ -209,19 +233,22 @@ def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str 
     if config.synthetic in T5_CONFIGS:
         original = {"kind": "synthetic", "name": config.synthetic}
         teacher_dim, pipeline = T5_CONFIGS[config.synthetic]["d_model"], None
-    elif config.synthetic in PIPELINES:
-        original = {"kind": "synthetic", "name": "t5-xxl"}
-        teacher_dim, pipeline = T5_CONFIGS["t5-xxl"]["d_model"], {"kind": "synthetic", "name": config.synthetic,
-                                                                    "slot": t5_slot(config.synthetic)}
+    elif config.synthetic is not None:
+        from encoder_shrink.pipelines import get_adapter
+
+        family = get_adapter(config.synthetic)
+        original = {"kind": "synthetic", "name": family.synthetic.teacher}
+        teacher_dim = T5_CONFIGS[family.synthetic.teacher]["d_model"]
+        pipeline = {"kind": "synthetic", "name": config.synthetic, "slot": family.encoder_slot}
     else:
         from transformers import AutoConfig
 
-        slot = _pipeline_slot(config.pipeline)
-        original = {"kind": "pipeline-slot", "path": config.pipeline, "slot": slot}
+        slot, encoder_class = _pipeline_slot(config.pipeline)
+        original = {"kind": "pipeline-slot", "path": config.pipeline, "slot": slot, "class": encoder_class}
         teacher_dim = AutoConfig.from_pretrained(config.pipeline, subfolder=slot).d_model
         pipeline = {"kind": "path", "path": config.pipeline, "slot": slot}
 
-    reasons = {b: _skip_reason(b, config) for b in config.backends}
+    reasons = {b: _skip_reason(b, config, work) for b in config.backends}
     skipped = {f"student {b}": reason for b, reason in reasons.items() if reason}
     backends = [b for b, reason in reasons.items() if not reason]
     student = _prepare_student(config, work, teacher_dim)
@@ -269,14 +296,14 @@ def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str 
 def _ratios(results: dict) -> None:
     """Each student's figures as multiples of the original's, from this run."""
     original = results["encoders"].get("original", {})
-    for name, figures in results["encoders"].items():
+    for figures in results["encoders"].values():
         if "error" in figures or "error" in original:
             continue
         figures["smaller_than_original"] = round(original["weights_bytes"] / figures["weights_bytes"], 2)
         peak, peak_original = figures["memory"].get("peak_bytes"), original["memory"].get("peak_bytes")
         figures["peak_memory_vs_original"] = round(peak / peak_original, 4) if peak and peak_original else None
         figures["faster_than_original"] = round(original["latency"]["median_s"] / figures["latency"]["median_s"], 1)
-    for name, figures in results["pipelines"].items():
+    for figures in results["pipelines"].values():
         base = results["pipelines"].get("original pipeline" + (" offload" if figures.get("offload") else ""))
         if not base or "error" in figures or "error" in base:
             continue
@@ -302,21 +329,30 @@ def markdown(results: dict) -> str:
             continue
         lat = f["latency"]
         lines.append(
-            f"| {name} | {f['device']} | {f['dtype']} | {_mb(f['weights_bytes'])} | {f.get('smaller_than_original', 1):g} | "
+            f"| {name} | {f['device']} | {f['dtype']} | {_mb(f['weights_bytes'])} | "
+            f"{f.get('smaller_than_original', 1):g} | "
             f"{_mb(f['memory'].get('peak_bytes'))} | {lat['median_s']:.4g} ({lat['min_s']:.3g}-{lat['max_s']:.3g}) | "
-            f"{lat['repeats']} | {f.get('faster_than_original', 1):g} |")
+            f"{lat['repeats']} | {f.get('faster_than_original', 1):g} |"
+        )
     for name, reason in results["skipped"].items():
         lines.append(f"| {name} | skipped: {reason} |||||||")
     if results["pipelines"]:
-        lines += ["", f"Generation on {where}, {config['dtype']}, {config['resolution']} px, {config['pipeline_steps']} "
-                  f"steps, median of {config['pipeline_repeats']} after 1 warm-up.", "",
-                  "| variant | offload | latency s | x original | peak memory MB | x original |", "|---|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Generation on {where}, {config['dtype']}, {config['resolution']} px, {config['pipeline_steps']} "
+            f"steps, median of {config['pipeline_repeats']} after 1 warm-up.",
+            "",
+            "| variant | offload | latency s | x original | peak memory MB | x original |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for name, f in results["pipelines"].items():
             if "error" in f:
                 lines.append(f"| {name} | failed: {f['error']} |||||")
                 continue
-            lines.append(f"| {name} | {f['offload']} | {f['latency']['median_s']:.3f} | {f.get('latency_vs_original', 1):g} | "
-                         f"{_mb(f['memory']['peak_bytes'])} | {f.get('peak_memory_vs_original', 1):g} |")
+            lines.append(
+                f"| {name} | {f['offload']} | {f['latency']['median_s']:.3f} | {f.get('latency_vs_original', 1):g} | "
+                f"{_mb(f['memory']['peak_bytes'])} | {f.get('peak_memory_vs_original', 1):g} |"
+            )
     method = next((f["memory"]["method"] for f in results["encoders"].values() if "memory" in f), "")
     lines += ["", f"Peak memory: {method}."]
     return "\n".join(lines)
@@ -331,9 +367,14 @@ def chart(results: dict, path: Path) -> None:
 
     rows = {n: f for n, f in results["encoders"].items() if "error" not in f}
     names = list(rows)
-    panels = [("weights (MB)", [rows[n]["weights_bytes"] / 1e6 for n in names]),
-              ("peak memory (MB)", [(rows[n]["memory"].get("peak_bytes") or 0) / 1e6 for n in names]),
-              (f"encode latency (s), {results['config']['seq_len']} tokens", [rows[n]["latency"]["median_s"] for n in names])]
+    panels = [
+        ("weights (MB)", [rows[n]["weights_bytes"] / 1e6 for n in names]),
+        ("peak memory (MB)", [(rows[n]["memory"].get("peak_bytes") or 0) / 1e6 for n in names]),
+        (
+            f"encode latency (s), {results['config']['seq_len']} tokens",
+            [rows[n]["latency"]["median_s"] for n in names],
+        ),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.6 * len(names) + 1.6))
     for index, (axis, (title, values)) in enumerate(zip(axes, panels)):
         axis.barh(names, [max(v, 1e-6) for v in values], color=["#b44" if n == "original" else "#27a" for n in names])

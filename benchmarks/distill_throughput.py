@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+from encoder_shrink.errors import BenchmarkFailedError
+from encoder_shrink.files import atomic_path, atomic_write_text
+
 PROMPTS = [
     "two red circles left of a blue square", "a cat holding a sign that says 'hello'", "a green cube on a table",
     "three yellow stars above a house", "a dog wearing a t-shirt that says 'run'", "a blue car next to a tree",
@@ -40,8 +43,13 @@ LABELS = {
 
 
 def scaled_flux_pipeline(directory: Path) -> Path:
-    """A FLUX-dev pipeline with the real layout, scaled down (widths /12-/16, depths /4-/10) and saved to `directory`."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    """A FLUX-dev pipeline with the real layout, scaled down (widths /12-/16, depths /4-/10), saved to `directory`."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     from encoder_shrink import testing
@@ -58,7 +66,7 @@ def scaled_flux_pipeline(directory: Path) -> Path:
     vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16, norm_num_groups=4,
                         layers_per_block=1)
-    pipe = FluxPipeline(transformer=transformer, text_encoder=CLIPTextModel(testing._clip_text_config()).eval(),
+    pipe = FluxPipeline(transformer=transformer, text_encoder=CLIPTextModel(testing.tiny_clip_text_config()).eval(),
                         text_encoder_2=t5, tokenizer=testing.tiny_clip_tokenizer(), tokenizer_2=tokenizer_2, vae=vae,
                         scheduler=FlowMatchEulerDiscreteScheduler())
     pipe.save_pretrained(directory)
@@ -69,10 +77,21 @@ def _recipe(args):
     from encoder_shrink import load_recipe
 
     return load_recipe("tiny").with_overrides(
-        batch_size=args.batch_size, resolution=args.resolution, num_inference_steps=args.num_inference_steps,
-        max_steps=args.steps, guidance_scales=[2.0, 3.5, 5.0], student_config={
-            "d_model": 64, "d_ff": 128, "d_kv": 16, "num_heads": 4, "num_layers": 2, "feed_forward_proj": "gated-gelu"},
-        learning_rate=1e-4, checkpoint_every=0,
+        batch_size=args.batch_size,
+        resolution=args.resolution,
+        num_inference_steps=args.num_inference_steps,
+        max_steps=args.steps,
+        guidance_scales=[2.0, 3.5, 5.0],
+        student_config={
+            "d_model": 64,
+            "d_ff": 128,
+            "d_kv": 16,
+            "num_heads": 4,
+            "num_layers": 2,
+            "feed_forward_proj": "gated-gelu",
+        },
+        learning_rate=1e-4,
+        checkpoint_every=0,
     )
 
 
@@ -145,7 +164,7 @@ def run(args) -> dict:
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
             if done.returncode != 0:
-                raise RuntimeError(f"{variant} failed:\n{done.stderr[-3000:]}")
+                raise BenchmarkFailedError(f"{variant} failed:\n{done.stderr[-3000:]}")
             figures = json.loads(done.stdout.strip().splitlines()[-1])
             figures["process_seconds"] = round(time.perf_counter() - started, 1)
             results["variants"][variant] = figures
@@ -155,8 +174,8 @@ def run(args) -> dict:
         figures["peak_rss_vs_reference"] = round(figures["peak_rss_mb"] / reference["peak_rss_mb"], 3)
         figures["resident_weights_vs_reference"] = round(
             figures["resident_weights_mb"] / reference["resident_weights_mb"], 3)
-    (output / "results.json").write_text(json.dumps(results, indent=2))
-    (output / "results.md").write_text(table(results) + "\n")
+    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(output / "results.md", table(results) + "\n")
     _chart(results, output / "results.png")
     return results
 
@@ -187,14 +206,20 @@ def _chart(results: dict, path: Path) -> None:
 
     names = list(results["variants"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
-    for ax, key, title in ((axes[0], "steps_per_second", "optimizer steps / s"), (axes[1], "peak_rss_mb", "peak RSS (MB)"),
-                           (axes[2], "resident_weights_mb", "weights kept in memory (MB)")):
-        ax.barh([LABELS[n] for n in names], [results["variants"][n][key] for n in names], color=["#999", "#2a7", "#27a"])
+    for ax, key, title in (
+        (axes[0], "steps_per_second", "optimizer steps / s"),
+        (axes[1], "peak_rss_mb", "peak RSS (MB)"),
+        (axes[2], "resident_weights_mb", "weights kept in memory (MB)"),
+    ):
+        ax.barh(
+            [LABELS[n] for n in names], [results["variants"][n][key] for n in names], color=["#999", "#2a7", "#27a"]
+        )
         ax.set_title(title)
     axes[1].set_yticks([])
     axes[2].set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -202,7 +227,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="benchmarks/results/distill_throughput")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per variant (a multiple of the next)")
-    parser.add_argument("--num-inference-steps", type=int, default=20, help="scheduler steps per trajectory (paper: 20)")
+    parser.add_argument(
+        "--num-inference-steps", type=int, default=20, help="scheduler steps per trajectory (paper: 20)"
+    )
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)

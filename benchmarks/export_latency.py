@@ -20,6 +20,16 @@ from pathlib import Path
 
 import torch
 
+from encoder_shrink.files import atomic_path, atomic_write_text
+
+# Student T5 sizes: FLAN-T5-base (what BENCHMARKS.md reports), and a tiny one for the smoke test.
+SIZES = {
+    "base": {"d_model": 768, "d_kv": 64, "d_ff": 2048, "num_layers": 12, "num_heads": 12},
+    "tiny": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4},
+}
+# The teacher width the projector maps to: T5-XXL's 4096 (tiny: 64).
+TEACHER_DIMS = {"base": 4096, "tiny": 64}
+
 
 def _timed(fn, repeats: int, warmup: int) -> list[float]:
     for _ in range(warmup):
@@ -37,23 +47,24 @@ def _size(folder: Path) -> int:
 
 
 def run(args) -> dict:
+    from encoder_shrink.exporters import export_onnx, load_encoder, load_report
     from tqdm.auto import tqdm
     from transformers import T5Config
 
     from encoder_shrink import ShrunkT5EncoderModel
-    from encoder_shrink.exporters import export_onnx, load_encoder, load_report
 
     torch.manual_seed(0)
-    config = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12,
-                      feed_forward_proj="gated-gelu")
-    student = ShrunkT5EncoderModel.from_t5(config, teacher_dim=4096, max_sequence_length=args.tokens,
-                                           use_attention_mask=True).eval()
+    config = T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", **SIZES[args.size])
+    student = ShrunkT5EncoderModel.from_t5(
+        config, teacher_dim=TEACHER_DIMS[args.size], max_sequence_length=args.tokens, use_attention_mask=True
+    ).eval()
     ids = torch.randint(3, 32128, (args.batch, args.tokens))
     mask = torch.ones_like(ids)  # the exported graph always takes a mask: give both backends the same inputs
     results = {
         "benchmark": "export_latency", "device": "cpu", "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "tokens": args.tokens, "batch": args.batch,
-        "repeats": args.repeats, "warmup": args.warmup, "student": "FLAN-T5-base-sized encoder + projector to 4096, random",
+        "repeats": args.repeats, "warmup": args.warmup, "size": args.size,
+        "student": f"{args.size}: {SIZES[args.size]} + projector to {TEACHER_DIMS[args.size]}, random",
         "backends": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +83,7 @@ def run(args) -> dict:
                                      quantize_embeddings=everything, quantize_attention=everything)
                 encoder, report = load_encoder(folder), load_report(folder)
             with torch.no_grad():
-                times = _timed(lambda: encoder(ids, attention_mask=mask), args.repeats, args.warmup)
+                times = _timed(lambda encoder=encoder: encoder(ids, attention_mask=mask), args.repeats, args.warmup)
             results["backends"][name] = {
                 "bytes": _size(folder),
                 "latency_median_s": statistics.median(times),
@@ -88,14 +99,13 @@ def run(args) -> dict:
         figures["latency_vs_torch"] = round(figures["latency_median_s"] / base["latency_median_s"], 3)
         figures["size_vs_onnx_fp32"] = round(figures["bytes"] / onnx_fp32["bytes"], 3)
     results["targets"] = {}
-    for name in ("onnx int8 (dynamic, wo + embeddings fp32)", "onnx int8 (dynamic, default: sensitive layers auto)"):
+    for name in [name for name, int8, _ in steps if int8]:
         int8 = results["backends"][name]
         results["targets"][f"{name}: size <= 0.3x onnx fp32"] = int8["size_vs_onnx_fp32"] <= 0.3
         results["targets"][f"{name}: latency <= 0.5x torch eager fp32"] = int8["latency_vs_torch"] <= 0.5
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(results, indent=2))
-    (output / "results.md").write_text(table(results) + "\n")
+    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(output / "results.md", table(results) + "\n")
     _chart(results, output / "results.png")
     return results
 
@@ -111,8 +121,10 @@ def table(results: dict) -> str:
     ]
     for name, f in results["backends"].items():
         cosine = f"{f['parity_cosine']:.6f}" if f["parity_cosine"] is not None else "reference"
-        lines.append(f"| {name} | {f['bytes'] / 1e6:.1f} | {f['size_vs_onnx_fp32']:.2f} | {f['latency_median_s']:.3f} | "
-                     f"{f['latency_min_s']:.3f}-{f['latency_max_s']:.3f} | {f['latency_vs_torch']:.2f} | {cosine} |")
+        lines.append(
+            f"| {name} | {f['bytes'] / 1e6:.1f} | {f['size_vs_onnx_fp32']:.2f} | {f['latency_median_s']:.3f} | "
+            f"{f['latency_min_s']:.3f}-{f['latency_max_s']:.3f} | {f['latency_vs_torch']:.2f} | {cosine} |"
+        )
     lines += ["", *(f"- {target}: {'met' if ok else 'NOT met'}" for target, ok in results["targets"].items())]
     return "\n".join(lines)
 
@@ -131,7 +143,8 @@ def _chart(results: dict, path: Path) -> None:
     axes[1].set_title(f"encode latency (s), {results['tokens']} tokens, CPU")
     axes[1].set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -142,6 +155,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--size", choices=list(SIZES), default="base",
+                        help="base: a FLAN-T5-base-sized student (the figures in BENCHMARKS.md); tiny: a smoke run")
     print(table(run(parser.parse_args(argv))))
 
 

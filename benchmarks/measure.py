@@ -43,7 +43,8 @@ class MemoryProbe:
     Example:
 
     ```python
-    >>> probe = MemoryProbe("cpu"); probe.start(); x = bytearray(50_000_000); probe.peak()["peak_bytes"] > 0  # doctest: +SKIP
+    >>> probe = MemoryProbe("cpu"); probe.start(); x = bytearray(50_000_000)
+    >>> probe.peak()["peak_bytes"] > 0  # doctest: +SKIP
     True
     ```
     """
@@ -114,10 +115,12 @@ def timed(fn, device: str, repeats: int, warmup: int, desc: str) -> dict:
 
 def _weights_bytes(module) -> int:
     """Bytes of a torch module's parameters and buffers (tied tensors once), or of an export's files."""
-    from encoder_shrink.exporters.runtime import OnnxShrunkT5Encoder
+    from encoder_shrink.exporters.runtime import ExportedEncoder
 
-    if isinstance(module, OnnxShrunkT5Encoder):  # TensorRT encoders too: the graph / engine files hold the weights
-        return sum(f.stat().st_size for f in module.folder.iterdir() if f.suffix in (".onnx", ".data", ".engine", ".plan"))
+    if isinstance(module, ExportedEncoder):  # ONNX, TensorRT: the graph / engine files hold the weights
+        return sum(
+            f.stat().st_size for f in module.folder.iterdir() if f.suffix in (".onnx", ".data", ".engine", ".plan")
+        )
     seen, total = set(), 0
     for tensor in list(module.parameters()) + list(module.buffers()):
         if tensor.data_ptr() in seen:
@@ -136,10 +139,13 @@ def _load_encoder(spec: dict):
 
         return synthetic_t5(source["name"], dtype, device)
     if source["kind"] == "pipeline-slot":
-        from transformers import T5EncoderModel
+        import transformers
 
-        return T5EncoderModel.from_pretrained(source["path"], subfolder=source["slot"], dtype=dtype).to(device).eval()
-    from encoder_shrink.exporters.runtime import load_encoder
+        # The slot's own class, as model_index.json records it (T5EncoderModel for the T5 families).
+        encoder_class = getattr(transformers, source["class"])
+        return encoder_class.from_pretrained(source["path"], subfolder=source["slot"], dtype=dtype,
+                                             use_safetensors=True).to(device).eval()
+    from encoder_shrink.exporters import load_encoder
 
     encoder = load_encoder(source["path"], **({"providers": source["providers"]} if source.get("providers") else {}))
     # ONNX Runtime / TensorRT run where their provider runs; `.to()` sets where and in which dtype outputs come back.
@@ -159,7 +165,8 @@ def measure_encoder(spec: dict) -> dict:
     # Every position a real token: FLUX and SD3 run T5 over the whole padded length anyway.
     ids = torch.randint(3, vocab, (spec["batch"], spec["seq_len"]), generator=generator)
     ids = ids.to(device)  # where a pipeline would pass them; exported encoders move them to their provider
-    mask = torch.ones_like(ids)
+    # As the pipeline calls it: with an all-ones mask only if the student was distilled with one (FLUX passes none).
+    mask = torch.ones_like(ids) if getattr(encoder.config, "use_attention_mask", None) else None
 
     def encode():
         with torch.inference_mode():
@@ -189,10 +196,10 @@ def _load_pipeline(spec: dict):
         build_device = "cpu" if spec["offload"] else device
         pipe = synthetic_pipeline(pipe_spec["name"], dtype, build_device, text_encoder=encoder)
     else:
-        from diffusers import DiffusionPipeline
+        from encoder_shrink.loading import load_pipeline
 
         extra = {pipe_spec["slot"]: encoder} if encoder is not None else {}
-        pipe = DiffusionPipeline.from_pretrained(pipe_spec["path"], dtype=dtype, **extra)
+        pipe = load_pipeline(pipe_spec["path"], dtype=dtype, **extra)
     pipe.set_progress_bar_config(disable=True)
     if spec["offload"]:
         pipe.enable_model_cpu_offload(device=device)
@@ -223,9 +230,18 @@ def measure_pipeline(spec: dict) -> dict:
     latency = timed(generate, device, spec["pipeline_repeats"], 1, desc=spec["name"])
     memory = probe.peak()
     return {
-        "name": spec["name"], "role": spec["role"], "backend": spec["backend"], "device": device, "dtype": spec["dtype"],
-        "offload": spec["offload"], "resolution": spec["resolution"], "pipeline_steps": spec["pipeline_steps"],
-        "seq_len": spec["seq_len"], "load_s": load_s, "memory": memory, "latency": latency,
+        "name": spec["name"],
+        "role": spec["role"],
+        "backend": spec["backend"],
+        "device": device,
+        "dtype": spec["dtype"],
+        "offload": spec["offload"],
+        "resolution": spec["resolution"],
+        "pipeline_steps": spec["pipeline_steps"],
+        "seq_len": spec["seq_len"],
+        "load_s": load_s,
+        "memory": memory,
+        "latency": latency,
         "images_finite": bool(all(torch.isfinite(torch.as_tensor(i)).all() for i in images)),
     }
 

@@ -1,4 +1,4 @@
-"""Real-architecture T5 encoders and FLUX-dev / SD3 / PixArt pipelines with random weights, built without downloads."""
+"""Real-architecture T5 encoders and every registered family's published pipeline with random weights, no downloads."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import logging
 import math
 
 import torch
+
+from encoder_shrink.errors import UnknownNameError
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +20,6 @@ T5_CONFIGS = {
     "t5-base": {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12},
     "t5-small": {"d_model": 512, "d_ff": 1024, "num_layers": 8, "num_heads": 6},
 }
-PIPELINES = ("flux-dev", "sd3", "pixart")
-SYNTHETIC = tuple(T5_CONFIGS) + PIPELINES
 
 
 def t5_config(name: str):
@@ -27,12 +27,14 @@ def t5_config(name: str):
     from transformers import T5Config
 
     if name not in T5_CONFIGS:
-        raise ValueError(f"Unknown synthetic T5 {name!r}; choose one of {', '.join(T5_CONFIGS)}.")
+        raise UnknownNameError(f"Unknown synthetic T5 {name!r}; choose one of {', '.join(T5_CONFIGS)}.")
     return T5Config(vocab_size=32128, d_kv=64, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
                     use_cache=False, **T5_CONFIGS[name])
 
 
-def _materialize(module: torch.nn.Module, dtype: torch.dtype, device: str | torch.device, seed: int) -> torch.nn.Module:
+def _materialize(
+    module: torch.nn.Module, dtype: torch.dtype, device: str | torch.device, seed: int
+) -> torch.nn.Module:
     """
     Give every parameter left on the meta device random values, directly in `dtype` on `device`: weights
     N(0, 1/fan_in) so activations stay O(1) through dozens of layers (no NaN, no denormals to slow a CPU down),
@@ -113,39 +115,79 @@ def synthetic_student(base: str = "t5-base", teacher_dim: int = 4096, max_sequen
     return _materialize(student, dtype, device, seed)
 
 
-def _clip_text(hidden: int, layers: int, heads: int, intermediate: int, projection: int, act: str, with_projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+class Builder:
+    r"""
+    What a family's `synthetic_components` builds with: modules constructed on the meta device (`empty`), then given
+    random values straight in `dtype` on `device` (`real`; left on meta when `device="meta"`), the published T5
+    encoders, CLIP text encoders, VAEs and in-memory tokenizers (the vocabularies cannot be downloaded).
 
-    config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=intermediate,
-                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
-                            projection_dim=projection, hidden_act=act)
-    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return _empty(lambda: cls(config))
+    Example:
 
+    ```python
+    >>> build = Builder(torch.bfloat16, "meta", seed=0)
+    >>> build.t5("t5-xxl").num_parameters()
+    4762310656
+    ```
+    """
 
-def _vae(latent_channels: int, **kwargs):
-    from diffusers import AutoencoderKL
+    def __init__(self, dtype: torch.dtype, device: str | torch.device, seed: int):
+        self.dtype, self.device, self.seed = dtype, device, seed
 
-    blocks = 4  # 8x downsampling, as every one of these pipelines
-    return _empty(lambda: AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
-        layers_per_block=2, norm_num_groups=32, sample_size=1024, **kwargs))
+    @staticmethod
+    def empty(build):
+        """`build()` with its parameters on the meta device (nothing allocated)."""
+        return _empty(build)
 
+    def real(self, module: torch.nn.Module, offset: int) -> torch.nn.Module:
+        """`module` with random weights in the builder's dtype and device, seeded by `seed + offset`."""
+        return _materialize(module, self.dtype, self.device, self.seed + offset)
 
-def _tokenizers():
-    """In-memory tokenizers (the vocabularies cannot be downloaded); ids stay inside the real vocabularies."""
-    from encoder_shrink.testing import tiny_clip_tokenizer, tiny_t5_tokenizer
+    def t5(self, name: str = "t5-xxl"):
+        return synthetic_t5(name, self.dtype, self.device, self.seed)
 
-    return tiny_clip_tokenizer(77), tiny_t5_tokenizer(512)
+    @staticmethod
+    def clip_text(hidden: int, layers: int, heads: int, intermediate: int, projection: int, act: str,
+                  with_projection: bool):
+        """A CLIP text encoder of the given size on the meta device (pass it to `real`)."""
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=intermediate,
+                                num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                                projection_dim=projection, hidden_act=act)
+        cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+        return _empty(lambda: cls(config))
+
+    @staticmethod
+    def vae(latent_channels: int, **kwargs):
+        """The 4-block (8x downsampling) `AutoencoderKL` of every one of these pipelines, on the meta device."""
+        from diffusers import AutoencoderKL
+
+        blocks = 4
+        return _empty(lambda: AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+            layers_per_block=2, norm_num_groups=32, sample_size=1024, **kwargs))
+
+    @staticmethod
+    def clip_tokenizer():
+        from encoder_shrink.testing import tiny_clip_tokenizer
+
+        return tiny_clip_tokenizer(77)
+
+    @staticmethod
+    def t5_tokenizer(model_max_length: int = 512):
+        """An in-memory T5 tokenizer whose ids stay inside T5's vocabulary."""
+        from encoder_shrink.testing import tiny_t5_tokenizer
+
+        return tiny_t5_tokenizer(model_max_length)
 
 
 def synthetic_pipeline(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                        text_encoder=None, seed: int = 0):
     r"""
-    A real `FluxPipeline` (FLUX.1-dev), `StableDiffusion3Pipeline` (SD3-medium) or `PixArtSigmaPipeline` (PixArt-Σ
-    1024) whose components have the published architectures and random weights. `text_encoder` replaces the T5-XXL
-    in the pipeline's T5 slot (a student), so the teacher is never built.
+    The real pipeline of the registered family `name` (its `synthetic` spec: FLUX.1-dev, SD3-medium, PixArt-Sigma,
+    ...) whose components have the published architectures and random weights. `text_encoder` replaces the teacher
+    in the family's slot (a student), so the teacher is never built. `device="meta"` builds the architecture only.
 
     Example:
 
@@ -153,57 +195,23 @@ def synthetic_pipeline(name: str, dtype: torch.dtype = torch.bfloat16, device: s
     >>> pipe = synthetic_pipeline("flux-dev", text_encoder=student, device="cuda")  # doctest: +SKIP
     ```
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from encoder_shrink.pipelines import get_adapter, synthetic_families
 
-    if name not in PIPELINES:
-        raise ValueError(f"Unknown synthetic pipeline {name!r}; choose one of {', '.join(PIPELINES)}.")
-    clip_tokenizer, t5_tokenizer = _tokenizers()
-    t5 = text_encoder if text_encoder is not None else synthetic_t5("t5-xxl", dtype, device, seed)
-
-    def real(module, offset):
-        return _materialize(module, dtype, device, seed + offset)
-
-    if name == "flux-dev":
-        from diffusers import FluxPipeline, FluxTransformer2DModel
-
-        transformer = _empty(lambda: FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-            axes_dims_rope=(16, 56, 56)))
-        vae = _vae(16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
-        clip = _clip_text(768, 12, 12, 3072, 768, "quick_gelu", with_projection=False)
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
-        return FluxPipeline(scheduler=scheduler, vae=real(vae, 1), text_encoder=real(clip, 2), tokenizer=clip_tokenizer,
-                            text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=real(transformer, 3))
-    if name == "sd3":
-        from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
-
-        transformer = _empty(lambda: SD3Transformer2DModel(
-            sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
-            joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
-            pos_embed_max_size=192))
-        vae = _vae(16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
-        clip_l = _clip_text(768, 12, 12, 3072, 768, "quick_gelu", with_projection=True)
-        clip_g = _clip_text(1280, 32, 20, 5120, 1280, "gelu", with_projection=True)
-        return StableDiffusion3Pipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=real(vae, 1), text_encoder=real(clip_l, 2),
-            tokenizer=clip_tokenizer, text_encoder_2=real(clip_g, 4), tokenizer_2=clip_tokenizer,
-            text_encoder_3=t5, tokenizer_3=t5_tokenizer, transformer=real(transformer, 3))
-    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
-
-    transformer = _empty(lambda: PixArtTransformer2DModel(
-        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-        cross_attention_dim=1152, sample_size=128, patch_size=2, caption_channels=4096, interpolation_scale=2,
-        use_additional_conditions=False, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6))
-    vae = _vae(4, scaling_factor=0.13025)
-    return PixArtSigmaPipeline(tokenizer=t5_tokenizer, text_encoder=t5, vae=real(vae, 1), transformer=real(transformer, 3),
-                               scheduler=DPMSolverMultistepScheduler())
+    if name not in synthetic_families():
+        raise UnknownNameError(
+            f"Unknown synthetic pipeline {name!r}; choose one of {', '.join(synthetic_families())}."
+        )
+    adapter = get_adapter(name)
+    components = adapter.synthetic_components(Builder(dtype, device, seed), text_encoder=text_encoder)
+    return adapter.diffusers_pipeline_class()(**components)
 
 
-def t5_slot(name: str) -> str:
-    """The component that holds T5-XXL in a synthetic pipeline."""
-    return {"flux-dev": "text_encoder_2", "sd3": "text_encoder_3", "pixart": "text_encoder"}[name]
+def synthetic_names() -> list[str]:
+    """Everything `--synthetic` accepts: the T5 encoder sizes, then the families with a synthetic pipeline."""
+    from encoder_shrink.pipelines import synthetic_families
+
+    return list(T5_CONFIGS) + synthetic_families()
 
 
-__all__ = ["PIPELINES", "SYNTHETIC", "T5_CONFIGS", "synthetic_pipeline", "synthetic_student", "synthetic_t5", "t5_config",
-           "t5_slot"]
+__all__ = ["T5_CONFIGS", "Builder", "synthetic_names", "synthetic_pipeline", "synthetic_student", "synthetic_t5",
+           "t5_config"]

@@ -1,8 +1,10 @@
-"""encoder-shrink: small drop-in students for the T5-XXL text encoder of FLUX, SD3 and PixArt pipelines."""
+"""encoder-shrink: small drop-in students for the big text encoders of diffusers pipelines (FLUX, SD3, PixArt, ...)."""
 
 from encoder_shrink.compat import check_compatible, swap_text_encoder
 from encoder_shrink.configuration import ShrunkT5Config
-from encoder_shrink.exporters.runtime import load_encoder
+from encoder_shrink.errors import EncoderShrinkError
+from encoder_shrink.exporters.formats import export, load_encoder
+from encoder_shrink.loading import load_pipeline
 from encoder_shrink.pipelines import adapter_for, register_adapter, registered_families
 from encoder_shrink.recipes import load_recipe
 from encoder_shrink.shrinker import EncoderShrinker
@@ -12,13 +14,16 @@ from encoder_shrink.weights import WeightsError
 __version__ = "0.1.0"
 
 __all__ = [
+    "EncoderShrinkError",
     "EncoderShrinker",
     "ShrunkT5Config",
     "ShrunkT5EncoderModel",
     "WeightsError",
     "adapter_for",
     "check_compatible",
+    "export",
     "load_encoder",
+    "load_pipeline",
     "load_recipe",
     "register_adapter",
     "registered_families",

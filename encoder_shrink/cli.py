@@ -6,9 +6,11 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from encoder_shrink import __version__
+from encoder_shrink.errors import EncoderShrinkError, InvalidArgumentError
 
 
 def _quiet_libraries() -> None:
@@ -23,7 +25,7 @@ def _quiet_libraries() -> None:
 def _demo(args: argparse.Namespace) -> int:
     _quiet_libraries()
     if not args.drop_in:
-        from encoder_shrink.toy.demo import run_toy_demo, results_table
+        from encoder_shrink.toy.demo import results_table, run_toy_demo
 
         results = run_toy_demo(args.output, teacher=args.teacher, steps=args.steps, seed=args.seed)
         print(results_table(results))
@@ -31,7 +33,7 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"- {target}: {'met' if ok else 'NOT met'}")
         print(f"\nWrote {args.output}/results.json, report.md and grid.png in {results['timings_s']['total']:.0f} s")
         return 0
-    from encoder_shrink.demo import run_drop_in_demo, results_table
+    from encoder_shrink.demo import results_table, run_drop_in_demo
 
     results = run_drop_in_demo(args.output, families=tuple(args.families), seed=args.seed)
     print(results_table(results))
@@ -44,7 +46,10 @@ def _convert(args: argparse.Namespace) -> int:
 
     student = convert_reference_checkpoint(args.source, args.output, overwrite=args.overwrite)
     config = student.config
-    print(f"Wrote {args.output}: T5 d_model={config.d_model}, {config.num_layers} layers -> teacher_dim={config.teacher_dim}")
+    print(
+        f"Wrote {args.output}: T5 d_model={config.d_model}, {config.num_layers} layers -> "
+        f"teacher_dim={config.teacher_dim}"
+    )
     return 0
 
 
@@ -58,15 +63,17 @@ def _parse_prompts(values: list[str] | None):
     for value in values:
         kind, sep, path = value.partition("=")
         if not sep:
-            raise ValueError(f"--prompts {value!r}: with several files, name each source: KIND=PATH (e.g. laion=captions.parquet).")
+            raise InvalidArgumentError(
+                f"--prompts {value!r}: with several files, name each source: KIND=PATH (e.g. laion=captions.parquet)."
+            )
         mapping[kind] = path
     return mapping
 
 
 def _distill(args: argparse.Namespace) -> int:
     import torch
-    from diffusers import DiffusionPipeline
 
+    from encoder_shrink.loading import load_pipeline
     from encoder_shrink.shrinker import SUMMARY, EncoderShrinker
 
     overrides = {
@@ -82,7 +89,7 @@ def _distill(args: argparse.Namespace) -> int:
     from encoder_shrink.recipes import load_recipe
 
     load_recipe(args.recipe)  # a misspelt recipe fails before minutes of pipeline loading
-    pipe = DiffusionPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype))
+    pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
     pipe.set_progress_bar_config(disable=True)
     shrinker = EncoderShrinker(pipe, teacher_id=args.pipeline)
     shrinker.distill(
@@ -99,53 +106,59 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _choice(value: str):
-    """`auto|yes|no` on the command line -> `"auto" | True | False` in the library."""
-    return {"auto": "auto", "yes": True, "no": False}[value]
+def _choice(value: str | None):
+    """`auto|yes|no` on the command line -> `"auto" | True | False` in the library (None: not given)."""
+    return {"auto": "auto", "yes": True, "no": False, None: None}[value]
+
+
+# Export options on the command line -> the config fields they set (each format takes the ones its config has).
+EXPORT_FLAGS = {"int8": "--int8", "fp16": "--fp16", "max_tokens": "--max-tokens", "quantize_wo": "--quantize-wo",
+                "quantize_embeddings": "--quantize-embeddings", "quantize_attention": "--quantize-attention",
+                "max_batch": "--max-batch", "timing_cache": "--timing-cache", "dtype": "--dtype"}
 
 
 def _export(args: argparse.Namespace) -> int:
-    from encoder_shrink.exporters import export_onnx, load_report
+    from encoder_shrink.exporters import export, load_report
+    from encoder_shrink.exporters.formats import config_from_options
 
-    if not args.onnx:
-        raise ValueError("choose an export format: --onnx (with --int8 dynamic for int8 weights).")
+    shorthands = [name for name, given in (("onnx", args.onnx), ("tensorrt", args.trt)) if given]
+    if args.format and shorthands and shorthands != [args.format]:
+        raise InvalidArgumentError(f"--format {args.format} and --{'trt' if args.trt else 'onnx'} disagree; pass one.")
+    name = args.format or ("tensorrt" if args.trt else "onnx" if args.onnx else None)
+    if name is None:
+        raise InvalidArgumentError(
+            "choose an export format: --format NAME (see --help), --onnx (with --int8 dynamic for int8 weights) or "
+            "--trt."
+        )
+    options = {"int8": args.int8, "fp16": args.fp16 or None, "max_tokens": args.max_tokens,
+               "quantize_wo": _choice(args.quantize_wo), "quantize_embeddings": _choice(args.quantize_embeddings),
+               "quantize_attention": _choice(args.quantize_attention), "max_batch": args.max_batch,
+               "timing_cache": args.timing_cache, "dtype": args.dtype}
+    config = config_from_options(name, options, EXPORT_FLAGS)
     tokenizer = None
     if args.tokenizer:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    onnx_output = f"{args.output.rstrip('/')}-onnx" if args.trt else args.output
-    if args.trt:
-        from encoder_shrink.exporters.tensorrt import require_tensorrt
-
-        require_tensorrt()  # fail before the ONNX export when TensorRT or the GPU is missing
-    folder = export_onnx(args.student, onnx_output, int8=args.int8, fp16=args.fp16, tokenizer=tokenizer,
-                         max_tokens=args.max_tokens, quantize_wo=_choice(args.quantize_wo),
-                         quantize_embeddings=_choice(args.quantize_embeddings),
-                         quantize_attention=_choice(args.quantize_attention), overwrite=args.overwrite)
+    folder = export(args.student, args.output, config, tokenizer=tokenizer, overwrite=args.overwrite)
     report = load_report(folder)
-    parity = report["parity"]
-    print(
-        f"Wrote {folder} ({report['precision']}, {report['bytes']['onnx'] / 2**20:.1f} MiB): cosine "
-        f"{parity['min_cosine']:.6f}, max abs error {parity['max_abs_error']:.3g}, relative L2 "
-        f"{parity['relative_l2']:.3g}, NaN {parity['nan']}, Inf {parity['inf']} against the torch student"
-    )
-    if args.trt:
-        from encoder_shrink.exporters import build_engine
-
-        engine = build_engine(folder, args.output, max_batch=args.max_batch, timing_cache=args.timing_cache,
-                              overwrite=args.overwrite)
-        print(f"Wrote TensorRT engine {engine} from {folder}")
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".onnx", ".data", ".engine", ".safetensors"))
+    line = f"Wrote {folder} ({name}, {report.get('precision', '?')}, {size / 2**20:.1f} MiB)"
+    parity = report.get("parity")
+    if parity:
+        line += (f": cosine {parity['min_cosine']:.6f}, max abs error {parity['max_abs_error']:.3g}, relative L2 "
+                 f"{parity['relative_l2']:.3g}, NaN {parity['nan']}, Inf {parity['inf']} against the torch student")
+    print(line)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     import torch
-    from diffusers import DiffusionPipeline
 
     from encoder_shrink.evaluation import evaluate
     from encoder_shrink.exporters import load_encoder
     from encoder_shrink.files import atomic_write_text
+    from encoder_shrink.loading import load_pipeline
 
     _quiet_libraries()
     toy = args.pipeline == "toy" or args.checker == "toy"
@@ -154,7 +167,7 @@ def _eval(args: argparse.Namespace) -> int:
 
         pipe = load_toy_teacher()
     else:
-        pipe = DiffusionPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype))
+        pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
         pipe.set_progress_bar_config(disable=True)
     if args.prompts:
         from encoder_shrink.data import read_captions
@@ -217,11 +230,22 @@ def _bench(args: argparse.Namespace) -> int:
     from encoder_shrink.benchmarks.bench import BenchConfig, markdown, run_bench
 
     config = BenchConfig(
-        pipeline=args.pipeline, student=args.student, synthetic=args.synthetic, synthetic_student=args.synthetic_student,
-        backends=[b.strip() for b in args.backends.split(",") if b.strip()], device=args.device, dtype=args.dtype,
-        seq_len=args.seq_len, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
-        original_repeats=args.original_repeats, pipeline_steps=args.pipeline_steps, resolution=args.resolution,
-        offload=args.offload, memory_fraction=args.memory_fraction,
+        pipeline=args.pipeline,
+        student=args.student,
+        synthetic=args.synthetic,
+        synthetic_student=args.synthetic_student,
+        backends=[b.strip() for b in args.backends.split(",") if b.strip()],
+        device=args.device,
+        dtype=args.dtype,
+        seq_len=args.seq_len,
+        batch=args.batch,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        original_repeats=args.original_repeats,
+        pipeline_steps=args.pipeline_steps,
+        resolution=args.resolution,
+        offload=args.offload,
+        memory_fraction=args.memory_fraction,
     )
     results = run_bench(config, args.output)
     print(markdown(results))
@@ -236,19 +260,27 @@ def _recipes(args: argparse.Namespace) -> int:
     for name in available_recipes():
         recipe = load_recipe(name)
         student = recipe.student_t5 or "T5 config"
-        print(f"{name:22} v{recipe.version}  {recipe.family or 'any':13} {student:24} {recipe.total_steps:>7} steps  {recipe.description}")
+        print(
+            f"{name:22} v{recipe.version}  {recipe.family or 'any':13} {student:24} {recipe.total_steps:>7} steps  "
+            f"{recipe.description}"
+        )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from encoder_shrink.benchmarks.synthetic import synthetic_names
+    from encoder_shrink.distill import registered_losses
+    from encoder_shrink.exporters import EXPORT_FORMATS
     from encoder_shrink.testing import TINY_FAMILIES
 
     parser = argparse.ArgumentParser(
         prog="encoder-shrink",
-        description="Shrink the T5-XXL text encoder of FLUX, SD3 and PixArt pipelines into a small drop-in student.",
+        description="Shrink the big text encoder of a diffusers pipeline (FLUX, SD3, PixArt, ...: "
+                    f"{', '.join(TINY_FAMILIES)}) into a small drop-in student.",
     )
     parser.add_argument("--version", action="version", version=f"encoder-shrink {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress details, and show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -262,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--teacher", help="toy teacher folder (default: the bundled one)")
     demo.add_argument("--steps", type=int, help="distillation steps per student (default: the toy recipe's)")
     demo.add_argument("--drop-in", action="store_true",
-                      help="instead: the drop-in round trip on tiny random FLUX/SD3/PixArt pipelines (--families)")
+                      help="instead: the drop-in round trip on tiny random pipelines of every family (--families)")
     demo.add_argument("--families", nargs="+", default=list(TINY_FAMILIES), choices=TINY_FAMILIES, metavar="FAMILY",
                       help=f"pipeline families to run (default: all of {', '.join(TINY_FAMILIES)})")
     demo.add_argument("--seed", type=int, default=0)
@@ -271,17 +303,24 @@ def build_parser() -> argparse.ArgumentParser:
     distill = commands.add_parser(
         "distill",
         help="distil a pipeline's T5 encoder into a student (vision-based step-following loss)",
-        description="Distil the T5 text encoder of a FLUX, SD3 or PixArt pipeline into a small student.",
+        description=f"Distil the text encoder of a pipeline of a registered family ({', '.join(TINY_FAMILIES)}) "
+                    "into a small student.",
     )
     distill.add_argument("--pipeline", required=True, help="pipeline id or local folder (model_index.json)")
-    distill.add_argument("--recipe", default="flux-t5base", help="recipe name (see `encoder-shrink recipes`) or YAML path")
-    distill.add_argument("--prompts", nargs="+", metavar="[KIND=]PATH",
-                         help="one prompt file replacing the recipe's sources, or KIND=PATH per source (compbench, laion, commontext)")
+    distill.add_argument(
+        "--recipe", default="flux-t5base", help="recipe name (see `encoder-shrink recipes`) or YAML path"
+    )
+    distill.add_argument(
+        "--prompts",
+        nargs="+",
+        metavar="[KIND=]PATH",
+        help="one prompt file replacing the recipe's sources, or KIND=PATH per source (compbench, laion, commontext)",
+    )
     distill.add_argument("--output", default="encoder-shrink-student", help="output folder (default: %(default)s)")
     distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    distill.add_argument("--loss", choices=["vision", "embedding"],
-                         help="in every stage: vision (the paper's step-following loss) or embedding (naive MSE "
-                              "baseline); default: the recipe's (vision, or per stage)")
+    distill.add_argument("--loss", choices=registered_losses(),
+                         help="in every stage: vision (the paper's step-following loss), embedding (naive MSE "
+                              "baseline) or another registered loss; default: the recipe's (vision, or per stage)")
     distill.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                          help="dtype the pipeline is loaded in (the student trains in fp32 regardless)")
     distill.add_argument("--cache-dir", help="persist the teacher's embeddings here (safetensors shards)")
@@ -291,35 +330,48 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--gradient-checkpointing", action="store_true", help="recompute the denoiser's activations")
     distill.set_defaults(func=_distill)
 
+    formats = "; ".join(f"{name}: {EXPORT_FORMATS.get(name).description}" for name in EXPORT_FORMATS.names())
     export = commands.add_parser(
         "export",
-        help="export a student to ONNX (fp32 or int8) with a parity check against the torch model",
-        description="Export a saved student (our format or the reference's) to an ONNX folder that load_encoder "
-                    "and the pipelines load drop-in; the export is checked against the torch student.",
+        help="export a student to a registered format (ONNX fp32/fp16/int8, TensorRT, distillt5 one-file layout)",
+        description="Export a saved student (our format or the reference's) to a folder that load_encoder and the "
+                    f"pipelines load drop-in, checked against the torch student. Formats: {formats}.",
     )
     export.add_argument("student", help="folder of a saved student")
-    export.add_argument("--onnx", action="store_true", help="export to ONNX (T5 + projector in one graph)")
-    export.add_argument("--fp16", action="store_true",
-                        help="fp16 graph for GPUs; wo, norms, residual stream and attention scores stay fp32")
+    export.add_argument("--format", choices=EXPORT_FORMATS.names(), help="the export format")
+    export.add_argument(
+        "--onnx", action="store_true", help="shorthand for --format onnx (T5 + projector in one graph)"
+    )
+    export.add_argument(
+        "--fp16",
+        action="store_true",
+        help="onnx/tensorrt: fp16 graph for GPUs; wo, norms, residual stream and attention scores stay fp32",
+    )
     export.add_argument("--int8", choices=["dynamic", "static"],
-                        help="dynamic: int8 weights, activations quantized at run time (CPU); static: QDQ graph "
+                        help="onnx: dynamic: int8 weights, activations quantized at run time (CPU); static: QDQ graph "
                              "calibrated on prompts (for TensorRT)")
-    export.add_argument("--quantize-wo", choices=["auto", "yes", "no"], default="auto",
+    export.add_argument("--quantize-wo", choices=["auto", "yes", "no"],
                         help="int8: quantize the feed-forward output wo too (auto: only if measured harmless; "
-                             "default: %(default)s)")
-    export.add_argument("--quantize-embeddings", choices=["auto", "yes", "no"], default="auto",
-                        help="int8: quantize the token embeddings too (auto: only if measured harmless; "
-                             "default: %(default)s)")
-    export.add_argument("--quantize-attention", choices=["auto", "yes", "no"], default="auto",
+                             "default: auto)")
+    export.add_argument(
+        "--quantize-embeddings",
+        choices=["auto", "yes", "no"],
+        help="int8: quantize the token embeddings too (auto: only if measured harmless; default: auto)",
+    )
+    export.add_argument("--quantize-attention", choices=["auto", "yes", "no"],
                         help="int8: quantize the self-attention q/k/v/o too (auto: only if measured harmless; "
-                             "default: %(default)s)")
+                             "default: auto)")
     export.add_argument("--trt", action="store_true",
-                        help="also build a TensorRT engine from the ONNX graph (in --output; the ONNX goes to OUTPUT-onnx)")
-    export.add_argument("--max-batch", type=int, default=4, help="largest batch of the TensorRT profile")
-    export.add_argument("--timing-cache", help="TensorRT timing cache file to reuse and update")
+                        help="shorthand for --format tensorrt: a TensorRT engine in --output, its ONNX in OUTPUT-onnx")
+    export.add_argument("--max-batch", type=int, help="tensorrt: largest batch of the profile (default: 4)")
+    export.add_argument("--timing-cache", help="tensorrt: timing cache file to reuse and update")
+    export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="distillt5: dtype of the weights in the file (default: float32)")
     export.add_argument("--output", required=True, help="folder to create (must not exist)")
     export.add_argument("--tokenizer", help="tokenizer id/path for the parity prompts (default: random token ids)")
-    export.add_argument("--max-tokens", type=int, default=2048, help="longest input the graph accepts (default: %(default)s)")
+    export.add_argument(
+        "--max-tokens", type=int, help="onnx/tensorrt: longest input the graph accepts (default: 2048)"
+    )
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     export.set_defaults(func=_export)
 
@@ -329,11 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate with the teacher and each student on the same prompts and seeds; report the denoiser's "
                     "relative MSE along teacher trajectories, image PSNR and, for the toy world, checker accuracy.",
     )
-    evaluation.add_argument("--pipeline", required=True, help="pipeline id or folder, or 'toy' for the bundled toy teacher")
+    evaluation.add_argument(
+        "--pipeline", required=True, help="pipeline id or folder, or 'toy' for the bundled toy teacher"
+    )
     evaluation.add_argument("--student", nargs="+", required=True, help="student folders (torch, ONNX or TensorRT)")
-    evaluation.add_argument("--prompts", help="prompt file (txt/json/jsonl/parquet; default: held-out toy or CommonText)")
+    evaluation.add_argument(
+        "--prompts", help="prompt file (txt/json/jsonl/parquet; default: held-out toy or CommonText)"
+    )
     evaluation.add_argument("--num-prompts", type=int, default=64)
-    evaluation.add_argument("--checker", choices=["none", "toy"], default="none", help="score images with the toy checker")
+    evaluation.add_argument(
+        "--checker", choices=["none", "toy"], default="none", help="score images with the toy checker"
+    )
     evaluation.add_argument("--num-inference-steps", type=int)
     evaluation.add_argument("--resolution", type=int)
     evaluation.add_argument("--max-sequence-length", type=int)
@@ -344,28 +402,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="weights, peak memory and latency of the original T5 encoder vs the student's backends",
+        help="weights, peak memory and latency of the original encoder vs the student's backends",
         description="Measure the original encoder and each student backend, each in its own process, side by side; "
                     "with --pipeline-steps also whole generations. Writes results.json, results.md and results.png.",
     )
     source = bench.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pipeline", help="pipeline id or folder whose T5 slot holds the original encoder")
-    source.add_argument("--synthetic", choices=["t5-xxl", "t5-xl", "t5-large", "t5-base", "flux-dev", "sd3", "pixart"],
-                        help="real architecture with random weights (no download): an encoder, or a pipeline with T5-XXL")
+    source.add_argument("--pipeline", help="pipeline id or folder whose encoder slot holds the original encoder")
+    source.add_argument("--synthetic", choices=synthetic_names(), metavar="NAME",
+                        help="real architecture with random weights (no download): a T5 encoder size or a registered "
+                             f"family's published pipeline, its teacher included ({', '.join(synthetic_names())})")
     bench.add_argument("--student", help="saved student folder (default with --synthetic: a random student)")
-    bench.add_argument("--synthetic-student", default="t5-base", help="T5 size of the random student (default: %(default)s)")
-    bench.add_argument("--backends", default="torch,onnx,onnx-int8", help="comma list of torch,onnx,onnx-int8,trt (default: %(default)s)")
+    bench.add_argument(
+        "--synthetic-student", default="t5-base", help="T5 size of the random student (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--backends",
+        default="torch,onnx,onnx-int8",
+        help="comma list of torch,onnx,onnx-int8,trt (default: %(default)s)",
+    )
     bench.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    bench.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="torch dtype (default: %(default)s)")
+    bench.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=["float32", "bfloat16", "float16"],
+        help="torch dtype (default: %(default)s)",
+    )
     bench.add_argument("--seq-len", type=int, default=512, help="tokens per encode (default: %(default)s, FLUX-dev's)")
     bench.add_argument("--batch", type=int, default=1)
     bench.add_argument("--repeats", type=int, default=5, help="timed encodes per variant (default: %(default)s)")
-    bench.add_argument("--original-repeats", type=int, help="timed encodes of the original (a T5-XXL encode takes minutes on a CPU)")
+    bench.add_argument(
+        "--original-repeats", type=int, help="timed encodes of the original (a T5-XXL encode takes minutes on a CPU)"
+    )
     bench.add_argument("--warmup", type=int, default=1)
-    bench.add_argument("--pipeline-steps", type=int, default=0, help=">0: also time whole generations with this many steps")
+    bench.add_argument(
+        "--pipeline-steps", type=int, default=0, help=">0: also time whole generations with this many steps"
+    )
     bench.add_argument("--resolution", type=int, default=1024, help="generation size in px (default: %(default)s)")
     bench.add_argument("--offload", action="store_true", help="also generate with enable_model_cpu_offload (CUDA)")
-    bench.add_argument("--memory-fraction", type=float, help="cap CUDA memory to this fraction (e.g. 24 GB / GPU total)")
+    bench.add_argument(
+        "--memory-fraction", type=float, help="cap CUDA memory to this fraction (e.g. 24 GB / GPU total)"
+    )
     bench.add_argument("--output", default="encoder-shrink-bench", help="results folder (default: %(default)s)")
     bench.set_defaults(func=_bench)
 
@@ -386,10 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileExistsError, OSError, RuntimeError) as error:
+    except EncoderShrinkError as error:
+        # Errors raised on purpose name the problem and the fix in one line; anything else is a bug and keeps its
+        # traceback.
+        if args.verbose:
+            traceback.print_exc()
         print(f"encoder-shrink {args.command}: error: {error}", file=sys.stderr)
         return 2
 

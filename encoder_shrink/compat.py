@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from encoder_shrink.errors import IncompatibleModelError, WrongModelTypeError
 from encoder_shrink.pipelines import PipelineAdapter, adapter_for
 
 logger = logging.getLogger(__name__)
@@ -14,7 +15,8 @@ def check_compatible(pipe: Any, student: Any) -> PipelineAdapter:
     r"""
     Check that `student` can replace the T5 encoder of `pipe`, and return the pipeline's adapter.
 
-    Raises a one-line `ValueError`/`TypeError` when the pipeline family is unsupported, when the student is not an
+    Raises a one-line `IncompatibleModelError` / `WrongModelTypeError` when the pipeline family is unsupported, when
+    the student is not an
     encoder with a config, when its output width is not the width the pipeline's denoiser consumes, or when the
     pipeline's tokenizer produces ids past the student's embedding table. Warns when the student was made for
     another family or with another masking convention.
@@ -31,20 +33,21 @@ def check_compatible(pipe: Any, student: Any) -> PipelineAdapter:
     config = getattr(student, "config", None)
     width = getattr(config, "teacher_dim", None)
     if width is None:
-        raise TypeError(
+        raise WrongModelTypeError(
             f"{type(student).__name__} is not a student encoder (its config has no teacher_dim); "
-            "build one with ShrunkT5EncoderModel.from_t5(...) or load one with ShrunkT5EncoderModel.from_pretrained(...)."
+            "build one with ShrunkT5EncoderModel.from_t5(...) or load one with "
+            "ShrunkT5EncoderModel.from_pretrained(...)."
         )
     expected = adapter.conditioning_width
     if width != expected:
-        raise ValueError(
+        raise IncompatibleModelError(
             f"Student returns {width}-dim embeddings but {type(pipe).__name__}.transformer expects "
             f"{adapter.conditioning_width_key}={expected}; build the student with teacher_dim={expected}."
         )
     tokenizer = adapter.tokenizer
     vocab_size = getattr(config, "vocab_size", None)
     if tokenizer is not None and vocab_size is not None and len(tokenizer) > vocab_size:
-        raise ValueError(
+        raise IncompatibleModelError(
             f"{type(pipe).__name__}.{adapter.tokenizer_slot} has {len(tokenizer)} tokens but the student's embedding "
             f"table has {vocab_size} rows; build the student from a T5 that uses the same tokenizer."
         )

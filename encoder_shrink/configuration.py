@@ -5,6 +5,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import T5Config
 
+from encoder_shrink.errors import InvalidArgumentError
+
 # The paper's projector (arXiv 2503.19897, section 3.2) uses dropout 0.1 between its two linears.
 DEFAULT_PROJECTOR_DROPOUT = 0.1
 # T5-XXL's width, the conditioning width of FLUX.1, SD3/3.5 and PixArt-alpha/sigma.
@@ -29,7 +31,7 @@ class ShrunkT5Config(T5Config):
         projector_dropout (`float`, defaults to 0.1):
             Dropout between the two linears of the projector (active in training mode only).
         pipeline_family (`str`, *optional*):
-            Pipeline family the student was made for (`"flux"`, `"sd3"`, `"pixart-alpha"`, `"pixart-sigma"`).
+            Registered pipeline family the student was made for (`"flux-dev"`, `"sd3"`, `"pixart-sigma"`, ...).
         component (`str`, *optional*):
             The pipeline slot it replaces (`"text_encoder_2"` for FLUX, `"text_encoder_3"` for SD3, ...).
         teacher_name_or_path (`str`, *optional*):
@@ -61,18 +63,21 @@ class ShrunkT5Config(T5Config):
 
     def __post_init__(self, **kwargs):
         if self.teacher_dim <= 0:
-            raise ValueError(f"ShrunkT5Config: teacher_dim must be a positive width, got {self.teacher_dim!r}.")
+            raise InvalidArgumentError(
+                f"ShrunkT5Config: teacher_dim must be a positive width, got {self.teacher_dim!r}."
+            )
         if not 0.0 <= self.projector_dropout < 1.0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"ShrunkT5Config: projector_dropout must be in [0, 1), got {self.projector_dropout!r}."
             )
         if self.max_sequence_length is not None and self.max_sequence_length <= 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "ShrunkT5Config: max_sequence_length must be a positive number of tokens or None, "
                 f"got {self.max_sequence_length!r}."
             )
         if self.component is not None and not self.component.isidentifier():
-            raise ValueError(
-                f"ShrunkT5Config: component must be a pipeline attribute such as 'text_encoder_2', got {self.component!r}."
+            raise InvalidArgumentError(
+                "ShrunkT5Config: component must be a pipeline attribute such as 'text_encoder_2', got "
+                f"{self.component!r}."
             )
         super().__post_init__(**kwargs)

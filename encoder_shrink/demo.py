@@ -116,7 +116,8 @@ def run_drop_in_demo(
 def results_table(results: dict) -> str:
     """A Markdown table of the demo's per-family figures."""
     lines = [
-        "| family | slot | teacher params | student params | student/teacher bytes | held-out rel. MSE before -> after "
+        "| family | slot | teacher params | student params | student/teacher bytes | held-out rel. MSE before -> "
+        "after "
         "| reload identical | finite |",
         "|---|---|---:|---:|---:|---:|---|---|",
     ]

@@ -1,4 +1,4 @@
-"""evaluate: how faithfully students stand in for a pipeline's T5 teacher (denoiser fidelity, image PSNR, toy checker)."""
+"""evaluate: how faithfully students stand in for a pipeline's teacher (denoiser fidelity, image PSNR, toy checker)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from encoder_shrink.compat import check_compatible, swap_text_encoder
+from encoder_shrink.errors import InvalidArgumentError
 from encoder_shrink.fidelity import denoiser_fidelities
 from encoder_shrink.pipelines import adapter_for
 
@@ -25,12 +26,13 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], num_inference_st
     Example:
 
     ```python
-    >>> generate_images(pipe, ["a red circle"], seeds=[0], num_inference_steps=12, resolution=32).shape  # doctest: +SKIP
+    >>> images = generate_images(pipe, ["a red circle"], [0], num_inference_steps=12, resolution=32)  # doctest: +SKIP
+    >>> images.shape  # doctest: +SKIP
     (1, 32, 32, 3)
     ```
     """
     if len(prompts) != len(seeds):
-        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt.")
+        raise InvalidArgumentError(f"{len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt.")
     if max_sequence_length and "max_sequence_length" in inspect.signature(pipe.__call__).parameters:
         call_kwargs["max_sequence_length"] = max_sequence_length
     images = []
@@ -83,7 +85,7 @@ def evaluate(
     """
     adapter = adapter_for(pipe)
     teacher = adapter.teacher
-    for name, student in students.items():
+    for student in students.values():
         check_compatible(pipe, student)
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     length = max_sequence_length or adapter.max_sequence_length

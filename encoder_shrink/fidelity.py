@@ -1,10 +1,11 @@
-"""Denoiser fidelity: how closely the denoiser's predictions with student embeddings follow those with the teacher's."""
+"""Denoiser fidelity: how closely the denoiser's predictions with student embeddings follow the teacher's."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from encoder_shrink.errors import InvalidArgumentError
 from encoder_shrink.pipelines import PipelineAdapter
 
 
@@ -62,13 +63,14 @@ def denoiser_fidelities(
     Example:
 
     ```python
-    >>> fidelity = denoiser_fidelities(adapter_for(pipe), {"fp32": student, "int8": onnx_student}, prompts)  # doctest: +SKIP
+    >>> students = {"fp32": student, "int8": onnx_student}
+    >>> fidelity = denoiser_fidelities(adapter_for(pipe), students, prompts)  # doctest: +SKIP
     >>> fidelity["int8"]["relative_mse"]  # doctest: +SKIP
     0.034
     ```
     """
     if not students:
-        raise ValueError("denoiser_fidelities got no students; pass a mapping such as {'student': model}.")
+        raise InvalidArgumentError("denoiser_fidelities got no students; pass a mapping such as {'student': model}.")
     length = max_sequence_length or adapter.max_sequence_length
     teacher_rows = teacher_rows or (lambda texts: adapter.encode_teacher(texts, length))
     modes = {name: student.training for name, student in students.items()}

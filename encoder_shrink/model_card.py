@@ -6,7 +6,9 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from encoder_shrink.distill.losses import get_loss
 from encoder_shrink.files import atomic_write_text
+from encoder_shrink.pipelines import get_adapter
 
 
 def write_model_card(folder: str | Path, summary: dict) -> Path:
@@ -22,13 +24,17 @@ def write_model_card(folder: str | Path, summary: dict) -> Path:
     """
     recipe = summary["recipe"]
     losses = list(dict.fromkeys(s.get("loss") or recipe["loss"] for s in recipe["stages"]))
-    names = {"vision": "vision-based step-following", "embedding": "embedding-MSE (baseline)"}
+    family = get_adapter(summary["family"])
+    student_class = family.student_class_name
     before, after = summary["fidelity_before"], summary["fidelity_after"]
     data = ModelCardData(
         library_name="encoder-shrink",
         tags=["text-encoder", "t5", "distillation", "encoder-shrink", summary["family"]],
+        component=family.encoder_slot,
         # A hub id or path; a T5 bundled with the package (package:...) is no model the hub knows.
-        base_model=None if str(recipe.get("student_t5") or "package:").startswith("package:") else recipe["student_t5"],
+        base_model=None
+        if str(recipe.get("student_t5") or "package:").startswith("package:")
+        else recipe["student_t5"],
         teacher=summary["teacher"],
         pipeline=summary["pipeline"],
         pipeline_family=summary["family"],
@@ -38,28 +44,30 @@ def write_model_card(folder: str | Path, summary: dict) -> Path:
         denoiser_relative_mse=round(after["relative_mse"], 6),
         denoiser_relative_mse_initial=round(before["relative_mse"], 6),
     )
+    measured = (f"{after['prompts']} held-out prompts, {after['num_inference_steps']} steps, "
+                f"{after['resolution']} px, guidance {after['guidance_scale']}")
     text = f"""---
 {data.to_yaml()}
 ---
 
-# Student text encoder for {summary['pipeline']} ({summary['family']})
+# Student text encoder for {summary["pipeline"]} ({summary["family"]})
 
-A small T5 encoder with a projector to the teacher's width, distilled from `{summary['teacher']}` with
-encoder-shrink's {' then '.join(names[loss] for loss in losses)} loss.
+A small T5 encoder with a projector to the teacher's width, distilled from `{summary["teacher"]}` with
+encoder-shrink's {" then ".join(get_loss(loss).description for loss in losses)} loss.
 
 | | value |
 |---|---|
-| recipe | `{recipe['name']}` v{recipe['version']} |
-| optimizer steps | {summary['steps']} |
-| student / teacher parameters | {summary['student_parameters']:,} / {summary['teacher_parameters']:,} |
-| held-out denoiser relative MSE | {before['relative_mse']:.4g} before, **{after['relative_mse']:.4g}** after |
-| measured on | {after['prompts']} held-out prompts, {after['num_inference_steps']} steps, {after['resolution']} px, guidance {after['guidance_scale']} |
+| recipe | `{recipe["name"]}` v{recipe["version"]} |
+| optimizer steps | {summary["steps"]} |
+| student / teacher parameters | {summary["student_parameters"]:,} / {summary["teacher_parameters"]:,} |
+| held-out denoiser relative MSE | {before["relative_mse"]:.4g} before, **{after["relative_mse"]:.4g}** after |
+| measured on | {measured} |
 
 ```python
-import encoder_shrink
-from encoder_shrink import ShrunkT5EncoderModel
-student = ShrunkT5EncoderModel.from_pretrained("<this folder or repo>")
-# e.g. FluxPipeline.from_pretrained(teacher, text_encoder_2=student)
+from diffusers import {summary["pipeline"]}
+from encoder_shrink import {student_class}
+student = {student_class}.from_pretrained("<this folder or repo>")
+pipe = {summary["pipeline"]}.from_pretrained("{summary["teacher"]}", {family.encoder_slot}=student)
 ```
 """
     path = Path(folder) / "README.md"

@@ -15,6 +15,7 @@ from encoder_shrink.compat import check_compatible
 from encoder_shrink.data import build_mixture, generate_commontext
 from encoder_shrink.distill.cache import TeacherEmbeddingCache
 from encoder_shrink.distill.loop import distill_loop
+from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError
 from encoder_shrink.fidelity import denoiser_fidelity
 from encoder_shrink.files import atomic_write_text
 from encoder_shrink.model_card import write_model_card
@@ -29,8 +30,8 @@ SUMMARY = "training_summary.json"
 
 class EncoderShrinker:
     r"""
-    Distil the T5 encoder of a FLUX (dev/schnell), SD3/3.5 or PixArt-alpha/sigma pipeline into a small student with
-    the vision-based step-following loss.
+    Distil the text encoder of a pipeline of any registered family (`encoder_shrink.registered_families()`: FLUX
+    dev/schnell, SD3/3.5, PixArt-alpha/sigma, ...) into a small student with the vision-based step-following loss.
 
     Example:
 
@@ -47,8 +48,9 @@ class EncoderShrinker:
         self.pipe = pipe
         self.adapter = adapter_for(pipe)
         if self.adapter.teacher is None:
-            raise ValueError(
-                f"{type(pipe).__name__}.{self.adapter.encoder_slot} is None; load the pipeline with its T5 teacher."
+            raise IncompatibleModelError(
+                f"{type(pipe).__name__}.{self.adapter.encoder_slot} is None; load the pipeline with its teacher "
+                "encoder."
             )
         self.teacher_id = teacher_id or str(getattr(pipe, "name_or_path", None) or type(pipe).__name__)
 
@@ -63,18 +65,22 @@ class EncoderShrinker:
         }
 
     def build_student(self, recipe: str | Recipe) -> ShrunkT5EncoderModel:
-        """The recipe's initial student: its pretrained T5 (or T5 config) with a projector to the pipeline's width."""
+        """
+        The recipe's initial student, of the class the family's slot takes: its pretrained T5 (or T5 config) with a
+        projector to the pipeline's width.
+        """
         recipe = load_recipe(recipe)
         record = self._record(recipe)
         width = self.adapter.conditioning_width
+        student_class = self.adapter.student_class()
         # The projector (and a T5 built from a config) start from random weights: seed them with the recipe's seed so
         # the same recipe gives the same student, whatever the caller's RNG did before.
         with torch.random.fork_rng():
             torch.manual_seed(recipe.seed)
             if recipe.student_t5 is not None:
-                return ShrunkT5EncoderModel.from_t5(resolve_student_t5(recipe.student_t5), teacher_dim=width, **record)
+                return student_class.from_t5(resolve_student_t5(recipe.student_t5), teacher_dim=width, **record)
             fields = {"vocab_size": self.adapter.teacher.config.vocab_size, **recipe.student_config}
-            return ShrunkT5EncoderModel.from_t5(T5Config(**fields), teacher_dim=width, **record)
+            return student_class.from_t5(T5Config(**fields), teacher_dim=width, **record)
 
     def distill(
         self,
@@ -101,12 +107,13 @@ class EncoderShrinker:
             student: start from this student instead of the recipe's (it must fit the pipeline).
             output_dir: where checkpoints, `student/` (weights + model card) and `training_summary.json` go.
             resume: continue from the newest checkpoint in `output_dir`.
-            loss: `None` (the recipe's losses, stage by stage), `"vision"` (step-following, the paper's, in every
-                stage) or `"embedding"` (naive MSE baseline in every stage, for ablations).
+            loss: `None` (the recipe's losses, stage by stage), or a registered loss in every stage: `"vision"`
+                (step-following, the paper's) or `"embedding"` (naive MSE baseline, for ablations).
             eval_prompts: held-out prompts for the fidelity measured before and after (default: generated
                 CommonText validation prompts, or the last prompts of a given list, which are then not trained on).
             cache_dir: persist the teacher's embeddings there (safetensors shards) for reuse across runs.
-            offload_teacher: leave the T5 teacher where it is (e.g. on the CPU after `TeacherEmbeddingCache.precompute`)
+            offload_teacher: leave the teacher encoder where it is (e.g. on the CPU after
+                `TeacherEmbeddingCache.precompute`)
                 instead of moving it to the training device with the rest of the pipeline.
             callback: called as `callback(step, loss)` after every optimizer step.
             overrides: recipe fields, e.g. `max_steps=1000, batch_size=8, learning_rate=5e-5, resolution=1024`.
@@ -117,7 +124,7 @@ class EncoderShrinker:
         recipe = recipe.with_overrides(**overrides, **({"loss": loss} if loss is not None else {}))
         self._check_recipe(recipe)
         if resume and output_dir is None:
-            raise ValueError("resume=True needs the output_dir of the run to continue.")
+            raise InvalidArgumentError("resume=True needs the output_dir of the run to continue.")
         length = recipe.max_sequence_length or self.adapter.max_sequence_length
         if student is None:
             student = self.build_student(recipe)
@@ -155,9 +162,14 @@ class EncoderShrinker:
         student.to(accelerator.device)
         cache = TeacherEmbeddingCache(self.adapter, length, directory=cache_dir, teacher_id=self.teacher_id)
         fidelity_kwargs = dict(
-            max_sequence_length=length, num_inference_steps=recipe.num_inference_steps, resolution=recipe.resolution,
-            guidance_scale=recipe.guidance_scales[len(recipe.guidance_scales) // 2], negative_prompt=recipe.negative_prompt,
-            batch_size=recipe.batch_size, seed=recipe.seed + 10_000, teacher_rows=cache.rows,
+            max_sequence_length=length,
+            num_inference_steps=recipe.num_inference_steps,
+            resolution=recipe.resolution,
+            guidance_scale=recipe.guidance_scales[len(recipe.guidance_scales) // 2],
+            negative_prompt=recipe.negative_prompt,
+            batch_size=recipe.batch_size,
+            seed=recipe.seed + 10_000,
+            teacher_rows=cache.rows,
         )
         before = denoiser_fidelity(self.adapter, student, held_out, **fidelity_kwargs)
         summary = distill_loop(self.adapter, student, recipe, mixture_for_stage, cache, accelerator,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,8 @@ from transformers.models.t5.modeling_t5 import T5PreTrainedModel, T5Stack
 from transformers.utils.generic import can_return_tuple
 
 from encoder_shrink.configuration import NON_FIELD_KEYS, T5_XXL_DIM, ShrunkT5Config
+from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError, WrongModelTypeError
+from encoder_shrink.loading import require_folder_or_hub_id
 from encoder_shrink.reference import REFERENCE_KEY_MAPPING, is_reference_config, reference_to_student_config
 from encoder_shrink.weights import WeightsError, safetensors_files
 
@@ -79,8 +82,10 @@ class ShrunkT5EncoderModel(T5EncoderModel):
     @torch.no_grad()
     def _init_weights(self, module):
         if module is self.final_projection[0] or module is self.final_projection[3]:
-            # Same scale as T5's own feed-forward input (std = fan_in ** -0.5): keeps the projected values O(1).
-            init.normal_(module.weight, mean=0.0, std=self.config.initializer_factor * module.in_features**-0.5)
+            # std = fan_in ** -0.5 keeps the projected values O(1) (T5's final norm makes its output O(1)). Not scaled
+            # by the T5's `initializer_factor`: diffusers' tiny test T5s set it to 0.002, which would make every
+            # student embedding ~1e-9, the same for every prompt.
+            init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
             return
         super()._init_weights(module)
 
@@ -115,7 +120,9 @@ class ShrunkT5EncoderModel(T5EncoderModel):
         # Not while exporting/compiling: comparing a symbolic length would pin the exported sequence axis.
         if tokens is not None and not (torch.compiler.is_exporting() or torch.compiler.is_compiling()):
             self._warn_if_called_differently(tokens.shape[1], attention_mask is not None)
-        outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        outputs = super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        )
         projection = self.final_projection
         embeddings = projection(outputs.last_hidden_state.to(projection[0].weight.dtype))
         return BaseModelOutput(
@@ -129,8 +136,11 @@ class ShrunkT5EncoderModel(T5EncoderModel):
         if expected_length is not None and length != expected_length and "length" not in warned:
             warned.add("length")
             logger.warning(
-                "Student was distilled at %d tokens but is called with %d; pass max_sequence_length=%d to the pipeline.",
-                expected_length, length, expected_length,
+                "Student was distilled at %d tokens but is called with %d; pass max_sequence_length=%d to the "
+                "pipeline.",
+                expected_length,
+                length,
+                expected_length,
             )
         if expected_mask is not None and masked != expected_mask and "mask" not in warned:
             warned.add("mask")
@@ -165,18 +175,21 @@ class ShrunkT5EncoderModel(T5EncoderModel):
         ```
         """
         if isinstance(t5, (str, os.PathLike)):
+            require_folder_or_hub_id(t5, "T5")
             config = AutoConfig.from_pretrained(t5)
             _require_t5_config(config, f"{t5!s} is a {type(config).__name__}")
             if Path(t5).is_dir():
                 safetensors_files(t5)
             t5 = T5EncoderModel.from_pretrained(t5, use_safetensors=True, dtype=torch.float32)
         if isinstance(t5, ShrunkT5EncoderModel) or isinstance(t5, ShrunkT5Config):
-            raise TypeError("from_t5 got a student already; use it as it is, or pass the T5 it was built from.")
+            raise WrongModelTypeError(
+                "from_t5 got a student already; use it as it is, or pass the T5 it was built from."
+            )
         if isinstance(t5, PreTrainedConfig):
             _require_t5_config(t5, f"got a {type(t5).__name__}")
             return cls(_student_config(t5, teacher_dim, config_kwargs))
         if not isinstance(t5, PreTrainedModel) or not hasattr(t5, "get_encoder"):
-            raise TypeError(
+            raise WrongModelTypeError(
                 f"from_t5 expects a T5EncoderModel, a T5Config or a T5 id/path, got {type(t5).__name__}."
             )
         _require_t5_config(t5.config, f"got a {type(t5).__name__}")
@@ -204,8 +217,9 @@ class ShrunkT5EncoderModel(T5EncoderModel):
         ```
         """
         path = pretrained_model_name_or_path
+        require_folder_or_hub_id(path, "student")
         if kwargs.get("use_safetensors") is False:
-            raise ValueError("ShrunkT5EncoderModel loads safetensors only; drop use_safetensors=False.")
+            raise InvalidArgumentError("ShrunkT5EncoderModel loads safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
         local = Path(path) / kwargs.get("subfolder", "")
         if local.is_dir():
@@ -217,7 +231,7 @@ class ShrunkT5EncoderModel(T5EncoderModel):
                 kwargs["config"] = reference_to_student_config(config_dict)
                 kwargs["key_mapping"] = REFERENCE_KEY_MAPPING
             elif config_dict.get("model_type") != ShrunkT5Config.model_type:
-                raise ValueError(
+                raise IncompatibleModelError(
                     f"{path} holds a {config_dict.get('model_type', 'unknown')!r} model, not a student encoder; "
                     "build one with ShrunkT5EncoderModel.from_t5(...)."
                 )
@@ -234,12 +248,24 @@ class ShrunkT5EncoderModel(T5EncoderModel):
             logger.warning("Ignored %d unexpected weights in %s.", len(info["unexpected_keys"]), path)
         return (model, info) if want_info else model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        max_shard_size: int | str = "50GB",
+        variant: str | None = None,
+        safe_serialization: bool = True,
+        **kwargs,
+    ) -> None:
         r"""
-        Write `config.json` and `model.safetensors` (safetensors only) to `save_directory`.
+        Write `config.json` and `model.safetensors` (safetensors only; `model.<variant>.safetensors` with a `variant`,
+        sharded past `max_shard_size`) to `save_directory`.
 
-        Files are written to a temporary folder beside it and then moved in, so an interrupted save never leaves a
-        half-written weight file; weight files of an earlier save that the new one does not have are removed.
+        The arguments diffusers passes when a pipeline with the student inside is saved are named here, because
+        diffusers passes them only to methods whose signature names them (`pipe.save_pretrained(dir, variant="fp16")`
+        then writes the student's variant file like every other component's). Files are written to a temporary folder
+        beside `save_directory` and then moved in, so an interrupted save never leaves a half-written weight file;
+        weight files of an earlier save of the same variant that the new one does not have are removed.
 
         Example:
 
@@ -248,18 +274,25 @@ class ShrunkT5EncoderModel(T5EncoderModel):
         ```
         """
         if kwargs.get("push_to_hub"):
-            raise ValueError("save_pretrained(push_to_hub=True) is not supported here; save, then upload the folder.")
+            raise InvalidArgumentError(
+                "save_pretrained(push_to_hub=True) is not supported here; save, then upload the folder."
+            )
+        if not safe_serialization:
+            raise InvalidArgumentError("students are saved as safetensors only; drop safe_serialization=False.")
+        if not is_main_process:
+            return
         target = Path(save_directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             # Our key names are the canonical format, also for a model loaded from the reference format.
             kwargs["save_original_format"] = False
-            super().save_pretrained(staging, **kwargs)
+            super().save_pretrained(staging, max_shard_size=max_shard_size, variant=variant, **kwargs)
             target.mkdir(exist_ok=True)
             written = {p.name for p in staging.iterdir()}
+            same_variant = _weight_file_pattern(variant)
             for stale in target.iterdir():
-                if stale.name not in written and (stale.suffix == ".safetensors" or stale.name.endswith(".index.json")):
+                if stale.name not in written and same_variant.fullmatch(stale.name):
                     stale.unlink()
             for name in sorted(written):
                 os.replace(staging / name, target / name)
@@ -267,9 +300,15 @@ class ShrunkT5EncoderModel(T5EncoderModel):
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _weight_file_pattern(variant: str | None) -> re.Pattern:
+    """Names transformers gives the weight files (shards, index) of a save with `variant` (or without one)."""
+    tag = rf"\.{re.escape(variant)}" if variant else ""
+    return re.compile(rf"model{tag}(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index{tag}\.json")
+
+
 def _require_t5_config(config: PreTrainedConfig, what: str) -> None:
     if not isinstance(config, T5Config) or config.model_type != "t5":
-        raise TypeError(
+        raise WrongModelTypeError(
             f"from_t5 needs a T5 (model_type 't5': T5, T5 v1.1, FLAN-T5), but {what} "
             f"(model_type {getattr(config, 'model_type', None)!r})."
         )

@@ -1,4 +1,4 @@
-"""Offline builders of tiny FLUX, SD3 and PixArt pipelines and students, for tests, demos and benchmarks."""
+"""Offline builders of tiny pipelines of every registered family, tokenizers and students, for tests and demos."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from encoder_shrink.pipelines import adapter_for
+from encoder_shrink.pipelines import adapter_for, get_adapter, registered_families
 from encoder_shrink.student import ShrunkT5EncoderModel
 
-TINY_FAMILIES = ("flux-dev", "flux-schnell", "sd3", "pixart-alpha", "pixart-sigma")
+# Every registered family has a tiny offline pipeline (its adapter's `tiny_components`).
+TINY_FAMILIES = tuple(registered_families())
 
 # Whole-word pieces for the words the test prompts use most; anything else falls back to single characters,
 # so every prompt (T2I-CompBench, CommonText) tokenizes without <unk> for ASCII text.
@@ -86,7 +87,8 @@ def tiny_student(teacher_dim: int = T5_TINY_DIM, d_model: int = 16, num_layers: 
     return ShrunkT5EncoderModel.from_t5(t5, teacher_dim=teacher_dim, **config).eval()
 
 
-def _clip_text_config():
+def tiny_clip_text_config():
+    """The config of a tiny CLIP text encoder for the tiny CLIP tokenizer."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -104,7 +106,8 @@ def _clip_text_config():
     )
 
 
-def _tiny_vae(latent_channels: int, block_out_channels: tuple[int, ...] = (8,)):
+def tiny_vae(latent_channels: int, block_out_channels: tuple[int, ...] = (8,)):
+    """A one-block `AutoencoderKL` (no downsampling) with FLUX.1's latent shift and scale."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -125,110 +128,15 @@ def _tiny_vae(latent_channels: int, block_out_channels: tuple[int, ...] = (8,)):
 
 def tiny_pipeline_components(family: str, seed: int = 0) -> dict:
     """
-    Random, tiny components of a pipeline of `family` (one of `TINY_FAMILIES`), keyed as the pipeline's
-    constructor expects them.
+    Random, tiny components of a pipeline of the registered `family`, keyed as the pipeline's constructor expects them
+    (the family's `tiny_components`).
     """
-    from diffusers import (
-        DDIMScheduler,
-        FlowMatchEulerDiscreteScheduler,
-        FluxTransformer2DModel,
-        PixArtTransformer2DModel,
-        SD3Transformer2DModel,
-    )
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"Unknown tiny pipeline family {family!r}; choose one of {', '.join(TINY_FAMILIES)}.")
-    torch.manual_seed(seed)
-    if family.startswith("flux"):
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=4,  # 1 latent channel packed 2x2, as FluxPipeline packs latents
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=T5_TINY_DIM,
-            pooled_projection_dim=CLIP_TINY_DIM,
-            guidance_embeds=family == "flux-dev",
-            axes_dims_rope=(4, 4, 8),  # sums to attention_head_dim
-        )
-        return {
-            "transformer": transformer,
-            "text_encoder": CLIPTextModel(_clip_text_config()).eval(),
-            "text_encoder_2": tiny_t5_encoder(seed=seed),
-            "tokenizer": tiny_clip_tokenizer(),
-            "tokenizer_2": tiny_t5_tokenizer(512),
-            "vae": _tiny_vae(latent_channels=1),
-            "scheduler": FlowMatchEulerDiscreteScheduler(),
-        }
-    if family == "sd3":
-        transformer = SD3Transformer2DModel(
-            sample_size=32,
-            patch_size=1,
-            in_channels=4,
-            num_layers=1,
-            attention_head_dim=8,
-            num_attention_heads=4,
-            caption_projection_dim=32,
-            joint_attention_dim=T5_TINY_DIM,  # CLIP-L + CLIP-G (2 x 16) are padded to the T5 width
-            pooled_projection_dim=2 * CLIP_TINY_DIM,  # pooled CLIP-L and CLIP-G, concatenated
-            out_channels=4,
-        )
-        torch.manual_seed(seed + 1)
-        clip_l = CLIPTextModelWithProjection(_clip_text_config()).eval()
-        clip_g = CLIPTextModelWithProjection(_clip_text_config()).eval()
-        return {
-            "transformer": transformer,
-            "text_encoder": clip_l,
-            "text_encoder_2": clip_g,
-            "text_encoder_3": tiny_t5_encoder(seed=seed),
-            "tokenizer": tiny_clip_tokenizer(),
-            "tokenizer_2": tiny_clip_tokenizer(),
-            "tokenizer_3": tiny_t5_tokenizer(256),
-            "vae": _tiny_vae(latent_channels=4),
-            "scheduler": FlowMatchEulerDiscreteScheduler(),
-        }
-    transformer = PixArtTransformer2DModel(
-        sample_size=8,
-        num_layers=2,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=3,
-        caption_channels=T5_TINY_DIM,
-        in_channels=4,
-        cross_attention_dim=24,
-        out_channels=8,  # learned sigma: the pipeline keeps the first 4 channels
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-    )
-    return {
-        "transformer": transformer,
-        "text_encoder": tiny_t5_encoder(seed=seed),
-        "tokenizer": tiny_t5_tokenizer(300 if family == "pixart-sigma" else 120),
-        "vae": _tiny_vae(latent_channels=4),
-        "scheduler": DDIMScheduler(),
-    }
+    return get_adapter(family).tiny_components(seed=seed)
 
 
 def tiny_pipeline_class(family: str):
-    """The diffusers pipeline class of a tiny `family`."""
-    import diffusers
-
-    names = {
-        "flux-dev": "FluxPipeline",
-        "flux-schnell": "FluxPipeline",
-        "sd3": "StableDiffusion3Pipeline",
-        "pixart-alpha": "PixArtAlphaPipeline",
-        "pixart-sigma": "PixArtSigmaPipeline",
-    }
-    if family not in names:
-        raise ValueError(f"Unknown tiny pipeline family {family!r}; choose one of {', '.join(TINY_FAMILIES)}.")
-    return getattr(diffusers, names[family])
+    """The diffusers pipeline class of the registered `family`."""
+    return get_adapter(family).diffusers_pipeline_class()
 
 
 def save_tiny_pipeline(family: str, directory: str | Path, seed: int = 0) -> Path:
@@ -264,17 +172,10 @@ def load_tiny_pipeline(family: str, directory: str | Path, seed: int = 0, **from
 def tiny_call_kwargs(pipe, num_inference_steps: int = 2, seed: int = 0) -> dict:
     """Keyword arguments for a fast, deterministic call of a tiny pipeline (small image, few steps)."""
     adapter = adapter_for(pipe)
-    family = adapter.name
-    kwargs = {
+    return {
         "num_inference_steps": num_inference_steps,
         "max_sequence_length": adapter.max_sequence_length,  # the family's deployment length (schnell: 256)
         "generator": torch.Generator("cpu").manual_seed(seed),
         "output_type": "np",
+        **adapter.tiny_call_kwargs(),
     }
-    if family.startswith("pixart"):
-        # Resolution binning only knows the real sample sizes (256-2048 px); the tiny denoiser works on 8x8 latents.
-        # clean_caption needs beautifulsoup/ftfy, which the tiny prompts do not need.
-        kwargs.update(height=8, width=8, use_resolution_binning=False, clean_caption=False)
-    else:
-        kwargs.update(height=16, width=16)
-    return kwargs

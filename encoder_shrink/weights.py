@@ -8,12 +8,14 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from encoder_shrink.errors import EncoderShrinkError
+
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 # Files that can only be read by unpickling (arbitrary code execution): never loaded, only recognised.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-class WeightsError(ValueError):
+class WeightsError(EncoderShrinkError, ValueError):
     """A model folder whose weights are missing, pickle-only, truncated or incomplete."""
 
 
@@ -56,15 +58,40 @@ def safetensors_files(folder: str | os.PathLike) -> list[Path]:
         if pickles:
             raise WeightsError(
                 f"{folder} holds only pickle weights ({', '.join(pickles)}); encoder-shrink loads safetensors only "
-                "because unpickling can run arbitrary code: convert them to model.safetensors where you trust the file."
+                "because unpickling can run arbitrary code: convert them to model.safetensors where you trust the "
+                "file."
             )
         raise WeightsError(f"{folder} has no model.safetensors; pass a folder written by save_pretrained.")
     for file in files:
-        try:
-            with safe_open(str(file), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as error:
-            raise WeightsError(
-                f"{file} is truncated or not a safetensors file ({error}); copy or download it again."
-            ) from None
+        safetensors_file(file)
     return files
+
+
+def safetensors_file(path: str | os.PathLike) -> Path:
+    """
+    Check that `path` is a complete safetensors file; a missing, pickle or truncated file raises a one-line
+    [`WeightsError`].
+
+    Example:
+
+    ```python
+    >>> safetensors_file("student.safetensors")  # doctest: +SKIP
+    PosixPath('student.safetensors')
+    ```
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist; pass a safetensors file or a folder written by save_pretrained.")
+    if path.suffix in PICKLE_SUFFIXES:
+        raise WeightsError(
+            f"{path} is a pickle file; encoder-shrink loads safetensors only because unpickling can run arbitrary "
+            "code: convert it to safetensors where you trust the file."
+        )
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise WeightsError(
+            f"{path} is truncated or not a safetensors file ({error}); copy or download it again."
+        ) from None
+    return path

@@ -1,4 +1,4 @@
-"""export_onnx: a student (T5 + projector) as one ONNX graph, optionally int8, checked against the torch model."""
+"""The `onnx` export format: a student as one ONNX graph (fp32, fp16 or int8), checked against the torch model."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-
+from encoder_shrink.exporters.formats import export, register_export_format
 from encoder_shrink.exporters.parity import ExportParityError, compare
 from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, OnnxShrunkT5Encoder
+
+from encoder_shrink.errors import InvalidArgumentError
 from encoder_shrink.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,8 @@ MAX_TOKENS = 2048
 # 1/sqrt(d), so int8 noise on q and k goes straight into the softmax). The relative attention bias and the norms are
 # never quantized (only Linear MatMuls and, when selected, the token-embedding Gather are).
 SENSITIVE_GROUPS = ("wo", "embed_tokens", "attention")
-# "Harmless" for a sensitive group left at "auto" (`quantize_wo`, `quantize_embeddings`, `quantize_attention`): with the group in int8 the student's output
+# "Harmless" for a sensitive group left at "auto" (`quantize_wo`, `quantize_embeddings`, `quantize_attention`): with
+# the group in int8 the student's output
 # still keeps 99 % of its direction on every token (the denoiser reads embeddings through attention and linear
 # projections, so direction is what it sees) and its relative L2 error stays within 10 %.
 HARMLESS = {"min_cosine": 0.99, "max_relative_l2": 0.1}
@@ -56,7 +59,9 @@ class _Graph(torch.nn.Module):
 def _token_batches(student, tokenizer, prompts, length: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Token batches for the parity check: real prompts when a tokenizer is known, else seeded random ids."""
     if tokenizer is not None:
-        tokens = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="np")
+        tokens = tokenizer(
+            list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="np"
+        )
         return [(tokens["input_ids"].astype(np.int64), tokens["attention_mask"].astype(np.int64))]
     rng = np.random.default_rng(0)
     ids = rng.integers(3, student.config.vocab_size, size=(len(prompts), length))
@@ -65,18 +70,31 @@ def _token_batches(student, tokenizer, prompts, length: int) -> list[tuple[np.nd
     return [(np.where(mask == 1, ids, 0).astype(np.int64), mask)]
 
 
-def _check(student, session_path: Path, batches, precision: str, masked: bool) -> dict:
-    import onnxruntime as ort
+class _ParityCheck:
+    """The graph against the torch student on the parity batches: `check(graph_file)` -> the worst batch's figures."""
 
-    session = ort.InferenceSession(str(session_path), providers=["CPUExecutionProvider"])
-    results = []
-    for ids, mask in batches:
+    def __init__(self, student, batches, precision: str):
+        self.masked = bool(student.config.use_attention_mask)
+        if not self.masked:
+            # Called as its pipeline calls it: every token attended (the runtime encoders pass an all-ones mask then).
+            batches = [(ids, np.ones_like(mask)) for ids, mask in batches]
+        self.student, self.batches, self.precision = student, batches, precision
         with torch.no_grad():
-            reference = student(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))[0].float().numpy()
-        exported = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        results.append(compare(reference, exported, precision, mask if masked else None))
-    worst = min(results, key=lambda p: p.min_cosine)
-    return worst.to_dict()
+            self.references = [
+                student(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask) if self.masked else None)[0]
+                .float().numpy()
+                for ids, mask in batches
+            ]
+
+    def check(self, graph_file: Path) -> dict:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(graph_file), providers=["CPUExecutionProvider"])
+        results = []
+        for (ids, mask), reference in zip(self.batches, self.references, strict=True):
+            exported = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            results.append(compare(reference, exported, self.precision, mask if self.masked else None))
+        return min(results, key=lambda p: p.min_cosine).to_dict()
 
 
 def _scope(node) -> list[str]:
@@ -136,17 +154,12 @@ def _to_fp16(model):
     return converted
 
 
-def _denoiser_error(adapter, student, graph_file: Path, folder: Path, prompts, length: int, resolution: int,
-                    steps: int) -> dict:
-    """Relative MSE of the denoiser's predictions with exported vs torch-student embeddings, on teacher trajectories."""
-    from encoder_shrink.exporters.runtime import OnnxShrunkT5Encoder
+def _denoiser_error(adapter, student, graph_file: Path, prompts, length: int, resolution: int, steps: int) -> dict:
+    """Relative MSE of the denoiser's predictions with exported vs torch-student embeddings on teacher trajectories."""
     from encoder_shrink.fidelity import denoiser_fidelity
 
-    # A temporary config beside the graph lets the runtime encoder load it as an exported folder would.
-    config = student.config.to_dict()
-    config[EXPORT_KEY] = {"format": "onnx", "file": graph_file.name}
-    atomic_write_text(folder / "config.json", json.dumps(config))
-    exported = OnnxShrunkT5Encoder.from_pretrained(folder, providers=["CPUExecutionProvider"]).to(adapter.device)
+    exported = OnnxShrunkT5Encoder.from_file(graph_file, student.config, providers=["CPUExecutionProvider"])
+    exported.to(adapter.device)
     student = student.to(adapter.device)
 
     def torch_student_rows(texts):
@@ -220,48 +233,236 @@ def _nodes_to_quantize(model, include: dict) -> list[str]:
     return nodes
 
 
-def export_onnx(
-    student,
-    output_dir: str | os.PathLike,
-    int8: str | None = None,
-    fp16: bool = False,
-    tokenizer=None,
-    prompts=DEFAULT_PROMPTS,
-    calibration_prompts=None,
-    max_tokens: int = MAX_TOKENS,
-    quantize_wo: bool | str = "auto",
-    quantize_embeddings: bool | str = "auto",
-    quantize_attention: bool | str = "auto",
-    pipeline=None,
-    resolution: int = 512,
-    denoiser_steps: int = 4,
-    overwrite: bool = False,
-) -> Path:
+@dataclass
+class OnnxExportConfig:
     r"""
-    Export a student to an ONNX folder that [`load_encoder`] loads drop-in, and check it against the torch model.
-
-    The graph takes `input_ids` and `attention_mask` (dynamic batch and sequence up to `max_tokens`) and returns
-    `last_hidden_state` at the teacher's width: T5 and projector in one graph, opset 18. With `int8="dynamic"` the
-    Linear weights are quantized to int8 by ONNX Runtime (T5's sensitive groups only if measured harmless). After the
-    export the graph runs on `prompts` (tokenized with `tokenizer`, or seeded random ids when there is none) next to the torch
-    student at its recorded sequence length; max abs/rel error, relative L2, cosine and NaN/Inf counts go to
-    `export_report.json`, and an export beyond tolerance raises [`ExportParityError`] and writes nothing.
+    Options of the `onnx` export format: the student (T5 + projector) as one ONNX graph (opset 18) taking `input_ids`
+    and `attention_mask` (dynamic batch and sequence up to `max_tokens`) and returning `last_hidden_state` at the
+    teacher's width.
 
     Args:
-        student: a [`ShrunkT5EncoderModel`] or the folder of one (the reference checkpoint format included).
-        output_dir: the folder to create; it must not exist unless `overwrite`.
-        int8: `None` (fp32), `"dynamic"` (int8 weights, activations quantized at run time: fast on CPUs) or
-            `"static"` (a QDQ graph with activation ranges calibrated on `calibration_prompts`: the form TensorRT
+        int8: `None` (no int8), `"dynamic"` (int8 weights, activations quantized at run time: fast on CPUs) or
+            `"static"` (a QDQ graph with activation ranges calibrated on `calibration_prompts`: what TensorRT
             consumes).
-        fp16: fp16 weights and matmuls (for GPUs / TensorRT), with `wo`, the norms and the residual stream kept in
-            fp32 because T5 overflows fp16 there; checked like every export.
-        quantize_wo / quantize_embeddings / quantize_attention: whether int8 also covers the feed-forward output
-            `wo` / the token embeddings / the self-attention q, k, v, o, which T5 is sensitive to. `"auto"` (default)
-            measures it: the group is quantized only if the graph with it stays within `HARMLESS` of the torch student on the parity prompts (the measurements go to
-            the report's `int8.sensitive`); `True` / `False` force it.
-        pipeline: the student's pipeline; its tokenizer is then used for the prompts, and the report adds the
-            denoiser-output relative error the export causes (exported vs torch student embeddings along teacher
-            trajectories of `denoiser_steps` steps at `resolution` px).
+        fp16: fp16 weights and matmuls (for GPUs / TensorRT), with `wo`, the norms, the residual stream and the
+            attention scores kept in fp32 because T5 overflows fp16 there.
+        max_tokens: the longest input the graph accepts.
+        quantize_wo / quantize_embeddings / quantize_attention: whether int8 also covers the feed-forward output `wo`
+            / the token embeddings / the self-attention q, k, v, o, which T5 is sensitive to. `"auto"` (default)
+            measures it: the group is quantized only if the graph with it stays within `HARMLESS` of the torch student
+            on the parity prompts (the measurements go to the report's `int8.sensitive`); `True` / `False` force it.
+        prompts: the parity prompts (tokenized with the pipeline's or given tokenizer; seeded random ids without one).
+        calibration_prompts: for `int8="static"` (default: 32 CommonText validation prompts and the empty prompt).
+        resolution / denoiser_steps: with a pipeline, the report adds the denoiser-output relative error the export
+            causes along teacher trajectories of `denoiser_steps` steps at `resolution` px.
+
+    Example:
+
+    ```python
+    >>> OnnxExportConfig(int8="dynamic").precision
+    'int8-dynamic'
+    ```
+    """
+
+    int8: str | None = None
+    fp16: bool = False
+    max_tokens: int = MAX_TOKENS
+    quantize_wo: bool | str = "auto"
+    quantize_embeddings: bool | str = "auto"
+    quantize_attention: bool | str = "auto"
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    calibration_prompts: tuple[str, ...] | None = None
+    resolution: int = 512
+    denoiser_steps: int = 4
+
+    def __post_init__(self):
+        if self.int8 not in (None, "dynamic", "static"):
+            raise InvalidArgumentError(f"int8={self.int8!r} is not supported; use None, 'dynamic' or 'static'.")
+        if self.int8 and self.fp16:
+            raise InvalidArgumentError("choose one of int8 and fp16: int8 weights are for CPUs, fp16 for GPUs.")
+        for name in ("quantize_wo", "quantize_embeddings", "quantize_attention"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise InvalidArgumentError(
+                    f"{name}={getattr(self, name)!r} is not supported; use 'auto' (quantize if measured harmless), "
+                    "True or False."
+                )
+        if self.max_tokens < 2:
+            raise InvalidArgumentError(f"max_tokens={self.max_tokens!r} must be at least 2.")
+
+    @property
+    def precision(self) -> str:
+        return f"int8-{self.int8}" if self.int8 else "fp16" if self.fp16 else "fp32"
+
+    @property
+    def sensitive_groups(self) -> dict[str, bool | str]:
+        return dict(zip(SENSITIVE_GROUPS, (self.quantize_wo, self.quantize_embeddings, self.quantize_attention),
+                        strict=True))
+
+
+def _export_graph(student, graph_file: Path, max_tokens: int) -> int:
+    """Step 1: the fp32 graph of T5 + projector (external data past the protobuf limit); returns the weight bytes."""
+    example = torch.tensor([[5, 6, 7, 1, 0, 0], [5, 6, 1, 0, 0, 0]])
+    batch = torch.export.Dim("batch")
+    sequence = torch.export.Dim("sequence", min=2, max=max_tokens)
+    previous = student.config._attn_implementation
+    # SDPA's transposed output cannot be re-viewed with symbolic shapes in the exporter; eager is the same math.
+    student.set_attn_implementation("eager")
+    try:
+        program = torch.onnx.export(
+            _Graph(student).eval(), (example, (example != 0).long()), dynamo=True, opset_version=OPSET,
+            input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+            dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
+            verbose=False,
+        )
+    finally:
+        student.set_attn_implementation(previous)
+    weights_bytes = sum(p.numel() * p.element_size() for p in student.parameters())
+    program.save(str(graph_file), external_data=weights_bytes > PROTOBUF_LIMIT)
+    return weights_bytes
+
+
+def _apply_fp16(fp32_file: Path, graph_file: Path, weights_bytes: int) -> dict:
+    """Step 2, fp16: fp16 matmuls with the `FP16_KEPT` regions in fp32."""
+    import onnx
+
+    converted = _to_fp16(onnx.load(str(fp32_file)))
+    onnx.save(converted, str(graph_file), save_as_external_data=weights_bytes / 2 > PROTOBUF_LIMIT)
+    return {"kept_fp32": list(FP16_KEPT)}
+
+
+def _apply_int8(fp32_file: Path, staging: Path, config: OnnxExportConfig, parity: _ParityCheck, calibration,
+                external: bool) -> dict:
+    """
+    Step 2, int8: the Linear weights in int8; each sensitive group left at "auto" is tried on top of what was already
+    accepted (so each is charged only its own error) and kept only if the graph stays within `HARMLESS`.
+    """
+    import onnx
+
+    graph = onnx.load(str(fp32_file), load_external_data=False)
+    requested = config.sensitive_groups
+    chosen = {group: value is True for group, value in requested.items()}
+
+    def build(include: dict, folder: Path) -> list[str]:
+        folder.mkdir(exist_ok=True)
+        nodes = _nodes_to_quantize(graph, include)
+        _quantize(fp32_file, folder / ONNX_FILE, config.int8, nodes, calibration, external)
+        return nodes
+
+    nodes = build(chosen, staging)
+    sensitive = {}
+    automatic = [group for group, value in requested.items() if value == "auto"]
+    current = parity.check(staging / ONNX_FILE) if automatic else None
+    for group in automatic:
+        trial_dir = staging / "trial"
+        trial_nodes = build(dict(chosen, **{group: True}), trial_dir)
+        trial = parity.check(trial_dir / ONNX_FILE)
+        harmless = (trial["passed"] and trial["min_cosine"] >= HARMLESS["min_cosine"]
+                    and trial["relative_l2"] <= HARMLESS["max_relative_l2"])
+        sensitive[group] = {
+            "quantized": harmless, "decided_by": "measurement",
+            "min_cosine": {"fp32_group": current["min_cosine"], "int8_group": trial["min_cosine"]},
+            "relative_l2": {"fp32_group": current["relative_l2"], "int8_group": trial["relative_l2"]},
+            "criterion": dict(HARMLESS),
+        }
+        if harmless:
+            for produced in trial_dir.iterdir():
+                os.replace(produced, staging / produced.name)
+            chosen[group], nodes, current = True, trial_nodes, trial
+        shutil.rmtree(trial_dir)
+    for group, value in requested.items():
+        if value != "auto":
+            sensitive[group] = {"quantized": bool(value), "decided_by": "argument"}
+    kept = ["relative_attention_bias", "norms"] + [g for g in SENSITIVE_GROUPS if not sensitive[g]["quantized"]]
+    return {"quantized_nodes": len(nodes), "kept_fp32": kept, "sensitive": sensitive}
+
+
+def _export_onnx(student, staging: Path, config: OnnxExportConfig, context) -> None:
+    """The `onnx` format's handler: export, precision, verify, package (into `staging`, renamed by `export`)."""
+    length = student.config.max_sequence_length or 128
+    if length > config.max_tokens:
+        raise InvalidArgumentError(
+            f"the student's max_sequence_length {length} exceeds max_tokens={config.max_tokens}; raise max_tokens."
+        )
+    adapter, tokenizer = None, context.tokenizer
+    if context.pipeline is not None:
+        from encoder_shrink.compat import check_compatible
+
+        adapter = check_compatible(context.pipeline, student)
+        tokenizer = tokenizer or adapter.tokenizer
+    parity = _ParityCheck(student, _token_batches(student, tokenizer, config.prompts, length), config.precision)
+    graph_file = staging / ONNX_FILE
+
+    # 1. export the fp32 graph
+    fp32_file = staging / "fp32.onnx" if config.int8 or config.fp16 else graph_file
+    weights_bytes = _export_graph(student, fp32_file, config.max_tokens)
+    # 2. precision
+    report: dict = {}
+    if config.fp16:
+        report["fp16"] = _apply_fp16(fp32_file, graph_file, weights_bytes)
+    elif config.int8:
+        calibration = None
+        if config.int8 == "static":
+            prompts = config.calibration_prompts
+            if prompts is None:
+                from encoder_shrink.data import generate_commontext
+
+                # 32 generated CommonText validation prompts plus the empty prompt, which every CFG pipeline encodes
+                # as its negative and whose activations lie outside the range of ordinary prompts (without: cos 0.96).
+                prompts = generate_commontext(32, split="val") + [""]
+            calibration = _token_batches(student, tokenizer, prompts, length)
+        report["int8"] = _apply_int8(fp32_file, staging, config, parity, calibration,
+                                     external=weights_bytes > PROTOBUF_LIMIT)
+    for leftover in staging.glob("fp32.onnx*"):
+        if fp32_file != graph_file:
+            leftover.unlink()
+    # 3. verify against the torch student (NaN/Inf included); an export beyond tolerance writes nothing
+    checked = parity.check(graph_file)
+    if not checked["passed"]:
+        raise ExportParityError(
+            f"{config.precision} export is not close to the torch student: cosine {checked['min_cosine']:.6f} "
+            f"(needs >= {checked['min_cosine_required']}), relative L2 {checked['relative_l2']:.3g} "
+            f"(allowed {checked['max_relative_l2_allowed']}), NaN {checked['nan']}, Inf {checked['inf']}."
+        )
+    if adapter is not None:
+        report["denoiser"] = _denoiser_error(adapter, student, graph_file, config.prompts, length, config.resolution,
+                                             config.denoiser_steps)
+    # 4. package: the report and config.json with the export record
+    report = {
+        "precision": config.precision, "opset": OPSET, "max_tokens": config.max_tokens,
+        "checked_sequence_length": length,
+        "prompts": "tokenized prompts" if tokenizer is not None else "random token ids (no tokenizer given)",
+        "parity": checked,
+        "bytes": {"onnx": sum(f.stat().st_size for f in staging.iterdir()), "torch_weights": weights_bytes},
+        **report,
+    }
+    atomic_write_text(staging / REPORT, json.dumps(report, indent=2))
+    student_config = student.config.to_dict()
+    student_config[EXPORT_KEY] = {"format": "onnx", "file": ONNX_FILE, "precision": config.precision, "opset": OPSET,
+                                  "max_tokens": config.max_tokens, "parity_cosine": checked["min_cosine"]}
+    atomic_write_text(staging / "config.json", json.dumps(student_config, indent=2))
+    logger.info("ONNX export (%s): %s", config.precision, checked)
+
+
+def _onnx_unavailable() -> str | None:
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+    return f"{', '.join(missing)} not installed (pip install 'encoder-shrink[onnx]')" if missing else None
+
+
+register_export_format(
+    "onnx", OnnxExportConfig, _export_onnx, encoder_class=OnnxShrunkT5Encoder, unavailable=_onnx_unavailable,
+    description="one ONNX graph (fp32, fp16 or int8) run by ONNX Runtime, parity-checked against the torch student",
+)
+
+
+def export_onnx(student, output_dir: str | os.PathLike, int8: str | None = None, fp16: bool = False, tokenizer=None,
+                pipeline=None, overwrite: bool = False, **options) -> Path:
+    r"""
+    Export a student to an ONNX folder that [`load_encoder`] loads drop-in, checked against the torch model:
+    `export(student, output_dir, OnnxExportConfig(int8=..., fp16=..., **options))`. Max abs/rel error, relative L2,
+    cosine and NaN/Inf counts go to `export_report.json`; an export beyond tolerance raises [`ExportParityError`]
+    and writes nothing.
 
     Example:
 
@@ -270,152 +471,10 @@ def export_onnx(
     >>> export_onnx("out/student", "out/student-onnx-int8", int8="dynamic")  # doctest: +SKIP
     ```
     """
-    import onnx
-
-    from encoder_shrink.student import ShrunkT5EncoderModel
-
-    if int8 not in (None, "dynamic", "static"):
-        raise ValueError(f"int8={int8!r} is not supported; use None (fp32), 'dynamic' or 'static'.")
-    if int8 and fp16:
-        raise ValueError("choose one of int8 and fp16: int8 weights are for CPUs, fp16 for GPUs.")
-    arguments = {"quantize_wo": quantize_wo, "quantize_embeddings": quantize_embeddings,
-                 "quantize_attention": quantize_attention}
-    for name, value in arguments.items():
-        if value not in (True, False, "auto"):
-            raise ValueError(f"{name}={value!r} is not supported; use 'auto' (quantize if measured harmless), True or False.")
-    if calibration_prompts is None:
-        from encoder_shrink.data import generate_commontext
-
-        # 32 generated CommonText validation prompts plus the empty prompt, which every CFG pipeline encodes as its
-        # negative and whose activations lie outside the range of ordinary prompts (without it: cosine 0.96).
-        calibration_prompts = generate_commontext(32, split="val") + [""]
-    output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite=True.")
-    source = str(student) if not isinstance(student, torch.nn.Module) else None
-    if source is not None:
-        student = ShrunkT5EncoderModel.from_pretrained(student)
-    student = student.float().eval()
-    length = student.config.max_sequence_length or 128
-    if length > max_tokens:
-        raise ValueError(f"the student's max_sequence_length {length} exceeds max_tokens={max_tokens}.")
-    precision = f"int8-{int8}" if int8 else "fp16" if fp16 else "fp32"
-
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        graph_file = staging / ONNX_FILE
-        fp32_file = staging / "fp32.onnx" if int8 or fp16 else graph_file
-        example = torch.tensor([[5, 6, 7, 1, 0, 0], [5, 6, 1, 0, 0, 0]])
-        batch = torch.export.Dim("batch")
-        sequence = torch.export.Dim("sequence", min=2, max=max_tokens)
-        previous = student.config._attn_implementation
-        # SDPA's transposed output cannot be re-viewed with symbolic shapes in the exporter; eager is the same math.
-        student.set_attn_implementation("eager")
-        try:
-            program = torch.onnx.export(
-                _Graph(student).eval(), (example, (example != 0).long()), dynamo=True, opset_version=OPSET,
-                input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-                dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
-                verbose=False,
-            )
-        finally:
-            student.set_attn_implementation(previous)
-        weights_bytes = sum(p.numel() * p.element_size() for p in student.parameters())
-        program.save(str(fp32_file), external_data=weights_bytes > PROTOBUF_LIMIT)
-
-        if fp16:
-            converted = _to_fp16(onnx.load(str(fp32_file)))
-            onnx.save(converted, str(graph_file), save_as_external_data=weights_bytes / 2 > PROTOBUF_LIMIT)
-            for leftover in staging.glob("fp32.onnx*"):
-                leftover.unlink()
-        adapter = None
-        if pipeline is not None:
-            from encoder_shrink.compat import check_compatible
-
-            adapter = check_compatible(pipeline, student)
-            tokenizer = tokenizer or adapter.tokenizer
-        batches = _token_batches(student, tokenizer, prompts, length)
-        masked = bool(student.config.use_attention_mask)
-        sensitive = {}
-        if int8:
-            graph = onnx.load(str(fp32_file), load_external_data=False)
-            calibration = _token_batches(student, tokenizer, calibration_prompts, length) if int8 == "static" else None
-            external = weights_bytes > PROTOBUF_LIMIT
-            requested = dict(zip(SENSITIVE_GROUPS, arguments.values()))
-            chosen = {group: value is True for group, value in requested.items()}
-
-            def build(include: dict, folder: Path) -> list[str]:
-                folder.mkdir(exist_ok=True)
-                nodes = _nodes_to_quantize(graph, include)
-                _quantize(fp32_file, folder / ONNX_FILE, int8, nodes, calibration, external)
-                return nodes
-
-            nodes = build(chosen, staging)
-            automatic = [group for group, value in requested.items() if value == "auto"]
-            if automatic:
-                current = _check(student, graph_file, batches, precision, masked)
-            for group in automatic:
-                # One group at a time on top of what was already accepted, so each is charged only its own error.
-                trial_dir = staging / "trial"
-                trial_nodes = build(dict(chosen, **{group: True}), trial_dir)
-                trial = _check(student, trial_dir / ONNX_FILE, batches, precision, masked)
-                harmless = (trial["passed"] and trial["min_cosine"] >= HARMLESS["min_cosine"]
-                            and trial["relative_l2"] <= HARMLESS["max_relative_l2"])
-                sensitive[group] = {
-                    "quantized": harmless, "decided_by": "measurement",
-                    "min_cosine": {"fp32_group": current["min_cosine"], "int8_group": trial["min_cosine"]},
-                    "relative_l2": {"fp32_group": current["relative_l2"], "int8_group": trial["relative_l2"]},
-                    "criterion": dict(HARMLESS),
-                }
-                if harmless:
-                    for produced in trial_dir.iterdir():
-                        os.replace(produced, staging / produced.name)
-                    chosen[group], nodes, current = True, trial_nodes, trial
-                shutil.rmtree(trial_dir)
-            for group, value in requested.items():
-                if value != "auto":
-                    sensitive[group] = {"quantized": bool(value), "decided_by": "argument"}
-            for leftover in staging.glob("fp32.onnx*"):
-                leftover.unlink()
-
-        parity = _check(student, graph_file, batches, precision, masked)
-        report = {
-            "precision": precision,
-            "opset": OPSET,
-            "source": source,
-            "max_tokens": max_tokens,
-            "checked_sequence_length": length,
-            "prompts": "tokenized prompts" if tokenizer is not None else "random token ids (no tokenizer given)",
-            "parity": parity,
-            "bytes": {"onnx": sum(f.stat().st_size for f in staging.iterdir()), "torch_weights": weights_bytes},
-        }
-        if int8:
-            kept = ["relative_attention_bias", "norms"] + [g for g in SENSITIVE_GROUPS if not sensitive[g]["quantized"]]
-            report["int8"] = {"quantized_nodes": len(nodes), "kept_fp32": kept, "sensitive": sensitive}
-        if fp16:
-            report["fp16"] = {"kept_fp32": list(FP16_KEPT)}
-        if adapter is not None and parity["passed"]:
-            report["denoiser"] = _denoiser_error(adapter, student, graph_file, staging, prompts, length, resolution,
-                                                 denoiser_steps)
-        atomic_write_text(staging / REPORT, json.dumps(report, indent=2))
-        if not parity["passed"]:
-            raise ExportParityError(
-                f"{precision} export is not close to the torch student: cosine {parity['min_cosine']:.6f} "
-                f"(needs >= {parity['min_cosine_required']}), relative L2 {parity['relative_l2']:.3g} "
-                f"(allowed {parity['max_relative_l2_allowed']}), NaN {parity['nan']}, Inf {parity['inf']}."
-            )
-        config = student.config.to_dict()
-        config[EXPORT_KEY] = {"format": "onnx", "file": ONNX_FILE, "precision": precision, "opset": OPSET,
-                              "max_tokens": max_tokens, "parity_cosine": parity["min_cosine"]}
-        atomic_write_text(staging / "config.json", json.dumps(config, indent=2))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logger.info("Exported %s (%s): %s", output_dir, precision, parity)
-    return output_dir
+    if "prompts" in options:
+        options["prompts"] = tuple(options["prompts"])
+    config = OnnxExportConfig(int8=int8, fp16=fp16, **options)
+    return export(student, output_dir, config, pipeline=pipeline, tokenizer=tokenizer, overwrite=overwrite)
 
 
 def load_report(folder: str | os.PathLike) -> dict:
@@ -423,4 +482,4 @@ def load_report(folder: str | os.PathLike) -> dict:
     return json.loads((Path(folder) / REPORT).read_text())
 
 
-__all__ = ["ExportParityError", "OnnxShrunkT5Encoder", "export_onnx", "load_report"]
+__all__ = ["ExportParityError", "OnnxExportConfig", "OnnxShrunkT5Encoder", "export_onnx", "load_report"]

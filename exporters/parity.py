@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from encoder_shrink.errors import EncoderShrinkError
+
 # Tolerances per precision. fp32 graphs differ from torch only by kernel order; int8 weights cost ~1% of the
 # embedding direction on T5 (measured on the tiny tests' students and on random T5-base-sized weights).
 TOLERANCES = {
@@ -17,7 +19,7 @@ TOLERANCES = {
 }
 
 
-class ExportParityError(RuntimeError):
+class ExportParityError(EncoderShrinkError, RuntimeError):
     """An exported encoder whose outputs are not close enough to the torch student's (or are NaN/Inf)."""
 
 
@@ -64,7 +66,9 @@ def compare(reference: np.ndarray, exported: np.ndarray, precision: str, mask: n
     cosine = (ref * out).sum(-1) / np.maximum(norms, 1e-30) if finite else np.zeros(len(ref))
     relative_l2 = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30)) if finite else float("inf")
     min_cosine = float(cosine.min())
-    passed = nan == 0 and inf == 0 and min_cosine >= tolerance["min_cosine"] and relative_l2 <= tolerance["max_relative_l2"]
+    passed = (
+        nan == 0 and inf == 0 and min_cosine >= tolerance["min_cosine"] and relative_l2 <= tolerance["max_relative_l2"]
+    )
     return Parity(
         precision=precision,
         max_abs_error=float(diff.max()),

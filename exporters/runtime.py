@@ -1,4 +1,4 @@
-"""Runtime encoders for exported students (ONNX Runtime), and `load_encoder`, which picks the right one for a folder."""
+"""Runtime encoders of exported students: the exported-encoder base and the ONNX Runtime encoder."""
 
 from __future__ import annotations
 
@@ -18,38 +18,49 @@ from transformers import PreTrainedModel, T5EncoderModel
 from transformers.modeling_outputs import BaseModelOutput
 
 from encoder_shrink.configuration import ShrunkT5Config
+from encoder_shrink.errors import InputNotFoundError, InvalidArgumentError, WrongModelTypeError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OnnxShrunkT5Encoder", "PreTrainedModel", "load_encoder"]
+__all__ = ["EXPORT_KEY", "REPORT", "ExportedEncoder", "OnnxShrunkT5Encoder", "PreTrainedModel", "read_config"]
 
 EXPORT_KEY = "export"
 REPORT = "export_report.json"
 
 
-class OnnxShrunkT5Encoder(T5EncoderModel):
+def read_config(folder: str | os.PathLike) -> dict:
+    """The `config.json` of a student or export folder, or a one-line error naming what is wrong with it."""
+    config_file = Path(folder) / "config.json"
+    if not Path(folder).exists():
+        raise InputNotFoundError(f"{folder} does not exist; pass a folder written by save_pretrained or "
+                                 "encoder-shrink export.")
+    if not config_file.is_file():
+        raise InvalidArgumentError(f"{folder} is not a student folder (no config.json); pass a folder written by "
+                                   "save_pretrained or encoder-shrink export.")
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise InvalidArgumentError(
+            f"{config_file} is not valid JSON ({error.msg}); re-save or re-export the student."
+        ) from None
+
+
+class ExportedEncoder(T5EncoderModel):
     r"""
-    An exported student run by ONNX Runtime, usable wherever the torch student is: it *is a*
-    [`~transformers.T5EncoderModel`] (so diffusers accepts it in `text_encoder_2=` / `text_encoder_3=` /
-    `text_encoder=` without warnings) but holds no torch weights. It returns torch tensors on the device and in the
-    dtype it was moved to with `.to()` (the ONNX session itself runs where its execution provider runs: CPU, or
-    CUDA with IO binding), so a CPU-resident encoder can feed a denoiser on a GPU.
-
-    Example:
-
-    ```python
-    >>> encoder = load_encoder("out/student-onnx-int8")  # doctest: +SKIP
-    >>> pipe = FluxPipeline.from_pretrained(repo, text_encoder_2=encoder)  # doctest: +SKIP
-    ```
+    Base of the encoders that run an exported student outside torch (ONNX Runtime, TensorRT). Each *is a*
+    [`~transformers.T5EncoderModel`] (so diffusers accepts it in the T5 slot without warnings) but holds no torch
+    weights; it returns torch tensors on the device and in the dtype it was moved to with `.to()`, wherever its
+    runtime runs. Subclasses set `format` and implement `_load` and `_run`.
     """
 
     config_class = ShrunkT5Config
     _no_split_modules: list[str] = []
+    # The `export.format` of the folders this class runs (config.json).
+    format: str
 
-    def __init__(self, config: ShrunkT5Config, session=None, folder: str | os.PathLike | None = None):
-        # No T5 modules are built: the ONNX graph holds the weights.
+    def __init__(self, config: ShrunkT5Config, folder: str | os.PathLike | None = None):
+        # No T5 modules are built: the exported file holds the weights.
         PreTrainedModel.__init__(self, config)
-        self.session = session
         self.folder = Path(folder) if folder is not None else None
         self._target_device = torch.device("cpu")
         self._target_dtype = torch.float32
@@ -67,7 +78,7 @@ class OnnxShrunkT5Encoder(T5EncoderModel):
         return self._target_dtype
 
     def to(self, *args, **kwargs):
-        """Record where (and in which dtype) returned embeddings go; the ONNX session does not move."""
+        """Record where (and in which dtype) returned embeddings go; the runtime itself does not move."""
         device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
         if device is not None:
             self._target_device = torch.device(device)
@@ -76,29 +87,118 @@ class OnnxShrunkT5Encoder(T5EncoderModel):
         return self
 
     def get_input_embeddings(self):
-        raise NotImplementedError("an ONNX encoder has no torch embeddings; use the torch student for that.")
+        raise NotImplementedError(f"a {self.format} encoder has no torch embeddings; use the torch student for that.")
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_hidden_states=None,
                 output_attentions=None, return_dict=None, **kwargs):
         if input_ids is None or inputs_embeds is not None:
-            raise ValueError("the ONNX encoder takes input_ids (inputs_embeds is not part of the exported graph).")
+            raise InvalidArgumentError(
+                f"the {self.format} encoder takes input_ids (inputs_embeds is not part of the export)."
+            )
         limit = self.export_info.get("max_tokens")
         if limit is not None and input_ids.shape[1] > limit:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"sequence of {input_ids.shape[1]} tokens is longer than the exported encoder's {limit}; "
                 f"re-export with a larger max_tokens or pass max_sequence_length<={limit} to the pipeline."
             )
         if attention_mask is None:  # what T5 assumes without a mask: every token counts
             attention_mask = torch.ones_like(input_ids)
-        if self.session.get_providers()[0] == "CUDAExecutionProvider":
-            embeddings = self._run_cuda(input_ids, attention_mask)
-        else:
-            feeds = {"input_ids": input_ids.detach().cpu().numpy().astype(np.int64),
-                     "attention_mask": attention_mask.detach().cpu().numpy().astype(np.int64)}
-            embeddings = torch.from_numpy(self.session.run(None, feeds)[0])
-        embeddings = embeddings.to(device=self._target_device, dtype=self._target_dtype)
+        embeddings = self._run(input_ids, attention_mask).to(device=self._target_device, dtype=self._target_dtype)
         output = BaseModelOutput(last_hidden_state=embeddings)
         return output if return_dict is not False else (embeddings,)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _run")
+
+    @classmethod
+    def from_pretrained(cls, folder, *args, **kwargs) -> ExportedEncoder:
+        r"""
+        Load an exported folder of this class's format. Loading options diffusers passes (`dtype`, ...) set the dtype
+        of the returned embeddings or are ignored; format-specific ones (ONNX `providers`) go to `_load`.
+        """
+        folder = Path(folder)
+        config = read_config(folder)
+        info = config.get(EXPORT_KEY) or {}
+        if info.get("format") != cls.format:
+            raise WrongModelTypeError(
+                f"{folder} is not a {cls.format} export of a student (config.json records "
+                f"{info.get('format') or 'no export'}); load it with encoder_shrink.load_encoder."
+            )
+        if not (folder / info["file"]).is_file():
+            raise InputNotFoundError(f"{folder} is incomplete: {info['file']} is missing; export the student again.")
+        encoder = cls._load(folder, ShrunkT5Config.from_dict(config), info, **kwargs)
+        dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
+        if isinstance(dtype, torch.dtype):
+            encoder.to(dtype)
+        return encoder
+
+    @classmethod
+    def _load(cls, folder: Path, config: ShrunkT5Config, info: dict, **kwargs) -> ExportedEncoder:
+        raise NotImplementedError(f"{cls.__name__} does not implement _load")
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, safe_serialization: bool = True,
+                        variant: str | None = None, max_shard_size=None, **kwargs) -> None:
+        """
+        Copy the exported folder (config, graph or engine, external data, report) to `save_directory`, atomically per
+        file. The arguments diffusers passes when a pipeline is saved (`safe_serialization`, `variant`,
+        `max_shard_size`) are accepted; an export is copied as it is, in its own precision.
+        """
+        if self.folder is None:
+            raise InvalidArgumentError("this encoder was not loaded from a folder; export the student first.")
+        target = Path(save_directory)
+        if not is_main_process or target.resolve() == self.folder.resolve():
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        for file in self.folder.iterdir():
+            if file.is_file():
+                fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=target)
+                os.close(fd)
+                shutil.copyfile(file, tmp)
+                os.replace(tmp, target / file.name)
+
+
+class OnnxShrunkT5Encoder(ExportedEncoder):
+    r"""
+    An exported student run by ONNX Runtime, usable wherever the torch student is. The session runs where its
+    execution provider runs (CPU, or CUDA with IO binding), so a CPU-resident encoder can feed a denoiser on a GPU.
+
+    Example:
+
+    ```python
+    >>> encoder = load_encoder("out/student-onnx-int8")  # doctest: +SKIP
+    >>> pipe = FluxPipeline.from_pretrained(repo, text_encoder_2=encoder)  # doctest: +SKIP
+    ```
+    """
+
+    format = "onnx"
+
+    def __init__(self, config: ShrunkT5Config, session=None, folder: str | os.PathLike | None = None):
+        super().__init__(config, folder=folder)
+        self.session = session
+
+    @classmethod
+    def from_file(cls, graph: str | os.PathLike, config: ShrunkT5Config, providers: list[str] | None = None,
+                  folder: str | os.PathLike | None = None) -> OnnxShrunkT5Encoder:
+        """An encoder running the ONNX graph `graph` (an export's `model.onnx`) for a student with `config`."""
+        import onnxruntime as ort
+
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if (
+                "CUDAExecutionProvider" in available and torch.cuda.is_available()) else ["CPUExecutionProvider"]
+        return cls(config, session=ort.InferenceSession(str(graph), providers=providers), folder=folder)
+
+    @classmethod
+    def _load(cls, folder, config, info, providers: list[str] | None = None, **kwargs) -> OnnxShrunkT5Encoder:
+        """`providers` defaults to CUDA when onnxruntime-gpu and a GPU are present, else CPU."""
+        return cls.from_file(folder / info["file"], config, providers=providers, folder=folder)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.session.get_providers()[0] == "CUDAExecutionProvider":
+            return self._run_cuda(input_ids, attention_mask)
+        feeds = {"input_ids": input_ids.detach().cpu().numpy().astype(np.int64),
+                 "attention_mask": attention_mask.detach().cpu().numpy().astype(np.int64)}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
 
     def _run_cuda(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run on the CUDA execution provider with IO binding: inputs and output stay on the GPU."""
@@ -112,86 +212,3 @@ class OnnxShrunkT5Encoder(T5EncoderModel):
         binding.bind_output("last_hidden_state", "cuda", device.index, np.float32, list(out.shape), out.data_ptr())
         self.session.run_with_iobinding(binding)
         return out
-
-    @classmethod
-    def from_pretrained(cls, folder, *args, providers: list[str] | None = None, **kwargs) -> OnnxShrunkT5Encoder:
-        r"""
-        Load an exported folder (`config.json` with an `export` record, `model.onnx`). `providers` defaults to CUDA
-        when onnxruntime-gpu and a GPU are present, else CPU. Loading options diffusers passes (`dtype`, ...) set the
-        dtype of the returned embeddings or are ignored.
-        """
-        import onnxruntime as ort
-
-        folder = Path(folder)
-        config = _read_config(folder)
-        info = config.get(EXPORT_KEY) or {}
-        if info.get("format") != "onnx":
-            raise ValueError(f"{folder} is not an ONNX export of a student (config.json has no ONNX export record).")
-        model_file = folder / info["file"]
-        if not model_file.is_file():
-            raise ValueError(f"{folder} is incomplete: {info['file']} is missing; export the student again.")
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if (
-                "CUDAExecutionProvider" in available and torch.cuda.is_available()) else ["CPUExecutionProvider"]
-        session = ort.InferenceSession(str(model_file), providers=providers)
-        encoder = cls(ShrunkT5Config.from_dict(config), session=session, folder=folder)
-        dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
-        if isinstance(dtype, torch.dtype):
-            encoder.to(dtype)
-        return encoder
-
-    def save_pretrained(self, save_directory, **kwargs) -> None:
-        """Copy the exported folder (config, graph, external data, report) to `save_directory`, atomically per file."""
-        if self.folder is None:
-            raise ValueError("this encoder was not loaded from a folder; export the student with export_onnx.")
-        target = Path(save_directory)
-        if target.resolve() == self.folder.resolve():
-            return
-        target.mkdir(parents=True, exist_ok=True)
-        for file in self.folder.iterdir():
-            if file.is_file():
-                fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=target)
-                os.close(fd)
-                shutil.copyfile(file, tmp)
-                os.replace(tmp, target / file.name)
-
-
-def _read_config(folder: Path) -> dict:
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{folder} is not a student folder (no config.json); pass a folder written by "
-                         "save_pretrained or encoder-shrink export.")
-    try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_file} is not valid JSON ({error.msg}); re-save or re-export the student.") from None
-
-
-def load_encoder(path: str | os.PathLike, **kwargs):
-    r"""
-    The encoder a folder holds: the torch student (`model.safetensors`, our format or the reference's), an ONNX
-    Runtime encoder or a TensorRT encoder (`encoder-shrink export` folders). Each loads drop-in into a pipeline's T5
-    slot.
-
-    Example:
-
-    ```python
-    >>> from encoder_shrink import load_encoder
-    >>> encoder = load_encoder("out/student-onnx")  # doctest: +SKIP
-    ```
-    """
-    folder = Path(path)
-    config = _read_config(folder)
-    export = config.get(EXPORT_KEY) or {}
-    if export.get("format") == "onnx":
-        return OnnxShrunkT5Encoder.from_pretrained(folder, **kwargs)
-    if export.get("format") == "tensorrt":
-        from encoder_shrink.exporters.tensorrt import TensorRTShrunkT5Encoder
-
-        return TensorRTShrunkT5Encoder.from_pretrained(folder, **kwargs)
-    if export:
-        raise ValueError(f"{folder} holds a {export.get('format')!r} export, which this version cannot run.")
-    from encoder_shrink.student import ShrunkT5EncoderModel
-
-    return ShrunkT5EncoderModel.from_pretrained(folder, **kwargs)

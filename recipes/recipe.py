@@ -1,18 +1,20 @@
-"""Recipe / StageConfig / SourceConfig: a distillation recipe as validated dataclasses, and loading it by name or path."""
+"""Recipe / StageConfig / SourceConfig: a distillation recipe as validated dataclasses, loaded by name or path."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from encoder_shrink.data.sources import registered_prompt_sources
+from encoder_shrink.distill.losses import registered_losses
+from encoder_shrink.errors import EncoderShrinkError
+from encoder_shrink.registry import nearest as _nearest
+
 RECIPES_DIR = Path(__file__).resolve().parent
-SOURCE_KINDS = ("compbench", "commontext", "laion", "prompts")
-LOSSES = ("vision", "embedding")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 # Learning-rate schedules of diffusers.optimization.get_scheduler that need no extra arguments.
 LR_SCHEDULERS = ("linear", "constant", "constant_with_warmup", "cosine")
@@ -46,13 +48,8 @@ def resolve_student_t5(value: str) -> str:
     return str(folder)
 
 
-class RecipeError(ValueError):
+class RecipeError(EncoderShrinkError, ValueError):
     """A recipe file or override that does not validate."""
-
-
-def _nearest(value: str, choices) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def _from_dict(cls, data: Any, where: str):
@@ -73,7 +70,8 @@ class SourceConfig:
 
     Args:
         kind: `"compbench"` (T2I-CompBench txt files), `"commontext"` (generated, or a CommonText json),
-            `"laion"` (a caption file: json, jsonl, parquet or txt) or `"prompts"` (the `prompts` given to distill).
+            `"laion"` (a caption file: json, jsonl, parquet or txt), `"prompts"` (the `prompts` given to distill), or
+            any kind registered with `encoder_shrink.data.register_prompt_source`.
         weight: relative share of the stage's prompts drawn from this source.
         path: local file or folder; `None` means the path must be given at distill time (`prompts={kind: path}`),
             except for `commontext`, which is then generated.
@@ -98,8 +96,11 @@ class SourceConfig:
     limit: int | None = None
 
     def __post_init__(self):
-        if self.kind not in SOURCE_KINDS:
-            raise RecipeError(f"source kind {self.kind!r} is not one of {', '.join(SOURCE_KINDS)}.{_nearest(self.kind, SOURCE_KINDS)}")
+        kinds = registered_prompt_sources()
+        if self.kind not in kinds:
+            raise RecipeError(
+                f"source kind {self.kind!r} is not one of {', '.join(kinds)}.{_nearest(self.kind, kinds)}"
+            )
         if not self.weight > 0:
             raise RecipeError(f"source {self.kind!r}: weight must be > 0, got {self.weight!r}.")
         if self.split not in ("train", "val"):
@@ -133,8 +134,12 @@ class StageConfig:
     def __post_init__(self):
         if self.steps <= 0:
             raise RecipeError(f"stage {self.name!r}: steps must be positive, got {self.steps!r}.")
-        if self.loss is not None and self.loss not in LOSSES:
-            raise RecipeError(f"stage {self.name!r}: loss {self.loss!r} is not one of {', '.join(LOSSES)}.{_nearest(str(self.loss), LOSSES)}")
+        losses = registered_losses()
+        if self.loss is not None and self.loss not in losses:
+            raise RecipeError(
+                f"stage {self.name!r}: loss {self.loss!r} is not one of {', '.join(losses)}."
+                f"{_nearest(self.loss, losses)}"
+            )
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise RecipeError(f"stage {self.name!r}: learning_rate must be positive, got {self.learning_rate!r}.")
         if not self.sources:
@@ -173,8 +178,9 @@ class Recipe:
         checkpoint_every: full-state checkpoint interval in optimizer steps (0: only at the end).
         mixed_precision: `"bf16"` autocast on accelerators (master weights stay fp32); CPU runs use fp32.
         gradient_checkpointing: recompute the frozen denoiser's activations in the backward pass.
-        loss: `"vision"` (the paper's step-following loss) or `"embedding"` (naive baseline), for the stages that do
-            not set their own; overriding it (`with_overrides(loss=...)`) sets it for every stage.
+        loss: `"vision"` (the paper's step-following loss), `"embedding"` (naive baseline) or any registered loss
+            (`encoder_shrink.distill.register_loss`), for the stages that do not set their own; overriding it
+            (`with_overrides(loss=...)`) sets it for every stage.
         seed: seeds latents, guidance and prompt sampling.
         eval_prompt_count: number of held-out prompts for the fidelity measured before and after.
 
@@ -224,10 +230,19 @@ class Recipe:
         if not self.stages:
             raise RecipeError(f"recipe {self.name!r}: needs at least one stage.")
         if self.student_t5 is None and not self.student_config:
-            raise RecipeError(f"recipe {self.name!r}: set student_t5 (a T5 id/path) or student_config (T5Config fields).")
+            raise RecipeError(
+                f"recipe {self.name!r}: set student_t5 (a T5 id/path) or student_config (T5Config fields)."
+            )
         if self.student_t5 is not None:
             resolve_student_t5(self.student_t5)  # a bundled folder that is not there fails now, not after loading
-        positive = ("num_inference_steps", "resolution", "batch_size", "learning_rate", "max_grad_norm", "eval_prompt_count")
+        positive = (
+            "num_inference_steps",
+            "resolution",
+            "batch_size",
+            "learning_rate",
+            "max_grad_norm",
+            "eval_prompt_count",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {getattr(self, name)!r}.")
@@ -236,16 +251,24 @@ class Recipe:
             if value is not None and value <= 0:
                 raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {value!r}.")
         if self.checkpoint_every < 0 or self.lr_warmup_steps < 0 or self.weight_decay < 0:
-            raise RecipeError(f"recipe {self.name!r}: checkpoint_every, lr_warmup_steps and weight_decay must be >= 0.")
+            raise RecipeError(
+                f"recipe {self.name!r}: checkpoint_every, lr_warmup_steps and weight_decay must be >= 0."
+            )
         if not self.guidance_scales or any(g <= 0 for g in self.guidance_scales):
-            raise RecipeError(f"recipe {self.name!r}: guidance_scales must be positive values, got {self.guidance_scales!r}.")
+            raise RecipeError(
+                f"recipe {self.name!r}: guidance_scales must be positive values, got {self.guidance_scales!r}."
+            )
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise RecipeError(f"recipe {self.name!r}: adam_betas must be two values in [0, 1), got {self.adam_betas!r}.")
-        for name, allowed in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISIONS), ("loss", LOSSES)):
+            raise RecipeError(
+                f"recipe {self.name!r}: adam_betas must be two values in [0, 1), got {self.adam_betas!r}."
+            )
+        for name, allowed in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISIONS),
+                              ("loss", registered_losses())):
             value = getattr(self, name)
             if value not in allowed:
                 raise RecipeError(
-                    f"recipe {self.name!r}: {name} {value!r} is not one of {', '.join(allowed)}.{_nearest(str(value), allowed)}"
+                    f"recipe {self.name!r}: {name} {value!r} is not one of {', '.join(allowed)}."
+                    f"{_nearest(str(value), allowed)}"
                 )
 
     @property

@@ -12,7 +12,9 @@ from encoder_shrink import testing
 
 # The published prompt files live beside the repository (../shared/data/distillt5); tests that read them skip
 # when that folder is absent.
-SHARED_DATA = Path(os.environ.get("ENCODER_SHRINK_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "distillt5"))
+SHARED_DATA = Path(
+    os.environ.get("ENCODER_SHRINK_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "distillt5")
+)
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,9 @@ from tests.test_reference import write_reference_checkpoint
 
 
 def test_drop_in_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--drop-in", "--output", str(tmp_path / "demo"), "--families", "flux-dev", "pixart-sigma"]) == 0
+    assert (
+        main(["demo", "--drop-in", "--output", str(tmp_path / "demo"), "--families", "flux-dev", "pixart-sigma"]) == 0
+    )
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(results["families"]) == {"flux-dev", "pixart-sigma"}
     for figures in results["families"].values():
@@ -32,6 +34,7 @@ def test_convert_reference_checkpoint(tmp_path, capsys):
     assert "teacher_dim=64" in capsys.readouterr().out
     assert json.loads((tmp_path / "student" / "config.json").read_text())["model_type"] == "shrunk_t5"
     ShrunkT5EncoderModel.from_pretrained(tmp_path / "student")
+    capsys.readouterr()
     # a second conversion into the same non-empty folder is refused in one line
     assert main(["convert", str(tmp_path / "ref"), "--output", str(tmp_path / "student")]) == 2
     err = capsys.readouterr().err
@@ -68,6 +71,9 @@ def test_distill_writes_student_model_card_summary_and_resumes(tiny_pipeline_dir
     card = ModelCard.load(out / "student" / "README.md")
     assert card.data.teacher == str(tiny_pipeline_dirs["pixart-sigma"])
     assert card.data.pipeline == "PixArtSigmaPipeline" and card.data.recipe == "tiny@v1"
+    # the card's usage comes from the family registry: the pipeline class, the slot and the student class
+    assert "PixArtSigmaPipeline.from_pretrained(" in card.text and "text_encoder=student" in card.text
+    assert "ShrunkT5EncoderModel.from_pretrained(" in card.text and "vision-based step-following" in card.text
     assert card.data.training_steps == 8 and card.data.denoiser_relative_mse >= 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["steps"] == 8 and summary["family"] == "pixart-sigma"
@@ -90,7 +96,7 @@ def test_distill_reports_bad_input_in_one_line(tiny_pipeline_dirs, tmp_path, cap
     assert "missing.txt does not exist" in capsys.readouterr().err
 
 
-def test_export_cli_and_optimum_cli(tmp_path, capsys):
+def test_export_cli(tmp_path, capsys):
     student = tmp_path / "student"
     ShrunkT5EncoderModel.from_t5(testing.tiny_t5_encoder(d_model=16, num_layers=1), teacher_dim=32,
                                  max_sequence_length=32).save_pretrained(student)
@@ -98,14 +104,62 @@ def test_export_cli_and_optimum_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "int8-dynamic" in out and "NaN 0, Inf 0" in out
     assert main(["export", str(student), "--output", str(tmp_path / "x")]) == 2
-    assert "choose an export format: --onnx" in capsys.readouterr().err
+    assert "choose an export format: --format NAME" in capsys.readouterr().err
     assert main(["export", str(student), "--onnx", "--output", str(tmp_path / "int8")]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+    # an option of another format is refused in one line, before anything is written
+    assert (
+        main(["export", str(student), "--format", "distillt5", "--int8", "dynamic", "--output", str(tmp_path / "d")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "--int8 does not apply to --format distillt5" in err and err.count("\n") == 1
+    assert not (tmp_path / "d").exists()
+    assert main(["export", str(student), "--format", "onnx", "--trt", "--output", str(tmp_path / "t")]) == 2
+    assert "disagree" in capsys.readouterr().err
 
-    import subprocess
 
-    run = subprocess.run(["optimum-cli", "encoder-shrink", "recipes"], capture_output=True, text=True)
-    assert run.returncode == 0 and "flux-t5base" in run.stdout
+def test_errors_on_purpose_are_one_line_and_verbose_shows_the_traceback(tmp_path, capsys):
+    args = ["convert", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert main(["-v", *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().endswith(err.strip().splitlines()[-1])
+
+
+def test_anything_else_is_a_bug_and_keeps_its_traceback(monkeypatch):
+    from encoder_shrink.recipes import recipe
+
+    def broken():
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(recipe, "available_recipes", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["recipes"])
+
+
+def test_distill_refuses_bad_pipeline_folders_in_one_line(tiny_pipeline_dirs, tmp_path, capsys):
+    import shutil
+
+    index = json.loads((tiny_pipeline_dirs["flux-dev"] / "model_index.json").read_text())
+    (tmp_path / "no-class").mkdir()
+    (tmp_path / "no-class" / "model_index.json").write_text(json.dumps({k: v for k, v in index.items()
+                                                                        if k != "_class_name"}))
+    assert main(["distill", "--pipeline", str(tmp_path / "no-class"), "--recipe", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "names no pipeline class (`_class_name`)" in err
+
+    # a pipeline whose T5 weights are a pickle file is refused before anything is unpickled
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_pipeline_dirs["flux-dev"], pickled)
+    weights = pickled / "text_encoder_2" / "model.safetensors"
+    weights.rename(weights.with_name("pytorch_model.bin"))
+    assert main(["distill", "--pipeline", str(pickled), "--recipe", "tiny", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds only pickle weights (pytorch_model.bin)" in err
+    assert "unsafe" not in err.lower() and not (tmp_path / "o").exists()
 
 
 def test_eval_on_the_toy_teacher(tmp_path, capsys):
@@ -143,9 +197,22 @@ def test_toy_demo_writes_its_report(tmp_path):
         summary = json.loads((tmp_path / "demo" / name / "training_summary.json").read_text())
         recipe = summary["recipe"]
         losses = [stage["loss"] or recipe["loss"] for stage in recipe["stages"]]
-        assert summary["steps"] == 6 and losses == (["embedding", "vision"] if name == "student" else ["embedding"] * 2)
-    assert [s.split(",")[0] for s in results["training"]["student"]] == ["align: embedding loss", "follow: vision loss"]
-    assert [s.split(",")[0] for s in results["training"]["naive"]] == ["align: embedding loss", "follow: embedding loss"]
+        assert summary["steps"] == 6 and losses == (
+            ["embedding", "vision"] if name == "student" else ["embedding"] * 2
+        )
+    assert [s.split(",")[0] for s in results["training"]["student"]] == [
+        "align: embedding loss",
+        "follow: vision loss",
+    ]
+    assert [s.split(",")[0] for s in results["training"]["naive"]] == [
+        "align: embedding loss",
+        "follow: embedding loss",
+    ]
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "| teacher |" in report and "- student: recipe `toy`, align: embedding loss" in report and "| student int8 |" in report and "![grid](grid.png)" in report
+    assert (
+        "| teacher |" in report
+        and "- student: recipe `toy`, align: embedding loss" in report
+        and "| student int8 |" in report
+        and "![grid](grid.png)" in report
+    )
     assert (tmp_path / "demo" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

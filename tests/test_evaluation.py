@@ -29,8 +29,9 @@ def pipe():
 
 def test_evaluate_compares_students_on_the_same_seeds(pipe):
     teacher = pipe.text_encoder_2
-    random_student = ShrunkT5EncoderModel.from_t5(teacher.config.__class__(**{**teacher.config.to_dict(), "d_model": 32,
-                                                  "num_layers": 1}), teacher_dim=128).eval()
+    random_student = ShrunkT5EncoderModel.from_t5(
+        teacher.config.__class__(**{**teacher.config.to_dict(), "d_model": 32, "num_layers": 1}), teacher_dim=128
+    ).eval()
     # a "student" that is the teacher's own T5 behind an exact projector: same embeddings, same images
     copy = ShrunkT5EncoderModel.from_t5(teacher, teacher_dim=128).eval()
     with torch.no_grad():
@@ -43,7 +44,9 @@ def test_evaluate_compares_students_on_the_same_seeds(pipe):
     assert set(results["images"]) == {"teacher", "random", "copy"}
     # ReLU(teacher) != teacher, so "copy" is close but not identical; the random student is far
     assert results["students"]["copy"]["psnr_db"] > results["students"]["random"]["psnr_db"]
-    assert results["students"]["copy"]["denoiser_relative_mse"] < results["students"]["random"]["denoiser_relative_mse"]
+    assert (
+        results["students"]["copy"]["denoiser_relative_mse"] < results["students"]["random"]["denoiser_relative_mse"]
+    )
     for figures in [results["teacher"]] + list(results["students"].values()):
         assert set(figures["checker"]) >= {"overall", "colour", "shape", "count", "position", "text", "prompts"}
         assert figures["checker"]["prompts"] == 4

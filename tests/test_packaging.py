@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 import encoder_shrink
 
@@ -46,16 +47,34 @@ def test_pyproject_declares_extras_and_script():
     assert project["requires-python"] == ">=3.10"
     assert project["scripts"]["encoder-shrink"] == "encoder_shrink.cli:main"
     core = " ".join(project["dependencies"])
-    for dependency in ("torch", "transformers>=5", "diffusers", "accelerate", "safetensors", "huggingface_hub", "optimum"):
+    for dependency in ("torch", "transformers>=5", "diffusers", "accelerate", "safetensors", "huggingface_hub"):
         assert dependency in core
+    assert "optimum" not in core
     extras = project["optional-dependencies"]
-    assert any(d.startswith("onnxruntime>") for d in extras["onnx"]) and any(d.startswith("onnx>") for d in extras["onnx"])
+    assert any(d.startswith("onnxruntime>") for d in extras["onnx"]) and any(
+        d.startswith("onnx>") for d in extras["onnx"]
+    )
     assert any(d.startswith("onnxruntime-gpu") for d in extras["gpu"])
     assert any(d.startswith("tensorrt") for d in extras["tensorrt"])
     assert not any("gpu" in d or "tensorrt" in d for d in extras["dev"])
 
 
-def test_console_script_help():
+def test_console_script_help_prints_nothing_else():
     out = subprocess.run(["encoder-shrink", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "demo" in out.stdout and "convert" in out.stdout
+    assert out.stderr == ""  # e.g. no "Multiple distributions found for package optimum"
+
+
+def test_nothing_is_installed_into_another_distributions_namespace():
+    """Files of ours under `optimum/` made diffusers take encoder-shrink for optimum-quanto 0.1.0."""
+    from importlib.metadata import distribution
+
+    dist = distribution("encoder-shrink")
+    top_level = set((dist.read_text("top_level.txt") or "").split())
+    files = {f.parts[0] for f in dist.files or [] if len(f.parts) > 1}
+    assert top_level <= {"encoder_shrink"} and "optimum" not in files
+    code = ("import encoder_shrink\nfrom diffusers.utils import import_utils as u\nu._is_package_available('torch')\n"
+            "print(sorted(u._package_map.get('optimum', [])))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "encoder-shrink" not in out.stdout

@@ -186,7 +186,36 @@ def test_resave_removes_stale_shards(tmp_path):
     ShrunkT5EncoderModel.from_pretrained(tmp_path / "s")
 
 
+def test_variant_saves_keep_the_other_variant_and_load(tmp_path):
+    student = _student()
+    student.save_pretrained(tmp_path / "s")
+    student.save_pretrained(tmp_path / "s", variant="fp16")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["config.json", "model.fp16.safetensors",
+                                                                   "model.safetensors"]
+    loaded = ShrunkT5EncoderModel.from_pretrained(tmp_path / "s", variant="fp16").eval()
+    torch.testing.assert_close(loaded(IDS)[0], student.eval()(IDS)[0])
+    with pytest.raises(ValueError, match="safetensors only"):
+        student.save_pretrained(tmp_path / "p", safe_serialization=False)
+
+
 # --- from_t5 ---------------------------------------------------------------------------------------------
+
+
+def test_projector_scale_does_not_follow_the_t5_initializer_factor():
+    """diffusers' tiny test T5s set initializer_factor=0.002: the student must still tell prompts apart."""
+    config = T5Config(vocab_size=100, d_model=16, d_ff=32, d_kv=8, num_heads=2, num_layers=1,
+                      feed_forward_proj="gated-gelu", initializer_factor=0.002)
+    torch.manual_seed(0)
+    student = ShrunkT5EncoderModel.from_t5(config, teacher_dim=64).eval()
+    with torch.no_grad():
+        t5_out = student.encoder(IDS).last_hidden_state  # the T5's own scale (its final norm starts at the factor)
+        out = student(IDS)[0]
+    # the projector keeps that scale (before: a further factor of 0.002, ~1e-6 here and ~1e-9 in diffusers' tests)
+    assert 0.1 < out.std() / t5_out.std() < 10
+    assert (out[0, 0] - out[1, 0]).abs().max() > 0.1 * out.std()  # different tokens, different embeddings
+    for linear in (student.final_projection[0], student.final_projection[3]):
+        assert abs(linear.weight.std().item() * linear.in_features**0.5 - 1) < 0.1
+
 
 
 def test_from_t5_keeps_the_t5_weights():
@@ -232,7 +261,7 @@ def test_from_t5_config_and_path(tmp_path):
     ],
 )
 def test_from_t5_refuses_non_t5(bad, message, tmp_path):
-    clip = CLIPTextModel(testing._clip_text_config())
+    clip = CLIPTextModel(testing.tiny_clip_text_config())
     clip.save_pretrained(tmp_path / "clip")
     arg = {
         "clip-model": clip,
@@ -271,7 +300,9 @@ def test_refuses_missing_weights(tmp_path):
     tensors = load_file(weights)
     del tensors["final_projection.3.weight"]
     save_file(tensors, weights, metadata={"format": "pt"})
-    with pytest.raises(WeightsError, match="1 weights are missing or of the wrong shape \\(final_projection.3.weight\\)"):
+    with pytest.raises(
+        WeightsError, match="1 weights are missing or of the wrong shape \\(final_projection.3.weight\\)"
+    ):
         ShrunkT5EncoderModel.from_pretrained(tmp_path / "s")
 
 

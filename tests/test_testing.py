@@ -47,5 +47,5 @@ def test_tiny_pipeline_is_a_model_folder_that_reloads(family, tiny_pipeline_dirs
 
 
 def test_unknown_family_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="Unknown tiny pipeline family 'flux'; choose one of flux-dev"):
+    with pytest.raises(ValueError, match="Unknown pipeline family 'flux'; registered: flux-dev, flux-schnell"):
         testing.save_tiny_pipeline("flux", tmp_path)

@@ -9,6 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from encoder_shrink.data.readers import PromptFileError, _read_text
+from encoder_shrink.data.sources import register_prompt_source
+from encoder_shrink.errors import InvalidArgumentError
+
+# Size of a generated CommonText set: the paper's 50 k training prompts (1 k for validation).
+COMMONTEXT_SIZES = {"train": 50_000, "val": 1_000}
 
 HUMANS = (
     "man", "woman", "boy", "girl", "child", "chef", "doctor", "nurse", "teacher", "student", "farmer", "pilot",
@@ -67,7 +72,7 @@ def _texts(split: str) -> list[str]:
         return [w for i, w in enumerate(words) if i % VALIDATION_EVERY] + list(PHRASES[:-5])
     if split == "val":
         return [w for i, w in enumerate(words) if not i % VALIDATION_EVERY] + list(PHRASES[-5:])
-    raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
+    raise InvalidArgumentError(f"split must be 'train' or 'val', got {split!r}.")
 
 
 def _article(noun: str) -> str:
@@ -88,7 +93,7 @@ def generate_commontext(n: int, split: str = "train", seed: int = 0) -> list[str
     ```
     """
     if n <= 0:
-        raise ValueError(f"n must be positive, got {n!r}.")
+        raise InvalidArgumentError(f"n must be positive, got {n!r}.")
     texts = _texts(split)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     prompts = []
@@ -116,3 +121,13 @@ def read_commontext(path: str | Path, limit: int | None = None) -> list[str]:
     if not prompts:
         raise PromptFileError(f"{path} holds no prompts.")
     return prompts[:limit] if limit else prompts
+
+
+def _commontext_source(source, path, seed: int) -> list[str]:
+    """A CommonText json file when one is given, else generated prompts (the paper's 50 k / 1 k sizes)."""
+    if path is None:
+        return generate_commontext(source.limit or COMMONTEXT_SIZES[source.split], source.split, seed)
+    return read_commontext(path, source.limit)
+
+
+register_prompt_source("commontext", _commontext_source)

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder_shrink.data.commontext import generate_commontext, read_commontext
-from encoder_shrink.data.readers import COMPBENCH_CATEGORIES, read_captions, read_compbench
-
-# Size of a generated CommonText set: the paper's 50 k training prompts (1 k for validation).
-COMMONTEXT_SIZES = {"train": 50_000, "val": 1_000}
+from encoder_shrink.data.commontext import read_commontext
+from encoder_shrink.data.readers import read_captions
+from encoder_shrink.data.sources import read_source
+from encoder_shrink.errors import InvalidArgumentError
 
 
 @dataclass
@@ -38,7 +37,7 @@ class PromptMixture:
     def __post_init__(self):
         for name, prompts in self.sources.items():
             if not prompts:
-                raise ValueError(f"prompt source {name!r} is empty.")
+                raise InvalidArgumentError(f"prompt source {name!r} is empty.")
         total = sum(self.weights[name] for name in self.sources)
         self._names = list(self.sources)
         self._p = np.array([self.weights[name] / total for name in self._names])
@@ -59,37 +58,6 @@ class PromptMixture:
 PromptsArg = None | str | os.PathLike | Sequence[str] | Mapping[str, "str | os.PathLike | Sequence[str]"]
 
 
-def _read_source(source, given, seed: int) -> list[str]:
-    """Prompts of one recipe source: from the distill call's `prompts` mapping, the recipe's path, or generated."""
-    where = given if given is not None else source.path
-    if where is not None and not isinstance(where, (str, os.PathLike)):
-        prompts = [str(p) for p in where]
-        if not prompts:
-            raise ValueError(f"the prompts given for source {source.kind!r} are empty.")
-        return prompts[: source.limit] if source.limit else prompts
-    if source.kind == "compbench":
-        if where is None:
-            raise ValueError(
-                "source 'compbench' needs the T2I-CompBench folder: pass prompts={'compbench': PATH} "
-                "(or --prompts compbench=PATH)."
-            )
-        return read_compbench(where, source.categories or COMPBENCH_CATEGORIES, source.split, source.limit)
-    if source.kind == "commontext":
-        if where is None:
-            return generate_commontext(source.limit or COMMONTEXT_SIZES[source.split], source.split, seed)
-        return read_commontext(where, source.limit)
-    if source.kind == "laion":
-        if where is None:
-            raise ValueError(
-                "source 'laion' needs a caption file (txt, json, jsonl or parquet): pass prompts={'laion': PATH} "
-                "(or --prompts laion=PATH)."
-            )
-        return read_captions(where, source.limit)
-    if where is None:
-        raise ValueError("source 'prompts' needs the prompts themselves: pass prompts=[...] or prompts={'prompts': PATH}.")
-    return read_captions(where, source.limit)
-
-
 def build_mixture(stage, prompts: PromptsArg = None, seed: int = 0) -> PromptMixture:
     r"""
     The [`PromptMixture`] of a recipe stage. `prompts` may be `None` (the recipe's sources), a list of prompts or one
@@ -102,11 +70,11 @@ def build_mixture(stage, prompts: PromptsArg = None, seed: int = 0) -> PromptMix
         else:
             listed = [str(p) for p in prompts]
         if not listed:
-            raise ValueError("prompts is empty; pass at least one prompt.")
+            raise InvalidArgumentError("prompts is empty; pass at least one prompt.")
         return PromptMixture({"prompts": listed}, {"prompts": 1.0}, seed)
     given = dict(prompts or {})
     sources, weights = {}, {}
     for source in stage.sources:
-        sources[source.kind] = _read_source(source, given.get(source.kind), seed)
+        sources[source.kind] = read_source(source, given.get(source.kind), seed)
         weights[source.kind] = source.weight
     return PromptMixture(sources, weights, seed)

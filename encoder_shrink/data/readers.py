@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from encoder_shrink.data.sources import register_prompt_source, require_path
+from encoder_shrink.errors import EncoderShrinkError
+
 # The paper's semantics training set: T2I-CompBench train split, 700 prompts per category.
 COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy")
 # Column/key names caption files use for the text (LAION parquet: TEXT; others: caption, text, prompt).
 CAPTION_KEYS = ("TEXT", "caption", "text", "prompt")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(EncoderShrinkError, ValueError):
     """A prompt file or folder that is missing, empty or cannot be decoded."""
 
 
@@ -21,7 +24,9 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise PromptFileError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); re-encode it as UTF-8.") from None
+        raise PromptFileError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); re-encode it as UTF-8."
+        ) from None
 
 
 def _lines(path: Path) -> list[str]:
@@ -51,7 +56,9 @@ def read_compbench(path: str | Path, categories=COMPBENCH_CATEGORIES, split: str
         for category in categories:
             file = path / f"{category}_{split}.txt"
             if not file.is_file():
-                raise PromptFileError(f"{path} has no {file.name}; expected T2I-CompBench's {{category}}_{split}.txt files.")
+                raise PromptFileError(
+                    f"{path} has no {file.name}; expected T2I-CompBench's {{category}}_{split}.txt files."
+                )
             prompts += _lines(file)
     else:
         raise PromptFileError(f"T2I-CompBench path {path} does not exist.")
@@ -102,7 +109,9 @@ def read_captions(path: str | Path, limit: int | None = None) -> list[str]:
     elif suffix == ".parquet":
         captions = _read_parquet(path)
     else:
-        raise PromptFileError(f"{path}: unsupported caption file type {suffix!r}; use .txt, .json, .jsonl or .parquet.")
+        raise PromptFileError(
+            f"{path}: unsupported caption file type {suffix!r}; use .txt, .json, .jsonl or .parquet."
+        )
     captions = [c.strip() for c in captions if c and c.strip()]
     if not captions:
         raise PromptFileError(f"{path} holds no captions.")
@@ -123,4 +132,25 @@ def _read_parquet(path: Path) -> list[str]:
     for key in CAPTION_KEYS:
         if key in table.column_names:
             return [c for c in table.column(key).to_pylist() if isinstance(c, str)]
-    raise PromptFileError(f"{path} has no caption column ({', '.join(CAPTION_KEYS)}); it has {', '.join(table.column_names)}.")
+    raise PromptFileError(
+        f"{path} has no caption column ({', '.join(CAPTION_KEYS)}); it has {', '.join(table.column_names)}."
+    )
+
+
+def _compbench_source(source, path, seed: int) -> list[str]:
+    require_path("compbench", path, "the T2I-CompBench folder")
+    return read_compbench(path, source.categories or COMPBENCH_CATEGORIES, source.split, source.limit)
+
+
+def _caption_source(kind: str):
+    def read(source, path, seed: int) -> list[str]:
+        require_path(kind, path, "a caption file (txt, json, jsonl or parquet)")
+        return read_captions(path, source.limit)
+
+    return read
+
+
+register_prompt_source("compbench", _compbench_source)
+# LAION-Aesthetics captions (image quality), and any caption file the user gives as the `prompts` source.
+register_prompt_source("laion", _caption_source("laion"))
+register_prompt_source("prompts", _caption_source("prompts"))

@@ -62,7 +62,8 @@ class TeacherEmbeddingCache:
         self.directory = None
         self._index: dict[str, str] = {}
         if directory is not None:
-            fingerprint = f"{self.teacher_id}|{adapter.name}|{adapter.encoder_slot}|{max_sequence_length}|{adapter.uses_attention_mask}"
+            fingerprint = (f"{self.teacher_id}|{adapter.name}|{adapter.encoder_slot}|{max_sequence_length}|"
+                           f"{adapter.uses_attention_mask}")
             self.directory = Path(directory) / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
             self.directory.mkdir(parents=True, exist_ok=True)
             index = self.directory / INDEX
@@ -138,7 +139,11 @@ class TeacherEmbeddingCache:
             return self._pending[key]
         if key in self._index:
             with safe_open(str(self.directory / self._index[key]), framework="pt") as shard:
-                row = {name.split(".", 1)[1]: shard.get_tensor(name) for name in shard.keys() if name.startswith(key + ".")}
+                row = {
+                    name.split(".", 1)[1]: shard.get_tensor(name)
+                    for name in shard.keys()
+                    if name.startswith(key + ".")
+                }
             self._remember(key, row)
             return row
         return None

@@ -1,10 +1,13 @@
-"""Full training-state checkpoints in safetensors + JSON (student, optimizer, LR schedule, RNG, position)."""
+"""Full training-state checkpoints in safetensors + JSON (student, optimizer, LR schedule, position).
+
+No RNG state is stored: every random draw of the loop is a function of the recipe's seed and the step (see
+`encoder_shrink.distill.loop`), so the step alone restores it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from encoder_shrink.errors import InvalidArgumentError
 from encoder_shrink.files import atomic_write_text
 
 STATE = "state.json"
@@ -49,24 +53,18 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, state: dict, rank: int, is_main: bool,
+def save_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, state: dict, is_main: bool,
                     barrier) -> None:
     r"""
-    Write a checkpoint to `directory`: every process writes its RNG state, the main process the student
-    (save_pretrained), the optimizer, the LR schedule and `state.json` last. Written under `<directory>.tmp` and
-    renamed when complete, so an interrupted save never looks like a checkpoint.
+    Write a checkpoint to `directory` from the main process: the student (save_pretrained), the optimizer, the LR
+    schedule and `state.json` last. Written under `<directory>.tmp` and renamed when complete, so an interrupted (or
+    killed) save never looks like a checkpoint.
     """
-    tmp = directory.with_name(directory.name + ".tmp")
+    barrier()
     if is_main:
+        tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    barrier()
-    save_file({"torch": torch.get_rng_state(), **({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-               if torch.cuda.is_available() else {})}, tmp / f"rng-{rank}.safetensors")
-    version, internal, gauss = random.getstate()
-    atomic_write_text(tmp / f"rng-{rank}.json", json.dumps({"python": [version, list(internal), gauss]}))
-    barrier()
-    if is_main:
         student.save_pretrained(tmp / "student")
         tensors, meta = _optimizer_to_files(optimizer)
         save_file(tensors, tmp / "optimizer.safetensors")
@@ -78,26 +76,23 @@ def save_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, state:
     barrier()
 
 
-def load_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, rank: int) -> dict:
+def load_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, processes: int) -> dict:
     """Restore what `save_checkpoint` wrote into the given objects (weights in place); return `state.json`."""
     from encoder_shrink.student import ShrunkT5EncoderModel
 
+    state = json.loads((directory / STATE).read_text())
+    if state.get("processes", 1) != processes:
+        raise InvalidArgumentError(
+            f"{directory} was written by a run of {state.get('processes', 1)} processes and this one has {processes}; "
+            "resume with the same number of processes (each trains on its own prompts)."
+        )
     saved = ShrunkT5EncoderModel.from_pretrained(directory / "student")
     student.load_state_dict(saved.state_dict())
-    optimizer.load_state_dict(
-        _optimizer_from_files(load_file(directory / "optimizer.safetensors"), json.loads((directory / "optimizer.json").read_text()))
-    )
+    optimizer.load_state_dict(_optimizer_from_files(
+        load_file(directory / "optimizer.safetensors"), json.loads((directory / "optimizer.json").read_text())
+    ))
     lr_scheduler.load_state_dict(json.loads((directory / "lr_scheduler.json").read_text()))
-    rng_file = directory / f"rng-{rank}.safetensors"
-    if not rng_file.is_file():
-        raise ValueError(f"{directory} was written by fewer processes; resume with the same number of processes.")
-    rng = load_file(rng_file)
-    torch.set_rng_state(rng["torch"])
-    if torch.cuda.is_available() and "cuda0" in rng:
-        torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
-    version, internal, gauss = json.loads((directory / f"rng-{rank}.json").read_text())["python"]
-    random.setstate((version, tuple(internal), gauss))
-    return json.loads((directory / STATE).read_text())
+    return state
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -23,6 +22,8 @@ from encoder_shrink.distill.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from encoder_shrink.distill.losses import LossInputs, get_loss
+from encoder_shrink.errors import EncoderShrinkError
 from encoder_shrink.pipelines import PipelineAdapter
 
 logger = logging.getLogger(__name__)
@@ -31,17 +32,13 @@ logger = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 2
 
 
-class DistillationDiverged(FloatingPointError):
+class DistillationDiverged(EncoderShrinkError, FloatingPointError):
     """The loss became NaN or infinite; a checkpoint of the last good state was saved."""
 
 
-def _embedding_loss(student_t5: torch.Tensor, teacher_t5: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Naive baseline: MSE between embeddings, over the tokens the denoiser attends to."""
-    squared = (student_t5.float() - teacher_t5.float()).pow(2)
-    if mask is None:
-        return squared.mean()
-    weights = mask[..., None].to(squared.dtype)
-    return (squared * weights).sum() / (weights.sum() * squared.shape[-1])
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of optimizer step `step` on process `rank`: the student's dropout draws of that step come from it."""
+    return int(np.random.default_rng([seed, step, rank]).integers(2**62))
 
 
 def _stage_scaled(schedule, recipe):
@@ -77,8 +74,10 @@ def distill_loop(
     `"embedding"` (`recipe.loss_at`) the loss is the MSE between the embeddings themselves (the naive baseline), same
     steps and prompts; a stage's own `learning_rate` scales the schedule while it runs.
 
-    Everything random is a function of `(recipe.seed, trajectory, process)` or restored from a checkpoint, so a run
-    that is interrupted and resumed ends with the same weights as one that is not. Returns a summary dict.
+    Every random draw is a function of `(recipe.seed, step or trajectory, process)`: latents, guidance and prompts per
+    trajectory, the student's dropout per optimizer step (seeded inside `torch.random.fork_rng`, so the caller's RNG
+    is left as it was). Two runs of the same recipe give the same bits, and a run that is interrupted (even killed)
+    and resumed from a checkpoint ends with the same weights as one that is not. Returns a summary dict.
     """
     length = recipe.max_sequence_length or adapter.max_sequence_length
     steps_per_trajectory = recipe.num_inference_steps
@@ -110,7 +109,7 @@ def distill_loop(
     step = 0
     if resume and output_dir is not None and (found := latest_checkpoint(output_dir)) is not None:
         step = load_checkpoint(found, student=accelerator.unwrap_model(model), optimizer=optimizer,
-                               lr_scheduler=lr_scheduler, rank=rank)["step"]
+                               lr_scheduler=lr_scheduler, processes=accelerator.num_processes)["step"]
         logger.info("Resumed from %s at step %d.", found, step)
     elif resume:
         logger.info("No checkpoint under %s; starting from step 0.", output_dir)
@@ -119,14 +118,27 @@ def distill_loop(
         if output_dir is None:
             return None
         target = checkpoint_dir(output_dir, at_step)
-        save_checkpoint(target, student=accelerator.unwrap_model(model), optimizer=optimizer, lr_scheduler=lr_scheduler,
-                        state={"step": at_step, "recipe": recipe.name, "loss": recipe.loss, "processes": accelerator.num_processes},
-                        rank=rank, is_main=main, barrier=accelerator.wait_for_everyone)
+        save_checkpoint(
+            target,
+            student=accelerator.unwrap_model(model),
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            state={
+                "step": at_step,
+                "recipe": recipe.name,
+                "loss": recipe.loss,
+                "processes": accelerator.num_processes,
+            },
+            is_main=main,
+            barrier=accelerator.wait_for_everyone,
+        )
         if main:
             prune_checkpoints(output_dir, KEEP_CHECKPOINTS)
         return target
 
     losses: list[float] = []
+    # The RNG streams a step's dropout may draw from: the CPU's, and the current GPU's when there is one.
+    rng_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     started, first_step = time.perf_counter(), step
     progress = tqdm(total=total, initial=step, desc=f"distill ({' then '.join(recipe.losses)})", unit="step",
                     disable=not main)
@@ -143,43 +155,42 @@ def distill_loop(
             texts = adapter.encoder_texts(prompts, recipe.negative_prompt)
             rows = cache.rows(texts)  # the teacher encodes each prompt once, never per step
             input_ids, mask = adapter.tokenize(texts, length)
+            loss_fn = get_loss(recipe.loss_at(trajectory_index * steps_per_trajectory))
             trajectory = None
-            loss_kind = recipe.loss_at(trajectory_index * steps_per_trajectory)
-            if loss_kind == "vision":
+            if loss_fn.uses_denoiser:
                 trajectory = adapter.start_trajectory(len(prompts), stage.resolution or recipe.resolution,
                                                       steps_per_trajectory, generator)
             for i in range(steps_per_trajectory):
                 t = trajectory.timesteps[i] if trajectory is not None else None
                 if i < offset:
-                    # Resuming mid-trajectory: the latents follow the teacher only, so replaying its steps rebuilds them.
-                    with torch.no_grad(), accelerator.autocast():
-                        if trajectory is not None:
-                            adapter.step(trajectory, adapter.predict(trajectory, t, rows["t5"], rows, mask, guidance), t)
-                    continue
-                with accelerator.autocast():
-                    student_t5 = model(input_ids, attention_mask=mask)[0]
+                    # Resuming mid-trajectory: the latents follow the teacher only, so replaying its steps rebuilds
+                    # them.
                     if trajectory is not None:
-                        with torch.no_grad():
-                            teacher_prediction = adapter.predict(trajectory, t, rows["t5"], rows, mask, guidance)
-                        student_prediction = adapter.predict(trajectory, t, student_t5, rows, mask, guidance)
-                        loss = F.mse_loss(student_prediction.float(), teacher_prediction.float())
-                    else:
-                        loss = _embedding_loss(student_t5, rows["t5"], mask)
+                        with torch.no_grad(), accelerator.autocast():
+                            replay = LossInputs(adapter, rows["t5"], rows, mask, trajectory, t, guidance)
+                            adapter.step(trajectory, replay.teacher_prediction(), t)
+                    continue
+                with torch.random.fork_rng(devices=rng_devices):
+                    torch.manual_seed(step_seed(recipe.seed, step, rank))  # this step's dropout, whatever ran before
+                    with accelerator.autocast():
+                        inputs = LossInputs(adapter, model(input_ids, attention_mask=mask)[0], rows, mask, trajectory,
+                                            t, guidance)
+                        loss = loss_fn(inputs)
 
-                # Every process checks every process's loss, so all stop (and checkpoint) together.
-                if not torch.isfinite(accelerator.gather(loss.detach()[None])).all():
-                    saved = save(step)
-                    raise DistillationDiverged(
-                        f"loss became {loss.item()} at step {step}; last good state saved to {saved}. "
-                        "Lower learning_rate or max_grad_norm, or train in bf16/fp32 instead of fp16."
-                    )
-                accelerator.backward(loss)
+                    # Every process checks every process's loss, so all stop (and checkpoint) together.
+                    if not torch.isfinite(accelerator.gather(loss.detach()[None])).all():
+                        saved = save(step)
+                        raise DistillationDiverged(
+                            f"loss became {loss.item()} at step {step}; last good state saved to {saved}. "
+                            "Lower learning_rate or max_grad_norm, or train in bf16/fp32 instead of fp16."
+                        )
+                    accelerator.backward(loss)
                 accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 if trajectory is not None:
-                    adapter.step(trajectory, teacher_prediction, t)
+                    adapter.step(trajectory, inputs.teacher_prediction(), t)
 
                 step += 1
                 losses.append(loss.item())

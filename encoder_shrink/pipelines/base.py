@@ -1,4 +1,4 @@
-"""PipelineAdapter: what encoder-shrink needs to know about one pipeline family, and the registry of families."""
+"""PipelineAdapter: everything encoder-shrink knows about one pipeline family, and the registry of families."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from encoder_shrink.errors import IncompatibleModelError, WrongModelTypeError
+from encoder_shrink.registry import Registry
+
 logger = logging.getLogger(__name__)
+
+FAMILIES: Registry[type[PipelineAdapter]] = Registry("pipeline family")
 
 
 @dataclass
@@ -22,39 +27,96 @@ class Trajectory:
     # Pipeline-specific tensors that stay fixed along the trajectory (FLUX image ids, scheduler step kwargs, ...).
     extras: dict[str, Any] = field(default_factory=dict)
 
-_ADAPTERS: dict[str, type[PipelineAdapter]] = {}
+
+@dataclass(frozen=True)
+class CopiedLogic:
+    r"""
+    Pipeline logic an adapter re-derives instead of calling (a schedule, a private helper's behaviour): where it lives
+    in diffusers and the source lines the adapter follows. The shared test suite reads that source and fails when one
+    of the lines is no longer there, i.e. when diffusers changed what the adapter copies.
+
+    Example:
+
+    ```python
+    >>> CopiedLogic("diffusers.pipelines.flux.pipeline_flux.FluxPipeline.__call__",
+    ...             ("self.scheduler.set_begin_index(0)",)).source.endswith("__call__")
+    True
+    ```
+    """
+
+    source: str
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    r"""
+    The published architecture a family's synthetic pipeline reproduces (`encoder-shrink bench --synthetic NAME`):
+    which checkpoint it is, the parameter count of each component of that checkpoint (a test checks the synthetic
+    build against them on the meta device), and which synthetic encoder is the teacher in the slot.
+
+    Example:
+
+    ```python
+    >>> SyntheticSpec("black-forest-labs/FLUX.1-dev", {"transformer": 11_901_408_320}).parameters["transformer"]
+    11901408320
+    ```
+    """
+
+    checkpoint: str
+    parameters: dict[str, int]
+    # The synthetic encoder (`encoder_shrink.benchmarks.synthetic.T5_CONFIGS`) in the slot: what a student replaces.
+    teacher: str = "t5-xxl"
 
 
 class PipelineAdapter:
     r"""
-    Describes one pipeline family: which slot holds the T5 teacher, its tokenizer, the padded length and mask the
-    pipeline encodes prompts with, and the conditioning width its denoiser expects.
+    One pipeline family: which slot holds the teacher encoder, its tokenizer, the padded length and mask the pipeline
+    encodes prompts with, the conditioning width its denoiser expects, how guidance is applied; how to build the
+    teacher's conditioning, start a trajectory, predict and step exactly as the pipeline does; which student class
+    drops into the slot; tiny offline components for tests; and the published real architecture for benchmarks.
 
-    Subclasses set the class attributes and are registered with [`register_adapter`] next to their definition. An
-    instance wraps one pipeline: `adapter_for(pipe)` picks the family.
+    A family is one file under `encoder_shrink/pipelines/` whose adapter subclass sets the class attributes, implements
+    the hooks and is registered with [`register_adapter`] next to its definition. `adapter_for(pipe)` picks the family
+    of a pipeline and wraps it.
 
     Example:
 
     ```python
     >>> adapter = adapter_for(pipe)  # doctest: +SKIP
-    >>> adapter.name, adapter.encoder_slot, adapter.max_sequence_length
+    >>> adapter.name, adapter.encoder_slot, adapter.max_sequence_length  # doctest: +SKIP
     ('flux-dev', 'text_encoder_2', 512)
     ```
     """
 
     name: ClassVar[str]
+    # The diffusers pipeline class of the family (what its tiny pipeline is built with, what its model card names).
+    pipeline_class: ClassVar[str]
     # Class name of the denoiser (`pipe.transformer`) that identifies the family, derivatives included.
     denoiser_class: ClassVar[str]
     encoder_slot: ClassVar[str]
     tokenizer_slot: ClassVar[str]
-    # Padded prompt length the pipeline encodes at by default, and whether it passes an attention mask to T5.
+    # Padded prompt length the pipeline encodes at by default, and whether it passes an attention mask to its encoder.
     max_sequence_length: ClassVar[int]
     uses_attention_mask: ClassVar[bool]
+    # Why `max_sequence_length` differs from the pipeline's `__call__` default, where it does (checked by the tests).
+    length_note: ClassVar[str] = ""
     # Key of `pipe.transformer.config` holding the width of the text conditioning.
     conditioning_width_key: ClassVar[str]
     # "embedded": a guidance embedding (FLUX-dev); "cfg": classifier-free guidance over a negative prompt
     # (SD3, PixArt); None: no guidance (FLUX-schnell).
     guidance: ClassVar[str | None]
+    # Name of the student class (in `encoder_shrink`) that drops into the slot.
+    student_class_name: ClassVar[str] = "ShrunkT5EncoderModel"
+    # Pipeline logic this adapter re-derives from diffusers; the test suite checks it against the installed source.
+    copied_from: ClassVar[tuple[CopiedLogic, ...]] = ()
+    # The published architecture for `--synthetic`; None if the family has no synthetic pipeline.
+    synthetic: ClassVar[SyntheticSpec | None] = None
+
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "name", "pipeline_class", "denoiser_class", "encoder_slot", "tokenizer_slot", "max_sequence_length",
+        "uses_attention_mask", "conditioning_width_key", "guidance",
+    )
 
     def __init__(self, pipe: Any):
         self.pipe = pipe
@@ -65,9 +127,23 @@ class PipelineAdapter:
         denoiser = getattr(pipe, "transformer", None)
         return type(denoiser).__name__ == cls.denoiser_class and hasattr(pipe, cls.encoder_slot)
 
+    @classmethod
+    def student_class(cls) -> type:
+        """The student class that drops into this family's slot."""
+        import encoder_shrink
+
+        return getattr(encoder_shrink, cls.student_class_name)
+
+    @classmethod
+    def diffusers_pipeline_class(cls) -> type:
+        """The diffusers class `pipeline_class` names."""
+        import diffusers
+
+        return getattr(diffusers, cls.pipeline_class)
+
     @property
     def teacher(self) -> Any:
-        """The encoder in the T5 slot (a T5EncoderModel, or a student already swapped in)."""
+        """The encoder in the slot (the teacher, or a student already swapped in)."""
         return getattr(self.pipe, self.encoder_slot)
 
     @property
@@ -87,12 +163,12 @@ class PipelineAdapter:
     def denoiser(self) -> torch.nn.Module:
         return self.pipe.transformer
 
-    # --- what the distiller calls; each family implements these with the pipeline's own helpers ---------------
+    # --- what the distiller calls -----------------------------------------------------------------------------------
 
     def encoder_texts(self, prompts: list[str], negative_prompt: str = "") -> list[str]:
         """
-        The texts that go through T5 for a batch of prompts, in the order the pipeline batches them: the prompts,
-        preceded by the negative prompt once per prompt for CFG pipelines.
+        The texts that go through the encoder for a batch of prompts, in the order the pipeline batches them: the
+        prompts, preceded by the negative prompt once per prompt for CFG pipelines.
         """
         if self.guidance == "cfg":
             return [negative_prompt] * len(prompts) + list(prompts)
@@ -111,20 +187,44 @@ class PipelineAdapter:
         The teacher's conditioning for `texts`, one row per text: `"t5"` (what the student replaces) and any other
         encoder-independent parts the denoiser needs (CLIP embeddings, pooled vectors).
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement encode_teacher")
 
     def start_trajectory(self, batch_size: int, resolution: int, num_inference_steps: int,
                          generator: torch.Generator) -> Trajectory:
-        """Pure-noise latents and the scheduler's timesteps, prepared as the pipeline prepares them."""
-        raise NotImplementedError
+        """Pure-noise latents and the scheduler's timesteps, prepared as the pipeline's `__call__` prepares them."""
+        # Every pipeline module carries the same `retrieve_timesteps` (diffusers copies it between them).
+        from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
+
+        latents, extras = self.prepare_latents(batch_size, resolution, generator)
+        scheduler = self._scheduler()
+        timesteps, _ = retrieve_timesteps(
+            scheduler,
+            num_inference_steps,
+            self.device,
+            **self.timestep_kwargs(scheduler, num_inference_steps, latents),
+        )
+        if hasattr(scheduler, "set_begin_index"):  # as the pipelines do before their loop (a no-op for the index)
+            scheduler.set_begin_index(0)
+        return Trajectory(latents=latents, timesteps=timesteps, scheduler=scheduler, extras=extras)
+
+    def prepare_latents(self, batch_size: int, resolution: int,
+                        generator: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Pure-noise latents from the pipeline's own `prepare_latents`, and the extras that stay fixed with them."""
+        latents = self.pipe.prepare_latents(batch_size, self.denoiser.config.in_channels, resolution, resolution,
+                                            self.denoiser.dtype, self.device, generator)
+        return latents, {}
+
+    def timestep_kwargs(self, scheduler: Any, num_inference_steps: int, latents: torch.Tensor) -> dict[str, Any]:
+        """Extra arguments of `retrieve_timesteps` (custom sigmas, the resolution-dependent shift `mu`)."""
+        return {}
 
     def predict(self, trajectory: Trajectory, t: torch.Tensor, t5: torch.Tensor, rows: dict[str, torch.Tensor],
                 attention_mask: torch.Tensor | None, guidance_scale: float | None) -> torch.Tensor:
         """
-        The denoiser's prediction at timestep `t` for the current latents, with `t5` as the T5 part of the
+        The denoiser's prediction at timestep `t` for the current latents, with `t5` as the encoder's part of the
         conditioning, guidance applied as the pipeline applies it (this is what the scheduler steps with).
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement predict")
 
     def step(self, trajectory: Trajectory, prediction: torch.Tensor, t: torch.Tensor) -> None:
         """Advance the trajectory's latents along `prediction` with the pipeline's scheduler."""
@@ -132,14 +232,44 @@ class PipelineAdapter:
             prediction, t, trajectory.latents, **trajectory.extras.get("step_kwargs", {}), return_dict=False
         )[0]
 
+    @staticmethod
+    def classifier_free_guidance(prediction: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """`uncond + scale * (cond - uncond)` over a batch whose first half is unconditional, as CFG pipelines do."""
+        uncond, text = prediction.chunk(2)
+        return uncond + guidance_scale * (text - uncond)
+
     def _scheduler(self) -> Any:
         # A private copy: the scheduler is stateful (step index, multistep history) and the pipeline owns its own.
         return copy.deepcopy(self.pipe.scheduler)
 
+    # --- tiny offline pipelines (tests, demos) -----------------------------------------------------------------------
+
+    @classmethod
+    def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
+        """Random, tiny components of a pipeline of this family, keyed as the pipeline's constructor expects them."""
+        raise NotImplementedError(f"{cls.__name__} has no tiny components")
+
+    @classmethod
+    def tiny_call_kwargs(cls) -> dict[str, Any]:
+        """Call arguments the family's tiny pipeline needs besides steps, length, seed and output type (image size)."""
+        return {"height": 16, "width": 16}
+
+    # --- the published architecture (benchmarks) -------------------------------------------------------------------
+
+    @classmethod
+    def synthetic_components(cls, build, text_encoder=None) -> dict[str, Any]:
+        """
+        The components of the published pipeline (`synthetic`) with random weights. `build` is an
+        `encoder_shrink.benchmarks.synthetic.Builder` (meta construction, materialisation, tokenizers, T5, CLIP, VAE);
+        `text_encoder` replaces the teacher in the slot (a student), so the teacher is never built.
+        """
+        raise NotImplementedError(f"{cls.__name__} has no synthetic architecture")
+
 
 def register_adapter(adapter: type[PipelineAdapter]) -> type[PipelineAdapter]:
     """
-    Register a pipeline family; usable as a class decorator. Registering a name twice raises.
+    Register a pipeline family; used as a class decorator next to the adapter's definition. A family that does not set
+    every required attribute, has no tiny components, or whose name is taken raises.
 
     Example:
 
@@ -149,33 +279,50 @@ def register_adapter(adapter: type[PipelineAdapter]) -> type[PipelineAdapter]:
     ...     name = "my-family"
     ```
     """
-    for attribute in ("name", "denoiser_class", "encoder_slot", "tokenizer_slot", "max_sequence_length",
-                      "uses_attention_mask", "conditioning_width_key", "guidance"):
+    if not (isinstance(adapter, type) and issubclass(adapter, PipelineAdapter)):
+        raise WrongModelTypeError(f"register_adapter expects a PipelineAdapter subclass, got {adapter!r}.")
+    for attribute in PipelineAdapter.REQUIRED:
         if not hasattr(adapter, attribute):
-            raise TypeError(f"{adapter.__name__} cannot be registered: it does not set `{attribute}`.")
-    if adapter.name in _ADAPTERS:
-        raise ValueError(
-            f"A pipeline family named {adapter.name!r} is already registered ({_ADAPTERS[adapter.name].__name__})."
+            raise WrongModelTypeError(f"{adapter.__name__} cannot be registered: it does not set `{attribute}`.")
+    for hook in ("encode_teacher", "predict", "tiny_components"):
+        if not _overrides(adapter, hook):
+            raise WrongModelTypeError(f"{adapter.__name__} cannot be registered: it does not implement `{hook}`.")
+    if adapter.synthetic is not None and not _overrides(adapter, "synthetic_components"):
+        raise WrongModelTypeError(
+            f"{adapter.__name__} cannot be registered: it sets `synthetic` but does not implement "
+            "`synthetic_components`."
         )
-    _ADAPTERS[adapter.name] = adapter
-    return adapter
+    return FAMILIES.register(adapter.name, adapter)
+
+
+def _overrides(adapter: type[PipelineAdapter], hook: str) -> bool:
+    """Whether `adapter` implements `hook` rather than inheriting the base's (methods and classmethods alike)."""
+
+    def function(cls):
+        attribute = getattr(cls, hook)
+        return getattr(attribute, "__func__", attribute)
+
+    return function(adapter) is not function(PipelineAdapter)
 
 
 def registered_families() -> list[str]:
     """Names of the registered pipeline families, e.g. `['flux-dev', 'flux-schnell', 'pixart-alpha', ...]`."""
-    return sorted(_ADAPTERS)
+    return FAMILIES.names()
 
 
 def get_adapter(name: str) -> type[PipelineAdapter]:
-    """The registered adapter class of the family `name`; a `ValueError` naming the registered ones otherwise."""
-    if name not in _ADAPTERS:
-        raise ValueError(f"Unknown pipeline family {name!r}; registered: {', '.join(registered_families())}.")
-    return _ADAPTERS[name]
+    """The registered adapter class of family `name`; an `UnknownNameError` naming the registered ones otherwise."""
+    return FAMILIES.get(name)
+
+
+def synthetic_families() -> list[str]:
+    """Names of the registered families that have a synthetic real-architecture pipeline."""
+    return [name for name in FAMILIES.names() if FAMILIES.get(name).synthetic is not None]
 
 
 def adapter_for(pipe: Any) -> PipelineAdapter:
     """
-    The adapter of the family `pipe` belongs to; raises a `ValueError` listing the supported families otherwise.
+    The adapter of the family `pipe` belongs to; raises an `IncompatibleModelError` listing the families otherwise.
 
     Example:
 
@@ -184,10 +331,10 @@ def adapter_for(pipe: Any) -> PipelineAdapter:
     'text_encoder_2'
     ```
     """
-    for adapter in _ADAPTERS.values():
+    for adapter in FAMILIES.values():
         if adapter.matches(pipe):
             return adapter(pipe)
-    raise ValueError(
+    raise IncompatibleModelError(
         f"{type(pipe).__name__} is not a supported pipeline (transformer: "
         f"{type(getattr(pipe, 'transformer', None)).__name__}); supported families: "
         f"{', '.join(registered_families())}."

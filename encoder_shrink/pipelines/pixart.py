@@ -1,4 +1,4 @@
-"""PixArt-alpha and PixArt-sigma adapters: T5 in `text_encoder`, called with an attention mask."""
+"""PixArt-alpha and PixArt-sigma families: T5 in `text_encoder`, called with an attention mask."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from typing import Any
 import torch
 from diffusers.utils import is_bs4_available, is_ftfy_available
 
-from encoder_shrink.pipelines.base import PipelineAdapter, Trajectory, register_adapter
+from encoder_shrink.pipelines.base import CopiedLogic, PipelineAdapter, SyntheticSpec, register_adapter
+from encoder_shrink.pipelines.flux import T5_XXL_PARAMETERS
+
+_ALPHA = "diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha.PixArtAlphaPipeline"
+# The SD VAE (4 latent channels) both PixArt checkpoints ship.
+SD_VAE_PARAMETERS = 83_653_863
 
 
 class _PixArtAdapter(PipelineAdapter):
@@ -18,6 +23,16 @@ class _PixArtAdapter(PipelineAdapter):
     conditioning_width_key = "caption_channels"
     guidance = "cfg"
     sigma: bool
+    copied_from = (
+        CopiedLogic(f"{_ALPHA}.__call__", (
+            "if self.transformer.config.sample_size == 128:",
+            "resolution = torch.tensor([height, width]).repeat(batch_size * num_images_per_prompt, 1)",
+            "aspect_ratio = torch.tensor([float(height / width)]).repeat(batch_size * num_images_per_prompt, 1)",
+            "latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)",
+            "if self.transformer.config.out_channels // 2 == latent_channels: "
+            "noise_pred = noise_pred.chunk(2, dim=1)[0]",
+        )),
+    )
 
     def __init__(self, pipe: Any):
         super().__init__(pipe)
@@ -44,25 +59,18 @@ class _PixArtAdapter(PipelineAdapter):
         t5 = self.teacher(input_ids.to(device), attention_mask=mask.to(device))[0]
         return {"t5": t5.to(self.teacher.dtype)}
 
-    def start_trajectory(self, batch_size, resolution, num_inference_steps, generator) -> Trajectory:
-        # Imported here: loading the pipeline module costs seconds that `import encoder_shrink` should not pay.
-        from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import retrieve_timesteps
-
+    def prepare_latents(self, batch_size, resolution, generator):
+        latents, extras = super().prepare_latents(batch_size, resolution, generator)
         device, dtype = self.device, self.denoiser.dtype
-        latents = self.pipe.prepare_latents(
-            batch_size, self.denoiser.config.in_channels, resolution, resolution, dtype, device, generator
-        )
-        scheduler = self._scheduler()
-        timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, device)
         # eta=0.0 is the pipelines' default (DDIM); the helper keeps only what this scheduler's step accepts.
-        step_kwargs = self.pipe.prepare_extra_step_kwargs(generator, 0.0)
+        extras["step_kwargs"] = self.pipe.prepare_extra_step_kwargs(generator, 0.0)
         added = {"resolution": None, "aspect_ratio": None}
         if not self.sigma and self.denoiser.config.sample_size == 128:
             # PixArt-alpha 1024px micro-conditions, as PixArtAlphaPipeline builds them (CFG doubles the batch).
             size = torch.tensor([[resolution, resolution]] * 2 * batch_size, dtype=dtype, device=device)
             added = {"resolution": size, "aspect_ratio": torch.ones(2 * batch_size, 1, dtype=dtype, device=device)}
-        return Trajectory(latents=latents, timesteps=timesteps, scheduler=scheduler,
-                          extras={"step_kwargs": step_kwargs, "added_cond_kwargs": added})
+        extras["added_cond_kwargs"] = added
+        return latents, extras
 
     def predict(self, trajectory, t, t5, rows, attention_mask, guidance_scale) -> torch.Tensor:
         model_input = trajectory.scheduler.scale_model_input(torch.cat([trajectory.latents] * 2), t)
@@ -75,24 +83,87 @@ class _PixArtAdapter(PipelineAdapter):
             added_cond_kwargs=trajectory.extras["added_cond_kwargs"],
             return_dict=False,
         )[0]
-        uncond, text = prediction.chunk(2)
-        prediction = uncond + guidance_scale * (text - uncond)
+        prediction = self.classifier_free_guidance(prediction, guidance_scale)
         if self.denoiser.config.out_channels // 2 == trajectory.latents.shape[1]:
             prediction = prediction.chunk(2, dim=1)[0]  # learned sigma: the pipeline steps with the mean only
         return prediction
+
+    @classmethod
+    def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
+        from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+
+        from encoder_shrink import testing
+
+        torch.manual_seed(seed)
+        transformer = PixArtTransformer2DModel(
+            sample_size=8,
+            num_layers=2,
+            patch_size=2,
+            attention_head_dim=8,
+            num_attention_heads=3,
+            caption_channels=testing.T5_TINY_DIM,
+            in_channels=4,
+            cross_attention_dim=24,
+            out_channels=8,  # learned sigma: the pipeline keeps the first 4 channels
+            attention_bias=True,
+            activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000,
+            norm_type="ada_norm_single",
+            norm_elementwise_affine=False,
+            norm_eps=1e-6,
+        )
+        return {
+            "transformer": transformer,
+            "text_encoder": testing.tiny_t5_encoder(seed=seed),
+            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
+            "vae": testing.tiny_vae(latent_channels=4),
+            # Both published checkpoints sample with DPM-Solver++ (2nd order) on SD's linear betas.
+            "scheduler": DPMSolverMultistepScheduler(),
+        }
+
+    @classmethod
+    def tiny_call_kwargs(cls) -> dict[str, Any]:
+        # Resolution binning only knows the real sample sizes (256-2048 px); the tiny denoiser works on 8x8 latents.
+        # clean_caption needs beautifulsoup/ftfy, which the tiny prompts do not need.
+        return {"height": 8, "width": 8, "use_resolution_binning": False, "clean_caption": False}
+
+    @classmethod
+    def synthetic_components(cls, build, text_encoder=None) -> dict[str, Any]:
+        from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+
+        transformer = build.empty(lambda: PixArtTransformer2DModel(
+            num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+            cross_attention_dim=1152, sample_size=128, patch_size=2, caption_channels=4096,
+            interpolation_scale=2 if cls.sigma else None, use_additional_conditions=not cls.sigma,
+            norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6))
+        return {
+            "tokenizer": build.t5_tokenizer(),
+            "text_encoder": text_encoder if text_encoder is not None else build.t5(cls.synthetic.teacher),
+            "vae": build.real(build.vae(4, scaling_factor=0.18215), 1), "transformer": build.real(transformer, 3),
+            "scheduler": DPMSolverMultistepScheduler(),
+        }
 
 
 @register_adapter
 class PixArtAlphaAdapter(_PixArtAdapter):
     name = "pixart-alpha"
+    pipeline_class = "PixArtAlphaPipeline"
     sigma = False
     # PixArtAlphaPipeline.__call__'s default max_sequence_length.
     max_sequence_length = 120
+    # PixArt-XL-2-1024-MS ("0.6B"): the PixArt-Sigma transformer plus the resolution and aspect-ratio embedders.
+    synthetic = SyntheticSpec("PixArt-alpha/PixArt-XL-2-1024-MS", {
+        "transformer": 611_349_152, "vae": SD_VAE_PARAMETERS, "text_encoder": T5_XXL_PARAMETERS,
+    })
 
 
 @register_adapter
 class PixArtSigmaAdapter(_PixArtAdapter):
     name = "pixart-sigma"
+    pipeline_class = "PixArtSigmaPipeline"
     sigma = True
     # PixArtSigmaPipeline.__call__'s default max_sequence_length.
     max_sequence_length = 300
+    synthetic = SyntheticSpec("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", {
+        "transformer": 610_856_096, "vae": SD_VAE_PARAMETERS, "text_encoder": T5_XXL_PARAMETERS,
+    })

@@ -1,15 +1,21 @@
-"""Stable Diffusion 3 / 3.5 adapter: T5 in `text_encoder_3`, concatenated with CLIP-L/G along the sequence."""
+"""Stable Diffusion 3 / 3.5 family: T5 in `text_encoder_3`, concatenated with CLIP-L/G along the sequence."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from encoder_shrink.pipelines.base import PipelineAdapter, Trajectory, register_adapter
+from encoder_shrink.pipelines.base import CopiedLogic, PipelineAdapter, SyntheticSpec, register_adapter
+from encoder_shrink.pipelines.flux import FLUX_VAE_PARAMETERS, T5_XXL_PARAMETERS
+
+_SD3 = "diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3.StableDiffusion3Pipeline"
 
 
 @register_adapter
 class SD3Adapter(PipelineAdapter):
     name = "sd3"
+    pipeline_class = "StableDiffusion3Pipeline"
     denoiser_class = "SD3Transformer2DModel"
     encoder_slot = "text_encoder_3"
     tokenizer_slot = "tokenizer_3"
@@ -18,41 +24,57 @@ class SD3Adapter(PipelineAdapter):
     uses_attention_mask = False
     conditioning_width_key = "joint_attention_dim"
     guidance = "cfg"
+    # stabilityai/stable-diffusion-3-medium-diffusers scheduler/scheduler_config.json
+    scheduler_config = {"shift": 3.0}
+    copied_from = (
+        CopiedLogic(f"{_SD3}.encode_prompt", (
+            "clip_prompt_embeds = torch.cat([prompt_embed, prompt_2_embed], dim=-1)",
+            "clip_prompt_embeds = torch.nn.functional.pad(clip_prompt_embeds, "
+            "(0, t5_prompt_embed.shape[-1] - clip_prompt_embeds.shape[-1]))",
+            "prompt_embeds = torch.cat([clip_prompt_embeds, t5_prompt_embed], dim=-2)",
+            "pooled_prompt_embeds = torch.cat([pooled_prompt_embed, pooled_prompt_2_embed], dim=-1)",
+        )),
+        CopiedLogic(f"{_SD3}.__call__", (
+            'if self.scheduler.config.get("use_dynamic_shifting", None) and mu is None:',
+            "image_seq_len = (height // self.transformer.config.patch_size) * (width // "
+            "self.transformer.config.patch_size)",
+            'self.scheduler.config.get("max_shift", 1.16),',
+            "timestep = t.expand(latent_model_input.shape[0])",
+        )),
+    )
+    # stabilityai/stable-diffusion-3-medium: MMDiT 2B, the FLUX-style 16-channel VAE, CLIP-L, CLIP-G and T5-XXL.
+    synthetic = SyntheticSpec("stabilityai/stable-diffusion-3-medium-diffusers", {
+        "transformer": 2_028_328_000, "vae": FLUX_VAE_PARAMETERS, "text_encoder_3": T5_XXL_PARAMETERS,
+    })
 
     @torch.no_grad()
     def encode_teacher(self, texts: list[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
         # Each encoder runs where it is (the teacher may have been offloaded to the CPU); the cache moves rows.
-        t5 = self.pipe._get_t5_prompt_embeds(texts, max_sequence_length=max_sequence_length, device=self.teacher.device)
+        t5 = self.pipe._get_t5_prompt_embeds(
+            texts, max_sequence_length=max_sequence_length, device=self.teacher.device
+        )
         clip_device = self.pipe.text_encoder.device
         clip_l, pooled_l = self.pipe._get_clip_prompt_embeds(texts, device=clip_device, clip_model_index=0)
         clip_g, pooled_g = self.pipe._get_clip_prompt_embeds(texts, device=clip_device, clip_model_index=1)
-        # As StableDiffusion3Pipeline.encode_prompt: CLIP-L and CLIP-G side by side, zero-padded to the T5 width;
-        # they precede the T5 tokens along the sequence.
+        # As StableDiffusion3Pipeline.encode_prompt (copied_from): CLIP-L and CLIP-G side by side, zero-padded to the
+        # T5 width; they precede the T5 tokens along the sequence.
         clip = torch.cat([clip_l, clip_g], dim=-1)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return {"t5": t5, "clip": clip, "pooled": torch.cat([pooled_l, pooled_g], dim=-1)}
 
-    def start_trajectory(self, batch_size, resolution, num_inference_steps, generator) -> Trajectory:
-        # Imported here: loading the pipeline module costs seconds that `import encoder_shrink` should not pay.
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
+    def timestep_kwargs(self, scheduler, num_inference_steps, latents):
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
-        device, dtype = self.device, self.denoiser.dtype
-        latents = self.pipe.prepare_latents(
-            batch_size, self.denoiser.config.in_channels, resolution, resolution, dtype, device, generator
-        )
-        scheduler = self._scheduler()
-        kwargs = {}
-        if scheduler.config.get("use_dynamic_shifting", None):
-            patch = self.denoiser.config.patch_size
-            kwargs["mu"] = calculate_shift(
-                (latents.shape[2] // patch) * (latents.shape[3] // patch),
-                scheduler.config.get("base_image_seq_len", 256),
-                scheduler.config.get("max_image_seq_len", 4096),
-                scheduler.config.get("base_shift", 0.5),
-                scheduler.config.get("max_shift", 1.16),
-            )
-        timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, device, **kwargs)
-        return Trajectory(latents=latents, timesteps=timesteps, scheduler=scheduler)
+        if not scheduler.config.get("use_dynamic_shifting", None):
+            return {}
+        patch = self.denoiser.config.patch_size
+        return {"mu": calculate_shift(
+            (latents.shape[2] // patch) * (latents.shape[3] // patch),
+            scheduler.config.get("base_image_seq_len", 256),
+            scheduler.config.get("max_image_seq_len", 4096),
+            scheduler.config.get("base_shift", 0.5),
+            scheduler.config.get("max_shift", 1.16),
+        )}
 
     def predict(self, trajectory, t, t5, rows, attention_mask, guidance_scale) -> torch.Tensor:
         model_input = torch.cat([trajectory.latents] * 2)
@@ -63,5 +85,71 @@ class SD3Adapter(PipelineAdapter):
             pooled_projections=rows["pooled"],
             return_dict=False,
         )[0]
-        uncond, text = prediction.chunk(2)
-        return uncond + guidance_scale * (text - uncond)
+        return self.classifier_free_guidance(prediction, guidance_scale)
+
+    @classmethod
+    def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
+        from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+        from transformers import CLIPTextModelWithProjection
+
+        from encoder_shrink import testing
+
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=32,
+            patch_size=1,
+            in_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            caption_projection_dim=32,
+            joint_attention_dim=testing.T5_TINY_DIM,  # CLIP-L + CLIP-G (2 x 16) are padded to the T5 width
+            pooled_projection_dim=2 * testing.CLIP_TINY_DIM,  # pooled CLIP-L and CLIP-G, concatenated
+            out_channels=4,
+        )
+        torch.manual_seed(seed + 1)
+        clip_l = CLIPTextModelWithProjection(testing.tiny_clip_text_config()).eval()
+        clip_g = CLIPTextModelWithProjection(testing.tiny_clip_text_config()).eval()
+        return {
+            "transformer": transformer,
+            "text_encoder": clip_l,
+            "text_encoder_2": clip_g,
+            "text_encoder_3": testing.tiny_t5_encoder(seed=seed),
+            "tokenizer": testing.tiny_clip_tokenizer(),
+            "tokenizer_2": testing.tiny_clip_tokenizer(),
+            "tokenizer_3": testing.tiny_t5_tokenizer(256),
+            "vae": testing.tiny_vae(latent_channels=4),
+            "scheduler": FlowMatchEulerDiscreteScheduler(**cls.scheduler_config),
+        }
+
+    @classmethod
+    def synthetic_components(cls, build, text_encoder=None) -> dict[str, Any]:
+        from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+        transformer = build.empty(
+            lambda: SD3Transformer2DModel(
+                sample_size=128,
+                patch_size=2,
+                in_channels=16,
+                num_layers=24,
+                attention_head_dim=64,
+                num_attention_heads=24,
+                joint_attention_dim=4096,
+                caption_projection_dim=1536,
+                pooled_projection_dim=2048,
+                out_channels=16,
+                pos_embed_max_size=192,
+            )
+        )
+        vae = build.vae(
+            16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False
+        )
+        clip_l = build.clip_text(768, 12, 12, 3072, 768, "quick_gelu", with_projection=True)
+        clip_g = build.clip_text(1280, 32, 20, 5120, 1280, "gelu", with_projection=True)
+        return {
+            "scheduler": FlowMatchEulerDiscreteScheduler(**cls.scheduler_config), "vae": build.real(vae, 1),
+            "text_encoder": build.real(clip_l, 2), "tokenizer": build.clip_tokenizer(),
+            "text_encoder_2": build.real(clip_g, 4), "tokenizer_2": build.clip_tokenizer(),
+            "text_encoder_3": text_encoder if text_encoder is not None else build.t5(cls.synthetic.teacher),
+            "tokenizer_3": build.t5_tokenizer(), "transformer": build.real(transformer, 3),
+        }

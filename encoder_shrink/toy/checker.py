@@ -8,6 +8,7 @@ from itertools import permutations
 
 import numpy as np
 
+from encoder_shrink.errors import InvalidArgumentError
 from encoder_shrink.toy.world import (
     ALPHABET,
     ATTRIBUTES,
@@ -84,15 +85,22 @@ def _as_image(image) -> np.ndarray:
         image = np.asarray(image.convert("RGB"))
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
-        raise ValueError(f"expected a square RGB image of shape (H, H, 3), got shape {image.shape}; pass e.g. render(prompt).")
+        raise InvalidArgumentError(
+            f"expected a square RGB image of shape (H, H, 3), got shape {image.shape}; pass e.g. render(prompt)."
+        )
     if image.shape[0] < IMAGE_SIZE:
-        raise ValueError(f"image is {image.shape[0]} px wide, smaller than the toy world's {IMAGE_SIZE}; render or resize to at least {IMAGE_SIZE}.")
+        raise InvalidArgumentError(
+            f"image is {image.shape[0]} px wide, smaller than the toy world's {IMAGE_SIZE}; render or resize to at "
+            f"least {IMAGE_SIZE}."
+        )
     if image.dtype == np.uint8:
         return image.astype(np.float64)
     floats = np.issubdtype(image.dtype, np.floating)
     if floats and np.isfinite(image).all() and 0.0 <= float(image.min()) and float(image.max()) <= 1.0:
         return image.astype(np.float64) * 255.0
-    raise ValueError(f"expected uint8 pixels or floats in [0, 1], got dtype {image.dtype}; convert with np.uint8 or divide by 255.")
+    raise InvalidArgumentError(
+        f"expected uint8 pixels or floats in [0, 1], got dtype {image.dtype}; convert with np.uint8 or divide by 255."
+    )
 
 
 def _colour_labels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -297,9 +305,11 @@ def score(images, prompts) -> dict:
     """
     images, prompts = list(images), list(prompts)
     if len(images) != len(prompts):
-        raise ValueError(f"score got {len(images)} images for {len(prompts)} prompts; pass one image per prompt.")
+        raise InvalidArgumentError(
+            f"score got {len(images)} images for {len(prompts)} prompts; pass one image per prompt."
+        )
     if not prompts:
-        raise ValueError("score got no images; pass at least one image and its prompt.")
+        raise InvalidArgumentError("score got no images; pass at least one image and its prompt.")
     prompts = [p if isinstance(p, ToyPrompt) else parse_prompt(p) for p in prompts]
     results = [check(image, prompt) for image, prompt in zip(images, prompts)]
     summary: dict = {}

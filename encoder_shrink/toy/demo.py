@@ -8,7 +8,12 @@ import time
 from pathlib import Path
 
 from encoder_shrink.files import atomic_path, atomic_write_text
-from encoder_shrink.toy.teacher import BUNDLED_TEACHER, MAX_SEQUENCE_LENGTH, NUM_INFERENCE_STEPS, load_toy_teacher
+from encoder_shrink.toy.teacher import (
+    BUNDLED_TEACHER,
+    MAX_SEQUENCE_LENGTH,
+    NUM_INFERENCE_STEPS,
+    load_toy_teacher,
+)
 from encoder_shrink.toy.world import ATTRIBUTES, sample_prompts
 
 logger = logging.getLogger(__name__)
@@ -88,9 +93,19 @@ def run_toy_demo(output_dir: str | Path, teacher: str | Path | None = None, step
         from encoder_shrink.benchmarks import BenchConfig, run_bench
 
         tick = time.time()
-        config = BenchConfig(pipeline=str(teacher_dir), student=str(output_dir / "student" / "student"),
-                             backends=["torch", "onnx-int8"], dtype="float32", seq_len=MAX_SEQUENCE_LENGTH, batch=1,
-                             repeats=20, warmup=3, pipeline_steps=NUM_INFERENCE_STEPS, pipeline_repeats=3, resolution=32)
+        config = BenchConfig(
+            pipeline=str(teacher_dir),
+            student=str(output_dir / "student" / "student"),
+            backends=["torch", "onnx-int8"],
+            dtype="float32",
+            seq_len=MAX_SEQUENCE_LENGTH,
+            batch=1,
+            repeats=20,
+            warmup=3,
+            pipeline_steps=NUM_INFERENCE_STEPS,
+            pipeline_repeats=3,
+            resolution=32,
+        )
         bench_results = run_bench(config, output_dir / "bench")
         timings["bench"] = round(time.time() - tick, 1)
 
@@ -112,7 +127,8 @@ def run_toy_demo(output_dir: str | Path, teacher: str | Path | None = None, step
         "student >= 4x smaller than the teacher's T5": results["parameters"]["smaller"] >= 4,
         "student keeps >= 90% of the teacher's accuracy": accuracy["student"] >= 0.9 * accuracy["teacher"],
         "student beats the naive baseline": accuracy["student"] > accuracy["naive"],
-        "int8 student within 2 points of the fp32 student": abs(accuracy["student int8"] - accuracy["student"]) <= 0.02,
+        "int8 student within 2 points of the fp32 student": abs(accuracy["student int8"] - accuracy["student"])
+        <= 0.02,
     }
     results["timings_s"]["total"] = round(time.time() - started, 1)
     _save_grid(images, held_out, output_dir / "grid.png")
@@ -130,8 +146,11 @@ def results_table(results: dict) -> str:
              "|---|---:|" + "---:|" * len(categories) + "---:|---:|"]
     for name, figures in rows.items():
         checker = figures["checker"]
-        lines.append(f"| {name} | {checker['overall']:.3f} | " + " | ".join(f"{checker[c]:.3f}" for c in categories)
-                     + f" | {figures.get('denoiser_relative_mse', 0):.4g} | {figures.get('psnr_db', float('inf')):.1f} |")
+        lines.append(
+            f"| {name} | {checker['overall']:.3f} | "
+            + " | ".join(f"{checker[c]:.3f}" for c in categories)
+            + f" | {figures.get('denoiser_relative_mse', 0):.4g} | {figures.get('psnr_db', float('inf')):.1f} |"
+        )
     return "\n".join(lines)
 
 

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 
 from encoder_shrink.files import atomic_dir
-from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, STUDENT_T5, TEACHER_T5, toy_t5_config, toy_t5_tokenizer
+from encoder_shrink.toy.teacher import (
+    MAX_SEQUENCE_LENGTH,
+    STUDENT_T5,
+    TEACHER_T5,
+    toy_t5_config,
+    toy_t5_tokenizer,
+)
 from encoder_shrink.toy.world import all_prompts, spell_quoted, split_of
 
 logger = logging.getLogger(__name__)

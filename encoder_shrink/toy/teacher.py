@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoder_shrink.errors import InputNotFoundError
 from encoder_shrink.toy.world import IMAGE_SIZE, ToyPrompt, vocabulary
 
 logger = logging.getLogger(__name__)
@@ -72,10 +73,14 @@ def toy_pipeline_components(seed: int = 0) -> dict:
     >>> pipe = FluxPipeline(**toy_pipeline_components())  # doctest: +SKIP
     ```
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxTransformer2DModel,
+    )
     from transformers import CLIPTextModel, T5EncoderModel
 
-    from encoder_shrink.testing import _clip_text_config
+    from encoder_shrink.testing import tiny_clip_text_config
 
     torch.manual_seed(seed)
     t5_tokenizer = toy_t5_tokenizer()
@@ -97,7 +102,7 @@ def toy_pipeline_components(seed: int = 0) -> dict:
         # No resolution-dependent shift: every image is 32 px.
         "scheduler": FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
         "vae": vae,
-        "text_encoder": CLIPTextModel(_clip_text_config()).eval(),
+        "text_encoder": CLIPTextModel(tiny_clip_text_config()).eval(),
         "tokenizer": toy_clip_tokenizer(),
         "text_encoder_2": T5EncoderModel(toy_t5_config(TEACHER_T5, len(t5_tokenizer))).eval(),
         "tokenizer_2": t5_tokenizer,
@@ -120,8 +125,10 @@ def load_toy_teacher(path: str | Path | None = None, **kwargs):
 
     folder = Path(path) if path is not None else BUNDLED_TEACHER
     if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"{folder} holds no toy teacher; re-create it with python -m encoder_shrink.toy.train_teacher "
-                                f"--output {folder}.")
+        raise InputNotFoundError(
+            f"{folder} holds no toy teacher; re-create it with python -m encoder_shrink.toy.train_teacher "
+            f"--output {folder}."
+        )
     pipe = FluxPipeline.from_pretrained(folder, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe

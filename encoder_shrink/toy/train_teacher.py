@@ -1,4 +1,4 @@
-"""Re-train the toy teacher from scratch, reproducibly: the VAE, the T5 (pretrained on text, then frozen), the denoiser.
+"""Re-train the toy teacher from scratch, reproducibly: the VAE, the T5 (pretrained on text, frozen), the denoiser.
 
 Run:  python -m encoder_shrink.toy.train_teacher --output encoder_shrink/toy/teacher
 
@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from encoder_shrink.files import atomic_dir
 from encoder_shrink.toy.checker import score
 from encoder_shrink.toy.pretrain_t5 import pretrain_toy_t5
-from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, TEACHER_T5, generate, toy_pipeline_components
+from encoder_shrink.toy.teacher import (
+    MAX_SEQUENCE_LENGTH,
+    TEACHER_T5,
+    generate,
+    toy_pipeline_components,
+)
 from encoder_shrink.toy.world import all_prompts, render, sample_prompts, split_of
 
 logger = logging.getLogger(__name__)
@@ -58,7 +63,9 @@ def train_vae(vae, steps: int, batch_size: int, seed: int, progress) -> dict:
     vae.train()
     for step in progress(range(steps), desc="vae"):
         rng = np.random.default_rng([seed, step])
-        images = _images(sample_prompts(batch_size, "train", seed=seed * 100_003 + step), rng.integers(2**31, size=batch_size))
+        images = _images(
+            sample_prompts(batch_size, "train", seed=seed * 100_003 + step), rng.integers(2**31, size=batch_size)
+        )
         posterior = vae.encode(images).latent_dist
         recon = vae.decode(posterior.sample(torch.Generator().manual_seed(int(rng.integers(2**62))))).sample
         kl = posterior.kl().mean() / images[0].numel()
@@ -106,7 +113,9 @@ class TrainingPool:
         input_ids = pipe.tokenizer_2(texts, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True,
                                      return_tensors="pt").input_ids
         with torch.no_grad():  # FluxPipeline calls its T5 without an attention mask, on max-length padding
-            self.text = torch.cat([pipe.text_encoder_2(chunk).last_hidden_state for chunk in input_ids.split(batch_size)])
+            self.text = torch.cat(
+                [pipe.text_encoder_2(chunk).last_hidden_state for chunk in input_ids.split(batch_size)]
+            )
 
     def batch(self, step: int, batch_size: int, seed: int):
         """The step's prompts (kinds weighted by `KIND_WEIGHTS`), one random jitter variant each."""
@@ -135,10 +144,13 @@ def evaluate_teacher(pipe, prompts: int, seed: int = 1) -> dict:
 def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learning_rate: float = 1e-3,
                    eval_every: int = 0, eval_prompts: int = 64, on_eval=None, state_dir: Path | None = None,
                    resume: bool = False, variants: int = VARIANTS) -> list[dict]:
-    """Flow matching (x_t = (1 - s) x0 + s noise, predict noise - x0) of the transformer on the frozen T5's embeddings."""
+    """Flow matching (x_t = (1 - s) x0 + s noise, predict noise - x0) of the transformer on the frozen T5's output."""
     from safetensors.torch import load_file, save_file
 
-    from encoder_shrink.distill.checkpoint import _optimizer_from_files, _optimizer_to_files
+    from encoder_shrink.distill.checkpoint import (
+        _optimizer_from_files,
+        _optimizer_to_files,
+    )
 
     transformer = pipe.transformer
     pipe.text_encoder_2.requires_grad_(False).eval()
@@ -154,7 +166,9 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
             for i, p in enumerate(params):
                 p.copy_(weights[f"live.{i}"])
                 ema[i].copy_(weights[f"ema.{i}"])
-        optimizer.load_state_dict(_optimizer_from_files(load_file(state_dir / "optimizer.safetensors"), saved["optimizer"]))
+        optimizer.load_state_dict(
+            _optimizer_from_files(load_file(state_dir / "optimizer.safetensors"), saved["optimizer"])
+        )
         schedule.load_state_dict(saved["schedule"])
         start, history = saved["step"], saved["history"]
         logger.info("Resumed the denoiser at step %d from %s.", start, state_dir)
@@ -238,7 +252,9 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts at each --eval-every")
     parser.add_argument("--final-prompts", type=int, default=160, help="held-out prompts of the final evaluation")
-    parser.add_argument("--variants", type=int, default=VARIANTS, help="jittered renders per prompt in the latent pool")
+    parser.add_argument(
+        "--variants", type=int, default=VARIANTS, help="jittered renders per prompt in the latent pool"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true",
                         help="continue from --work-dir: after its VAE stage, or from its last evaluation")

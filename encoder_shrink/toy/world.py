@@ -6,9 +6,11 @@ import hashlib
 import itertools
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
+
+from encoder_shrink.errors import InvalidArgumentError
 
 # Images are tiny so that a small model can learn to draw them; every layout below is given at this size and scales.
 IMAGE_SIZE = 32
@@ -97,9 +99,9 @@ class ToyObject:
 
     def __post_init__(self):
         if self.colour not in COLOURS:
-            raise ValueError(f"ToyObject: unknown colour {self.colour!r}; use one of {', '.join(COLOURS)}.")
+            raise InvalidArgumentError(f"ToyObject: unknown colour {self.colour!r}; use one of {', '.join(COLOURS)}.")
         if self.shape not in SHAPES:
-            raise ValueError(f"ToyObject: unknown shape {self.shape!r}; use one of {', '.join(SHAPES)}.")
+            raise InvalidArgumentError(f"ToyObject: unknown shape {self.shape!r}; use one of {', '.join(SHAPES)}.")
 
     @property
     def text(self) -> str:
@@ -136,19 +138,30 @@ class ToyPrompt:
     def __post_init__(self):
         object.__setattr__(self, "objects", tuple(self.objects))
         if self.kind not in KINDS:
-            raise ValueError(f"ToyPrompt: unknown kind {self.kind!r}; use one of {', '.join(KINDS)}.")
+            raise InvalidArgumentError(f"ToyPrompt: unknown kind {self.kind!r}; use one of {', '.join(KINDS)}.")
         expected = {"single": 1, "count": 1, "spatial": 2, "text": 0}[self.kind]
         if len(self.objects) != expected or not all(isinstance(o, ToyObject) for o in self.objects):
-            raise ValueError(f"ToyPrompt: a {self.kind!r} prompt takes {expected} ToyObject(s), got {self.objects!r}.")
+            raise InvalidArgumentError(
+                f"ToyPrompt: a {self.kind!r} prompt takes {expected} ToyObject(s), got {self.objects!r}."
+            )
         counts = tuple(NUMBERS) if self.kind == "count" else (1,)
         if self.count not in counts:
-            raise ValueError(f"ToyPrompt: a {self.kind!r} prompt has count in {counts}, got {self.count!r}.")
+            raise InvalidArgumentError(f"ToyPrompt: a {self.kind!r} prompt has count in {counts}, got {self.count!r}.")
         if (self.relation is not None) != (self.kind == "spatial") or self.relation not in RELATIONS + (None,):
-            raise ValueError(f"ToyPrompt: relation {self.relation!r} is wrong for a {self.kind!r} prompt; spatial prompts take one of {RELATIONS}, others None.")
+            raise InvalidArgumentError(
+                f"ToyPrompt: relation {self.relation!r} is wrong for a {self.kind!r} prompt; spatial prompts take "
+                f"one of {RELATIONS}, others None."
+            )
         if self.kind == "spatial" and self.objects[0] == self.objects[1]:
-            raise ValueError(f"ToyPrompt: the two objects of a spatial prompt must differ in colour or shape, got {self.objects[0].text!r} twice.")
+            raise InvalidArgumentError(
+                "ToyPrompt: the two objects of a spatial prompt must differ in colour or shape, got "
+                f"{self.objects[0].text!r} twice."
+            )
         if (self.word is not None) != (self.kind == "text") or (self.word is not None and not _spellable(self.word)):
-            raise ValueError(f"ToyPrompt: word {self.word!r} is wrong for a {self.kind!r} prompt; text prompts take {TEXT_LENGTH} letters of {''.join(ALPHABET)!r} (e.g. 'cat'), others None.")
+            raise InvalidArgumentError(
+                f"ToyPrompt: word {self.word!r} is wrong for a {self.kind!r} prompt; text prompts take {TEXT_LENGTH} "
+                f"letters of {''.join(ALPHABET)!r} (e.g. 'cat'), others None."
+            )
 
     @property
     def text(self) -> str:
@@ -176,7 +189,7 @@ def _objects() -> list[ToyObject]:
     return [ToyObject(colour, shape) for colour in COLOURS for shape in SHAPES]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _all_prompts(kind: str) -> tuple[ToyPrompt, ...]:
     if kind == "single":
         return tuple(ToyPrompt("single", (o,)) for o in _objects())
@@ -190,7 +203,7 @@ def _all_prompts(kind: str) -> tuple[ToyPrompt, ...]:
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"unknown prompt kind {kind!r}; use one of {', '.join(KINDS)} (or None for all).")
+        raise InvalidArgumentError(f"unknown prompt kind {kind!r}; use one of {', '.join(KINDS)} (or None for all).")
 
 
 def all_prompts(kind: str | None = None) -> list[ToyPrompt]:
@@ -233,7 +246,9 @@ def parse_prompt(text: str) -> ToyPrompt:
     ```
     """
     if not isinstance(text, str):
-        raise ValueError(f"parse_prompt takes a string, got {type(text).__name__}; pass e.g. 'a red circle'.")
+        raise InvalidArgumentError(
+            f"parse_prompt takes a string, got {type(text).__name__}; pass e.g. 'a red circle'."
+        )
     normal = " ".join(text.lower().split())
     normal = re.sub(r"'([^']*)'", lambda m: "'" + "".join(m.group(1).split()) + "'", normal)
     prompt = _canonical().get(normal)
@@ -241,8 +256,11 @@ def parse_prompt(text: str) -> ToyPrompt:
         return prompt
     quoted = re.fullmatch(re.escape(TEXT_PREFIX) + r" '([^']*)'", normal)
     if quoted:
-        raise ValueError(f"prompt {text!r}: the sign's text {quoted.group(1)!r} is not {TEXT_LENGTH} letters of {''.join(ALPHABET)!r}; write e.g. \"{TEXT_PREFIX} 'cat'\".")
-    raise ValueError(f"prompt {text!r} is outside the toy grammar; write e.g. {EXAMPLE_PROMPTS}.")
+        raise InvalidArgumentError(
+            f"prompt {text!r}: the sign's text {quoted.group(1)!r} is not {TEXT_LENGTH} letters of "
+            f"{''.join(ALPHABET)!r}; write e.g. \"{TEXT_PREFIX} 'cat'\"."
+        )
+    raise InvalidArgumentError(f"prompt {text!r} is outside the toy grammar; write e.g. {EXAMPLE_PROMPTS}.")
 
 
 def _as_prompt(prompt: ToyPrompt | str) -> ToyPrompt:
@@ -260,7 +278,7 @@ def _heldout_words() -> frozenset[str]:
     return frozenset(ranked[:round(HELDOUT_FRACTION * len(WORDS))])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _heldout_texts(kind: str) -> frozenset[str]:
     # Rank by digest and hold out the first 20 % (rounded): the fraction holds for every kind, however few its prompts.
     ranked = sorted((p.text for p in _all_prompts(kind)), key=_digest)
@@ -286,7 +304,7 @@ def split_of(prompt: ToyPrompt | str) -> str:
     return "heldout" if prompt.text in _heldout_texts(prompt.kind) else "train"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _split_pool(kind: str, split: str) -> tuple[ToyPrompt, ...]:
     return tuple(p for p in _all_prompts(kind) if split_of(p) == split)
 
@@ -307,12 +325,12 @@ def sample_prompts(
     ```
     """
     if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}.")
+        raise InvalidArgumentError(f"split must be 'train' or 'heldout', got {split!r}.")
     if not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}.")
+        raise InvalidArgumentError(f"n must be a non-negative integer, got {n!r}.")
     kinds = KINDS if kinds is None else (kinds,) if isinstance(kinds, str) else tuple(kinds)
     if not kinds:
-        raise ValueError("kinds is empty; pass None for all kinds or a subset such as ('single', 'text').")
+        raise InvalidArgumentError("kinds is empty; pass None for all kinds or a subset such as ('single', 'text').")
     for kind in kinds:
         _check_kind(kind)
     rng = np.random.default_rng(seed)
@@ -384,7 +402,10 @@ def text_layout(size: int = IMAGE_SIZE) -> tuple[int, int, int, int]:
 
 def _check_size(size: int) -> None:
     if not isinstance(size, (int, np.integer)) or size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image size must be an integer of at least {MIN_IMAGE_SIZE} pixels, got {size!r}; use e.g. size={IMAGE_SIZE}.")
+        raise InvalidArgumentError(
+            f"image size must be an integer of at least {MIN_IMAGE_SIZE} pixels, got {size!r}; use e.g. "
+            f"size={IMAGE_SIZE}."
+        )
 
 
 def _shape_mask(shape: str, cx: float, cy: float, diameter: float, size: int) -> np.ndarray:
@@ -461,7 +482,9 @@ def render(prompt: ToyPrompt | str, seed: int | np.random.Generator = 0, size: i
     elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         rng = np.random.default_rng(int(seed))
     else:
-        raise ValueError(f"seed must be an int or a numpy.random.Generator, got {type(seed).__name__}; pass e.g. seed=0.")
+        raise InvalidArgumentError(
+            f"seed must be an int or a numpy.random.Generator, got {type(seed).__name__}; pass e.g. seed=0."
+        )
     image = np.full((size, size, 3), 255, dtype=np.uint8)
     if prompt.kind == "text":
         x0, y0, scale, pitch = text_layout(size)

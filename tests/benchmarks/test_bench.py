@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
+from encoder_shrink.benchmarks import BenchConfig, run_bench
 
 from encoder_shrink import testing
-from encoder_shrink.benchmarks import BenchConfig, run_bench
 from encoder_shrink.cli import main
 
 
@@ -44,8 +44,13 @@ def test_encoder_figures_are_real_and_ratios_come_from_the_same_run(bench):
     assert encoders["student onnx"]["weights_bytes"] == (root / "out/work/onnx-fp32/model.onnx").stat().st_size
     assert encoders["student onnx-int8"]["weights_bytes"] < encoders["student onnx"]["weights_bytes"]
     for name, f in encoders.items():
-        assert f["seq_len"] == 32 and f["output_finite"] and f["latency"]["repeats"] == (3 if name != "original" else 3)
-        assert len(f["latency"]["times_s"]) == 3 and f["latency"]["min_s"] <= f["latency"]["median_s"] <= f["latency"]["max_s"]
+        assert (
+            f["seq_len"] == 32 and f["output_finite"] and f["latency"]["repeats"] == (3 if name != "original" else 3)
+        )
+        assert (
+            len(f["latency"]["times_s"]) == 3
+            and f["latency"]["min_s"] <= f["latency"]["median_s"] <= f["latency"]["max_s"]
+        )
         assert f["smaller_than_original"] == round(original["weights_bytes"] / f["weights_bytes"], 2)
         assert f["faster_than_original"] == round(original["latency"]["median_s"] / f["latency"]["median_s"], 1)
         assert f["memory"]["peak_bytes"] is not None and f["memory"]["peak_bytes"] >= 0
@@ -54,7 +59,7 @@ def test_encoder_figures_are_real_and_ratios_come_from_the_same_run(bench):
 
 def test_pipeline_generations_and_reports(bench):
     results, root = bench
-    for name, f in results["pipelines"].items():
+    for f in results["pipelines"].values():
         assert f["images_finite"] and f["pipeline_steps"] == 2 and f["offload"] is False
         assert f["latency"]["repeats"] == 2 and f["latency_vs_original"] > 0
     out = root / "out"
@@ -66,8 +71,25 @@ def test_pipeline_generations_and_reports(bench):
 
 def test_cli_bench_reuses_exports_and_reports_skipped_backends(bench, capsys):
     _, root = bench
-    code = main(["bench", "--pipeline", str(root / "pipe"), "--student", str(root / "student"), "--backends", "onnx,trt",
-                 "--dtype", "float32", "--seq-len", "32", "--repeats", "2", "--output", str(root / "out")])
+    code = main(
+        [
+            "bench",
+            "--pipeline",
+            str(root / "pipe"),
+            "--student",
+            str(root / "student"),
+            "--backends",
+            "onnx,trt",
+            "--dtype",
+            "float32",
+            "--seq-len",
+            "32",
+            "--repeats",
+            "2",
+            "--output",
+            str(root / "out"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "| student onnx | cpu |" in out
     assert "student trt | skipped:" in out  # no tensorrt / GPU here: reported, never measured

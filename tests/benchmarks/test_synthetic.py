@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from encoder_shrink.benchmarks.synthetic import (
+    synthetic_names,
+    synthetic_pipeline,
+    synthetic_student,
+    synthetic_t5,
+    t5_config,
+)
 
-from encoder_shrink.benchmarks.synthetic import synthetic_pipeline, synthetic_student, synthetic_t5, t5_config
+from encoder_shrink.pipelines import get_adapter, registered_families, synthetic_families
 
 
 def _parameters(module) -> int:
@@ -13,7 +20,7 @@ def _parameters(module) -> int:
 
 
 def _t5_encoder_parameters(d_model, d_ff, num_layers, num_heads, d_kv=64, vocab=32128, buckets=32):
-    """T5 v1.1 encoder parameters from the architecture: embeddings, per layer attention + gated FF + 2 norms, final norm."""
+    """T5 v1.1 encoder parameters: embeddings, per layer attention + gated FF + 2 norms, the final norm."""
     inner = num_heads * d_kv
     layer = 4 * d_model * inner + 3 * d_model * d_ff + 2 * d_model
     return vocab * d_model + num_layers * layer + buckets * num_heads + d_model
@@ -27,17 +34,30 @@ def test_t5_xxl_has_the_published_encoder_size_without_allocating():
     assert model.shared.weight is model.encoder.embed_tokens.weight
 
 
-@pytest.mark.parametrize("name, transformer, vae", [
-    ("flux-dev", 11_901_408_320, 83_819_683),  # FLUX.1-dev transformer and VAE
-    ("sd3", 2_028_328_000, 83_819_683),  # SD3-medium MMDiT
-    ("pixart", 610_856_096, 83_653_863),  # PixArt-Sigma 1024 (0.6 B) and the SD VAE
-])
-def test_synthetic_pipelines_have_published_architectures(name, transformer, vae):
-    pipe = synthetic_pipeline(name, device="meta")
-    assert _parameters(pipe.transformer) == transformer
-    assert _parameters(pipe.vae) == vae
-    slot = {"flux-dev": "text_encoder_2", "sd3": "text_encoder_3", "pixart": "text_encoder"}[name]
-    assert _parameters(getattr(pipe, slot)) == 4_762_310_656
+@pytest.mark.parametrize("family", synthetic_families())
+def test_synthetic_pipelines_have_the_published_parameter_counts(family):
+    adapter = get_adapter(family)
+    pipe = synthetic_pipeline(family, device="meta")
+    assert type(pipe).__name__ == adapter.pipeline_class
+    for component, published in adapter.synthetic.parameters.items():
+        assert _parameters(getattr(pipe, component)) == published, component
+    assert _parameters(getattr(pipe, adapter.encoder_slot)) == _parameters(synthetic_t5(adapter.synthetic.teacher,
+                                                                                       device="meta"))
+
+
+def test_every_registered_family_with_an_architecture_is_a_synthetic_name():
+    names = synthetic_names()
+    assert {"t5-xxl", "flux-dev", "flux-schnell", "sd3", "pixart-alpha", "pixart-sigma"} <= set(names)
+    assert set(synthetic_families()) == {n for n in registered_families() if get_adapter(n).synthetic is not None}
+    from encoder_shrink.benchmarks import BenchConfig
+
+    from encoder_shrink.cli import build_parser
+
+    for name in synthetic_families():  # the CLI and the bench take exactly the registry's names
+        assert build_parser().parse_args(["bench", "--synthetic", name]).synthetic == name
+        assert BenchConfig(synthetic=name).synthetic == name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--synthetic", "pixart"])
 
 
 def test_materialized_models_are_random_finite_and_in_the_requested_dtype():
@@ -65,5 +85,5 @@ def test_synthetic_student_projects_to_the_teacher_width():
 def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="Unknown synthetic T5 't5-xxxl'"):
         synthetic_t5("t5-xxxl")
-    with pytest.raises(ValueError, match="Unknown synthetic pipeline 'sdxl'"):
+    with pytest.raises(ValueError, match="Unknown synthetic pipeline 'sdxl'; choose one of flux-dev"):
         synthetic_pipeline("sdxl", device="meta")

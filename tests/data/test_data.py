@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from encoder_shrink.recipes import load_recipe
 
 from encoder_shrink.data import (
     PromptFileError,
@@ -17,7 +18,6 @@ from encoder_shrink.data import (
     read_compbench,
 )
 from encoder_shrink.data.commontext import HOLDING_ACTIONS, OBJECTS, PHRASES, WRITTEN_ACTIONS, frequent_words
-from encoder_shrink.recipes import load_recipe
 
 PATTERN = re.compile(r"^An? (?P<subject>[a-z\- ]+?) (?P<action>[a-z\- ]+) '(?P<text>[^']+)'\.$")
 

@@ -31,7 +31,9 @@ def test_short_run_cuts_held_out_denoiser_error(family, tiny_pipeline_dirs, tmp_
     slot = shrinker.adapter.encoder_slot
     assert saved.config.pipeline_family == family and saved.config.component == slot
     with_student = testing.tiny_pipeline_class(family).from_pretrained(tiny_pipeline_dirs[family], **{slot: saved})
-    assert torch.isfinite(torch.as_tensor(with_student("a red circle", **testing.tiny_call_kwargs(with_student)).images)).all()
+    assert torch.isfinite(
+        torch.as_tensor(with_student("a red circle", **testing.tiny_call_kwargs(with_student)).images)
+    ).all()
 
 
 def test_embedding_baseline_learns_its_own_objective(tiny_pipeline_dirs, tmp_path):

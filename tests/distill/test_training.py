@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 import torch
+from encoder_shrink.recipes import RecipeError
 
 from encoder_shrink import EncoderShrinker, ShrunkT5EncoderModel, load_recipe, testing
 from encoder_shrink.distill import DistillationDiverged, latest_checkpoint
-from encoder_shrink.recipes import RecipeError
 
 
 @pytest.fixture
@@ -40,12 +40,18 @@ def test_a_given_student_records_the_distillation(flux):
     EncoderShrinker(flux, teacher_id="tiny-flux").distill(recipe="tiny", student=student, max_steps=4,
                                                           max_sequence_length=128, eval_prompts=["a cat"])
     config = student.config
-    assert (config.pipeline_family, config.component, config.teacher_name_or_path) == ("flux-dev", "text_encoder_2", "tiny-flux")
+    assert (config.pipeline_family, config.component, config.teacher_name_or_path) == (
+        "flux-dev",
+        "text_encoder_2",
+        "tiny-flux",
+    )
     assert config.max_sequence_length == 128 and config.use_attention_mask is False
 
 
 def test_fp32_master_weights_with_a_bfloat16_pipeline(tiny_pipeline_dirs):
-    pipe = testing.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"], dtype=torch.bfloat16)
+    pipe = testing.tiny_pipeline_class("flux-dev").from_pretrained(
+        tiny_pipeline_dirs["flux-dev"], dtype=torch.bfloat16
+    )
     shrinker = EncoderShrinker(pipe)
     student = shrinker.distill(recipe="tiny", max_steps=8, eval_prompts=["a cat"])
     assert {p.dtype for p in student.parameters()} == {torch.float32}
@@ -105,7 +111,9 @@ def test_clear_errors_before_training(flux, tmp_path):
     shrinker = EncoderShrinker(flux)
     with pytest.raises(RecipeError, match="unknown recipe field 'max_step' in overrides. Did you mean 'max_steps'?"):
         shrinker.distill(recipe="tiny", max_step=3)
-    with pytest.raises(RecipeError, match="recipe 'sd3-t5base' is made for sd3 pipelines but this is a flux-dev pipeline"):
+    with pytest.raises(
+        RecipeError, match="recipe 'sd3-t5base' is made for sd3 pipelines but this is a flux-dev pipeline"
+    ):
         shrinker.distill(recipe="sd3-t5base")
     with pytest.raises(ValueError, match="source 'compbench' needs the T2I-CompBench folder"):
         shrinker.distill(recipe="flux-t5small", student=shrinker.build_student("tiny"), max_steps=1)
@@ -120,7 +128,9 @@ def test_unsupported_pipeline_lists_families():
 
     unet = UNet2DModel(sample_size=8, block_out_channels=(4, 8), down_block_types=("DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
-    with pytest.raises(ValueError, match="supported families: flux-dev, flux-schnell, pixart-alpha, pixart-sigma, sd3"):
+    with pytest.raises(
+        ValueError, match="supported families: flux-dev, flux-schnell, pixart-alpha, pixart-sigma, sd3"
+    ):
         EncoderShrinker(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
 
 
@@ -170,7 +180,8 @@ def test_stages_can_set_their_own_loss_and_learning_rate(flux):
 
     try:
         shrinker.distill(recipe=recipe, student=student, eval_prompts=["a cat"], callback=record)
-        # How far the embeddings move from after each step to the end; denoiser calls made by each step after the first.
+        # How far the embeddings move from after each step to the end; denoiser calls made by each step after the
+        # first.
         moved = [(student.shared.weight.detach() - w).norm().item() for w in weights]
         calls_per_step = [b - a for a, b in zip(per_step, per_step[1:])]
         assert calls_per_step == [0] * (2 * k - 1) + [2] * (2 * k)

@@ -9,9 +9,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from encoder_shrink.exporters import ExportParityError, OnnxShrunkT5Encoder, export_onnx, load_encoder, load_report
 
 from encoder_shrink import ShrunkT5EncoderModel, adapter_for, testing
-from encoder_shrink.exporters import ExportParityError, OnnxShrunkT5Encoder, export_onnx, load_encoder, load_report
 from tests.test_reference import write_reference_checkpoint
 
 TOKENIZER = testing.tiny_t5_tokenizer()
@@ -80,7 +80,9 @@ def _quantized_groups(folder):
               for n in model.graph.node if n.op_type == "MatMul"]
     return {
         "wo": not any("DenseReluDense.wo" in s for s in scopes),
-        "embed_tokens": any(i.name.endswith("_quantized") and "embed_tokens" in i.name for i in model.graph.initializer),
+        "embed_tokens": any(
+            i.name.endswith("_quantized") and "embed_tokens" in i.name for i in model.graph.initializer
+        ),
         "attention": not any("SelfAttention.q" in s for s in scopes),
     }
 
@@ -89,8 +91,11 @@ def test_int8_auto_quantizes_sensitive_layers_only_when_measured_harmless(export
     report = load_report(exports["int8-auto"])
     sensitive = report["int8"]["sensitive"]
     assert list(sensitive) == ["wo", "embed_tokens", "attention"]
-    for group, decision in sensitive.items():
-        assert decision["decided_by"] == "measurement" and decision["criterion"] == {"min_cosine": 0.99, "max_relative_l2": 0.1}
+    for decision in sensitive.values():
+        assert decision["decided_by"] == "measurement" and decision["criterion"] == {
+            "min_cosine": 0.99,
+            "max_relative_l2": 0.1,
+        }
         within = (decision["min_cosine"]["int8_group"] >= 0.99 and decision["relative_l2"]["int8_group"] <= 0.1)
         assert decision["quantized"] == within
     # The graph holds what the report says, and the measured figures are the final graph's parity.
@@ -98,7 +103,9 @@ def test_int8_auto_quantizes_sensitive_layers_only_when_measured_harmless(export
     assert sensitive["wo"]["quantized"] and sensitive["embed_tokens"]["quantized"]  # harmless on this student
     # Groups are tried in order on top of those accepted, so the last one's figures are the final graph's.
     last = sensitive["attention"]
-    assert report["parity"]["relative_l2"] == pytest.approx(last["relative_l2"]["int8_group" if last["quantized"] else "fp32_group"])
+    assert report["parity"]["relative_l2"] == pytest.approx(
+        last["relative_l2"]["int8_group" if last["quantized"] else "fp32_group"]
+    )
     assert report["bytes"]["onnx"] < load_report(exports["int8"])["bytes"]["onnx"]
 
 
@@ -126,7 +133,8 @@ def test_int8_auto_keeps_harmful_attention_in_fp32(tmp_path):
         for block in student.encoder.block:
             attention = block.layer[0]
             # Feature 0 of the attention input is made 1000x larger but q, k and v ignore it (zero column): fp32 output
-            # is unchanged in kind, but int8 activations share one scale per tensor, so every other feature rounds away.
+            # is unchanged in kind, but int8 activations share one scale per tensor, so every other feature rounds
+            # away.
             attention.layer_norm.weight[0] = 1000
             for linear in (attention.SelfAttention.q, attention.SelfAttention.k, attention.SelfAttention.v):
                 linear.weight[:, 0] = 0
@@ -143,7 +151,9 @@ def test_int8_static_is_a_calibrated_qdq_graph(student_dir, tmp_path):
     report = load_report(folder)
     # (Full 8-bit weights for TensorRT; checked on the CPU, where ONNX Runtime's int16 pair sums cost some accuracy,
     # so the bar is the int8 tolerance, cosine >= 0.98.)
-    assert report["precision"] == "int8-static" and report["parity"]["passed"] and report["parity"]["min_cosine"] >= 0.98
+    assert (
+        report["precision"] == "int8-static" and report["parity"]["passed"] and report["parity"]["min_cosine"] >= 0.98
+    )
     model = onnx.load(str(folder / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
     # activations: q/k/v share one input, wi_0/wi_1 another, then o and the two projector linears; weights: 8
@@ -159,7 +169,11 @@ def test_int8_can_include_wo_and_embeddings(student_dir, exports, tmp_path):
     folder = export_onnx(student_dir, tmp_path / "all", int8="dynamic", tokenizer=TOKENIZER, quantize_wo=True,
                          quantize_embeddings=True, quantize_attention=False)
     report = load_report(folder)
-    assert report["int8"]["quantized_nodes"] == 6 and report["int8"]["kept_fp32"] == ["relative_attention_bias", "norms", "attention"]
+    assert report["int8"]["quantized_nodes"] == 6 and report["int8"]["kept_fp32"] == [
+        "relative_attention_bias",
+        "norms",
+        "attention",
+    ]
     assert report["parity"]["passed"]
     assert report["bytes"]["onnx"] < load_report(exports["int8"])["bytes"]["onnx"]
 
@@ -297,7 +311,9 @@ def test_fp16_export_keeps_wo_norms_and_residual_in_fp32(tmp_path):
         for name in node.input:
             producer = producers.get(name)
             to = next((a.i for a in producer.attribute if a.name == "to"), None) if producer is not None else None
-            assert not (producer is not None and producer.op_type == "Cast" and to == onnx.TensorProto.FLOAT16), node.name
+            assert not (producer is not None and producer.op_type == "Cast" and to == onnx.TensorProto.FLOAT16), (
+                node.name
+            )
 
 
 def test_fp16_and_int8_are_exclusive(student_dir, tmp_path):

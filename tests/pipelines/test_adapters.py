@@ -1,49 +1,22 @@
-"""Pipeline family adapters: recognition of each family, their facts against diffusers, and the registry."""
+"""The family registry: one registration per family, duplicates and incomplete adapters refused, clear lookups."""
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
-from encoder_shrink import adapter_for, register_adapter, registered_families, testing
-from encoder_shrink.pipelines import PipelineAdapter, get_adapter
-
-EXPECTED = {
-    # family: (slot, tokenizer slot, uses mask)
-    "flux-dev": ("text_encoder_2", "tokenizer_2", False),
-    "flux-schnell": ("text_encoder_2", "tokenizer_2", False),
-    "sd3": ("text_encoder_3", "tokenizer_3", False),
-    "pixart-alpha": ("text_encoder", "tokenizer", True),
-    "pixart-sigma": ("text_encoder", "tokenizer", True),
-}
+from encoder_shrink import EncoderShrinkError, adapter_for, register_adapter, registered_families, testing
+from encoder_shrink.pipelines import FAMILIES, PipelineAdapter, get_adapter
 
 
-@pytest.mark.parametrize("family", testing.TINY_FAMILIES)
-def test_adapter_recognises_family(family, tiny_pipeline_dirs):
-    pipe = testing.tiny_pipeline_class(family).from_pretrained(tiny_pipeline_dirs[family])
-    adapter = adapter_for(pipe)
-    assert adapter.name == family
-    assert (adapter.encoder_slot, adapter.tokenizer_slot, adapter.uses_attention_mask) == EXPECTED[family]
-    assert adapter.teacher is getattr(pipe, adapter.encoder_slot)
-    assert adapter.conditioning_width == adapter.teacher.config.d_model
+def test_every_family_registers_itself_from_its_own_file():
+    import encoder_shrink.pipelines as package
 
-
-def test_default_lengths_match_the_pipelines():
-    import diffusers
-
-    defaults = {
-        "flux-dev": ("FluxPipeline", 512),
-        "sd3": ("StableDiffusion3Pipeline", 256),
-        "pixart-alpha": ("PixArtAlphaPipeline", 120),
-        "pixart-sigma": ("PixArtSigmaPipeline", 300),
-    }
-    for family, (pipeline_name, length) in defaults.items():
-        call = inspect.signature(getattr(diffusers, pipeline_name).__call__)
-        assert call.parameters["max_sequence_length"].default == length
-        assert get_adapter(family).max_sequence_length == length
-    assert get_adapter("flux-schnell").max_sequence_length == 256
-    with pytest.raises(ValueError, match="Unknown pipeline family 'flux'; registered: flux-dev, flux-schnell"):
+    names = registered_families()
+    assert names == sorted(names) and set(testing.TINY_FAMILIES) == set(names)
+    for name in names:
+        adapter = get_adapter(name)
+        assert adapter.__module__.startswith(package.__name__ + ".") and not adapter.__module__.endswith(".base")
+    with pytest.raises(EncoderShrinkError, match="Unknown pipeline family 'flux'; registered: flux-dev, flux-schnell"):
         get_adapter("flux")
 
 
@@ -52,25 +25,38 @@ def test_unsupported_pipeline_lists_supported_families():
 
     unet = UNet2DModel(sample_size=8, block_out_channels=(4, 8), down_block_types=("DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4)
-    with pytest.raises(ValueError, match="DDPMPipeline is not a supported pipeline .*flux-dev, flux-schnell, pixart-alpha, pixart-sigma, sd3"):
+    with pytest.raises(
+        ValueError, match="DDPMPipeline is not a supported pipeline .*" + ", ".join(registered_families())
+    ):
         adapter_for(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
 
 
-def test_registry_refuses_duplicates_and_incomplete_adapters():
-    class Again(PipelineAdapter):
-        name = "flux-dev"
-        denoiser_class = "X"
-        encoder_slot = tokenizer_slot = conditioning_width_key = "x"
-        max_sequence_length = 1
-        uses_attention_mask = False
-        guidance = None
+def _complete(name: str):
+    """An adapter class with every required attribute and hook, registered under `name` only if asked."""
+    flux = get_adapter("flux-dev")
+    attributes = {attribute: getattr(flux, attribute) for attribute in PipelineAdapter.REQUIRED}
+    attributes.update(name=name, encode_teacher=flux.encode_teacher, predict=flux.predict,
+                      tiny_components=flux.tiny_components)
+    return type(f"Adapter_{name.replace('-', '_')}", (PipelineAdapter,), attributes)
 
-    with pytest.raises(ValueError, match="'flux-dev' is already registered"):
-        register_adapter(Again)
+
+def test_registry_refuses_duplicates_and_incomplete_adapters():
+    with pytest.raises(EncoderShrinkError, match="'flux-dev' is already registered"):
+        register_adapter(_complete("flux-dev"))
 
     class Incomplete(PipelineAdapter):
         name = "half"
 
-    with pytest.raises(TypeError, match="does not set `denoiser_class`"):
+    with pytest.raises(EncoderShrinkError, match="does not set `pipeline_class`"):
         register_adapter(Incomplete)
-    assert "half" not in registered_families()
+    no_tiny = _complete("no-tiny")
+    del no_tiny.tiny_components
+    with pytest.raises(EncoderShrinkError, match="does not implement `tiny_components`"):
+        register_adapter(no_tiny)
+    assert "half" not in registered_families() and "no-tiny" not in registered_families()
+
+
+def test_a_registered_family_is_picked_up_by_lookups(monkeypatch):
+    monkeypatch.setattr(FAMILIES, "_items", dict(FAMILIES._items))  # undone after the test
+    register_adapter(_complete("flux-copy"))
+    assert "flux-copy" in registered_families() and get_adapter("flux-copy").pipeline_class == "FluxPipeline"

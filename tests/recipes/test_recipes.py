@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 import yaml
+from encoder_shrink.recipes import Recipe, RecipeError, available_recipes
 
 from encoder_shrink import load_recipe
-from encoder_shrink.recipes import Recipe, RecipeError, available_recipes
 
 BUNDLED = {"flux-t5small", "flux-t5base", "flux-t5large", "flux-t5xl", "flux-schnell-t5base", "sd3-t5base",
            "pixart-t5base", "tiny", "toy"}
@@ -62,16 +62,25 @@ def test_unknown_name_suggests_nearest():
     [
         ({"batch_sise": 4}, "unknown key 'batch_sise'. Did you mean 'batch_size'?"),
         ({"batch_size": 0}, "batch_size must be positive, got 0"),
-        ({"loss": "vison"}, "loss 'vison' is not one of vision, embedding. Did you mean 'vision'?"),
+        ({"loss": "vison"}, "loss 'vison' is not one of embedding, vision. Did you mean 'vision'?"),
         ({"guidance_scales": []}, "guidance_scales must be positive values"),
-        ({"stages": [{"name": "s", "steps": 5, "sources": [{"kind": "laoin"}]}]},
-         "source kind 'laoin' is not one of .* Did you mean 'laion'?"),
+        (
+            {"stages": [{"name": "s", "steps": 5, "sources": [{"kind": "laoin"}]}]},
+            "source kind 'laoin' is not one of .* Did you mean 'laion'?",
+        ),
         ({"stages": [{"name": "s", "steps": -1, "sources": [{"kind": "laion"}]}]}, "steps must be positive, got -1"),
-        ({"stages": [{"name": "s", "steps": 5, "sources": [{"kind": "laion", "weight": 0}]}]}, "weight must be > 0, got 0"),
-        ({"stages": [{"name": "s", "steps": 5, "loss": "embeding", "sources": [{"kind": "laion"}]}]},
-         "stage 's': loss 'embeding' is not one of vision, embedding. Did you mean 'embedding'?"),
-        ({"stages": [{"name": "s", "steps": 5, "learning_rate": 0, "sources": [{"kind": "laion"}]}]},
-         "stage 's': learning_rate must be positive, got 0"),
+        (
+            {"stages": [{"name": "s", "steps": 5, "sources": [{"kind": "laion", "weight": 0}]}]},
+            "weight must be > 0, got 0",
+        ),
+        (
+            {"stages": [{"name": "s", "steps": 5, "loss": "embeding", "sources": [{"kind": "laion"}]}]},
+            "stage 's': loss 'embeding' is not one of embedding, vision. Did you mean 'embedding'?",
+        ),
+        (
+            {"stages": [{"name": "s", "steps": 5, "learning_rate": 0, "sources": [{"kind": "laion"}]}]},
+            "stage 's': learning_rate must be positive, got 0",
+        ),
     ],
 )
 def test_bad_recipe_files(tmp_path, change, message):
@@ -95,7 +104,9 @@ def test_cli_lists_one_line_per_recipe():
     out = subprocess.run(["encoder-shrink", "recipes"], capture_output=True, text=True, check=True).stdout
     lines = out.strip().splitlines()
     assert len(lines) == len(BUNDLED)
-    assert any(line.startswith("flux-t5base ") and "google/flan-t5-base" in line and "320000 steps" in line for line in lines)
+    assert any(
+        line.startswith("flux-t5base ") and "google/flan-t5-base" in line and "320000 steps" in line for line in lines
+    )
 
 
 def test_toy_recipe_matches_the_toy_teacher():
@@ -108,9 +119,8 @@ def test_toy_recipe_matches_the_toy_teacher():
     assert recipe.losses == ["embedding", "vision"] and recipe.stages[1].learning_rate < recipe.learning_rate
     assert all(s.steps % recipe.num_inference_steps == 0 for s in recipe.stages)
     # Students start from the toy world's pretrained t5-small, bundled inside the package.
-    from transformers import T5Config
-
     from encoder_shrink.recipes import resolve_student_t5
+    from transformers import T5Config
 
     assert recipe.student_t5 == "package:toy/t5_small"
     config = T5Config.from_pretrained(resolve_student_t5(recipe.student_t5))

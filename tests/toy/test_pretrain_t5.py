@@ -30,7 +30,9 @@ def test_corruption_hides_about_15_percent_in_spans_and_keeps_the_end_token():
 def test_pretraining_learns_to_rebuild_prompts(tmp_path):
     short, history_short = pretrain_toy_t5(STUDENT_T5, steps=2, batch_size=16)
     encoder, history = pretrain_toy_t5(STUDENT_T5, steps=150, batch_size=32)
-    assert history["loss"] < 0.5 * history_short["loss"] and history["token_accuracy"] > history_short["token_accuracy"]
+    assert (
+        history["loss"] < 0.5 * history_short["loss"] and history["token_accuracy"] > history_short["token_accuracy"]
+    )
     assert isinstance(encoder, T5EncoderModel) and encoder.config.d_model == STUDENT_T5["d_model"]
     saved = save_t5_small(encoder, tmp_path / "t5_small", history)
     student = ShrunkT5EncoderModel.from_t5(saved, teacher_dim=128)

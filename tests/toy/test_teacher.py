@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from diffusers import FluxPipeline
 from transformers import T5EncoderModel
 
@@ -45,7 +44,10 @@ def test_bundled_teacher_draws_held_out_prompts():
 def test_quoted_words_are_spelled_by_the_tokenizer():
     tokenizer = toy_t5_tokenizer()
     tokens = tokenizer.convert_ids_to_tokens(tokenizer("a sign that says 'pan'").input_ids)
-    assert tokens[-5:] == ["p", "a", "n", "'", "</s>"] and tokenizer.unk_token_id not in tokenizer("a sign that says 'pan'").input_ids
+    assert (
+        tokens[-5:] == ["p", "a", "n", "'", "</s>"]
+        and tokenizer.unk_token_id not in tokenizer("a sign that says 'pan'").input_ids
+    )
     assert max(len(tokenizer(p.text).input_ids) for p in sample_prompts(400, "train")) <= MAX_SEQUENCE_LENGTH
 
 

@@ -1,4 +1,4 @@
-"""python -m encoder_shrink.toy.train_teacher: a loadable teacher, and a resumed run that equals an uninterrupted one."""
+"""python -m encoder_shrink.toy.train_teacher: a loadable teacher; a resumed run equals an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -11,20 +11,48 @@ from encoder_shrink.toy.teacher import load_toy_teacher
 from encoder_shrink.toy.train_teacher import main
 
 # Tiny settings: one VAE step, two T5 pretraining steps, one render per prompt, 4 held-out prompts per evaluation.
-FAST = ["--vae-steps", "1", "--t5-steps", "2", "--batch-size", "4", "--variants", "1", "--eval-every", "2", "--eval-prompts", "4",
-        "--final-prompts", "4"]
+FAST = [
+    "--vae-steps",
+    "1",
+    "--t5-steps",
+    "2",
+    "--batch-size",
+    "4",
+    "--variants",
+    "1",
+    "--eval-every",
+    "2",
+    "--eval-prompts",
+    "4",
+    "--final-prompts",
+    "4",
+]
 
 
 def _weights(folder, parts=("transformer", "text_encoder_2")):
-    return {f"{part}/{k}": v for part in parts for k, v in load_file(next((folder / part).glob("*.safetensors"))).items()}
+    return {
+        f"{part}/{k}": v for part in parts for k, v in load_file(next((folder / part).glob("*.safetensors"))).items()
+    }
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
-    main(["--output", str(tmp_path / "straight"), "--work-dir", str(tmp_path / "work-straight"), "--steps", "4", *FAST])
+    main(
+        ["--output", str(tmp_path / "straight"), "--work-dir", str(tmp_path / "work-straight"), "--steps", "4", *FAST]
+    )
     main(["--output", str(tmp_path / "resumed"), "--work-dir", str(tmp_path / "work-resumed"), "--steps", "2", *FAST])
     halfway = _weights(tmp_path / "resumed")
-    main(["--output", str(tmp_path / "resumed"), "--work-dir", str(tmp_path / "work-resumed"), "--steps", "4", "--resume",
-          *FAST])
+    main(
+        [
+            "--output",
+            str(tmp_path / "resumed"),
+            "--work-dir",
+            str(tmp_path / "work-resumed"),
+            "--steps",
+            "4",
+            "--resume",
+            *FAST,
+        ]
+    )
 
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()

@@ -1,4 +1,4 @@
-"""encoder_shrink.toy.world: the toy grammar round-trips, splits deterministically, and renders deterministic scenes."""
+"""encoder_shrink.toy.world: the toy grammar round-trips, splits deterministically, renders deterministic scenes."""
 
 from __future__ import annotations
 
@@ -49,9 +49,18 @@ def test_every_prompt_round_trips():
 @pytest.mark.parametrize(
     "text",
     [
-        "", "a red circel", "one red circle", "two red circle", "four red circles", "a pink circle",
-        "a red circle left of a red circle", "a red circle next to a blue square", "a sign that says 'xyz'", "a sign that says 'cats'",
-        "a sign that says cat", "a red circle.",
+        "",
+        "a red circel",
+        "one red circle",
+        "two red circle",
+        "four red circles",
+        "a pink circle",
+        "a red circle left of a red circle",
+        "a red circle next to a blue square",
+        "a sign that says 'xyz'",
+        "a sign that says 'cats'",
+        "a sign that says cat",
+        "a red circle.",
     ],
 )
 def test_prompts_outside_the_grammar_raise_one_line_errors_quoting_them(text):
@@ -174,7 +183,12 @@ def test_palette_glyphs_and_words_are_well_formed():
 
 
 def test_render_is_deterministic_per_seed_and_jittered_across_seeds():
-    for text in ("a red circle", "three green triangles", "a red circle above a blue square", "a sign that says 'cat'"):
+    for text in (
+        "a red circle",
+        "three green triangles",
+        "a red circle above a blue square",
+        "a sign that says 'cat'",
+    ):
         image = render(text, seed=4)
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
         assert np.array_equal(image, render(parse_prompt(text), seed=4))

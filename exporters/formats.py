@@ -1,0 +1,232 @@
+"""Export formats: the registry (a public config and a private handler per format), `export` and `load_encoder`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from encoder_shrink.exporters.runtime import EXPORT_KEY, read_config
+
+from encoder_shrink.errors import (
+    BackendUnavailableError,
+    InvalidArgumentError,
+    OutputExistsError,
+    UnknownNameError,
+    WrongModelTypeError,
+)
+from encoder_shrink.files import atomic_dir
+from encoder_shrink.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportContext:
+    """What a format's handler gets besides the student and its config: the pipeline and tokenizer, when given."""
+
+    pipeline: Any = None
+    tokenizer: Any = None
+    output_dir: Path | None = None  # the final folder (the handler writes into a staging folder renamed onto it)
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    r"""
+    One registered export format.
+
+    Args:
+        name: what `encoder-shrink export --format NAME` and the `export.format` record of config.json call it.
+        config_class: the public config dataclass of its options (validated in `__post_init__`).
+        handler: `handler(student, staging, config, context)` writes the export into the folder `staging` (renamed
+            onto the output folder when it returns; removed when it raises), `config.json` with an `export` record
+            `{"format": name, ...}` included, and checks it against the torch student.
+        encoder_class: the runtime encoder `load_encoder` returns for its folders (an `ExportedEncoder` subclass), or
+            None when the torch student loads them.
+        description: one line for `--help` and the docs.
+        unavailable: `() -> str | None`, why the format cannot run here (a missing package or GPU), checked before
+            anything is written.
+    """
+
+    name: str
+    config_class: type
+    handler: Callable[..., None]
+    encoder_class: type | None = None
+    description: str = ""
+    unavailable: Callable[[], str | None] | None = None
+
+
+EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format")
+_BY_CONFIG: dict[type, ExportFormat] = {}
+
+
+def register_export_format(name: str, config_class: type, handler: Callable[..., None], *,
+                           encoder_class: type | None = None, description: str = "",
+                           unavailable: Callable[[], str | None] | None = None) -> ExportFormat:
+    r"""
+    Register an export format: its config class and its handler, one call next to their definition. A taken name or
+    config class raises.
+
+    Example:
+
+    ```python
+    >>> register_export_format("my-format", MyExportConfig, _export_my_format, description="...")  # doctest: +SKIP
+    ```
+    """
+    if not dataclasses.is_dataclass(config_class):
+        raise WrongModelTypeError(f"export format {name!r}: config_class must be a dataclass, got {config_class!r}.")
+    if config_class in _BY_CONFIG:
+        raise InvalidArgumentError(
+            f"export format {name!r}: {config_class.__name__} already configures {_BY_CONFIG[config_class].name!r}."
+        )
+    entry = EXPORT_FORMATS.register(name, ExportFormat(name, config_class, handler, encoder_class, description,
+                                                       unavailable))
+    _BY_CONFIG[config_class] = entry
+    return entry
+
+
+def get_format(name: str) -> ExportFormat:
+    """The registered export format `name`."""
+    return EXPORT_FORMATS.get(name)
+
+
+def format_of(config) -> ExportFormat:
+    """The registered format whose config class `config` is an instance of."""
+    entry = _BY_CONFIG.get(type(config))
+    if entry is None:
+        raise UnknownNameError(
+            f"{type(config).__name__} is not the config of a registered export format "
+            f"({', '.join(registered_formats())})."
+        )
+    return entry
+
+
+def registered_formats() -> list[str]:
+    """Names of the registered export formats, e.g. `['distillt5', 'onnx', 'tensorrt']`."""
+    return EXPORT_FORMATS.names()
+
+
+def config_from_options(name: str, options: dict[str, Any], flags: dict[str, str] | None = None):
+    """
+    The config of format `name` built from command-line options (those left at None are not given); an option the
+    format does not take raises, naming its flag. A config class may define `from_options(options)` to route options
+    itself (TensorRT passes the ONNX ones on to its ONNX export).
+    """
+    config_class = get_format(name).config_class
+    given = {key: value for key, value in options.items() if value is not None}
+    if hasattr(config_class, "from_options"):
+        return config_class.from_options(given, flags or {})
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    unused = [key for key in given if key not in fields]
+    if unused:
+        names = ", ".join((flags or {}).get(key, key) for key in unused)
+        raise InvalidArgumentError(f"{names} does not apply to --format {name}; drop it or choose another format.")
+    return config_class(**given)
+
+
+def as_student(student):
+    """A student model from a model or a folder (our format or the reference's), in fp32 eval mode."""
+    import torch
+
+    from encoder_shrink.student import ShrunkT5EncoderModel
+
+    if not isinstance(student, torch.nn.Module):
+        student = ShrunkT5EncoderModel.from_pretrained(student)
+    if not isinstance(student, ShrunkT5EncoderModel):
+        raise WrongModelTypeError(
+            f"export needs a torch student (ShrunkT5EncoderModel or its folder), got {type(student).__name__}."
+        )
+    return student.float().eval()
+
+
+def export(student, output_dir: str | os.PathLike, config=None, *, format: str | None = None, pipeline=None,
+           tokenizer=None, overwrite: bool = False) -> Path:
+    r"""
+    Export a student to `output_dir` in the format its `config` belongs to (or `format`, with that format's default
+    config), checked against the torch student, and written atomically: a failed export leaves nothing behind.
+
+    Args:
+        student: a [`ShrunkT5EncoderModel`] or the folder of one (the reference checkpoint format included).
+        output_dir: the folder to create; it must not exist (or be empty) unless `overwrite`.
+        config: a registered format's config, e.g. `OnnxExportConfig(int8="dynamic")`, `DistillT5ExportConfig()`.
+        format: a registered format name, when `config` is None.
+        pipeline / tokenizer: the student's pipeline (its tokenizer then makes the parity prompts, and formats that
+            can report the denoiser error the export causes do) or a tokenizer.
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink.exporters import OnnxExportConfig, export
+    >>> export("out/student", "out/student-int8", OnnxExportConfig(int8="dynamic"))  # doctest: +SKIP
+    ```
+    """
+    if config is None:
+        if format is None:
+            raise InvalidArgumentError(
+                f"export needs a config or a format name; registered formats: {', '.join(registered_formats())}."
+            )
+        config = get_format(format).config_class()
+    entry = format_of(config)
+    if format is not None and format != entry.name:
+        raise InvalidArgumentError(f"format={format!r} but the config is a {entry.name!r} config; pass one of them.")
+    reason = entry.unavailable() if entry.unavailable else None
+    if reason:
+        raise BackendUnavailableError(f"cannot export to {entry.name}: {reason}")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{output_dir} exists and is not empty; choose another folder or pass overwrite=True.")
+    student = as_student(student)
+    context = ExportContext(pipeline=pipeline, tokenizer=tokenizer, output_dir=output_dir)
+    with atomic_dir(output_dir) as staging:
+        entry.handler(student, staging, config, context)
+        if EXPORT_KEY not in read_config(staging):
+            raise WrongModelTypeError(f"export format {entry.name!r} wrote no export record into config.json.")
+    logger.info("Exported %s (%s).", output_dir, entry.name)
+    return output_dir
+
+
+def load_encoder(path: str | os.PathLike, **kwargs):
+    r"""
+    The encoder a folder holds, by the `export` record of its config.json: the torch student (a saved student, a
+    reference checkpoint, a `distillt5` export), an ONNX Runtime encoder, a TensorRT encoder, or the runtime encoder
+    of any registered format. Each loads drop-in into a pipeline's T5 slot.
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink import load_encoder
+    >>> encoder = load_encoder("out/student-onnx")  # doctest: +SKIP
+    ```
+    """
+    from encoder_shrink.student import ShrunkT5EncoderModel
+
+    folder = Path(path)
+    record = read_config(folder).get(EXPORT_KEY) or {}
+    if not record:
+        return ShrunkT5EncoderModel.from_pretrained(folder, **kwargs)
+    if record.get("format") not in EXPORT_FORMATS:
+        raise UnknownNameError(
+            f"{folder} holds a {record.get('format')!r} export, which this version cannot run (registered formats: "
+            f"{', '.join(registered_formats())})."
+        )
+    encoder_class = get_format(record["format"]).encoder_class or ShrunkT5EncoderModel
+    return encoder_class.from_pretrained(folder, **kwargs)
+
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportContext",
+    "ExportFormat",
+    "as_student",
+    "config_from_options",
+    "export",
+    "format_of",
+    "get_format",
+    "load_encoder",
+    "register_export_format",
+    "registered_formats",
+]

@@ -1,0 +1,47 @@
+"""Every benchmark script runs end to end at tiny size (a smoke test; the real figures are in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ROOT / "benchmarks"
+# Each script of benchmarks/ with the arguments of its smoke run. Library modules (bench, measure, synthetic,
+# reference_loop) are exercised by test_bench.py / test_synthetic.py through `encoder-shrink bench`.
+SMOKE_ARGS = {
+    "export_latency": ["--size", "tiny", "--tokens", "16", "--repeats", "1", "--warmup", "0"],
+    "distill_throughput": ["--steps", "2", "--num-inference-steps", "2", "--batch-size", "1", "--resolution", "32"],
+}
+LIBRARY_MODULES = {"__init__", "bench", "measure", "synthetic", "reference_loop"}
+
+
+def test_every_script_has_a_smoke_run():
+    scripts = {p.stem for p in BENCHMARKS.glob("*.py")} - LIBRARY_MODULES
+    assert scripts == set(SMOKE_ARGS)
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE_ARGS))
+def test_script_runs_at_tiny_size(script, tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable,
+        "-m",
+        f"encoder_shrink.benchmarks.{script}",
+        "--output",
+        str(tmp_path),
+        *SMOKE_ARGS[script],
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "results.md").read_text().startswith("|") or "|" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "|" in done.stdout  # the table is printed
+    rows = results.get("backends") or results.get("variants")
+    assert rows and all(isinstance(figures, dict) for figures in rows.values())

@@ -1,0 +1,205 @@
+"""The shared suite every registered pipeline family passes: one parametrised test per promise, no per-family copies.
+
+A new family (one file under encoder_shrink/pipelines/) is picked up by every test here through the registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import re
+
+import numpy as np
+import pytest
+import torch
+from diffusers.utils import logging as diffusers_logging
+
+from encoder_shrink import ShrunkT5EncoderModel, adapter_for, testing
+from encoder_shrink.pipelines import get_adapter
+
+FAMILIES = testing.TINY_FAMILIES
+PROMPTS = ["two red circles left of a blue square", "A Cat holding a sign that says 'hello'"]
+PROMPT = PROMPTS[0]
+# CPU kernels are not bit-reproducible across calls with different batch layouts; 1e-4 is far below any real change.
+TOL = {"atol": 1e-4, "rtol": 1e-4}
+
+
+def _load(family, tiny_pipeline_dirs, **kwargs):
+    pipe = testing.tiny_pipeline_class(family).from_pretrained(tiny_pipeline_dirs[family], **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _guidance(adapter) -> float | None:
+    return 4.5 if adapter.guidance else None
+
+
+def _student(adapter, **config):
+    student = testing.tiny_student(teacher_dim=adapter.conditioning_width, pipeline_family=adapter.name, **config)
+    assert isinstance(student, adapter.student_class())
+    return student
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_recognises_its_pipeline(family, tiny_pipeline_dirs):
+    pipe = _load(family, tiny_pipeline_dirs)
+    adapter = adapter_for(pipe)
+    assert adapter.name == family and type(pipe).__name__ == adapter.pipeline_class
+    assert adapter.teacher is getattr(pipe, adapter.encoder_slot)
+    assert adapter.tokenizer is getattr(pipe, adapter.tokenizer_slot)
+    rows = adapter.encode_teacher(["a cat"], adapter.max_sequence_length)
+    assert rows["t5"].shape == (1, adapter.max_sequence_length, adapter.conditioning_width)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_deployment_length_is_the_pipelines_default_or_says_why_not(family):
+    adapter = get_adapter(family)
+    call = inspect.signature(adapter.diffusers_pipeline_class().__call__)
+    default = call.parameters["max_sequence_length"].default
+    if adapter.max_sequence_length != default:
+        assert adapter.length_note, f"{family} encodes at {adapter.max_sequence_length}, the pipeline at {default}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_student_sees_the_teachers_tokens(family, tiny_pipeline_dirs):
+    adapter = adapter_for(_load(family, tiny_pipeline_dirs))
+    length = adapter.max_sequence_length
+    texts = adapter.encoder_texts(PROMPTS)
+    rows = adapter.encode_teacher(texts, length)
+    ids, mask = adapter.tokenize(texts, length)
+    assert (mask is not None) == adapter.uses_attention_mask
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.teacher(ids, attention_mask=mask)[0], rows["t5"], **TOL)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_teacher_trajectory_reproduces_pipeline_sampling(family, tiny_pipeline_dirs):
+    pipe = _load(family, tiny_pipeline_dirs)
+    adapter = adapter_for(pipe)
+    kwargs = testing.tiny_call_kwargs(pipe, num_inference_steps=3, seed=11)
+    kwargs["output_type"] = "latent"
+    guidance = _guidance(adapter)
+    if guidance is not None:
+        kwargs["guidance_scale"] = guidance
+    expected = pipe(PROMPTS, **kwargs).images
+
+    length = adapter.max_sequence_length
+    texts = adapter.encoder_texts(PROMPTS)
+    rows = adapter.encode_teacher(texts, length)
+    _, mask = adapter.tokenize(texts, length)
+    trajectory = adapter.start_trajectory(len(PROMPTS), kwargs["height"], 3, torch.Generator("cpu").manual_seed(11))
+    with torch.no_grad():
+        for t in trajectory.timesteps:
+            adapter.step(trajectory, adapter.predict(trajectory, t, rows["t5"], rows, mask, guidance), t)
+    torch.testing.assert_close(trajectory.latents, expected, atol=1e-5, rtol=1e-4)
+
+
+def _source(dotted: str) -> str:
+    """The source of a dotted diffusers name (module, class, method)."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[split:]:
+            target = getattr(target, attribute)
+        return inspect.getsource(target)
+    raise AssertionError(f"{dotted} does not exist in the installed diffusers")
+
+
+def _contains(source: str, line: str) -> bool:
+    squeeze = lambda text: re.sub(r"\s+", "", text)  # noqa: E731
+    return squeeze(line) in squeeze(source)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if get_adapter(f).copied_from])
+def test_logic_copied_from_diffusers_has_not_drifted(family):
+    for copied in get_adapter(family).copied_from:
+        source = _source(copied.source)
+        for line in copied.lines:
+            assert _contains(source, line), f"{copied.source} changed: {line!r} is no longer there"
+    # the check can fail: an altered line is not found
+    assert not _contains(source, copied.lines[0].replace("(", "[", 1) + "#")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pipeline_from_pretrained_with_student_uses_it_without_type_warnings(family, tiny_pipeline_dirs, caplog):
+    teacher_pipe = _load(family, tiny_pipeline_dirs)
+    adapter = adapter_for(teacher_pipe)
+    slot, student = adapter.encoder_slot, _student(adapter)
+
+    def load_with(encoder):
+        caplog.clear()
+        diffusers_logging.enable_propagation()
+        try:
+            with caplog.at_level(logging.WARNING):
+                return _load(family, tiny_pipeline_dirs, **{slot: encoder})
+        finally:
+            diffusers_logging.disable_propagation()
+
+    pipe = load_with(student)
+    assert "Expected types" not in caplog.text and "non-standard module" not in caplog.text
+    assert getattr(pipe, slot) is student
+    load_with(testing.tiny_student().encoder)  # control: the capture does see the warning for a non-T5 encoder
+    assert f"Expected types for {slot}" in caplog.text
+
+    # the pipeline's own prompt code runs the student, and its output conditions the denoiser
+    seen = []
+    hook = student.register_forward_hook(lambda module, args, output: seen.append(output[0]))
+    try:
+        images = pipe(PROMPT, **testing.tiny_call_kwargs(pipe)).images
+    finally:
+        hook.remove()
+    assert seen and seen[0].shape[-1] == adapter.conditioning_width
+    teacher_images = teacher_pipe(PROMPT, **testing.tiny_call_kwargs(teacher_pipe)).images
+    assert images.shape == teacher_images.shape and np.isfinite(images).all()
+    assert not np.allclose(images, teacher_images)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pipeline_saved_with_the_student_reloads_to_identical_images(family, tiny_pipeline_dirs, tmp_path):
+    adapter = adapter_for(_load(family, tiny_pipeline_dirs))
+    slot = adapter.encoder_slot
+    pipe = _load(family, tiny_pipeline_dirs, **{slot: _student(adapter)})
+    pipe.save_pretrained(tmp_path / "plain")
+    assert sorted(p.name for p in (tmp_path / "plain" / slot).iterdir()) == ["config.json", "model.safetensors"]
+    reloaded = testing.tiny_pipeline_class(family).from_pretrained(tmp_path / "plain")
+    assert type(getattr(reloaded, slot)) is ShrunkT5EncoderModel
+    expected = pipe(PROMPT, **testing.tiny_call_kwargs(pipe)).images
+    np.testing.assert_array_equal(reloaded(PROMPT, **testing.tiny_call_kwargs(reloaded)).images, expected)
+
+    # diffusers' serialization with a variant: every component, the student included, writes its variant file
+    pipe.save_pretrained(tmp_path / "variant", variant="fp16")
+    for component in ("transformer", slot):
+        assert sorted(p.name for p in (tmp_path / "variant" / component).glob("*.safetensors")) == [
+            "diffusion_pytorch_model.fp16.safetensors" if component == "transformer" else "model.fp16.safetensors"]
+    again = testing.tiny_pipeline_class(family).from_pretrained(tmp_path / "variant", variant="fp16")
+    assert type(getattr(again, slot)) is ShrunkT5EncoderModel
+    np.testing.assert_array_equal(again(PROMPT, **testing.tiny_call_kwargs(again)).images, expected)
+
+
+def test_bfloat16_pipeline_with_bfloat16_student(tiny_pipeline_dirs):
+    """FLUX casts prompt embeddings to text_encoder_2.dtype: the student's dtype must be its output dtype."""
+    student = testing.tiny_student(teacher_dim=testing.T5_TINY_DIM, pipeline_family="flux-dev").to(torch.bfloat16)
+    pipe = _load("flux-dev", tiny_pipeline_dirs, text_encoder_2=student, dtype=torch.bfloat16)
+    embeds, pooled, _ = pipe.encode_prompt(prompt=PROMPT, prompt_2=None, max_sequence_length=512)
+    assert embeds.dtype == torch.bfloat16
+    assert np.isfinite(pipe(PROMPT, **testing.tiny_call_kwargs(pipe)).images).all()
+
+
+@pytest.mark.accelerator
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="enable_model_cpu_offload needs a CUDA accelerator")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_model_cpu_offload_with_student(family, tiny_pipeline_dirs):
+    adapter = adapter_for(_load(family, tiny_pipeline_dirs))
+    slot = adapter.encoder_slot
+    on_gpu = _load(family, tiny_pipeline_dirs, **{slot: _student(adapter)}).to("cuda")
+    expected = on_gpu(PROMPT, **testing.tiny_call_kwargs(on_gpu)).images
+    offloaded = _load(family, tiny_pipeline_dirs, **{slot: _student(adapter)})
+    offloaded.enable_model_cpu_offload()
+    assert offloaded._execution_device.type == "cuda"
+    images = offloaded(PROMPT, **testing.tiny_call_kwargs(offloaded)).images
+    assert getattr(offloaded, slot).device.type == "cpu"  # moved back after use by the offload hooks
+    np.testing.assert_allclose(images, expected, atol=1e-3)
