@@ -68,10 +68,11 @@ def _materialize(
     return module.to(device=device, dtype=dtype).eval()
 
 
-def _empty(build):
+def _empty(build, buffers_too: bool = False):
+    """`build()` with its parameters on the meta device; its buffers too when nothing will run (`buffers_too`)."""
     from accelerate import init_empty_weights
 
-    with init_empty_weights(include_buffers=False):
+    with init_empty_weights(include_buffers=buffers_too):
         return build()
 
 
@@ -91,7 +92,7 @@ def synthetic_t5(name: str, dtype: torch.dtype = torch.bfloat16, device: str | t
     from transformers import T5EncoderModel
 
     config = t5_config(name)
-    return _materialize(_empty(lambda: T5EncoderModel(config)), dtype, device, seed)
+    return _materialize(_empty(lambda: T5EncoderModel(config), str(device) == "meta"), dtype, device, seed)
 
 
 def synthetic_student(base: str = "t5-base", teacher_dim: int = 4096, max_sequence_length: int = 512,
@@ -133,10 +134,9 @@ class Builder:
     def __init__(self, dtype: torch.dtype, device: str | torch.device, seed: int):
         self.dtype, self.device, self.seed = dtype, device, seed
 
-    @staticmethod
-    def empty(build):
-        """`build()` with its parameters on the meta device (nothing allocated)."""
-        return _empty(build)
+    def empty(self, build):
+        """`build()` with its parameters on the meta device (its buffers too when the builder's device is meta)."""
+        return _empty(build, str(self.device) == "meta")
 
     def real(self, module: torch.nn.Module, offset: int) -> torch.nn.Module:
         """`module` with random weights in the builder's dtype and device, seeded by `seed + offset`."""
@@ -147,12 +147,12 @@ class Builder:
 
     @staticmethod
     def clip_text(hidden: int, layers: int, heads: int, intermediate: int, projection: int, act: str,
-                  with_projection: bool):
+                  with_projection: bool, positions: int = 77):
         """A CLIP text encoder of the given size on the meta device (pass it to `real`)."""
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
         config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=intermediate,
-                                num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                                num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=positions,
                                 projection_dim=projection, hidden_act=act)
         cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
         return _empty(lambda: cls(config))
@@ -169,10 +169,17 @@ class Builder:
             layers_per_block=2, norm_num_groups=32, sample_size=1024, **kwargs))
 
     @staticmethod
-    def clip_tokenizer():
+    def clip_tokenizer(model_max_length: int = 77):
         from encoder_shrink.testing import tiny_clip_tokenizer
 
-        return tiny_clip_tokenizer(77)
+        return tiny_clip_tokenizer(model_max_length)
+
+    @staticmethod
+    def llm_tokenizer(model_max_length: int = 512, chat_template: str | None = None):
+        """An in-memory LLM tokenizer whose ids stay inside any LLM's vocabulary."""
+        from encoder_shrink.testing import tiny_llm_tokenizer
+
+        return tiny_llm_tokenizer(model_max_length, chat_template)
 
     @staticmethod
     def t5_tokenizer(model_max_length: int = 512):

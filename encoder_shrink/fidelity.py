@@ -84,7 +84,10 @@ def denoiser_fidelities(
             texts = adapter.encoder_texts(batch, negative_prompt)
             rows = teacher_rows(texts)
             input_ids, mask = adapter.tokenize(texts, length)
-            embeddings = {name: student(input_ids, attention_mask=mask)[0] for name, student in students.items()}
+            encoder_mask = adapter.encoder_mask(mask)
+            embeddings = {
+                name: student(input_ids, attention_mask=encoder_mask)[0] for name, student in students.items()
+            }
             generator = torch.Generator("cpu").manual_seed(seed + start)
             trajectory = adapter.start_trajectory(len(batch), resolution, num_inference_steps, generator)
             for i, t in enumerate(trajectory.timesteps):

@@ -47,6 +47,7 @@ class EncoderShrinker:
     def __init__(self, pipe: Any, teacher_id: str | None = None):
         self.pipe = pipe
         self.adapter = adapter_for(pipe)
+        self.adapter.check_distillable()
         if self.adapter.teacher is None:
             raise IncompatibleModelError(
                 f"{type(pipe).__name__}.{self.adapter.encoder_slot} is None; load the pipeline with its teacher "
@@ -56,13 +57,8 @@ class EncoderShrinker:
 
     def _record(self, recipe: Recipe) -> dict:
         """What a student distilled with `recipe` on this pipeline replaces, for its config."""
-        return {
-            "pipeline_family": self.adapter.name,
-            "component": self.adapter.encoder_slot,
-            "teacher_name_or_path": self.teacher_id,
-            "max_sequence_length": recipe.max_sequence_length or self.adapter.max_sequence_length,
-            "use_attention_mask": self.adapter.uses_attention_mask,
-        }
+        record = self.adapter.record(recipe.max_sequence_length or self.adapter.max_sequence_length)
+        return {**record, "teacher_name_or_path": self.teacher_id}
 
     def build_student(self, recipe: str | Recipe) -> ShrunkT5EncoderModel:
         """

@@ -61,6 +61,39 @@ def tiny_clip_tokenizer(model_max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
+def tiny_llm_tokenizer(model_max_length: int = 512, chat_template: str | None = None):
+    """
+    A character-level tokenizer of an LLM built in memory (`PreTrainedTokenizerFast`): `<|pad|>`=0,
+    `<|begin_of_text|>`=1 (added before every text), `<|end_of_text|>`=2, `<unk>`=3, then whole words and characters.
+    Its ids stay inside any real LLM vocabulary; `chat_template` is set as given.
+
+    Example:
+
+    ```python
+    >>> tiny_llm_tokenizer()("a red circle").input_ids[0]
+    1
+    ```
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for piece in [*_WORDS, *_CHARS, " "]:
+        vocab.setdefault(piece, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    # Whole words where the vocabulary has them, single characters (spaces included) otherwise.
+    words = "|".join(sorted((w for w in _WORDS if len(w) > 1), key=len, reverse=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(rf"(?:{words})(?![a-zA-Z])|."), behavior="isolated")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|pad|>",
+        unk_token="<unk>", model_max_length=model_max_length, chat_template=chat_template,
+    )
+
+
 def tiny_t5_encoder(d_model: int = T5_TINY_DIM, num_layers: int = 2, vocab_size: int | None = None, seed: int = 0):
     """A random `T5EncoderModel` (T5 v1.1 style: gated-GELU) sized for the tiny tokenizer."""
     from transformers import T5Config, T5EncoderModel
@@ -87,8 +120,8 @@ def tiny_student(teacher_dim: int = T5_TINY_DIM, d_model: int = 16, num_layers: 
     return ShrunkT5EncoderModel.from_t5(t5, teacher_dim=teacher_dim, **config).eval()
 
 
-def tiny_clip_text_config():
-    """The config of a tiny CLIP text encoder for the tiny CLIP tokenizer."""
+def tiny_clip_text_config(max_position_embeddings: int = 77):
+    """The config of a tiny CLIP text encoder for the tiny CLIP tokenizer (77 positions as CLIP; more: Long-CLIP)."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -97,7 +130,7 @@ def tiny_clip_text_config():
         intermediate_size=2 * CLIP_TINY_DIM,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=77,
+        max_position_embeddings=max_position_embeddings,
         projection_dim=CLIP_TINY_DIM,
         bos_token_id=0,
         eos_token_id=1,

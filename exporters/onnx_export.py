@@ -166,7 +166,7 @@ def _denoiser_error(adapter, student, graph_file: Path, prompts, length: int, re
         rows = adapter.encode_teacher(texts, length)
         input_ids, mask = adapter.tokenize(texts, length)
         with torch.no_grad():
-            rows["t5"] = student(input_ids, attention_mask=mask)[0]
+            rows["t5"] = student(input_ids, attention_mask=adapter.encoder_mask(mask))[0]
         return rows
 
     prompts = [p for p in prompts if p]

@@ -337,8 +337,10 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
     if isinstance(name_or_path, Recipe):
         return name_or_path
     path = Path(name_or_path)
-    if not path.suffix:
-        recipes = available_recipes()
+    recipes = available_recipes()
+    if str(name_or_path) in recipes:  # a bundled name (names may contain dots: sd3.5-large-t5base)
+        path = recipes[str(name_or_path)]
+    elif path.suffix not in (".yaml", ".yml") and not path.is_file():
         if str(name_or_path) not in recipes:
             raise RecipeError(
                 f"unknown recipe {str(name_or_path)!r}.{_nearest(str(name_or_path), recipes)} "

@@ -8,6 +8,7 @@ import pytest
 
 from encoder_shrink import ShrunkT5EncoderModel, testing
 from encoder_shrink.cli import main
+from encoder_shrink.demo import DISTILL_STEPS
 from tests.test_reference import write_reference_checkpoint
 
 
@@ -21,7 +22,7 @@ def test_drop_in_demo_runs_end_to_end(tmp_path, capsys):
         assert figures["reload_identical"] and figures["images_finite"]
         assert figures["student_class_after_reload"] == "ShrunkT5EncoderModel"
         assert figures["student_parameters"] < figures["teacher_parameters"]
-        assert figures["distill_steps"] == 80
+        assert figures["distill_steps"] == DISTILL_STEPS
         assert figures["relative_mse_after"] < 0.3 * figures["relative_mse_before"]
     assert (tmp_path / "demo" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| flux-dev | text_encoder_2 |" in (tmp_path / "demo" / "report.md").read_text()

@@ -173,8 +173,8 @@ def distill_loop(
                 with torch.random.fork_rng(devices=rng_devices):
                     torch.manual_seed(step_seed(recipe.seed, step, rank))  # this step's dropout, whatever ran before
                     with accelerator.autocast():
-                        inputs = LossInputs(adapter, model(input_ids, attention_mask=mask)[0], rows, mask, trajectory,
-                                            t, guidance)
+                        student_t5 = model(input_ids, attention_mask=adapter.encoder_mask(mask))[0]
+                        inputs = LossInputs(adapter, student_t5, rows, mask, trajectory, t, guidance)
                         loss = loss_fn(inputs)
 
                     # Every process checks every process's loss, so all stop (and checkpoint) together.

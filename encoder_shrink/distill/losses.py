@@ -19,8 +19,9 @@ LOSSES: Registry[DistillationLoss] = Registry("loss")
 class LossInputs:
     r"""
     What a loss sees at one optimizer step: the student's embeddings of the batch's encoder texts, the teacher's cached
-    conditioning rows for the same texts, the attention mask the pipeline uses, and, for losses that use the denoiser,
-    the teacher trajectory at timestep `t` with the guidance of this trajectory.
+    conditioning rows for the same texts, the tokenizer's attention mask (`adapter.attended(mask)`: the positions the
+    denoiser reads), and, for losses that use the denoiser, the teacher trajectory at timestep `t` with the guidance of
+    this trajectory.
 
     `teacher_prediction()` is the frozen denoiser's prediction with the teacher's embeddings (computed once, without
     gradients; the loop advances the trajectory along it), `predict(embeddings)` the same with other embeddings.
@@ -124,7 +125,8 @@ class EmbeddingLoss(DistillationLoss):
     uses_denoiser = False
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        return masked_mse(inputs.student_embeddings, inputs.teacher_rows["t5"], inputs.attention_mask)
+        attended = inputs.adapter.attended(inputs.attention_mask)
+        return masked_mse(inputs.student_embeddings, inputs.teacher_rows["t5"], attended)
 
 
 __all__ = [

@@ -60,14 +60,26 @@ class SyntheticSpec:
     ```python
     >>> SyntheticSpec("black-forest-labs/FLUX.1-dev", {"transformer": 11_901_408_320}).parameters["transformer"]
     11901408320
+    >>> SyntheticSpec.within_published(8_055_000_000, "8.1B")
+    True
     ```
     """
 
     checkpoint: str
+    # Exact counts: from the checkpoint's safetensors index (`total_size`) or published to the parameter.
     parameters: dict[str, int]
     # The synthetic encoder (`encoder_shrink.benchmarks.synthetic.T5_CONFIGS`) in the slot: what a student replaces.
     teacher: str = "t5-xxl"
+    # Counts published only rounded ("8.1B", "17B"): checked to the precision they are given in.
+    approximate: dict[str, str] = field(default_factory=dict)
 
+    @staticmethod
+    def within_published(count: int, published: str) -> bool:
+        """Whether `count` rounds to `published` ("8.1B", "610M"): within half a unit of its last digit."""
+        number, unit = published[:-1], published[-1]
+        scale = {"B": 10**9, "M": 10**6}[unit]
+        decimals = len(number.partition(".")[2])
+        return abs(count / scale - float(number)) <= 0.5 * 10**-decimals
 
 class PipelineAdapter:
     r"""
@@ -92,13 +104,25 @@ class PipelineAdapter:
     name: ClassVar[str]
     # The diffusers pipeline class of the family (what its tiny pipeline is built with, what its model card names).
     pipeline_class: ClassVar[str]
+    # Other pipeline classes whose slot takes this family's students unchanged (same teacher, same call), e.g. FLUX's
+    # Kontext, Fill and Control pipelines. A student is distilled on `pipeline_class`, whose sampling the adapter
+    # reproduces, and dropped into these; each has a tiny offline pipeline (`tiny_drop_in`) the tests load it into.
+    drop_in_pipelines: ClassVar[tuple[str, ...]] = ()
     # Class name of the denoiser (`pipe.transformer`) that identifies the family, derivatives included.
     denoiser_class: ClassVar[str]
     encoder_slot: ClassVar[str]
     tokenizer_slot: ClassVar[str]
-    # Padded prompt length the pipeline encodes at by default, and whether it passes an attention mask to its encoder.
+    # Padded prompt length the pipeline encodes at by default, and whether it passes the tokenizer's attention mask to
+    # its encoder.
     max_sequence_length: ClassVar[int]
     uses_attention_mask: ClassVar[bool]
+    # False where the pipeline encodes each prompt at its own length, without padding, and pads the embeddings itself
+    # (Bria). Training then encodes padded batches with the mask, which gives the same embeddings on the real tokens.
+    pads_prompts: ClassVar[bool] = True
+    # The text positions the denoiser reads: None (every padded position, FLUX and SD3), "tokens" (the real tokens:
+    # the pipeline masks the denoiser's attention, PixArt), or "tokens+1" (the real tokens and the first pad, Chroma).
+    # The embedding loss and the fidelity measures weigh these positions only.
+    denoiser_positions: ClassVar[str | None] = None
     # Why `max_sequence_length` differs from the pipeline's `__call__` default, where it does (checked by the tests).
     length_note: ClassVar[str] = ""
     # Key of `pipe.transformer.config` holding the width of the text conditioning.
@@ -141,6 +165,19 @@ class PipelineAdapter:
 
         return getattr(diffusers, cls.pipeline_class)
 
+    def check_distillable(self) -> None:
+        """
+        A one-line error for a pipeline whose slot takes this family's students but whose sampling the adapter does
+        not reproduce (a `drop_in_pipelines` class): distil on `pipeline_class`, then load the student into it.
+        """
+        name = type(self.pipe).__name__
+        if name in self.drop_in_pipelines:
+            raise IncompatibleModelError(
+                f"{name} shares {self.pipeline_class}'s text encoder ({self.encoder_slot}): distil on "
+                f"{self.pipeline_class} and load the student into {name} with "
+                f"{name}.from_pretrained(..., {self.encoder_slot}=student)."
+            )
+
     @property
     def teacher(self) -> Any:
         """The encoder in the slot (the teacher, or a student already swapped in)."""
@@ -174,13 +211,43 @@ class PipelineAdapter:
             return [negative_prompt] * len(prompts) + list(prompts)
         return list(prompts)
 
-    def tokenize(self, texts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token ids (and the attention mask, for pipelines that pass one) exactly as the pipeline makes them."""
+    def tokenize(self, texts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Token ids padded to `max_sequence_length` exactly as the pipeline makes them, and the tokenizer's attention
+        mask (1 for real tokens). Whether the mask reaches the encoder is `encoder_mask`'s business.
+        """
         tokens = self.tokenizer(
             list(texts), padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
         )
-        mask = tokens.attention_mask.to(self.device) if self.uses_attention_mask else None
-        return tokens.input_ids.to(self.device), mask
+        return tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
+
+    def encoder_mask(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """
+        The mask the encoder (teacher or student) is called with on a padded batch: the tokenizer's where the pipeline
+        passes it, or where it encodes unpadded prompts (the mask then stands for the absent padding); else None.
+        """
+        return mask if self.uses_attention_mask or not self.pads_prompts else None
+
+    def attended(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """1 at the text positions the denoiser reads (see `denoiser_positions`), or None for all of them."""
+        if self.denoiser_positions is None:
+            return None
+        if self.denoiser_positions == "tokens":
+            return mask
+        # "tokens+1": the real tokens and the first pad token after them.
+        lengths = mask.sum(dim=1, keepdim=True)
+        return (torch.arange(mask.shape[1], device=mask.device)[None] <= lengths).to(mask.dtype)
+
+    @classmethod
+    def record(cls, max_sequence_length: int) -> dict[str, Any]:
+        """How the pipeline calls its encoder, as a student distilled for it records it (`ShrunkT5Config`)."""
+        return {
+            "pipeline_family": cls.name,
+            "component": cls.encoder_slot,
+            # Unpadded prompts come at every length: nothing for the student to warn about.
+            "max_sequence_length": max_sequence_length if cls.pads_prompts else None,
+            "use_attention_mask": cls.uses_attention_mask,
+        }
 
     def encode_teacher(self, texts: list[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
         """
@@ -254,6 +321,11 @@ class PipelineAdapter:
         """Call arguments the family's tiny pipeline needs besides steps, length, seed and output type (image size)."""
         return {"height": 16, "width": 16}
 
+    @classmethod
+    def tiny_drop_in(cls, pipeline_class: str, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Tiny components and call arguments of one of `drop_in_pipelines` (its slot takes this family's students)."""
+        raise NotImplementedError(f"{cls.__name__} has no tiny {pipeline_class}")
+
     # --- the published architecture (benchmarks) -------------------------------------------------------------------
 
     @classmethod
@@ -287,6 +359,11 @@ def register_adapter(adapter: type[PipelineAdapter]) -> type[PipelineAdapter]:
     for hook in ("encode_teacher", "predict", "tiny_components"):
         if not _overrides(adapter, hook):
             raise WrongModelTypeError(f"{adapter.__name__} cannot be registered: it does not implement `{hook}`.")
+    if adapter.drop_in_pipelines and not _overrides(adapter, "tiny_drop_in"):
+        raise WrongModelTypeError(
+            f"{adapter.__name__} cannot be registered: it lists drop_in_pipelines but does not implement "
+            "`tiny_drop_in`."
+        )
     if adapter.synthetic is not None and not _overrides(adapter, "synthetic_components"):
         raise WrongModelTypeError(
             f"{adapter.__name__} cannot be registered: it sets `synthetic` but does not implement "

@@ -25,6 +25,7 @@ class _FluxAdapter(PipelineAdapter):
     uses_attention_mask = False
     conditioning_width_key = "joint_attention_dim"
     guidance_embeds: bool
+    scheduler_config: dict
     copied_from = (
         CopiedLogic(_FLUX_CALL, (
             "sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps) if sigmas is None else sigmas",
@@ -133,6 +134,31 @@ class _FluxAdapter(PipelineAdapter):
         }
 
     @classmethod
+    def tiny_drop_in(cls, pipeline_class: str, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+        from diffusers import FluxTransformer2DModel
+        from PIL import Image
+
+        from encoder_shrink import testing
+
+        components = cls.tiny_components(seed)
+        image = Image.new("RGB", (16, 16), (200, 40, 40))
+        # Channels the transformer takes per packed token: latents plus what the variant concatenates (the masked
+        # image and its mask for Fill, the control image's latents for Control), as in diffusers' own tiny tests.
+        latent_channels, in_channels, out_channels, call = {
+            "FluxKontextPipeline": (1, 4, None, {"image": image, "max_area": 16 * 16, "_auto_resize": False}),
+            "FluxFillPipeline": (2, 20, 8, {"image": image, "mask_image": Image.new("L", (16, 16), 255)}),
+            "FluxControlPipeline": (1, 8, 4, {"control_image": image}),
+        }[pipeline_class]
+        torch.manual_seed(seed)
+        config = {k: v for k, v in components["transformer"].config.items() if not k.startswith("_")}
+        config.update(in_channels=in_channels, out_channels=out_channels)
+        components["transformer"] = FluxTransformer2DModel(**config)
+        components["vae"] = testing.tiny_vae(latent_channels=latent_channels)
+        if pipeline_class == "FluxKontextPipeline":
+            components.update(image_encoder=None, feature_extractor=None)
+        return components, {"height": 16, "width": 16, **call}
+
+    @classmethod
     def synthetic_components(cls, build, text_encoder=None) -> dict[str, Any]:
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
@@ -154,6 +180,8 @@ class _FluxAdapter(PipelineAdapter):
 @register_adapter
 class FluxDevAdapter(_FluxAdapter):
     name = "flux-dev"
+    # The FLUX.1-dev derivatives that call T5 as FluxPipeline does: a flux-dev student drops into them.
+    drop_in_pipelines = ("FluxKontextPipeline", "FluxFillPipeline", "FluxControlPipeline")
     guidance_embeds = True
     guidance = "embedded"
     # FluxPipeline.__call__'s default max_sequence_length.

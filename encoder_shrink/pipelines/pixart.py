@@ -20,6 +20,7 @@ class _PixArtAdapter(PipelineAdapter):
     encoder_slot = "text_encoder"
     tokenizer_slot = "tokenizer"
     uses_attention_mask = True
+    denoiser_positions = "tokens"  # the mask goes into the transformer's cross-attention too
     conditioning_width_key = "caption_channels"
     guidance = "cfg"
     sigma: bool

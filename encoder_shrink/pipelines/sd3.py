@@ -1,4 +1,8 @@
-"""Stable Diffusion 3 / 3.5 family: T5 in `text_encoder_3`, concatenated with CLIP-L/G along the sequence."""
+"""Stable Diffusion 3 and 3.5 families: T5 in `text_encoder_3`, concatenated with CLIP-L/G along the sequence.
+
+The three published MMDiT layouts are separate families (a student learns one denoiser): SD3-medium, SD3.5-large
+(q/k RMS norms) and SD3.5-medium (MMDiT-X: dual attention in its first 13 layers, q/k RMS norms).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ class SD3Adapter(PipelineAdapter):
     guidance = "cfg"
     # stabilityai/stable-diffusion-3-medium-diffusers scheduler/scheduler_config.json
     scheduler_config = {"shift": 3.0}
+    # The published MMDiT's size (transformer/config.json).
+    mmdit = {"num_layers": 24, "num_attention_heads": 24, "caption_projection_dim": 1536, "pos_embed_max_size": 192}
     copied_from = (
         CopiedLogic(f"{_SD3}.encode_prompt", (
             "clip_prompt_embeds = torch.cat([prompt_embed, prompt_2_embed], dim=-1)",
@@ -46,6 +52,19 @@ class SD3Adapter(PipelineAdapter):
     synthetic = SyntheticSpec("stabilityai/stable-diffusion-3-medium-diffusers", {
         "transformer": 2_028_328_000, "vae": FLUX_VAE_PARAMETERS, "text_encoder_3": T5_XXL_PARAMETERS,
     })
+
+    # The MMDiT layout that tells the published checkpoints apart (SD3-medium: plain attention).
+    qk_norm: str | None = None
+    dual_attention_layers: tuple[int, ...] = ()
+
+    @classmethod
+    def matches(cls, pipe) -> bool:
+        if not super().matches(pipe):
+            return False
+        config = pipe.transformer.config
+        return (config.qk_norm is not None) == (cls.qk_norm is not None) and bool(
+            config.dual_attention_layers
+        ) == bool(cls.dual_attention_layers)
 
     @torch.no_grad()
     def encode_teacher(self, texts: list[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
@@ -106,6 +125,8 @@ class SD3Adapter(PipelineAdapter):
             joint_attention_dim=testing.T5_TINY_DIM,  # CLIP-L + CLIP-G (2 x 16) are padded to the T5 width
             pooled_projection_dim=2 * testing.CLIP_TINY_DIM,  # pooled CLIP-L and CLIP-G, concatenated
             out_channels=4,
+            qk_norm=cls.qk_norm,
+            dual_attention_layers=tuple(i for i in cls.dual_attention_layers if i < 1),  # the tiny one has 1 layer
         )
         torch.manual_seed(seed + 1)
         clip_l = CLIPTextModelWithProjection(testing.tiny_clip_text_config()).eval()
@@ -126,21 +147,10 @@ class SD3Adapter(PipelineAdapter):
     def synthetic_components(cls, build, text_encoder=None) -> dict[str, Any]:
         from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
-        transformer = build.empty(
-            lambda: SD3Transformer2DModel(
-                sample_size=128,
-                patch_size=2,
-                in_channels=16,
-                num_layers=24,
-                attention_head_dim=64,
-                num_attention_heads=24,
-                joint_attention_dim=4096,
-                caption_projection_dim=1536,
-                pooled_projection_dim=2048,
-                out_channels=16,
-                pos_embed_max_size=192,
-            )
-        )
+        transformer = build.empty(lambda: SD3Transformer2DModel(
+            sample_size=128, patch_size=2, in_channels=16, attention_head_dim=64, joint_attention_dim=4096,
+            pooled_projection_dim=2048, out_channels=16, qk_norm=cls.qk_norm,
+            dual_attention_layers=cls.dual_attention_layers, **cls.mmdit))
         vae = build.vae(
             16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False
         )
@@ -153,3 +163,26 @@ class SD3Adapter(PipelineAdapter):
             "text_encoder_3": text_encoder if text_encoder is not None else build.t5(cls.synthetic.teacher),
             "tokenizer_3": build.t5_tokenizer(), "transformer": build.real(transformer, 3),
         }
+
+
+@register_adapter
+class SD35LargeAdapter(SD3Adapter):
+    name = "sd3.5-large"
+    qk_norm = "rms_norm"
+    mmdit = {"num_layers": 38, "num_attention_heads": 38, "caption_projection_dim": 2432, "pos_embed_max_size": 192}
+    synthetic = SyntheticSpec("stabilityai/stable-diffusion-3.5-large", {
+        "vae": FLUX_VAE_PARAMETERS, "text_encoder_3": T5_XXL_PARAMETERS,
+    }, approximate={"transformer": "8.1B"})
+
+
+@register_adapter
+class SD35MediumAdapter(SD3Adapter):
+    name = "sd3.5-medium"
+    qk_norm = "rms_norm"
+    dual_attention_layers = tuple(range(13))  # MMDiT-X
+    mmdit = {"num_layers": 24, "num_attention_heads": 24, "caption_projection_dim": 1536, "pos_embed_max_size": 384}
+    # Stability announces "2.5 B"; the published transformer config (24 x 24 heads, MMDiT-X in layers 0-12) holds
+    # 2,243,171,520 parameters, and that is what is checked.
+    synthetic = SyntheticSpec("stabilityai/stable-diffusion-3.5-medium", {
+        "transformer": 2_243_171_520, "vae": FLUX_VAE_PARAMETERS, "text_encoder_3": T5_XXL_PARAMETERS,
+    })

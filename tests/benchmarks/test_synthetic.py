@@ -41,13 +41,18 @@ def test_synthetic_pipelines_have_the_published_parameter_counts(family):
     assert type(pipe).__name__ == adapter.pipeline_class
     for component, published in adapter.synthetic.parameters.items():
         assert _parameters(getattr(pipe, component)) == published, component
+    for component, published in adapter.synthetic.approximate.items():
+        count = _parameters(getattr(pipe, component))
+        assert adapter.synthetic.within_published(count, published), f"{component}: {count:,} is not {published}"
+    assert "transformer" in {**adapter.synthetic.parameters, **adapter.synthetic.approximate}
     assert _parameters(getattr(pipe, adapter.encoder_slot)) == _parameters(synthetic_t5(adapter.synthetic.teacher,
                                                                                        device="meta"))
 
 
 def test_every_registered_family_with_an_architecture_is_a_synthetic_name():
     names = synthetic_names()
-    assert {"t5-xxl", "flux-dev", "flux-schnell", "sd3", "pixart-alpha", "pixart-sigma"} <= set(names)
+    assert {"t5-xxl", "flux-dev", "flux-schnell", "sd3", "pixart-alpha", "pixart-sigma", "chroma", "hidream",
+            "cogview3plus", "bria", "sd3.5-large", "sd3.5-medium"} <= set(names)
     assert set(synthetic_families()) == {n for n in registered_families() if get_adapter(n).synthetic is not None}
     from encoder_shrink.benchmarks import BenchConfig
 
@@ -85,5 +90,12 @@ def test_synthetic_student_projects_to_the_teacher_width():
 def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="Unknown synthetic T5 't5-xxxl'"):
         synthetic_t5("t5-xxxl")
-    with pytest.raises(ValueError, match="Unknown synthetic pipeline 'sdxl'; choose one of flux-dev"):
+    with pytest.raises(ValueError, match="Unknown synthetic pipeline 'sdxl'; choose one of bria, chroma"):
         synthetic_pipeline("sdxl", device="meta")
+
+
+def test_rounded_published_counts_are_checked_to_their_precision():
+    from encoder_shrink.pipelines import SyntheticSpec
+
+    assert SyntheticSpec.within_published(8_056_627_520, "8.1B") and not SyntheticSpec.within_published(8_2e9, "8.1B")
+    assert SyntheticSpec.within_published(17_105_733_184, "17B") and not SyntheticSpec.within_published(17.6e9, "17B")

@@ -16,7 +16,10 @@ def test_every_family_registers_itself_from_its_own_file():
     for name in names:
         adapter = get_adapter(name)
         assert adapter.__module__.startswith(package.__name__ + ".") and not adapter.__module__.endswith(".base")
-    with pytest.raises(EncoderShrinkError, match="Unknown pipeline family 'flux'; registered: flux-dev, flux-schnell"):
+    with pytest.raises(
+        EncoderShrinkError,
+        match="Unknown pipeline family .flux.; registered: bria, chroma, cogview3plus, flux-dev, flux-schnell",
+    ):
         get_adapter("flux")
 
 
@@ -60,3 +63,17 @@ def test_a_registered_family_is_picked_up_by_lookups(monkeypatch):
     monkeypatch.setattr(FAMILIES, "_items", dict(FAMILIES._items))  # undone after the test
     register_adapter(_complete("flux-copy"))
     assert "flux-copy" in registered_families() and get_adapter("flux-copy").pipeline_class == "FluxPipeline"
+
+
+def test_readme_family_table_lists_every_family_with_its_call():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in registered_families():
+        adapter = get_adapter(name)
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{name}` |")]
+        assert len(rows) == 1, name
+        cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+        assert cells[1].startswith(adapter.pipeline_class) and cells[2] == f"`{adapter.encoder_slot}`"
+        assert int(cells[3]) == adapter.max_sequence_length
+        assert cells[4] == ("yes" if adapter.uses_attention_mask else "no" if adapter.pads_prompts else "unpadded")

@@ -8,10 +8,11 @@ import pytest
 import yaml
 from encoder_shrink.recipes import Recipe, RecipeError, available_recipes
 
-from encoder_shrink import load_recipe
+from encoder_shrink import load_recipe, registered_families
 
 BUNDLED = {"flux-t5small", "flux-t5base", "flux-t5large", "flux-t5xl", "flux-schnell-t5base", "sd3-t5base",
-           "pixart-t5base", "tiny", "toy"}
+           "pixart-t5base", "tiny", "toy", "chroma-t5base", "hidream-t5base", "cogview3plus-t5base", "bria-t5base",
+           "sd3.5-large-t5base", "sd3.5-medium-t5base"}
 
 
 def test_bundled_recipes_load():
@@ -135,3 +136,36 @@ def test_package_paths_resolve_inside_the_installed_package_and_fail_early():
         load_recipe("toy").with_overrides(student_t5="package:toy/nowhere")
     with pytest.raises(RecipeError, match="no T5 folder"):
         resolve_student_t5("package:toy/nowhere")
+
+
+@pytest.mark.parametrize("family", registered_families())
+def test_every_family_has_a_recipe_at_its_deployment_length_and_mask(family, caplog):
+    import logging
+
+    import torch
+
+    from encoder_shrink import testing
+    from encoder_shrink.pipelines import get_adapter
+
+    adapter = get_adapter(family)
+    recipes = [load_recipe(n) for n in available_recipes() if n not in ("tiny", "toy")]
+    mine = [r for r in recipes if r.family == family]
+    if not mine:  # PixArt-alpha and sigma share one recipe that takes each pipeline's own length
+        mine = [r for r in recipes if r.family is None and family.split("-")[0] in r.name]
+    assert mine, f"no bundled recipe for {family}"
+    for recipe in mine:
+        assert recipe.max_sequence_length in (None, adapter.max_sequence_length), recipe.name
+        assert recipe.use_attention_mask == adapter.uses_attention_mask, recipe.name
+        assert recipe.student_t5 == "google/flan-t5-base" or recipe.name.startswith("flux-t5")
+    # the student records the call it was distilled for, and warns when a pipeline calls it otherwise
+    record = adapter.record(mine[0].max_sequence_length or adapter.max_sequence_length)
+    assert record["pipeline_family"] == family and record["component"] == adapter.encoder_slot
+    assert record["use_attention_mask"] == adapter.uses_attention_mask
+    student = testing.tiny_student(**record)
+    length = record["max_sequence_length"]
+    with caplog.at_level(logging.WARNING, logger="encoder_shrink"):
+        student(torch.ones(1, length or 7, dtype=torch.long), attention_mask=None)
+        assert ("distilled with an attention mask" in caplog.text) == bool(record["use_attention_mask"])
+        student(torch.ones(1, 9, dtype=torch.long))
+    # unpadded prompts (Bria) come at any length: no length record, no warning
+    assert ("distilled at" in caplog.text) == (length is not None and length != 9)
