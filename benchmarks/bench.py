@@ -40,7 +40,8 @@ class BenchConfig:
         synthetic: a T5 size (`t5-xxl|t5-xl|t5-large|t5-base|t5-small`: the original encoder only) or a registered
             family with a synthetic pipeline (`flux-dev`, `sd3`, `pixart-sigma`, ...: the whole published pipeline,
             its teacher included), with real architectures and random weights (`synthetic_names()` lists them).
-        synthetic_student: the T5 size of the synthetic student.
+        synthetic_student: the size of the synthetic student (default: the family's recipe student, T5-base or
+            UMT5-base; T5-base for an encoder alone).
         backends: student backends among `torch`, `onnx` (fp32; fp16 on CUDA), `onnx-int8` (ONNX Runtime dynamic
             int8 on the CPU) and `trt` (TensorRT engine; needs tensorrt and a GPU).
         device / dtype: where and in which dtype the torch encoders and the pipeline run.
@@ -62,7 +63,7 @@ class BenchConfig:
     pipeline: str | None = None
     student: str | None = None
     synthetic: str | None = None
-    synthetic_student: str = "t5-base"
+    synthetic_student: str | None = None
     backends: list[str] = field(default_factory=lambda: ["torch", "onnx", "onnx-int8"])
     device: str = "cpu"
     dtype: str = "bfloat16"
@@ -91,7 +92,7 @@ class BenchConfig:
             raise UnknownNameError(
                 f"synthetic={self.synthetic!r} is not known; choose one of {', '.join(synthetic_names())}."
             )
-        if self.synthetic_student not in T5_CONFIGS:
+        if self.synthetic_student is not None and self.synthetic_student not in T5_CONFIGS:
             raise UnknownNameError(
                 f"synthetic_student={self.synthetic_student!r} is not known; choose one of {', '.join(T5_CONFIGS)}."
             )
@@ -147,9 +148,15 @@ def _prepare_student(config: BenchConfig, work: Path, teacher_dim: int) -> Path:
         return Path(config.student)
     from encoder_shrink.benchmarks.synthetic import synthetic_student
 
-    folder = work / f"student-{config.synthetic_student}-{teacher_dim}"
+    size = config.synthetic_student
+    if size is None:
+        from encoder_shrink.pipelines import FAMILIES
+
+        family = FAMILIES.get(config.synthetic) if config.synthetic in FAMILIES else None
+        size = family.synthetic.student if family is not None else "t5-base"
+    folder = work / f"student-{size}-{teacher_dim}"
     if not (folder / "config.json").is_file():
-        synthetic_student(config.synthetic_student, teacher_dim, config.seq_len).save_pretrained(folder)
+        synthetic_student(size, teacher_dim, config.seq_len).save_pretrained(folder)
     return folder
 
 

@@ -1,8 +1,9 @@
 """Encoder size ratios per pipeline family: the published teacher in each family's slot against a student.
 
 Every registered family with a synthetic architecture is built on the meta device (nothing is allocated): the
-parameters of the whole pipeline, of the encoder a student replaces, and of a T5-base-sized student projecting to the
-family's conditioning width; bf16 and int8 weight bytes, and the share of the pipeline the encoder is.
+parameters of the whole pipeline, of the encoder a student replaces, and of the family's recipe student (T5-base,
+UMT5-base or Pile-T5-base sized) projecting to the family's conditioning width; bf16 and int8 weight bytes, and the
+share of the pipeline the encoder is.
 
 Run:  python -m encoder_shrink.benchmarks.family_sizes --output benchmarks/results/family_sizes
 """
@@ -22,7 +23,7 @@ def _parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def measure(student_size: str = "t5-base", families: list[str] | None = None) -> dict:
+def measure(student_size: str | None = None, families: list[str] | None = None) -> dict:
     """The sizes of each synthetic family's pipeline (default: all), teacher encoder and a student, on meta."""
     from encoder_shrink.benchmarks.synthetic import synthetic_pipeline, synthetic_student
     from tqdm.auto import tqdm
@@ -38,7 +39,7 @@ def measure(student_size: str = "t5-base", families: list[str] | None = None) ->
         width = int(pipe.transformer.config[adapter.conditioning_width_key]
                     if not isinstance(pipe.transformer.config[adapter.conditioning_width_key], list)
                     else pipe.transformer.config[adapter.conditioning_width_key][0])
-        student = synthetic_student(student_size, teacher_dim=width, device="meta")
+        student = synthetic_student(student_size or adapter.synthetic.student, teacher_dim=width, device="meta")
         pipeline_params = sum(_parameters(m) for m in components.values())
         teacher_params, student_params = _parameters(teacher), _parameters(student)
         rows[family] = {
@@ -57,7 +58,9 @@ def measure(student_size: str = "t5-base", families: list[str] | None = None) ->
             "pipeline_bf16_gb": round(2 * pipeline_params / 1e9, 2),
             "pipeline_bf16_gb_with_student": round(2 * (pipeline_params - teacher_params + student_params) / 1e9, 2),
         }
-    return {"benchmark": "family_sizes", "student": f"{student_size} + projector", "device": "meta", "families": rows}
+    student = (f"{student_size} + projector" if student_size
+               else "T5-base (UMT5-base for UMT5-XXL, Pile-T5-base for Pile-T5-XL) + projector")
+    return {"benchmark": "family_sizes", "student": student, "device": "meta", "families": rows}
 
 
 def table(results: dict) -> str:
@@ -99,7 +102,7 @@ def _chart(results: dict, path: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="benchmarks/results/family_sizes")
-    parser.add_argument("--student", default="t5-base", help="student T5 size (default: %(default)s)")
+    parser.add_argument("--student", help="student size (default: each family's recipe student, T5-base or UMT5-base)")
     parser.add_argument("--families", nargs="+", help="families to measure (default: every synthetic family)")
     args = parser.parse_args(argv)
     results = measure(args.student, args.families)

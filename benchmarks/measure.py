@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from encoder_shrink.evaluation import generated_media
 from encoder_shrink.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def measure_pipeline(spec: dict) -> dict:
 
     def generate():
         generator = torch.Generator("cpu").manual_seed(0)
-        images.append(pipe(generator=generator, **kwargs).images)
+        images.append(generated_media(pipe(generator=generator, **kwargs)))
         probe.sample()
 
     latency = timed(generate, device, spec["pipeline_repeats"], 1, desc=spec["name"])

@@ -12,24 +12,36 @@ from encoder_shrink.errors import UnknownNameError
 logger = logging.getLogger(__name__)
 
 # The encoder halves of the published T5 v1.1 checkpoints (google/t5-v1_1-*; FLAN-T5 shares them): gated-GELU feed
-# forward, 32 128-token vocabulary, 64-wide heads. T5-XXL is the encoder FLUX, SD3 and PixArt ship.
+# forward, 32 128-token vocabulary, 64-wide heads. T5-XXL is the encoder FLUX, SD3 and PixArt ship. The UMT5 ones
+# (google/umt5-*: a 256 384-token vocabulary, a position bias in every layer) are Wan's and SkyReels-V2's encoder and
+# the students of UMT5 families; pile-t5-xl (EleutherAI, 32 128 tokens) is AuraFlow's.
 T5_CONFIGS = {
     "t5-xxl": {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64},
     "t5-xl": {"d_model": 2048, "d_ff": 5120, "num_layers": 24, "num_heads": 32},
     "t5-large": {"d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_heads": 16},
     "t5-base": {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12},
     "t5-small": {"d_model": 512, "d_ff": 1024, "num_layers": 8, "num_heads": 6},
+    "umt5-xxl": {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "vocab_size": 256384,
+                 "kind": "umt5"},
+    "umt5-base": {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12, "vocab_size": 256384,
+                  "kind": "umt5"},
+    "pile-t5-xl": {"d_model": 2048, "d_ff": 5120, "num_layers": 24, "num_heads": 32, "kind": "umt5"},
+    "pile-t5-base": {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12, "kind": "umt5"},
 }
 
 
 def t5_config(name: str):
-    """The `T5Config` of a published T5 v1.1 encoder size (`t5-xxl`, `t5-xl`, `t5-large`, `t5-base`, `t5-small`)."""
-    from transformers import T5Config
+    """
+    The config of a published T5-family encoder size: a `T5Config` (`t5-xxl` ... `t5-small`) or a `UMT5Config`
+    (`umt5-xxl`, `umt5-base`, `pile-t5-xl`, `pile-t5-base`).
+    """
+    from transformers import T5Config, UMT5Config
 
     if name not in T5_CONFIGS:
         raise UnknownNameError(f"Unknown synthetic T5 {name!r}; choose one of {', '.join(T5_CONFIGS)}.")
-    return T5Config(vocab_size=32128, d_kv=64, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-                    use_cache=False, **T5_CONFIGS[name])
+    fields = {"vocab_size": 32128, **T5_CONFIGS[name]}
+    config_class = UMT5Config if fields.pop("kind", "t5") == "umt5" else T5Config
+    return config_class(d_kv=64, feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False, **fields)
 
 
 def _materialize(
@@ -78,8 +90,9 @@ def _empty(build, buffers_too: bool = False):
 
 def synthetic_t5(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu", seed: int = 0):
     r"""
-    A `T5EncoderModel` with the architecture of a published T5 size and random weights, built on the meta device and
-    materialised straight into `dtype` on `device` (T5-XXL: 4.76 B parameters, 9.5 GB in bf16, no fp32 copy).
+    A `T5EncoderModel` (`UMT5EncoderModel` for the UMT5 sizes) with the architecture of a published size and random
+    weights, built on the meta device and materialised straight into `dtype` on `device` (T5-XXL: 4.76 B parameters,
+    9.5 GB in bf16, no fp32 copy).
 
     Example:
 
@@ -89,17 +102,18 @@ def synthetic_t5(name: str, dtype: torch.dtype = torch.bfloat16, device: str | t
     109628544
     ```
     """
-    from transformers import T5EncoderModel
+    from transformers import T5EncoderModel, UMT5EncoderModel
 
     config = t5_config(name)
-    return _materialize(_empty(lambda: T5EncoderModel(config), str(device) == "meta"), dtype, device, seed)
+    encoder_class = UMT5EncoderModel if config.model_type == "umt5" else T5EncoderModel
+    return _materialize(_empty(lambda: encoder_class(config), str(device) == "meta"), dtype, device, seed)
 
 
 def synthetic_student(base: str = "t5-base", teacher_dim: int = 4096, max_sequence_length: int = 512,
                       dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 1):
     r"""
-    A [`ShrunkT5EncoderModel`] with the architecture of the recipes' students (a T5 v1.1 size plus the projector to
-    the teacher's width) and random weights.
+    A student with the architecture of the recipes' students (a T5 v1.1 size, or a UMT5 size for a
+    [`ShrunkUMT5EncoderModel`], plus the projector to the teacher's width) and random weights.
 
     Example:
 
@@ -108,11 +122,12 @@ def synthetic_student(base: str = "t5-base", teacher_dim: int = 4096, max_sequen
     768
     ```
     """
-    from encoder_shrink.student import ShrunkT5EncoderModel
+    from encoder_shrink.student import ShrunkT5EncoderModel, ShrunkUMT5EncoderModel
 
     config = t5_config(base)
-    student = _empty(lambda: ShrunkT5EncoderModel.from_t5(config, teacher_dim=teacher_dim,
-                                                          max_sequence_length=max_sequence_length))
+    student_class = ShrunkUMT5EncoderModel if config.model_type == "umt5" else ShrunkT5EncoderModel
+    student = _empty(lambda: student_class.from_t5(config, teacher_dim=teacher_dim,
+                                                   max_sequence_length=max_sequence_length), str(device) == "meta")
     return _materialize(student, dtype, device, seed)
 
 

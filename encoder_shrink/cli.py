@@ -413,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"family's published pipeline, its teacher included ({', '.join(synthetic_names())})")
     bench.add_argument("--student", help="saved student folder (default with --synthetic: a random student)")
     bench.add_argument(
-        "--synthetic-student", default="t5-base", help="T5 size of the random student (default: %(default)s)"
+        "--synthetic-student",
+        help="size of the random student (default: the family's recipe student, T5-base or UMT5-base)",
     )
     bench.add_argument(
         "--backends",

@@ -1,9 +1,9 @@
-"""ShrunkT5Config: the config of a student encoder, and the record of the teacher it replaces."""
+"""ShrunkT5Config and ShrunkUMT5Config: the configs of student encoders, and the record of the teacher they replace."""
 
 from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
-from transformers import T5Config
+from transformers import T5Config, UMT5Config
 
 from encoder_shrink.errors import InvalidArgumentError
 
@@ -62,22 +62,54 @@ class ShrunkT5Config(T5Config):
     use_attention_mask: bool | None = None
 
     def __post_init__(self, **kwargs):
-        if self.teacher_dim <= 0:
-            raise InvalidArgumentError(
-                f"ShrunkT5Config: teacher_dim must be a positive width, got {self.teacher_dim!r}."
-            )
-        if not 0.0 <= self.projector_dropout < 1.0:
-            raise InvalidArgumentError(
-                f"ShrunkT5Config: projector_dropout must be in [0, 1), got {self.projector_dropout!r}."
-            )
-        if self.max_sequence_length is not None and self.max_sequence_length <= 0:
-            raise InvalidArgumentError(
-                "ShrunkT5Config: max_sequence_length must be a positive number of tokens or None, "
-                f"got {self.max_sequence_length!r}."
-            )
-        if self.component is not None and not self.component.isidentifier():
-            raise InvalidArgumentError(
-                "ShrunkT5Config: component must be a pipeline attribute such as 'text_encoder_2', got "
-                f"{self.component!r}."
-            )
+        validate_student_fields(self)
+        super().__post_init__(**kwargs)
+
+
+def validate_student_fields(config) -> None:
+    """The checks every student config makes on the fields it adds, quoting the bad value."""
+    name = type(config).__name__
+    if config.teacher_dim <= 0:
+        raise InvalidArgumentError(f"{name}: teacher_dim must be a positive width, got {config.teacher_dim!r}.")
+    if not 0.0 <= config.projector_dropout < 1.0:
+        raise InvalidArgumentError(f"{name}: projector_dropout must be in [0, 1), got {config.projector_dropout!r}.")
+    if config.max_sequence_length is not None and config.max_sequence_length <= 0:
+        raise InvalidArgumentError(
+            f"{name}: max_sequence_length must be a positive number of tokens or None, "
+            f"got {config.max_sequence_length!r}."
+        )
+    if config.component is not None and not config.component.isidentifier():
+        raise InvalidArgumentError(
+            f"{name}: component must be a pipeline attribute such as 'text_encoder_2', got {config.component!r}."
+        )
+
+
+@strict
+class ShrunkUMT5Config(UMT5Config):
+    r"""
+    Configuration of a [`ShrunkUMT5EncoderModel`]: every field of a [`~transformers.UMT5Config`] (the student's own
+    UMT5, e.g. google/umt5-base), the projector to the teacher's width, and the same record of what the student
+    replaces as [`ShrunkT5Config`] (Wan's and SkyReels-V2's UMT5-XXL, AuraFlow's pile-t5-xl).
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink import ShrunkUMT5Config
+    >>> ShrunkUMT5Config(d_model=64, num_layers=2, num_heads=4, teacher_dim=4096).model_type
+    'shrunk_umt5'
+    ```
+    """
+
+    model_type = "shrunk_umt5"
+
+    teacher_dim: int = T5_XXL_DIM
+    projector_dropout: float | int = DEFAULT_PROJECTOR_DROPOUT
+    pipeline_family: str | None = None
+    component: str | None = None
+    teacher_name_or_path: str | None = None
+    max_sequence_length: int | None = None
+    use_attention_mask: bool | None = None
+
+    def __post_init__(self, **kwargs):
+        validate_student_fields(self)
         super().__post_init__(**kwargs)

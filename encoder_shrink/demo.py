@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from encoder_shrink.files import atomic_write_text
 from encoder_shrink.shrinker import EncoderShrinker
-from encoder_shrink.student import ShrunkT5EncoderModel
+from encoder_shrink.student import load_student
 from encoder_shrink.testing import TINY_FAMILIES, load_tiny_pipeline, tiny_call_kwargs, tiny_pipeline_class
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def run_drop_in_demo(
 
         pipeline_class = tiny_pipeline_class(family)
         student_pipe = pipeline_class.from_pretrained(
-            teacher_dir, **{adapter.encoder_slot: ShrunkT5EncoderModel.from_pretrained(student_dir)}
+            teacher_dir, **{adapter.encoder_slot: load_student(student_dir)}
         )
         for pipe in (teacher_pipe, student_pipe):
             pipe.set_progress_bar_config(disable=True)

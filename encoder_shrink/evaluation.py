@@ -17,11 +17,18 @@ from encoder_shrink.pipelines import adapter_for
 logger = logging.getLogger(__name__)
 
 
+def generated_media(output) -> np.ndarray:
+    """The images (image pipelines) or frames (video pipelines) of a pipeline call's output, as a numpy array."""
+    media = output.images if hasattr(output, "images") else output.frames
+    return media.float().cpu().numpy() if isinstance(media, torch.Tensor) else np.asarray(media)
+
+
 @torch.no_grad()
 def generate_images(pipe, prompts: list[str], seeds: list[int], num_inference_steps: int, resolution: int,
                     max_sequence_length: int | None = None, batch_size: int = 16, **call_kwargs) -> np.ndarray:
     r"""
-    `uint8` images (N x H x W x 3) from `pipe`, one seed per prompt, so two encoders are compared on the same noise.
+    `uint8` images (N x H x W x 3; videos: N x F x H x W x 3, frame count from `call_kwargs`) from `pipe`, one seed per
+    prompt, so two encoders are compared on the same noise.
 
     Example:
 
@@ -38,8 +45,9 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], num_inference_st
     images = []
     for start in range(0, len(prompts), batch_size):
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
-        out = pipe(prompt=list(prompts[start:start + batch_size]), num_inference_steps=num_inference_steps,
-                   height=resolution, width=resolution, generator=generators, output_type="np", **call_kwargs).images
+        out = generated_media(pipe(prompt=list(prompts[start:start + batch_size]),
+                                   num_inference_steps=num_inference_steps, height=resolution, width=resolution,
+                                   generator=generators, output_type="np", **call_kwargs))
         images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(images)
 

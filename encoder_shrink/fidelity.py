@@ -21,6 +21,7 @@ def denoiser_fidelity(
     batch_size: int = 8,
     seed: int = 1234,
     teacher_rows=None,
+    num_frames: int | None = None,
 ) -> dict:
     r"""
     Relative MSE between the denoiser's predictions with student and with teacher embeddings along held-out teacher
@@ -38,7 +39,8 @@ def denoiser_fidelity(
     ```
     """
     return denoiser_fidelities(adapter, {"student": student}, prompts, max_sequence_length, num_inference_steps,
-                               resolution, guidance_scale, negative_prompt, batch_size, seed, teacher_rows)["student"]
+                               resolution, guidance_scale, negative_prompt, batch_size, seed, teacher_rows,
+                               num_frames)["student"]
 
 
 @torch.no_grad()
@@ -54,6 +56,7 @@ def denoiser_fidelities(
     batch_size: int = 8,
     seed: int = 1234,
     teacher_rows=None,
+    num_frames: int | None = None,
 ) -> dict[str, dict]:
     r"""
     [`denoiser_fidelity`] of each of `students` (a mapping from name to encoder), on one teacher trajectory per batch:
@@ -89,7 +92,8 @@ def denoiser_fidelities(
                 name: student(input_ids, attention_mask=encoder_mask)[0] for name, student in students.items()
             }
             generator = torch.Generator("cpu").manual_seed(seed + start)
-            trajectory = adapter.start_trajectory(len(batch), resolution, num_inference_steps, generator)
+            trajectory = adapter.start_trajectory(len(batch), resolution, num_inference_steps, generator,
+                                                  num_frames=num_frames)
             for i, t in enumerate(trajectory.timesteps):
                 teacher = adapter.predict(trajectory, t, rows["t5"], rows, mask, guidance_scale).float()
                 energy[i] += teacher.pow(2).sum().item()
@@ -108,6 +112,7 @@ def denoiser_fidelities(
             "num_inference_steps": num_inference_steps,
             "resolution": resolution,
             "guidance_scale": guidance_scale,
+            "num_frames": num_frames,
             "seed": seed,
         }
         for name in students

@@ -73,6 +73,7 @@ def load_pipeline(id_or_path: str | os.PathLike, dtype: torch.dtype = torch.floa
     r"""
     `DiffusionPipeline.from_pretrained(id_or_path, dtype=dtype, use_safetensors=True, **kwargs)` after
     [`check_pipeline_folder`] for a local folder: the class comes from `model_index.json`, and nothing is unpickled.
+    A supported family's pipeline is then made ready to sample as its documentation says (Allegro: VAE tiling).
 
     Example:
 
@@ -86,9 +87,16 @@ def load_pipeline(id_or_path: str | os.PathLike, dtype: torch.dtype = torch.floa
     if Path(id_or_path).exists():
         check_pipeline_folder(id_or_path)
     try:
-        return DiffusionPipeline.from_pretrained(id_or_path, dtype=dtype, use_safetensors=True, **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(id_or_path, dtype=dtype, use_safetensors=True, **kwargs)
     except OSError as error:  # a hub id that is not there, or a repository without safetensors weights
         raise InputNotFoundError(f"could not load pipeline {id_or_path}: {str(error).splitlines()[0]}") from None
+    from encoder_shrink.pipelines import FAMILIES
+
+    for adapter in FAMILIES.values():
+        if adapter.matches(pipe):
+            adapter(pipe).prepare_for_sampling()
+            break
+    return pipe
 
 
 __all__ = ["check_pipeline_folder", "load_pipeline", "require_folder_or_hub_id"]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import T5Config
 
 from encoder_shrink.compat import check_compatible
 from encoder_shrink.data import build_mixture, generate_commontext
@@ -76,7 +75,7 @@ class EncoderShrinker:
             if recipe.student_t5 is not None:
                 return student_class.from_t5(resolve_student_t5(recipe.student_t5), teacher_dim=width, **record)
             fields = {"vocab_size": self.adapter.teacher.config.vocab_size, **recipe.student_config}
-            return student_class.from_t5(T5Config(**fields), teacher_dim=width, **record)
+            return student_class.from_t5(student_class.base_config_class(**fields), teacher_dim=width, **record)
 
     def distill(
         self,
@@ -166,6 +165,7 @@ class EncoderShrinker:
             batch_size=recipe.batch_size,
             seed=recipe.seed + 10_000,
             teacher_rows=cache.rows,
+            num_frames=recipe.num_frames,
         )
         before = denoiser_fidelity(self.adapter, student, held_out, **fidelity_kwargs)
         summary = distill_loop(self.adapter, student, recipe, mixture_for_stage, cache, accelerator,

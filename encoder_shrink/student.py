@@ -1,7 +1,8 @@
-"""ShrunkT5EncoderModel: a small T5 encoder plus the paper's projector, a drop-in for a pipeline's T5-XXL."""
+"""The students: a small T5 (or UMT5) encoder plus the paper's projector, a drop-in for a pipeline's big encoder."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -14,13 +15,23 @@ from torch import nn
 
 # `PreTrainedModel` must be a name of this module: a pipeline saved with the student inside records this
 # module in model_index.json, and diffusers picks the load method by looking up `<module>.PreTrainedModel`.
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel, T5Config, T5EncoderModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    PreTrainedConfig,
+    PreTrainedModel,
+    T5Config,
+    T5EncoderModel,
+    UMT5Config,
+    UMT5EncoderModel,
+)
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5PreTrainedModel, T5Stack
+from transformers.models.umt5.modeling_umt5 import UMT5PreTrainedModel, UMT5Stack
 from transformers.utils.generic import can_return_tuple
 
-from encoder_shrink.configuration import NON_FIELD_KEYS, T5_XXL_DIM, ShrunkT5Config
+from encoder_shrink.configuration import NON_FIELD_KEYS, T5_XXL_DIM, ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError, WrongModelTypeError
 from encoder_shrink.loading import require_folder_or_hub_id
 from encoder_shrink.reference import REFERENCE_KEY_MAPPING, is_reference_config, reference_to_student_config
@@ -28,46 +39,29 @@ from encoder_shrink.weights import WeightsError, safetensors_files
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreTrainedModel", "ShrunkT5EncoderModel"]
+__all__ = ["STUDENT_CLASSES", "PreTrainedModel", "ShrunkT5EncoderModel", "ShrunkUMT5EncoderModel", "StudentMixin",
+           "load_student"]
 
 # Keys `from_pretrained` passes on to the hub when it reads a config (everything else is a loading option).
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
 
-class ShrunkT5EncoderModel(T5EncoderModel):
+class StudentMixin:
     r"""
-    A T5 encoder followed by the projector of "Scaling Down Text Encoders of Text-to-Image Diffusion Models"
-    (`Linear(d_model -> teacher_dim) -> ReLU -> Dropout(0.1) -> Linear(teacher_dim -> teacher_dim)`, no biases), so
-    it returns embeddings of the teacher's width and a pipeline cannot tell it from its T5-XXL.
-
-    It *is a* [`~transformers.T5EncoderModel`], so diffusers accepts it silently in `text_encoder_2=` (FLUX),
-    `text_encoder_3=` (SD3) and `text_encoder=` (PixArt). Its forward takes what those pipelines pass
-    (`input_ids`, `attention_mask`, `output_hidden_states`, `return_dict`) and returns `last_hidden_state` of width
-    `config.teacher_dim` (`hidden_states`, when asked for, are the student's own, of width `config.d_model`).
-
-    Example:
-
-    ```python
-    >>> from encoder_shrink import ShrunkT5Config, ShrunkT5EncoderModel
-    >>> student = ShrunkT5EncoderModel(ShrunkT5Config(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8,
-    ...                                              vocab_size=100, teacher_dim=64))
-    >>> student(torch.tensor([[5, 6, 1]])).last_hidden_state.shape
-    torch.Size([1, 3, 64])
-    ```
+    What every student adds to the encoder class its pipeline slot takes (T5EncoderModel, UMT5EncoderModel): the
+    paper's projector to the teacher's width, the record of its distillation (and a warning when a pipeline calls it
+    otherwise), `from_t5` (a pretrained encoder of the base class keeps its weights), safetensors-only loading with
+    one-line errors, and atomic saving. Subclasses set `config_class`, `base_config_class`, `base_encoder_class` and
+    `base_model_type`, and build the encoder in `__init__` before `_add_projector(config)` and `post_init()`.
     """
 
-    config_class = ShrunkT5Config
-    # Keeps `device_map="auto"` from splitting a T5 block (its residual stream) across devices.
-    _no_split_modules = ["T5Block"]
+    base_config_class: type
+    base_encoder_class: type
+    base_model_type: str
+    # Whether the reference implementation's checkpoint format (`T5EncoderWithProjection`) can be loaded.
+    reads_reference_format = False
 
-    def __init__(self, config: ShrunkT5Config):
-        # Built here instead of through T5EncoderModel.__init__ so that `post_init` (weight init, tying) runs once,
-        # after the projector exists.
-        T5PreTrainedModel.__init__(self, config)
-        self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        config.use_cache = False
-        config.is_encoder_decoder = False
-        self.encoder = T5Stack(config)
+    def _add_projector(self, config) -> None:
         # Named as in the reference checkpoint (`final_projection.0/.3`), so both formats share the projector keys.
         self.final_projection = nn.Sequential(
             nn.Linear(config.d_model, config.teacher_dim, bias=False),
@@ -77,7 +71,6 @@ class ShrunkT5EncoderModel(T5EncoderModel):
         )
         # Kinds of "called unlike its distillation" already warned about (each is logged once).
         self._call_warnings: set[str] = set()
-        self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -152,16 +145,18 @@ class ShrunkT5EncoderModel(T5EncoderModel):
     @classmethod
     def from_t5(
         cls,
-        t5: T5EncoderModel | T5Config | str | os.PathLike,
+        t5: PreTrainedModel | PreTrainedConfig | str | os.PathLike,
         teacher_dim: int = T5_XXL_DIM,
         **config_kwargs,
-    ) -> ShrunkT5EncoderModel:
+    ):
         r"""
-        Build a student from a T5, keeping that T5's weights (the paper's pretrained initialisation).
+        Build a student from an encoder of its base class (T5 for [`ShrunkT5EncoderModel`], UMT5 for
+        [`ShrunkUMT5EncoderModel`]), keeping that encoder's weights (the paper's pretrained initialisation).
 
         Args:
             t5: a [`~transformers.T5EncoderModel`] or `T5ForConditionalGeneration` (its encoder is copied), a
-                [`~transformers.T5Config`] (random weights), or the id/path of a T5 checkpoint (safetensors).
+                [`~transformers.T5Config`] (random weights), or the id/path of a T5 checkpoint (safetensors); the
+                UMT5 equivalents for a UMT5 student.
             teacher_dim: width of the teacher's embeddings (4096 for T5-XXL).
             config_kwargs: further [`ShrunkT5Config`] fields, e.g. `pipeline_family="flux"`,
                 `component="text_encoder_2"`, `max_sequence_length=512`.
@@ -175,25 +170,26 @@ class ShrunkT5EncoderModel(T5EncoderModel):
         ```
         """
         if isinstance(t5, (str, os.PathLike)):
-            require_folder_or_hub_id(t5, "T5")
+            require_folder_or_hub_id(t5, cls.base_model_type.upper())
             config = AutoConfig.from_pretrained(t5)
-            _require_t5_config(config, f"{t5!s} is a {type(config).__name__}")
+            cls._require_base_config(config, f"{t5!s} is a {type(config).__name__}")
             if Path(t5).is_dir():
                 safetensors_files(t5)
-            t5 = T5EncoderModel.from_pretrained(t5, use_safetensors=True, dtype=torch.float32)
-        if isinstance(t5, ShrunkT5EncoderModel) or isinstance(t5, ShrunkT5Config):
+            t5 = cls.base_encoder_class.from_pretrained(t5, use_safetensors=True, dtype=torch.float32)
+        if isinstance(t5, (StudentMixin, ShrunkT5Config, ShrunkUMT5Config)):
             raise WrongModelTypeError(
-                "from_t5 got a student already; use it as it is, or pass the T5 it was built from."
+                "from_t5 got a student already; use it as it is, or pass the encoder it was built from."
             )
         if isinstance(t5, PreTrainedConfig):
-            _require_t5_config(t5, f"got a {type(t5).__name__}")
-            return cls(_student_config(t5, teacher_dim, config_kwargs))
+            cls._require_base_config(t5, f"got a {type(t5).__name__}")
+            return cls(cls._student_config(t5, teacher_dim, config_kwargs))
         if not isinstance(t5, PreTrainedModel) or not hasattr(t5, "get_encoder"):
             raise WrongModelTypeError(
-                f"from_t5 expects a T5EncoderModel, a T5Config or a T5 id/path, got {type(t5).__name__}."
+                f"from_t5 expects a {cls.base_encoder_class.__name__}, a {cls.base_config_class.__name__} or an "
+                f"id/path of one, got {type(t5).__name__}."
             )
-        _require_t5_config(t5.config, f"got a {type(t5).__name__}")
-        student = cls(_student_config(t5.config, teacher_dim, config_kwargs))
+        cls._require_base_config(t5.config, f"got a {type(t5).__name__}")
+        student = cls(cls._student_config(t5.config, teacher_dim, config_kwargs))
         # Strict loads: every T5 tensor lands in the student or this raises; only the projector stays fresh.
         student.shared.load_state_dict(t5.get_input_embeddings().state_dict())
         student.encoder.load_state_dict(t5.get_encoder().state_dict())
@@ -201,10 +197,25 @@ class ShrunkT5EncoderModel(T5EncoderModel):
         return student
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> ShrunkT5EncoderModel:
+    def _require_base_config(cls, config: PreTrainedConfig, what: str) -> None:
+        if not isinstance(config, cls.base_config_class) or config.model_type != cls.base_model_type:
+            kinds = {"t5": "a T5 (model_type 't5': T5, T5 v1.1, FLAN-T5)", "umt5": "a UMT5 (model_type 'umt5')"}
+            raise WrongModelTypeError(
+                f"from_t5 of {cls.__name__} needs {kinds[cls.base_model_type]}, but {what} "
+                f"(model_type {getattr(config, 'model_type', None)!r})."
+            )
+
+    @classmethod
+    def _student_config(cls, base_config: PreTrainedConfig, teacher_dim: int, config_kwargs: dict):
+        fields = {k: v for k, v in base_config.to_dict().items() if k not in NON_FIELD_KEYS}
+        fields.update(config_kwargs, teacher_dim=teacher_dim)
+        return cls.config_class(**fields)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         r"""
-        Load a student saved by [`~ShrunkT5EncoderModel.save_pretrained`], or a checkpoint of the reference
-        implementation (`T5EncoderWithProjection`, e.g. `LifuWang/DistillT5`), from a local folder or the hub.
+        Load a student saved by `save_pretrained` (or, for [`ShrunkT5EncoderModel`], a checkpoint of the reference
+        implementation, `T5EncoderWithProjection`, e.g. `LifuWang/DistillT5`) from a local folder or the hub.
 
         Loads safetensors only. Missing, truncated or pickle-only weights and folders that hold another kind of
         model raise a one-line `ValueError` instead of loading a partly random model. All options of
@@ -219,7 +230,7 @@ class ShrunkT5EncoderModel(T5EncoderModel):
         path = pretrained_model_name_or_path
         require_folder_or_hub_id(path, "student")
         if kwargs.get("use_safetensors") is False:
-            raise InvalidArgumentError("ShrunkT5EncoderModel loads safetensors only; drop use_safetensors=False.")
+            raise InvalidArgumentError(f"{cls.__name__} loads safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
         local = Path(path) / kwargs.get("subfolder", "")
         if local.is_dir():
@@ -227,13 +238,13 @@ class ShrunkT5EncoderModel(T5EncoderModel):
         if kwargs.get("config") is None:
             hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
             config_dict, _ = PreTrainedConfig.get_config_dict(path, **hub_kwargs)
-            if is_reference_config(config_dict):
+            if cls.reads_reference_format and is_reference_config(config_dict):
                 kwargs["config"] = reference_to_student_config(config_dict)
                 kwargs["key_mapping"] = REFERENCE_KEY_MAPPING
-            elif config_dict.get("model_type") != ShrunkT5Config.model_type:
+            elif config_dict.get("model_type") != cls.config_class.model_type:
                 raise IncompatibleModelError(
-                    f"{path} holds a {config_dict.get('model_type', 'unknown')!r} model, not a student encoder; "
-                    "build one with ShrunkT5EncoderModel.from_t5(...)."
+                    f"{path} holds a {config_dict.get('model_type', 'unknown')!r} model, not a "
+                    f"{cls.config_class.model_type!r} student encoder; build one with {cls.__name__}.from_t5(...)."
                 )
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
@@ -306,19 +317,109 @@ def _weight_file_pattern(variant: str | None) -> re.Pattern:
     return re.compile(rf"model{tag}(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index{tag}\.json")
 
 
-def _require_t5_config(config: PreTrainedConfig, what: str) -> None:
-    if not isinstance(config, T5Config) or config.model_type != "t5":
-        raise WrongModelTypeError(
-            f"from_t5 needs a T5 (model_type 't5': T5, T5 v1.1, FLAN-T5), but {what} "
-            f"(model_type {getattr(config, 'model_type', None)!r})."
-        )
+class ShrunkT5EncoderModel(StudentMixin, T5EncoderModel):
+    r"""
+    A T5 encoder followed by the projector of "Scaling Down Text Encoders of Text-to-Image Diffusion Models"
+    (`Linear(d_model -> teacher_dim) -> ReLU -> Dropout(0.1) -> Linear(teacher_dim -> teacher_dim)`, no biases), so
+    it returns embeddings of the teacher's width and a pipeline cannot tell it from its T5-XXL.
+
+    It *is a* [`~transformers.T5EncoderModel`], so diffusers accepts it silently in `text_encoder_2=` (FLUX),
+    `text_encoder_3=` (SD3) and `text_encoder=` (PixArt). Its forward takes what those pipelines pass
+    (`input_ids`, `attention_mask`, `output_hidden_states`, `return_dict`) and returns `last_hidden_state` of width
+    `config.teacher_dim` (`hidden_states`, when asked for, are the student's own, of width `config.d_model`).
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink import ShrunkT5Config, ShrunkT5EncoderModel
+    >>> student = ShrunkT5EncoderModel(ShrunkT5Config(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8,
+    ...                                              vocab_size=100, teacher_dim=64))
+    >>> student(torch.tensor([[5, 6, 1]])).last_hidden_state.shape
+    torch.Size([1, 3, 64])
+    ```
+    """
+
+    config_class = ShrunkT5Config
+    base_config_class, base_encoder_class, base_model_type = T5Config, T5EncoderModel, "t5"
+    reads_reference_format = True
+    # Keeps `device_map="auto"` from splitting a T5 block (its residual stream) across devices.
+    _no_split_modules = ["T5Block"]
+
+    def __init__(self, config: ShrunkT5Config):
+        # Built here instead of through T5EncoderModel.__init__ so that `post_init` (weight init, tying) runs once,
+        # after the projector exists.
+        T5PreTrainedModel.__init__(self, config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        config.use_cache = False
+        config.is_encoder_decoder = False
+        self.encoder = T5Stack(config)
+        self._add_projector(config)
+        self.post_init()
 
 
-def _student_config(t5_config: T5Config, teacher_dim: int, config_kwargs: dict) -> ShrunkT5Config:
-    fields = {k: v for k, v in t5_config.to_dict().items() if k not in NON_FIELD_KEYS}
-    fields.update(config_kwargs, teacher_dim=teacher_dim)
-    return ShrunkT5Config(**fields)
+class ShrunkUMT5EncoderModel(StudentMixin, UMT5EncoderModel):
+    r"""
+    A UMT5 encoder followed by the same projector as [`ShrunkT5EncoderModel`]: the student of the pipelines whose slot
+    holds a UMT5 (Wan and SkyReels-V2's UMT5-XXL, AuraFlow's pile-t5-xl). It *is a*
+    [`~transformers.UMT5EncoderModel`], so diffusers accepts it without warnings, and keeps the teacher's tokenizer
+    (UMT5's 256 k vocabulary: the embedding table is most of a UMT5-base student).
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink import ShrunkUMT5Config, ShrunkUMT5EncoderModel
+    >>> student = ShrunkUMT5EncoderModel(ShrunkUMT5Config(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8,
+    ...                                                  vocab_size=100, teacher_dim=64))
+    >>> student(torch.tensor([[5, 6, 1]])).last_hidden_state.shape
+    torch.Size([1, 3, 64])
+    ```
+    """
+
+    config_class = ShrunkUMT5Config
+    base_config_class, base_encoder_class, base_model_type = UMT5Config, UMT5EncoderModel, "umt5"
+    _no_split_modules = ["UMT5Block"]
+
+    def __init__(self, config: ShrunkUMT5Config):
+        # As UMT5EncoderModel.__init__, with the projector built before `post_init`.
+        UMT5PreTrainedModel.__init__(self, config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        encoder_config = copy.deepcopy(config)
+        encoder_config.use_cache = False
+        encoder_config.is_encoder_decoder = False
+        self.encoder = UMT5Stack(encoder_config)
+        self._add_projector(config)
+        self.post_init()
+
+
+# The student class of each student config's model_type.
+STUDENT_CLASSES = {
+    ShrunkT5Config.model_type: ShrunkT5EncoderModel,
+    ShrunkUMT5Config.model_type: ShrunkUMT5EncoderModel,
+}
+
+
+def load_student(path: str | os.PathLike, **kwargs):
+    r"""
+    The torch student saved in `path`, of the class its config names (T5 or UMT5 student; the reference
+    implementation's checkpoints are T5 students). Options go to `from_pretrained`.
+
+    Example:
+
+    ```python
+    >>> student = load_student("out/student")  # doctest: +SKIP
+    ```
+    """
+    require_folder_or_hub_id(path, "student")
+    model_type = None
+    config_file = Path(path) / kwargs.get("subfolder", "") / "config.json"
+    if config_file.is_file():
+        import json
+
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    return STUDENT_CLASSES.get(model_type, ShrunkT5EncoderModel).from_pretrained(path, **kwargs)
 
 
 AutoConfig.register(ShrunkT5Config.model_type, ShrunkT5Config)
 AutoModel.register(ShrunkT5Config, ShrunkT5EncoderModel)
+AutoConfig.register(ShrunkUMT5Config.model_type, ShrunkUMT5Config)
+AutoModel.register(ShrunkUMT5Config, ShrunkUMT5EncoderModel)

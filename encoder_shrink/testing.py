@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import string
 from pathlib import Path
 
 import torch
 
 from encoder_shrink.pipelines import adapter_for, get_adapter, registered_families
-from encoder_shrink.student import ShrunkT5EncoderModel
 
 # Every registered family has a tiny offline pipeline (its adapter's `tiny_components`).
 TINY_FAMILIES = tuple(registered_families())
@@ -113,11 +113,48 @@ def tiny_t5_encoder(d_model: int = T5_TINY_DIM, num_layers: int = 2, vocab_size:
     return T5EncoderModel(config).eval()
 
 
-def tiny_student(teacher_dim: int = T5_TINY_DIM, d_model: int = 16, num_layers: int = 1, seed: int = 1, **config):
-    """A random student: a T5 narrower than the tiny teacher, projected to `teacher_dim`."""
+def tiny_umt5_encoder(d_model: int = T5_TINY_DIM, num_layers: int = 2, vocab_size: int | None = None, seed: int = 0):
+    """A random `UMT5EncoderModel` (every layer has its own position bias) sized for the tiny tokenizer."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=vocab_size or len(tiny_t5_tokenizer()), d_model=d_model, d_kv=8, d_ff=2 * d_model,
+        num_layers=num_layers, num_heads=max(1, d_model // 8), feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=32,
+    )
     torch.manual_seed(seed)
-    t5 = tiny_t5_encoder(d_model=d_model, num_layers=num_layers, seed=seed)
-    return ShrunkT5EncoderModel.from_t5(t5, teacher_dim=teacher_dim, **config).eval()
+    return UMT5EncoderModel(config).eval()
+
+
+def tiny_student(teacher_dim: int = T5_TINY_DIM, d_model: int = 16, num_layers: int = 1, seed: int = 1,
+                 student_class: str = "ShrunkT5EncoderModel", **config):
+    """A random student (T5, or UMT5 with `student_class="ShrunkUMT5EncoderModel"`) projected to `teacher_dim`."""
+    import encoder_shrink
+
+    torch.manual_seed(seed)
+    cls = getattr(encoder_shrink, student_class)
+    build = tiny_umt5_encoder if cls.base_model_type == "umt5" else tiny_t5_encoder
+    encoder = build(d_model=d_model, num_layers=num_layers, seed=seed)
+    return cls.from_t5(encoder, teacher_dim=teacher_dim, **config).eval()
+
+
+def tiny_recipe_overrides(family: str) -> dict:
+    """
+    Overrides of the `tiny` recipe for `family`'s tiny pipeline: video families train on their tiny call's clip
+    (size and frames) rather than the recipe's 16 px at the pipeline's default length (LTX needs 32 px, 161 frames).
+    """
+    adapter = get_adapter(family)
+    if adapter.default_num_frames is None:
+        return {}
+    call = adapter.tiny_call_kwargs()
+    return {"resolution": call["height"], "num_frames": call[adapter.frames_argument]}
+
+
+def generated(output):
+    """The images (image pipelines) or frames (video pipelines) of a pipeline call's output, as a numpy array."""
+    from encoder_shrink.evaluation import generated_media
+
+    return generated_media(output)
 
 
 def tiny_clip_text_config(max_position_embeddings: int = 77):
@@ -193,22 +230,26 @@ def save_tiny_pipeline(family: str, directory: str | Path, seed: int = 0) -> Pat
 def load_tiny_pipeline(family: str, directory: str | Path, seed: int = 0, **from_pretrained_kwargs):
     """
     Save a tiny pipeline of `family` to `directory` (if it is not there yet) and load it back with the pipeline
-    class's own `from_pretrained`, as a user loads a downloaded model. Extra keyword arguments (e.g.
-    `text_encoder_2=student`) go to `from_pretrained`.
+    class's own `from_pretrained`, as a user loads a downloaded model, made ready to sample as `load_pipeline` makes
+    it. Extra keyword arguments (e.g. `text_encoder_2=student`) go to `from_pretrained`.
     """
     directory = Path(directory)
     if not (directory / "model_index.json").is_file():
         save_tiny_pipeline(family, directory, seed=seed)
-    return tiny_pipeline_class(family).from_pretrained(directory, **from_pretrained_kwargs)
+    pipe = tiny_pipeline_class(family).from_pretrained(directory, **from_pretrained_kwargs)
+    adapter_for(pipe).prepare_for_sampling()  # as `load_pipeline` does (Allegro: VAE tiling)
+    return pipe
 
 
 def tiny_call_kwargs(pipe, num_inference_steps: int = 2, seed: int = 0) -> dict:
     """Keyword arguments for a fast, deterministic call of a tiny pipeline (small image, few steps)."""
     adapter = adapter_for(pipe)
-    return {
+    kwargs = {
         "num_inference_steps": num_inference_steps,
-        "max_sequence_length": adapter.max_sequence_length,  # the family's deployment length (schnell: 256)
         "generator": torch.Generator("cpu").manual_seed(seed),
         "output_type": "np",
         **adapter.tiny_call_kwargs(),
     }
+    if "max_sequence_length" in inspect.signature(pipe.__call__).parameters:  # Latte's length is fixed
+        kwargs["max_sequence_length"] = adapter.max_sequence_length  # the family's deployment length (schnell: 256)
+    return kwargs

@@ -17,8 +17,13 @@ from encoder_shrink.exporters.formats import (
 )
 from encoder_shrink.exporters.onnx_export import OnnxExportConfig, export_onnx, load_report
 from encoder_shrink.exporters.parity import ExportParityError
-from encoder_shrink.exporters.runtime import ExportedEncoder, OnnxShrunkT5Encoder
-from encoder_shrink.exporters.tensorrt import TensorRTExportConfig, TensorRTShrunkT5Encoder, build_engine
+from encoder_shrink.exporters.runtime import ExportedEncoder, OnnxShrunkT5Encoder, OnnxShrunkUMT5Encoder
+from encoder_shrink.exporters.tensorrt import (
+    TensorRTExportConfig,
+    TensorRTShrunkT5Encoder,
+    TensorRTShrunkUMT5Encoder,
+    build_engine,
+)
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -28,8 +33,10 @@ __all__ = [
     "ExportedEncoder",
     "OnnxExportConfig",
     "OnnxShrunkT5Encoder",
+    "OnnxShrunkUMT5Encoder",
     "TensorRTExportConfig",
     "TensorRTShrunkT5Encoder",
+    "TensorRTShrunkUMT5Encoder",
     "build_engine",
     "export",
     "export_onnx",

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from encoder_shrink.configuration import NON_FIELD_KEYS
-from encoder_shrink.errors import InvalidArgumentError
+from encoder_shrink.errors import InvalidArgumentError, WrongModelTypeError
 from encoder_shrink.files import atomic_write_text
 from encoder_shrink.reference import REFERENCE_ARCHITECTURE
 
@@ -117,6 +117,11 @@ def _check(student, folder: Path, dtype: str) -> dict:
 
 def _export_distillt5(student, staging: Path, config: DistillT5ExportConfig, context) -> None:
     """The `distillt5` format's handler: one safetensors file, its config, checked through the reference layout."""
+    if student.config.model_type != "shrunk_t5":
+        raise WrongModelTypeError(
+            f"the distillt5 layout holds T5 students; this is a {type(student).__name__}: export it with "
+            "--format onnx."
+        )
     state = {k: v.to(DTYPES[config.dtype]) for k, v in reference_state_dict(student).items()}
     save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
     record = {"format": "distillt5", "file": WEIGHTS_FILE, "dtype": config.dtype}

@@ -132,13 +132,14 @@ def as_student(student):
     """A student model from a model or a folder (our format or the reference's), in fp32 eval mode."""
     import torch
 
-    from encoder_shrink.student import ShrunkT5EncoderModel
+    from encoder_shrink.student import StudentMixin, load_student
 
     if not isinstance(student, torch.nn.Module):
-        student = ShrunkT5EncoderModel.from_pretrained(student)
-    if not isinstance(student, ShrunkT5EncoderModel):
+        student = load_student(student)
+    if not isinstance(student, StudentMixin):
         raise WrongModelTypeError(
-            f"export needs a torch student (ShrunkT5EncoderModel or its folder), got {type(student).__name__}."
+            f"export needs a torch student (ShrunkT5EncoderModel, ShrunkUMT5EncoderModel or the folder of one), got "
+            f"{type(student).__name__}."
         )
     return student.float().eval()
 
@@ -202,19 +203,19 @@ def load_encoder(path: str | os.PathLike, **kwargs):
     >>> encoder = load_encoder("out/student-onnx")  # doctest: +SKIP
     ```
     """
-    from encoder_shrink.student import ShrunkT5EncoderModel
+    from encoder_shrink.student import load_student
 
     folder = Path(path)
     record = read_config(folder).get(EXPORT_KEY) or {}
     if not record:
-        return ShrunkT5EncoderModel.from_pretrained(folder, **kwargs)
+        return load_student(folder, **kwargs)
     if record.get("format") not in EXPORT_FORMATS:
         raise UnknownNameError(
             f"{folder} holds a {record.get('format')!r} export, which this version cannot run (registered formats: "
             f"{', '.join(registered_formats())})."
         )
-    encoder_class = get_format(record["format"]).encoder_class or ShrunkT5EncoderModel
-    return encoder_class.from_pretrained(folder, **kwargs)
+    encoder_class = get_format(record["format"]).encoder_class
+    return encoder_class.from_pretrained(folder, **kwargs) if encoder_class else load_student(folder, **kwargs)
 
 
 __all__ = [

@@ -158,7 +158,8 @@ def _denoiser_error(adapter, student, graph_file: Path, prompts, length: int, re
     """Relative MSE of the denoiser's predictions with exported vs torch-student embeddings on teacher trajectories."""
     from encoder_shrink.fidelity import denoiser_fidelity
 
-    exported = OnnxShrunkT5Encoder.from_file(graph_file, student.config, providers=["CPUExecutionProvider"])
+    runtime = OnnxShrunkT5Encoder._for_student(student.config.model_type)
+    exported = runtime.from_file(graph_file, student.config, providers=["CPUExecutionProvider"])
     exported.to(adapter.device)
     student = student.to(adapter.device)
 

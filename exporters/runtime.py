@@ -14,15 +14,16 @@ import torch
 
 # `PreTrainedModel` must be a name of this module: diffusers looks up `<module>.PreTrainedModel` to reload a
 # pipeline saved with this encoder inside (see encoder_shrink.student).
-from transformers import PreTrainedModel, T5EncoderModel
+from transformers import PreTrainedModel, T5EncoderModel, UMT5EncoderModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from encoder_shrink.configuration import ShrunkT5Config
+from encoder_shrink.configuration import ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import InputNotFoundError, InvalidArgumentError, WrongModelTypeError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_KEY", "REPORT", "ExportedEncoder", "OnnxShrunkT5Encoder", "PreTrainedModel", "read_config"]
+__all__ = ["EXPORT_KEY", "REPORT", "ExportedEncoder", "OnnxShrunkT5Encoder", "OnnxShrunkUMT5Encoder",
+           "PreTrainedModel", "read_config"]
 
 EXPORT_KEY = "export"
 REPORT = "export_report.json"
@@ -50,7 +51,9 @@ class ExportedEncoder(T5EncoderModel):
     Base of the encoders that run an exported student outside torch (ONNX Runtime, TensorRT). Each *is a*
     [`~transformers.T5EncoderModel`] (so diffusers accepts it in the T5 slot without warnings) but holds no torch
     weights; it returns torch tensors on the device and in the dtype it was moved to with `.to()`, wherever its
-    runtime runs. Subclasses set `format` and implement `_load` and `_run`.
+    runtime runs. Subclasses set `format` and implement `_load` and `_run`; a subclass that also derives from
+    [`~transformers.UMT5EncoderModel`] with `config_class = ShrunkUMT5Config` runs the exports of UMT5 students, and
+    `from_pretrained` picks it from the folder's config.
     """
 
     config_class = ShrunkT5Config
@@ -118,6 +121,7 @@ class ExportedEncoder(T5EncoderModel):
         """
         folder = Path(folder)
         config = read_config(folder)
+        cls = cls._for_student(config.get("model_type"))
         info = config.get(EXPORT_KEY) or {}
         if info.get("format") != cls.format:
             raise WrongModelTypeError(
@@ -126,11 +130,19 @@ class ExportedEncoder(T5EncoderModel):
             )
         if not (folder / info["file"]).is_file():
             raise InputNotFoundError(f"{folder} is incomplete: {info['file']} is missing; export the student again.")
-        encoder = cls._load(folder, ShrunkT5Config.from_dict(config), info, **kwargs)
+        encoder = cls._load(folder, cls.config_class.from_dict(config), info, **kwargs)
         dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
         if isinstance(dtype, torch.dtype):
             encoder.to(dtype)
         return encoder
+
+    @classmethod
+    def _for_student(cls, model_type: str | None) -> type[ExportedEncoder]:
+        """This class or its subclass for the student kind (`shrunk_t5`, `shrunk_umt5`) an export was made from."""
+        for candidate in (cls, *cls.__subclasses__()):
+            if candidate.config_class.model_type == model_type:
+                return candidate
+        return cls
 
     @classmethod
     def _load(cls, folder: Path, config: ShrunkT5Config, info: dict, **kwargs) -> ExportedEncoder:
@@ -212,3 +224,9 @@ class OnnxShrunkT5Encoder(ExportedEncoder):
         binding.bind_output("last_hidden_state", "cuda", device.index, np.float32, list(out.shape), out.data_ptr())
         self.session.run_with_iobinding(binding)
         return out
+
+
+class OnnxShrunkUMT5Encoder(OnnxShrunkT5Encoder, UMT5EncoderModel):
+    """The ONNX Runtime encoder of a UMT5 student: a `UMT5EncoderModel` to diffusers (Wan, SkyReels-V2, AuraFlow)."""
+
+    config_class = ShrunkUMT5Config

@@ -16,9 +16,9 @@ from encoder_shrink.exporters.onnx_export import OnnxExportConfig
 from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, ExportedEncoder, read_config
 
 # `PreTrainedModel` must be a name of this module, for diffusers to reload a pipeline saved with this encoder inside.
-from transformers import PreTrainedModel  # noqa: F401
+from transformers import PreTrainedModel, UMT5EncoderModel  # noqa: F401
 
-from encoder_shrink.configuration import ShrunkT5Config
+from encoder_shrink.configuration import ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import (
     BackendUnavailableError,
     IncompatibleModelError,
@@ -212,6 +212,12 @@ class TensorRTShrunkT5Encoder(ExportedEncoder):
         return out
 
 
+class TensorRTShrunkUMT5Encoder(TensorRTShrunkT5Encoder, UMT5EncoderModel):
+    """The TensorRT encoder of a UMT5 student: a `UMT5EncoderModel` to diffusers."""
+
+    config_class = ShrunkUMT5Config
+
+
 @dataclass
 class TensorRTExportConfig:
     r"""
@@ -271,4 +277,5 @@ register_export_format(
     description="a TensorRT engine built from the ONNX export (NVIDIA GPU), parity-checked through its ONNX graph",
 )
 
-__all__ = ["PreTrainedModel", "TensorRTExportConfig", "TensorRTShrunkT5Encoder", "build_engine", "require_tensorrt"]
+__all__ = ["PreTrainedModel", "TensorRTExportConfig", "TensorRTShrunkT5Encoder", "TensorRTShrunkUMT5Encoder",
+           "build_engine", "require_tensorrt"]

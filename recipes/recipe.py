@@ -112,7 +112,8 @@ class SourceConfig:
 @dataclass
 class StageConfig:
     r"""
-    A curriculum stage: `steps` optimizer steps on prompts mixed from `sources`, optionally at its own resolution, with
+    A curriculum stage: `steps` optimizer steps on prompts mixed from `sources`, optionally at its own resolution
+    (and, for video families, frame count), with
     its own loss (e.g. a cheap `"embedding"` stage that places the projector before the `"vision"` stage) and its own
     peak learning rate (the recipe's schedule shape still applies).
 
@@ -128,6 +129,7 @@ class StageConfig:
     steps: int
     sources: list[SourceConfig]
     resolution: int | None = None
+    num_frames: int | None = None
     loss: str | None = None
     learning_rate: float | None = None
 
@@ -148,8 +150,10 @@ class StageConfig:
             s if isinstance(s, SourceConfig) else _from_dict(SourceConfig, s, f"stage {self.name!r} source")
             for s in self.sources
         ]
-        if self.resolution is not None and self.resolution <= 0:
-            raise RecipeError(f"stage {self.name!r}: resolution must be positive, got {self.resolution!r}.")
+        for name in ("resolution", "num_frames"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise RecipeError(f"stage {self.name!r}: {name} must be positive, got {value!r}.")
 
 
 @dataclass
@@ -167,6 +171,8 @@ class Recipe:
             own default, and the student records what was used.
         num_inference_steps: scheduler steps per trajectory (the paper: 20); each step is one optimizer step.
         resolution: image size in pixels of the trajectories (stages may override it).
+        num_frames: frames per trajectory for video families (stages may override it); `None` takes the family's
+            default.
         guidance_scales: values sampled per trajectory: FLUX-dev's guidance embedding, or the CFG scale of SD3 /
             PixArt (applied as the pipeline applies it). Ignored for pipelines without guidance.
         negative_prompt: the negative prompt CFG pipelines use (the student learns to reproduce it too).
@@ -204,6 +210,7 @@ class Recipe:
     use_attention_mask: bool | None = None
     num_inference_steps: int = 20
     resolution: int = 512
+    num_frames: int | None = None
     guidance_scales: list[float] = field(default_factory=lambda: [3.5])
     negative_prompt: str = ""
     batch_size: int = 32
@@ -246,7 +253,7 @@ class Recipe:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {getattr(self, name)!r}.")
-        for name in ("max_steps", "max_sequence_length"):
+        for name in ("max_steps", "max_sequence_length", "num_frames"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {value!r}.")

@@ -78,7 +78,7 @@ def save_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, state:
 
 def load_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, processes: int) -> dict:
     """Restore what `save_checkpoint` wrote into the given objects (weights in place); return `state.json`."""
-    from encoder_shrink.student import ShrunkT5EncoderModel
+    from encoder_shrink.student import load_student
 
     state = json.loads((directory / STATE).read_text())
     if state.get("processes", 1) != processes:
@@ -86,7 +86,7 @@ def load_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, proces
             f"{directory} was written by a run of {state.get('processes', 1)} processes and this one has {processes}; "
             "resume with the same number of processes (each trains on its own prompts)."
         )
-    saved = ShrunkT5EncoderModel.from_pretrained(directory / "student")
+    saved = load_student(directory / "student")
     student.load_state_dict(saved.state_dict())
     optimizer.load_state_dict(_optimizer_from_files(
         load_file(directory / "optimizer.safetensors"), json.loads((directory / "optimizer.json").read_text())

@@ -84,12 +84,13 @@ def distill_loop(
     total = recipe.total_steps
     rank, main = accelerator.process_index, accelerator.is_main_process
 
-    # The denoiser is frozen: no gradients for its weights, eval mode, but gradients flow *through* it.
-    denoiser = adapter.denoiser
-    denoiser.requires_grad_(False).eval()
-    checkpointing_was_on = bool(getattr(denoiser, "gradient_checkpointing", False))
-    if recipe.gradient_checkpointing:
-        denoiser.enable_gradient_checkpointing()
+    # The denoisers are frozen: no gradients for their weights, eval mode, but gradients flow *through* them.
+    denoisers = adapter.denoisers
+    checkpointing_was_on = [bool(getattr(d, "gradient_checkpointing", False)) for d in denoisers]
+    for denoiser in denoisers:
+        denoiser.requires_grad_(False).eval()
+        if recipe.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
     student.train()  # the paper trains with the projector's (and T5's) dropout on
 
     optimizer = torch.optim.AdamW(
@@ -159,7 +160,8 @@ def distill_loop(
             trajectory = None
             if loss_fn.uses_denoiser:
                 trajectory = adapter.start_trajectory(len(prompts), stage.resolution or recipe.resolution,
-                                                      steps_per_trajectory, generator)
+                                                      steps_per_trajectory, generator,
+                                                      num_frames=stage.num_frames or recipe.num_frames)
             for i in range(steps_per_trajectory):
                 t = trajectory.timesteps[i] if trajectory is not None else None
                 if i < offset:
@@ -209,8 +211,9 @@ def distill_loop(
         raise
     finally:
         progress.close()
-        if recipe.gradient_checkpointing and not checkpointing_was_on:
-            denoiser.disable_gradient_checkpointing()  # leave the user's pipeline as it was for inference
+        for denoiser, was_on in zip(denoisers, checkpointing_was_on, strict=True):
+            if recipe.gradient_checkpointing and not was_on:
+                denoiser.disable_gradient_checkpointing()  # leave the user's pipeline as it was for inference
     seconds = time.perf_counter() - started
     trained = step - first_step
     return {

@@ -70,8 +70,12 @@ class SyntheticSpec:
     parameters: dict[str, int]
     # The synthetic encoder (`encoder_shrink.benchmarks.synthetic.T5_CONFIGS`) in the slot: what a student replaces.
     teacher: str = "t5-xxl"
+    # The size of the `<family>-t5base` recipes' student (`T5_CONFIGS`): T5-base, UMT5-base for UMT5 slots.
+    student: str = "t5-base"
     # Counts published only rounded ("8.1B", "17B"): checked to the precision they are given in.
     approximate: dict[str, str] = field(default_factory=dict)
+    # Components whose parameter count the checkpoint does not publish at all: built from its config, not checked.
+    unpublished: tuple[str, ...] = ()
 
     @staticmethod
     def within_published(count: int, published: str) -> bool:
@@ -132,6 +136,10 @@ class PipelineAdapter:
     guidance: ClassVar[str | None]
     # Name of the student class (in `encoder_shrink`) that drops into the slot.
     student_class_name: ClassVar[str] = "ShrunkT5EncoderModel"
+    # Video families: the frame count trajectories have when a recipe does not set one (the pipeline's default), and
+    # the name of the pipeline's frame-count argument (Latte's is `video_length`).
+    default_num_frames: ClassVar[int | None] = None
+    frames_argument: ClassVar[str] = "num_frames"
     # Pipeline logic this adapter re-derives from diffusers; the test suite checks it against the installed source.
     copied_from: ClassVar[tuple[CopiedLogic, ...]] = ()
     # The published architecture for `--synthetic`; None if the family has no synthetic pipeline.
@@ -178,6 +186,12 @@ class PipelineAdapter:
                 f"{name}.from_pretrained(..., {self.encoder_slot}=student)."
             )
 
+    def prepare_for_sampling(self) -> None:
+        """
+        What the family's diffusers documentation has users do to a loaded pipeline before it can sample (Allegro's
+        VAE decodes only tiled); nothing for most families. `load_pipeline` calls it.
+        """
+
     @property
     def teacher(self) -> Any:
         """The encoder in the slot (the teacher, or a student already swapped in)."""
@@ -199,6 +213,11 @@ class PipelineAdapter:
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.pipe.transformer
+
+    @property
+    def denoisers(self) -> list[torch.nn.Module]:
+        """Every frozen denoiser the pipeline samples with (Wan 2.2 switches to a second one at low noise)."""
+        return [self.denoiser]
 
     # --- what the distiller calls -----------------------------------------------------------------------------------
 
@@ -257,12 +276,19 @@ class PipelineAdapter:
         raise NotImplementedError(f"{type(self).__name__} does not implement encode_teacher")
 
     def start_trajectory(self, batch_size: int, resolution: int, num_inference_steps: int,
-                         generator: torch.Generator) -> Trajectory:
-        """Pure-noise latents and the scheduler's timesteps, prepared as the pipeline's `__call__` prepares them."""
+                         generator: torch.Generator, num_frames: int | None = None) -> Trajectory:
+        """
+        Pure-noise latents and the scheduler's timesteps, prepared as the pipeline's `__call__` prepares them;
+        video families take `num_frames` (default: the family's `default_num_frames`).
+        """
         # Every pipeline module carries the same `retrieve_timesteps` (diffusers copies it between them).
         from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 
-        latents, extras = self.prepare_latents(batch_size, resolution, generator)
+        if self.default_num_frames is None:
+            latents, extras = self.prepare_latents(batch_size, resolution, generator)
+        else:
+            latents, extras = self.prepare_latents(batch_size, resolution, generator,
+                                                   num_frames=num_frames or self.default_num_frames)
         scheduler = self._scheduler()
         timesteps, _ = retrieve_timesteps(
             scheduler,

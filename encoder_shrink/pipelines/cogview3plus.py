@@ -12,6 +12,23 @@ from encoder_shrink.pipelines.flux import T5_XXL_PARAMETERS
 _COGVIEW = "diffusers.pipelines.cogview3.pipeline_cogview3plus.CogView3PlusPipeline"
 
 
+def cogvideox_scheduler_step(trajectory, prediction: torch.Tensor, t: torch.Tensor) -> None:
+    """The CogVideoX/CogView3 pipelines' step: DPM-solver++ also takes the previous x0 and timestep; dtype kept."""
+    from diffusers import CogVideoXDPMScheduler
+
+    scheduler, dtype = trajectory.scheduler, trajectory.latents.dtype
+    if isinstance(scheduler, CogVideoXDPMScheduler):
+        i = int((trajectory.timesteps == t).nonzero()[0])
+        previous = trajectory.timesteps[i - 1] if i > 0 else None
+        latents, trajectory.extras["old_pred"] = scheduler.step(
+            prediction, trajectory.extras.get("old_pred"), t, previous, trajectory.latents,
+            **trajectory.extras["step_kwargs"], return_dict=False)
+    else:
+        latents = scheduler.step(prediction, t, trajectory.latents, **trajectory.extras["step_kwargs"],
+                                 return_dict=False)[0]
+    trajectory.latents = latents.to(dtype)
+
+
 @register_adapter
 class CogView3PlusAdapter(PipelineAdapter):
     name = "cogview3plus"
@@ -72,20 +89,7 @@ class CogView3PlusAdapter(PipelineAdapter):
         return self.classifier_free_guidance(prediction, guidance_scale)
 
     def step(self, trajectory, prediction, t) -> None:
-        from diffusers import CogVideoXDPMScheduler
-
-        scheduler, dtype = trajectory.scheduler, trajectory.latents.dtype
-        if isinstance(scheduler, CogVideoXDPMScheduler):
-            # The pipeline's DPM-solver++ branch: the previous step's x0 and timestep go in too.
-            i = int((trajectory.timesteps == t).nonzero()[0])
-            previous = trajectory.timesteps[i - 1] if i > 0 else None
-            latents, trajectory.extras["old_pred"] = scheduler.step(
-                prediction, trajectory.extras.get("old_pred"), t, previous, trajectory.latents,
-                **trajectory.extras["step_kwargs"], return_dict=False)
-        else:
-            latents = scheduler.step(prediction, t, trajectory.latents, **trajectory.extras["step_kwargs"],
-                                     return_dict=False)[0]
-        trajectory.latents = latents.to(dtype)
+        cogvideox_scheduler_step(trajectory, prediction, t)
 
     @classmethod
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:

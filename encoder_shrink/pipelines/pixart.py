@@ -15,6 +15,14 @@ _ALPHA = "diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha.PixArtAlphaPipe
 SD_VAE_PARAMETERS = 83_653_863
 
 
+def preprocess_captions(pipe: Any, texts: list[str]) -> list[str]:
+    """
+    The captions as the PixArt-derived pipelines (PixArt, Allegro, Latte) tokenize them: their `__call__` defaults to
+    clean_caption=True, which falls back to lower-casing and stripping when bs4 or ftfy is missing.
+    """
+    return pipe._text_preprocessing(list(texts), clean_caption=is_bs4_available() and is_ftfy_available())
+
+
 class _PixArtAdapter(PipelineAdapter):
     denoiser_class = "PixArtTransformer2DModel"
     encoder_slot = "text_encoder"
@@ -35,10 +43,6 @@ class _PixArtAdapter(PipelineAdapter):
         )),
     )
 
-    def __init__(self, pipe: Any):
-        super().__init__(pipe)
-        # The pipelines call with clean_caption=True and fall back to lower-casing when bs4/ftfy are missing.
-        self.clean_caption = is_bs4_available() and is_ftfy_available()
 
     @classmethod
     def matches(cls, pipe: Any) -> bool:
@@ -46,7 +50,7 @@ class _PixArtAdapter(PipelineAdapter):
         return super().matches(pipe) and ("Sigma" in type(pipe).__name__) == cls.sigma
 
     def tokenize(self, texts, max_sequence_length):
-        texts = self.pipe._text_preprocessing(list(texts), clean_caption=self.clean_caption)
+        texts = preprocess_captions(self.pipe, texts)
         tokens = self.tokenizer(
             texts, padding="max_length", max_length=max_sequence_length, truncation=True,
             add_special_tokens=True, return_tensors="pt",

@@ -19,6 +19,8 @@ SMOKE_ARGS = {
     "distill_throughput": ["--steps", "2", "--num-inference-steps", "2", "--batch-size", "1", "--resolution", "32"],
     # On the meta device at real size (nothing is allocated); two families keep it short.
     "family_sizes": ["--families", "bria", "pixart-sigma"],
+    # flux-dev (the reference) and one video family, two timed steps each.
+    "step_cost": ["--families", "ltx", "--steps", "2", "--warmup", "1"],
 }
 LIBRARY_MODULES = {"__init__", "bench", "measure", "synthetic", "reference_loop"}
 

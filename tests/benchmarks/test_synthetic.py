@@ -44,7 +44,8 @@ def test_synthetic_pipelines_have_the_published_parameter_counts(family):
     for component, published in adapter.synthetic.approximate.items():
         count = _parameters(getattr(pipe, component))
         assert adapter.synthetic.within_published(count, published), f"{component}: {count:,} is not {published}"
-    assert "transformer" in {**adapter.synthetic.parameters, **adapter.synthetic.approximate}
+    assert "transformer" in {**adapter.synthetic.parameters, **adapter.synthetic.approximate,
+                             **dict.fromkeys(adapter.synthetic.unpublished)}
     assert _parameters(getattr(pipe, adapter.encoder_slot)) == _parameters(synthetic_t5(adapter.synthetic.teacher,
                                                                                        device="meta"))
 
@@ -90,7 +91,7 @@ def test_synthetic_student_projects_to_the_teacher_width():
 def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="Unknown synthetic T5 't5-xxxl'"):
         synthetic_t5("t5-xxxl")
-    with pytest.raises(ValueError, match="Unknown synthetic pipeline 'sdxl'; choose one of bria, chroma"):
+    with pytest.raises(ValueError, match="Unknown synthetic pipeline 'sdxl'; choose one of allegro, auraflow, bria"):
         synthetic_pipeline("sdxl", device="meta")
 
 

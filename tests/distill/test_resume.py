@@ -124,3 +124,31 @@ def test_two_processes_resume_equals_uninterrupted(tiny_pipeline_dirs, tmp_path)
     resume_run.main(pipeline, str(tmp_path / "single"), "full")
     single, double = _weights(tmp_path / "single"), _weights(tmp_path / "full")
     assert not all(torch.equal(single[n], double[n]) for n in single)
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("family", ["wan", "ltx"])  # a UMT5 student with zeroed padding; packed 5-D latents
+def test_video_family_run_with_cache_resumes_bit_identical(family, tiny_pipeline_dirs, tmp_path):
+    """The loop, the teacher cache and resume work unchanged on video latents (crash after the step-6 checkpoint)."""
+    from encoder_shrink import EncoderShrinker, testing
+
+    pipe = testing.load_tiny_pipeline(family, tiny_pipeline_dirs[family])
+    kwargs = {"recipe": "tiny", "max_steps": 12, "checkpoint_every": EVERY, "eval_prompts": ["a cat"],
+              "cache_dir": tmp_path / "cache", **testing.tiny_recipe_overrides(family)}
+    EncoderShrinker(pipe).distill(output_dir=tmp_path / "full", **kwargs)
+
+    def crash(step, loss):
+        if step == EVERY + 1:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        EncoderShrinker(pipe).distill(output_dir=tmp_path / "split", callback=crash, **kwargs)
+    assert latest_checkpoint(tmp_path / "split").name == f"step-{EVERY:08d}"
+    shrinker = EncoderShrinker(pipe)
+    shrinker.distill(output_dir=tmp_path / "split", resume=True, **kwargs)
+    _assert_same_bits(tmp_path / "full", tmp_path / "split")
+    assert shrinker.summary["teacher_texts_encoded"] == 0  # every row came from the cache the first runs wrote
+    assert shrinker.summary["recipe"]["num_frames"] == kwargs["num_frames"]

@@ -9,7 +9,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from encoder_shrink.exporters import ExportParityError, OnnxShrunkT5Encoder, export_onnx, load_encoder, load_report
+from encoder_shrink.exporters import (
+    ExportParityError,
+    OnnxShrunkT5Encoder,
+    OnnxShrunkUMT5Encoder,
+    export_onnx,
+    load_encoder,
+    load_report,
+)
 
 from encoder_shrink import ShrunkT5EncoderModel, adapter_for, testing
 from tests.test_reference import write_reference_checkpoint
@@ -254,26 +261,30 @@ def test_report_gives_denoiser_error_with_a_pipeline(tiny_pipeline_dirs, tmp_pat
     assert errors["fp32"] < 1e-8 < errors["int8"] < 1e-2
 
 
-@pytest.mark.parametrize("family", ["flux-dev", "sd3", "pixart-alpha"])
+@pytest.mark.parametrize("family", ["flux-dev", "sd3", "pixart-alpha", "wan"])  # wan: a UMT5 student
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("int8", 0.05)])
 def test_pipelines_generate_with_onnx_encoders(family, precision, atol, tiny_pipeline_dirs, tmp_path):
     pipeline_class = testing.tiny_pipeline_class(family)
-    slot = adapter_for(pipeline_class.from_pretrained(tiny_pipeline_dirs[family])).encoder_slot
-    student = testing.tiny_student(teacher_dim=32, pipeline_family=family)
+    adapter = adapter_for(pipeline_class.from_pretrained(tiny_pipeline_dirs[family]))
+    slot = adapter.encoder_slot
+    student = testing.tiny_student(teacher_dim=32, pipeline_family=family, student_class=adapter.student_class_name)
     student.save_pretrained(tmp_path / "student")
     folder = export_onnx(tmp_path / "student", tmp_path / precision, int8="dynamic" if precision == "int8" else None,
                          tokenizer=TOKENIZER)
+    runtime_class = OnnxShrunkUMT5Encoder if family == "wan" else OnnxShrunkT5Encoder
+    assert type(load_encoder(folder)) is runtime_class and load_report(folder)["parity"]["passed"]
     torch_pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: student})
     onnx_pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: load_encoder(folder)})
-    expected = torch_pipe("a red circle", **testing.tiny_call_kwargs(torch_pipe)).images
-    images = onnx_pipe("a red circle", **testing.tiny_call_kwargs(onnx_pipe)).images
+    expected = testing.generated(torch_pipe("a red circle", **testing.tiny_call_kwargs(torch_pipe)))
+    images = testing.generated(onnx_pipe("a red circle", **testing.tiny_call_kwargs(onnx_pipe)))
     assert np.isfinite(images).all()
     np.testing.assert_allclose(images, expected, atol=atol)
     if precision == "fp32":  # a pipeline saved with the ONNX encoder inside reloads with plain from_pretrained
         onnx_pipe.save_pretrained(tmp_path / "saved")
         reloaded = pipeline_class.from_pretrained(tmp_path / "saved")
-        assert isinstance(getattr(reloaded, slot), OnnxShrunkT5Encoder)
-        np.testing.assert_array_equal(reloaded("a red circle", **testing.tiny_call_kwargs(reloaded)).images, images)
+        assert type(getattr(reloaded, slot)) is runtime_class
+        again = testing.generated(reloaded("a red circle", **testing.tiny_call_kwargs(reloaded)))
+        np.testing.assert_array_equal(again, images)
 
 
 def _overflowing_student():
