@@ -241,6 +241,13 @@ class StudentMixin:
             if cls.reads_reference_format and is_reference_config(config_dict):
                 kwargs["config"] = reference_to_student_config(config_dict)
                 kwargs["key_mapping"] = REFERENCE_KEY_MAPPING
+            elif config_dict.get("model_type") in STUDENT_CLASSES and cls is not STUDENT_CLASSES[
+                    config_dict["model_type"]]:
+                other = STUDENT_CLASSES[config_dict["model_type"]].__name__
+                raise IncompatibleModelError(
+                    f"{path} holds a {other}, not a {cls.__name__}; load it with {other}.from_pretrained or "
+                    "encoder_shrink.load_student."
+                )
             elif config_dict.get("model_type") != cls.config_class.model_type:
                 raise IncompatibleModelError(
                     f"{path} holds a {config_dict.get('model_type', 'unknown')!r} model, not a "

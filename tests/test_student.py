@@ -324,3 +324,12 @@ def test_refuses_a_plain_t5_folder_and_unsafe_loading(tmp_path):
         from encoder_shrink.weights import safetensors_files
 
         safetensors_files(tmp_path / "nowhere")
+
+
+def test_a_student_of_the_other_class_names_the_class_that_loads_it(tmp_path):
+    from encoder_shrink import EncoderShrinkError, ShrunkUMT5EncoderModel, load_student
+
+    testing.tiny_student(student_class="ShrunkUMT5EncoderModel").save_pretrained(tmp_path / "umt5")
+    with pytest.raises(EncoderShrinkError, match="holds a ShrunkUMT5EncoderModel, not a ShrunkT5EncoderModel"):
+        ShrunkT5EncoderModel.from_pretrained(tmp_path / "umt5")
+    assert type(load_student(tmp_path / "umt5")) is ShrunkUMT5EncoderModel

@@ -188,7 +188,7 @@ def test_int8_can_include_wo_and_embeddings(student_dir, exports, tmp_path):
 def test_export_refuses_bad_input_and_leaves_nothing(student_dir, tmp_path, exports):
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         export_onnx(student_dir, exports["fp32"])
-    with pytest.raises(ValueError, match="holds a 't5' model, not a student encoder"):
+    with pytest.raises(ValueError, match="holds a 't5' model, not a 'shrunk_t5' student encoder"):
         testing.tiny_t5_encoder().save_pretrained(tmp_path / "t5")
         export_onnx(tmp_path / "t5", tmp_path / "out")
     with pytest.raises(ValueError, match="int8='weights' is not supported"):
