@@ -61,7 +61,7 @@ class AllegroAdapter(PipelineAdapter):
 
     def prepare_latents(self, batch_size, resolution, generator, num_frames=None):
         pipe = self.pipe
-        size = resolution // 8 * 8  # AllegroPipeline.check_inputs
+        size = self.checked_size(resolution, 8)  # AllegroPipeline.check_inputs
         latents = pipe.prepare_latents(batch_size, self.denoiser.config.in_channels, num_frames, size, size,
                                        self.denoiser.dtype, self.device, generator)
         rotary = pipe._prepare_rotary_positional_embeddings(batch_size, size, size, latents.size(2), self.device)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from encoder_shrink.errors import IncompatibleModelError, WrongModelTypeError
+from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError, WrongModelTypeError
 from encoder_shrink.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -299,6 +299,18 @@ class PipelineAdapter:
         if hasattr(scheduler, "set_begin_index"):  # as the pipelines do before their loop (a no-op for the index)
             scheduler.set_begin_index(0)
         return Trajectory(latents=latents, timesteps=timesteps, scheduler=scheduler, extras=extras)
+
+    def checked_size(self, resolution: int, multiple: int) -> int:
+        """
+        `resolution` where the pipeline accepts it (its `check_inputs` wants multiples of `multiple`), else a one-line
+        error naming the nearest size that works.
+        """
+        if resolution % multiple:
+            raise InvalidArgumentError(
+                f"{self.pipeline_class} generates at multiples of {multiple} px, not {resolution}; set the recipe's "
+                f"resolution to {max(multiple, resolution // multiple * multiple)}."
+            )
+        return resolution
 
     def prepare_latents(self, batch_size: int, resolution: int,
                         generator: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -55,7 +55,7 @@ class CogVideoXAdapter(PipelineAdapter):
         latent_frames = (num_frames - 1) // temporal + 1
         if config.patch_size_t is not None and latent_frames % config.patch_size_t:  # CogVideoX 1.5 pads frames
             num_frames += (config.patch_size_t - latent_frames % config.patch_size_t) * temporal
-        size = resolution // 8 * 8  # CogVideoXPipeline.check_inputs
+        size = self.checked_size(resolution, 8)  # CogVideoXPipeline.check_inputs
         latents = pipe.prepare_latents(batch_size, config.in_channels, num_frames, size, size, self.denoiser.dtype,
                                        self.device, generator)
         rotary = (pipe._prepare_rotary_positional_embeddings(size, size, latents.size(1), self.device)

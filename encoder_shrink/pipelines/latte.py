@@ -69,7 +69,7 @@ class LatteAdapter(PipelineAdapter):
                 f"{type(self.denoiser).__name__} generates {frames} frames (or 1), not {num_frames}; set the recipe's "
                 f"num_frames to {frames}."
             )
-        size = resolution // 8 * 8  # LattePipeline.check_inputs
+        size = self.checked_size(resolution, 8)  # LattePipeline.check_inputs
         latents = pipe.prepare_latents(batch_size, self.denoiser.config.in_channels, num_frames, size, size,
                                        self.denoiser.dtype, self.device, generator)
         # eta=0.0 is the pipeline's default; the helper keeps only what this scheduler's step accepts.

@@ -59,7 +59,7 @@ class LTXAdapter(PipelineAdapter):
 
     def prepare_latents(self, batch_size, resolution, generator, num_frames=None):
         pipe = self.pipe
-        size = resolution // 32 * 32  # LTXPipeline.check_inputs: multiples of 32
+        size = self.checked_size(resolution, 32)  # LTXPipeline.check_inputs
         latents = pipe.prepare_latents(batch_size, self.denoiser.config.in_channels, size, size, num_frames,
                                        torch.float32, self.device, generator)
         spatial, temporal = pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio

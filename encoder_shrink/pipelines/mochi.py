@@ -63,7 +63,7 @@ class MochiAdapter(PipelineAdapter):
         return {"t5": self.teacher(ids.to(device), attention_mask=mask.bool().to(device))[0]}
 
     def prepare_latents(self, batch_size, resolution, generator, num_frames=None):
-        size = resolution // 8 * 8  # MochiPipeline.check_inputs
+        size = self.checked_size(resolution, 8)  # MochiPipeline.check_inputs
         latents = self.pipe.prepare_latents(batch_size, self.denoiser.config.in_channels, size, size, num_frames,
                                             self.denoiser.dtype, self.device, generator)
         return latents, {}

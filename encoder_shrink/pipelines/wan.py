@@ -70,7 +70,7 @@ class WanAdapter(PipelineAdapter):
         if num_frames % temporal != 1:  # as the pipeline rounds it (copied_from)
             num_frames = num_frames // temporal * temporal + 1
         multiple = pipe.vae_scale_factor_spatial * self.denoiser.config.patch_size[1]
-        size = resolution // multiple * multiple
+        size = self.checked_size(resolution, multiple)  # WanPipeline.check_inputs
         latents = pipe.prepare_latents(batch_size, self.denoiser.config.in_channels, size, size, max(num_frames, 1),
                                        torch.float32, self.device, generator)
         return latents, {}

@@ -76,3 +76,12 @@ def test_mochi_refuses_a_one_step_schedule_in_one_line():
     adapter = adapter_for(_pipe("mochi"))
     with pytest.raises(EncoderShrinkError, match="MochiPipeline's sigma schedule needs at least 2 steps, got 1"):
         adapter.start_trajectory(1, 16, 1, None, num_frames=7)
+
+
+def test_a_resolution_the_pipeline_refuses_is_refused_in_one_line():
+    from encoder_shrink import EncoderShrinkError
+
+    adapter = adapter_for(_pipe("ltx"))
+    message = "LTXPipeline generates at multiples of 32 px, not 48; set the recipe's resolution to 32"
+    with pytest.raises(EncoderShrinkError, match=message):
+        adapter.start_trajectory(1, 48, 2, None, num_frames=9)
