@@ -1,9 +1,10 @@
 """encoder-shrink: small drop-in students for the big text encoders of diffusers pipelines (FLUX, SD3, PixArt, ...)."""
 
 from encoder_shrink.compat import check_compatible, swap_text_encoder
-from encoder_shrink.configuration import ShrunkT5Config, ShrunkUMT5Config
+from encoder_shrink.configuration import ShrunkLLMConfig, ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import EncoderShrinkError
 from encoder_shrink.exporters.formats import export, load_encoder
+from encoder_shrink.llm_student import ShrunkLLMEncoderModel
 from encoder_shrink.loading import load_pipeline
 from encoder_shrink.pipelines import adapter_for, register_adapter, registered_families
 from encoder_shrink.recipes import load_recipe
@@ -16,6 +17,8 @@ __version__ = "0.1.0"
 __all__ = [
     "EncoderShrinkError",
     "EncoderShrinker",
+    "ShrunkLLMConfig",
+    "ShrunkLLMEncoderModel",
     "ShrunkT5Config",
     "ShrunkT5EncoderModel",
     "ShrunkUMT5Config",

@@ -94,7 +94,7 @@ def _distill(args: argparse.Namespace) -> int:
     shrinker = EncoderShrinker(pipe, teacher_id=args.pipeline)
     shrinker.distill(
         recipe=args.recipe, prompts=_parse_prompts(args.prompts), output_dir=args.output, resume=args.resume,
-        loss=args.loss, cache_dir=args.cache_dir, **overrides,
+        loss=args.loss, cache_dir=args.cache_dir, release_teacher=args.release_teacher, **overrides,
     )
     summary = shrinker.summary
     print(
@@ -102,6 +102,30 @@ def _distill(args: argparse.Namespace) -> int:
         f"{summary['teacher_parameters']:,}); held-out denoiser relative MSE "
         f"{summary['fidelity_before']['relative_mse']:.4g} -> {summary['fidelity_after']['relative_mse']:.4g}; "
         f"summary in {args.output}/{SUMMARY}"
+    )
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    import torch
+
+    from encoder_shrink.data.readers import read_captions
+    from encoder_shrink.distill.cache_job import build_teacher_cache
+    from encoder_shrink.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    prompts = [prompt for path in args.prompts for prompt in read_captions(path)]
+    length = args.max_sequence_length or (recipe.max_sequence_length if recipe else None)
+    report = build_teacher_cache(
+        args.pipeline, prompts, args.cache_dir, max_sequence_length=length,
+        negative_prompt=recipe.negative_prompt if recipe else "", batch_size=args.batch_size,
+        dtype=getattr(torch, args.dtype),
+    )
+    per_text = report["bytes_per_text"]
+    print(
+        f"Process {report['process'] + 1}/{report['processes']}: encoded {report['encoded']} of {report['texts']} "
+        f"texts ({report['already_cached']} already cached) into {report['directory']}; "
+        + (f"{per_text / 2**20:.2f} MiB per text on disk" if per_text else "nothing new written")
     )
     return 0
 
@@ -324,11 +348,32 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                          help="dtype the pipeline is loaded in (the student trains in fp32 regardless)")
     distill.add_argument("--cache-dir", help="persist the teacher's embeddings here (safetensors shards)")
+    distill.add_argument("--release-teacher", action="store_true",
+                         help="encode every prompt the run can draw first, then free the teacher before training")
     for flag, kind in (("--max-steps", int), ("--batch-size", int), ("--learning-rate", float), ("--resolution", int),
                        ("--num-inference-steps", int), ("--checkpoint-every", int), ("--max-sequence-length", int)):
         distill.add_argument(flag, type=kind, help="override the recipe's value")
     distill.add_argument("--gradient-checkpointing", action="store_true", help="recompute the denoiser's activations")
     distill.set_defaults(func=_distill)
+
+    cache = commands.add_parser(
+        "cache",
+        help="encode prompts with a pipeline's teacher encoder alone into the cache distill reads",
+        description="Encode prompt files with the pipeline's text encoder only (no denoiser or VAE is loaded) into "
+                    "safetensors shards under --cache-dir, which `distill --cache-dir` with the same --pipeline "
+                    "reads. Resumable (cached texts are skipped); under `accelerate launch` each process encodes its "
+                    "share into its own shards. Reports the disk cost per text.",
+    )
+    cache.add_argument("--pipeline", required=True, help="pipeline id or local folder (model_index.json)")
+    cache.add_argument("--prompts", nargs="+", required=True, metavar="PATH",
+                       help="prompt files (.txt one per line, .json, .jsonl, .parquet)")
+    cache.add_argument("--cache-dir", required=True, help="the cache folder distill --cache-dir reads")
+    cache.add_argument("--recipe", help="take the length and negative prompt of this recipe")
+    cache.add_argument("--max-sequence-length", type=int, help="encode at this length (default: the pipeline's)")
+    cache.add_argument("--batch-size", type=int, default=8, help="texts per teacher call (default: %(default)s)")
+    cache.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="dtype the teacher is loaded in")
+    cache.set_defaults(func=_cache)
 
     formats = "; ".join(f"{name}: {EXPORT_FORMATS.get(name).description}" for name in EXPORT_FORMATS.names())
     export = commands.add_parser(

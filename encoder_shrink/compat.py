@@ -38,6 +38,7 @@ def check_compatible(pipe: Any, student: Any) -> PipelineAdapter:
             "build one with ShrunkT5EncoderModel.from_t5(...) or load one with "
             "ShrunkT5EncoderModel.from_pretrained(...)."
         )
+    adapter.check_student(student)
     expected = adapter.conditioning_width
     if width != expected:
         raise IncompatibleModelError(

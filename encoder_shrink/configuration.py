@@ -113,3 +113,94 @@ class ShrunkUMT5Config(UMT5Config):
     def __post_init__(self, **kwargs):
         validate_student_fields(self)
         super().__post_init__(**kwargs)
+
+
+@strict
+class ShrunkLLMConfig(T5Config):
+    r"""
+    Configuration of a [`ShrunkLLMEncoderModel`]: a student of an LLM text encoder (FLUX.2's Mistral-Small,
+    Qwen-Image's Qwen2.5-VL, Z-Image's Qwen3, Sana's and Lumina2's Gemma-2). Every field of a
+    [`~transformers.T5Config`] (its T5 encoder blocks; `vocab_size` is the teacher's tokenizer's), its compact
+    embedding, the teacher hidden states its projector reproduces, and the same record of what it replaces as
+    [`ShrunkT5Config`].
+
+    Args:
+        teacher_dim (`int`):
+            Width of the features `last_hidden_state` returns: the distilled teacher layers side by side
+            (`len(teacher_layers) * teacher_hidden_size`; FLUX.2: 3 x 5120 = 15360).
+        teacher_hidden_size (`int`, *optional*):
+            Width of one teacher hidden state (Mistral-Small 5120, Qwen2.5-VL-7B 3584); defaults to `teacher_dim`.
+        teacher_layers (`list[int]`, *optional*):
+            The indices of the teacher's `hidden_states` the pipeline reads, counted from 0 (the embeddings);
+            FLUX.2 `[10, 20, 30]`, Qwen-Image `[28]` (the last). Defaults to the last one.
+        teacher_num_hidden_states (`int`, *optional*):
+            Length of the teacher's `hidden_states` tuple (its layers + 1), so negative indices the pipeline uses
+            (`hidden_states[-2]`) resolve as they do on the teacher. Defaults to `max(teacher_layers) + 1`.
+        embedding_rank (`int`, *optional*):
+            Rank of the factorised token embedding (`vocab_size x rank`, then `rank x d_model`): a 131 k-token
+            vocabulary at T5-base width is ~100 M parameters unfactorised, 34 M at rank 256. `None`: a full table.
+        projector_dim (`int`, *optional*):
+            Width of the projector's hidden layer; defaults to `teacher_hidden_size`.
+        tokenizer_fingerprint (`str`, *optional*):
+            Digest of the teacher tokenizer's vocabulary: a pipeline whose tokenizer differs is refused.
+        teacher_model_type (`str`, *optional*):
+            The teacher's `model_type` (`"mistral3"`, `"qwen2_5_vl"`, ...), for messages.
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink import ShrunkLLMConfig
+    >>> config = ShrunkLLMConfig(d_model=64, num_layers=2, num_heads=4, vocab_size=1000, teacher_dim=48,
+    ...                          teacher_hidden_size=16, teacher_layers=[10, 20, 30], teacher_num_hidden_states=41)
+    >>> config.teacher_layers
+    [10, 20, 30]
+    ```
+    """
+
+    model_type = "shrunk_llm"
+
+    teacher_dim: int = T5_XXL_DIM
+    projector_dropout: float | int = DEFAULT_PROJECTOR_DROPOUT
+    pipeline_family: str | None = None
+    component: str | None = None
+    teacher_name_or_path: str | None = None
+    max_sequence_length: int | None = None
+    use_attention_mask: bool | None = None
+    teacher_hidden_size: int | None = None
+    teacher_layers: list[int] | None = None
+    teacher_num_hidden_states: int | None = None
+    embedding_rank: int | None = None
+    projector_dim: int | None = None
+    tokenizer_fingerprint: str | None = None
+    teacher_model_type: str | None = None
+
+    def __post_init__(self, **kwargs):
+        validate_student_fields(self)
+        name = type(self).__name__
+        if self.teacher_hidden_size is None:
+            self.teacher_hidden_size = self.teacher_dim
+        if self.projector_dim is None:
+            self.projector_dim = self.teacher_hidden_size
+        if self.teacher_layers is None:
+            self.teacher_layers = [(self.teacher_num_hidden_states or 1) - 1]
+        self.teacher_layers = [int(layer) for layer in self.teacher_layers]
+        if self.teacher_num_hidden_states is None:
+            self.teacher_num_hidden_states = max(self.teacher_layers) + 1
+        if not self.teacher_layers or any(
+                not 0 <= layer < self.teacher_num_hidden_states for layer in self.teacher_layers):
+            raise InvalidArgumentError(
+                f"{name}: teacher_layers must be indices into the teacher's {self.teacher_num_hidden_states} hidden "
+                f"states, counted from 0, got {self.teacher_layers!r}."
+            )
+        if self.teacher_dim != len(self.teacher_layers) * self.teacher_hidden_size:
+            raise InvalidArgumentError(
+                f"{name}: teacher_dim must be len(teacher_layers) x teacher_hidden_size = "
+                f"{len(self.teacher_layers)} x {self.teacher_hidden_size}, got {self.teacher_dim!r}."
+            )
+        if self.embedding_rank is not None and self.embedding_rank <= 0:
+            raise InvalidArgumentError(
+                f"{name}: embedding_rank must be positive or None, got {self.embedding_rank!r}."
+            )
+        if self.projector_dim is not None and self.projector_dim <= 0:
+            raise InvalidArgumentError(f"{name}: projector_dim must be positive or None, got {self.projector_dim!r}.")
+        super().__post_init__(**kwargs)

@@ -78,14 +78,14 @@ def run_drop_in_demo(
         )
         for pipe in (teacher_pipe, student_pipe):
             pipe.set_progress_bar_config(disable=True)
-        teacher_images = [teacher_pipe(p, **tiny_call_kwargs(teacher_pipe, seed=seed)).images[0] for p in prompts]
-        student_images = [student_pipe(p, **tiny_call_kwargs(student_pipe, seed=seed)).images[0] for p in prompts]
+        teacher_images = [_picture(teacher_pipe, p, seed) for p in prompts]
+        student_images = [_picture(student_pipe, p, seed) for p in prompts]
 
         saved_dir = output_dir / "pipelines-with-student" / family
         student_pipe.save_pretrained(saved_dir)
         reloaded = pipeline_class.from_pretrained(saved_dir)
         reloaded.set_progress_bar_config(disable=True)
-        reloaded_images = [reloaded(p, **tiny_call_kwargs(reloaded, seed=seed)).images[0] for p in prompts]
+        reloaded_images = [_picture(reloaded, p, seed) for p in prompts]
 
         teacher_encoder = adapter.teacher
         results["families"][family] = {
@@ -145,6 +145,20 @@ def _report(results: dict) -> str:
         f"prompts: {', '.join(repr(p) for p in results['prompts'])}.\n\n"
         f"{results_table(results)}\n\n![teacher | student](grid.png)\n"
     )
+
+
+def _picture(pipe, prompt: str, seed: int) -> np.ndarray:
+    """The tiny pipeline's image for `prompt` (H x W x 3); a video's first frame; latents (Allegro) as a gray map."""
+    from encoder_shrink.evaluation import generated_media
+
+    media = generated_media(pipe(prompt=prompt, **tiny_call_kwargs(pipe, seed=seed)))[0]
+    while media.ndim > 3:  # frames: the first
+        media = media[0]
+    if media.shape[-1] != 3:  # latents (channels first): their first channel, scaled to [0, 1]
+        plane = media.reshape(-1, *media.shape[-2:])[0]
+        span = float(plane.max() - plane.min()) or 1.0
+        media = np.repeat(((plane - plane.min()) / span)[..., None], 3, axis=-1)
+    return media
 
 
 def _save_grid(rows: list, path: Path, cell: int = 96) -> None:

@@ -57,7 +57,7 @@ class EncoderShrinker:
     def _record(self, recipe: Recipe) -> dict:
         """What a student distilled with `recipe` on this pipeline replaces, for its config."""
         record = self.adapter.record(recipe.max_sequence_length or self.adapter.max_sequence_length)
-        return {**record, "teacher_name_or_path": self.teacher_id}
+        return {**record, **self.adapter.student_fields(), "teacher_name_or_path": self.teacher_id}
 
     def build_student(self, recipe: str | Recipe) -> ShrunkT5EncoderModel:
         """
@@ -70,12 +70,19 @@ class EncoderShrinker:
         student_class = self.adapter.student_class()
         # The projector (and a T5 built from a config) start from random weights: seed them with the recipe's seed so
         # the same recipe gives the same student, whatever the caller's RNG did before.
+        if recipe.embedding_rank is not None:
+            record["embedding_rank"] = recipe.embedding_rank
         with torch.random.fork_rng():
             torch.manual_seed(recipe.seed)
             if recipe.student_t5 is not None:
-                return student_class.from_t5(resolve_student_t5(recipe.student_t5), teacher_dim=width, **record)
-            fields = {"vocab_size": self.adapter.teacher.config.vocab_size, **recipe.student_config}
-            return student_class.from_t5(student_class.base_config_class(**fields), teacher_dim=width, **record)
+                student = student_class.from_t5(resolve_student_t5(recipe.student_t5), teacher_dim=width, **record)
+            else:
+                vocab = self.adapter.teacher.config.get_text_config().vocab_size
+                fields = {"vocab_size": vocab, **recipe.student_config}
+                student = student_class.from_t5(student_class.base_config_class(**fields), teacher_dim=width,
+                                                **record)
+            self.adapter.initialise_student(student)
+        return student
 
     def distill(
         self,
@@ -88,6 +95,7 @@ class EncoderShrinker:
         eval_prompts: list[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
         offload_teacher: bool = False,
+        release_teacher: bool = False,
         callback=None,
         **overrides,
     ) -> ShrunkT5EncoderModel:
@@ -110,6 +118,9 @@ class EncoderShrinker:
             offload_teacher: leave the teacher encoder where it is (e.g. on the CPU after
                 `TeacherEmbeddingCache.precompute`)
                 instead of moving it to the training device with the rest of the pipeline.
+            release_teacher: encode every prompt the run can draw (every stage's sources, their negatives and the
+                held-out prompts) once, into the cache, then remove the teacher from the pipeline and free its memory
+                before training: what an LLM teacher of tens of GB calls for. The pipeline's slot is `None` afterwards.
             callback: called as `callback(step, loss)` after every optimizer step.
             overrides: recipe fields, e.g. `max_steps=1000, batch_size=8, learning_rate=5e-5, resolution=1024`.
         """
@@ -156,6 +167,13 @@ class EncoderShrinker:
             self.adapter.teacher.to(accelerator.device)
         student.to(accelerator.device)
         cache = TeacherEmbeddingCache(self.adapter, length, directory=cache_dir, teacher_id=self.teacher_id)
+        teacher_parameters = sum(p.numel() for p in self.adapter.teacher.parameters())
+        if release_teacher:
+            prompts_to_encode = [p for mixture in mixtures.values() for source in mixture.sources.values()
+                                 for p in source]
+            cache.precompute(self.adapter.encoder_texts(list(dict.fromkeys(prompts_to_encode + list(held_out))),
+                                                        recipe.negative_prompt), batch_size=recipe.batch_size)
+            self._release_teacher()
         fidelity_kwargs = dict(
             max_sequence_length=length,
             num_inference_steps=recipe.num_inference_steps,
@@ -182,7 +200,7 @@ class EncoderShrinker:
             fidelity_before=before,
             fidelity_after=after,
             student_parameters=sum(p.numel() for p in student.parameters()),
-            teacher_parameters=sum(p.numel() for p in self.adapter.teacher.parameters()),
+            teacher_parameters=teacher_parameters,
         )
         accelerator.end_training()
         if project is not None and accelerator.is_main_process:
@@ -192,6 +210,17 @@ class EncoderShrinker:
         logger.info("Held-out denoiser relative MSE: %.4g -> %.4g", before["relative_mse"], after["relative_mse"])
         self.summary = summary
         return student
+
+    def _release_teacher(self) -> None:
+        """Take the teacher out of the pipeline and free its memory (every row it is needed for is cached)."""
+        import gc
+
+        self.pipe.register_modules(**{self.adapter.encoder_slot: None})
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.info("Released the teacher encoder (%s); training reads its cached embeddings.",
+                    self.adapter.encoder_slot)
 
     def _check_recipe(self, recipe: Recipe) -> None:
         adapter = self.adapter
@@ -204,6 +233,11 @@ class EncoderShrinker:
             raise RecipeError(
                 f"recipe {recipe.name!r} sets use_attention_mask={recipe.use_attention_mask} but {adapter.name} "
                 f"pipelines call their T5 {'with' if adapter.uses_attention_mask else 'without'} a mask."
+            )
+        if recipe.embedding_rank is not None and adapter.student_class_name != "ShrunkLLMEncoderModel":
+            raise RecipeError(
+                f"recipe {recipe.name!r} sets embedding_rank, which only students of LLM teachers have; "
+                f"{adapter.name} students keep their T5's table: drop embedding_rank."
             )
         if adapter.guidance == "cfg" and any(g <= 1 for g in recipe.guidance_scales):
             raise RecipeError(

@@ -31,7 +31,13 @@ from transformers.models.t5.modeling_t5 import T5PreTrainedModel, T5Stack
 from transformers.models.umt5.modeling_umt5 import UMT5PreTrainedModel, UMT5Stack
 from transformers.utils.generic import can_return_tuple
 
-from encoder_shrink.configuration import NON_FIELD_KEYS, T5_XXL_DIM, ShrunkT5Config, ShrunkUMT5Config
+from encoder_shrink.configuration import (
+    NON_FIELD_KEYS,
+    T5_XXL_DIM,
+    ShrunkLLMConfig,
+    ShrunkT5Config,
+    ShrunkUMT5Config,
+)
 from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError, WrongModelTypeError
 from encoder_shrink.loading import require_folder_or_hub_id
 from encoder_shrink.reference import REFERENCE_KEY_MAPPING, is_reference_config, reference_to_student_config
@@ -63,11 +69,12 @@ class StudentMixin:
 
     def _add_projector(self, config) -> None:
         # Named as in the reference checkpoint (`final_projection.0/.3`), so both formats share the projector keys.
+        hidden = getattr(config, "projector_dim", None) or config.teacher_dim
         self.final_projection = nn.Sequential(
-            nn.Linear(config.d_model, config.teacher_dim, bias=False),
+            nn.Linear(config.d_model, hidden, bias=False),
             nn.ReLU(),
             nn.Dropout(config.projector_dropout),
-            nn.Linear(config.teacher_dim, config.teacher_dim, bias=False),
+            nn.Linear(hidden, config.teacher_dim, bias=False),
         )
         # Kinds of "called unlike its distillation" already warned about (each is logged once).
         self._call_warnings: set[str] = set()
@@ -176,7 +183,7 @@ class StudentMixin:
             if Path(t5).is_dir():
                 safetensors_files(t5)
             t5 = cls.base_encoder_class.from_pretrained(t5, use_safetensors=True, dtype=torch.float32)
-        if isinstance(t5, (StudentMixin, ShrunkT5Config, ShrunkUMT5Config)):
+        if isinstance(t5, (StudentMixin, ShrunkT5Config, ShrunkUMT5Config, ShrunkLLMConfig)):
             raise WrongModelTypeError(
                 "from_t5 got a student already; use it as it is, or pass the encoder it was built from."
             )
@@ -190,11 +197,15 @@ class StudentMixin:
             )
         cls._require_base_config(t5.config, f"got a {type(t5).__name__}")
         student = cls(cls._student_config(t5.config, teacher_dim, config_kwargs))
-        # Strict loads: every T5 tensor lands in the student or this raises; only the projector stays fresh.
-        student.shared.load_state_dict(t5.get_input_embeddings().state_dict())
-        student.encoder.load_state_dict(t5.get_encoder().state_dict())
-        student.tie_weights()
+        student._load_base_weights(t5)
         return student
+
+    def _load_base_weights(self, t5: PreTrainedModel) -> None:
+        """Copy a pretrained encoder's weights into the student (`from_t5`); only the projector stays fresh."""
+        # Strict loads: every T5 tensor lands in the student or this raises.
+        self.shared.load_state_dict(t5.get_input_embeddings().state_dict())
+        self.encoder.load_state_dict(t5.get_encoder().state_dict())
+        self.tie_weights()
 
     @classmethod
     def _require_base_config(cls, config: PreTrainedConfig, what: str) -> None:

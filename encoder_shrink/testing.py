@@ -61,11 +61,16 @@ def tiny_clip_tokenizer(model_max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
-def tiny_llm_tokenizer(model_max_length: int = 512, chat_template: str | None = None):
+def tiny_llm_tokenizer(model_max_length: int = 512, chat_template: str | None = None,
+                       extra_words: list[str] | tuple[str, ...] = (), spaced_words: bool = False,
+                       special_tokens: tuple[str, ...] = (), add_bos: bool = True):
     """
     A character-level tokenizer of an LLM built in memory (`PreTrainedTokenizerFast`): `<|pad|>`=0,
-    `<|begin_of_text|>`=1 (added before every text), `<|end_of_text|>`=2, `<unk>`=3, then whole words and characters.
-    Its ids stay inside any real LLM vocabulary; `chat_template` is set as given.
+    `<|begin_of_text|>`=1 (added before every text unless `add_bos=False`), `<|end_of_text|>`=2, `<unk>`=3, then whole
+    words and characters. Its ids stay inside any real LLM vocabulary; `chat_template` is set as given, `extra_words`
+    (a template's words) become whole tokens too, `special_tokens` (`<|im_start|>`, ...) are never split, and with
+    `spaced_words` a word takes the space before it as byte-level BPE tokenizers do (" red" is one token), so a
+    template has the token count it has with the real tokenizer.
 
     Example:
 
@@ -77,20 +82,26 @@ def tiny_llm_tokenizer(model_max_length: int = 512, chat_template: str | None = 
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<unk>"]
+    specials = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<unk>", *special_tokens]
     vocab = {token: i for i, token in enumerate(specials)}
-    for piece in [*_WORDS, *_CHARS, " "]:
+    extra = [w for w in dict.fromkeys(extra_words) if w.isalpha()]
+    all_words = sorted((w for w in {*_WORDS, *extra} if len(w) > 1), key=lambda w: (-len(w), w))
+    spaced = [" " + w for w in all_words] if spaced_words else []
+    for piece in [*_WORDS, *_CHARS, " ", *extra, *(["\n"] if spaced_words else []), *spaced]:
         vocab.setdefault(piece, len(vocab))
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     # Whole words where the vocabulary has them, single characters (spaces included) otherwise.
-    words = "|".join(sorted((w for w in _WORDS if len(w) > 1), key=len, reverse=True))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(rf"(?:{words})(?![a-zA-Z])|."), behavior="isolated")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", 1)]
-    )
+    words = "|".join(all_words)
+    space = " ?" if spaced_words else ""
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(rf"{space}(?:{words})(?![a-zA-Z])|."), behavior="isolated")
+    if add_bos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", 1)]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|pad|>",
         unk_token="<unk>", model_max_length=model_max_length, chat_template=chat_template,
+        additional_special_tokens=list(special_tokens) or None,
     )
 
 

@@ -17,7 +17,12 @@ from encoder_shrink.exporters.formats import (
 )
 from encoder_shrink.exporters.onnx_export import OnnxExportConfig, export_onnx, load_report
 from encoder_shrink.exporters.parity import ExportParityError
-from encoder_shrink.exporters.runtime import ExportedEncoder, OnnxShrunkT5Encoder, OnnxShrunkUMT5Encoder
+from encoder_shrink.exporters.runtime import (
+    ExportedEncoder,
+    OnnxShrunkLLMEncoder,
+    OnnxShrunkT5Encoder,
+    OnnxShrunkUMT5Encoder,
+)
 from encoder_shrink.exporters.tensorrt import (
     TensorRTExportConfig,
     TensorRTShrunkT5Encoder,
@@ -32,6 +37,7 @@ __all__ = [
     "ExportParityError",
     "ExportedEncoder",
     "OnnxExportConfig",
+    "OnnxShrunkLLMEncoder",
     "OnnxShrunkT5Encoder",
     "OnnxShrunkUMT5Encoder",
     "TensorRTExportConfig",

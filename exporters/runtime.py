@@ -17,13 +17,13 @@ import torch
 from transformers import PreTrainedModel, T5EncoderModel, UMT5EncoderModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from encoder_shrink.configuration import ShrunkT5Config, ShrunkUMT5Config
+from encoder_shrink.configuration import ShrunkLLMConfig, ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import InputNotFoundError, InvalidArgumentError, WrongModelTypeError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_KEY", "REPORT", "ExportedEncoder", "OnnxShrunkT5Encoder", "OnnxShrunkUMT5Encoder",
-           "PreTrainedModel", "read_config"]
+__all__ = ["EXPORT_KEY", "REPORT", "ExportedEncoder", "OnnxShrunkLLMEncoder", "OnnxShrunkT5Encoder",
+           "OnnxShrunkUMT5Encoder", "PreTrainedModel", "read_config"]
 
 EXPORT_KEY = "export"
 REPORT = "export_report.json"
@@ -230,3 +230,25 @@ class OnnxShrunkUMT5Encoder(OnnxShrunkT5Encoder, UMT5EncoderModel):
     """The ONNX Runtime encoder of a UMT5 student: a `UMT5EncoderModel` to diffusers (Wan, SkyReels-V2, AuraFlow)."""
 
     config_class = ShrunkUMT5Config
+
+
+class OnnxShrunkLLMEncoder(OnnxShrunkT5Encoder):
+    """
+    The ONNX Runtime encoder of a student of an LLM teacher (FLUX.2, Qwen-Image, Z-Image, Sana, Lumina2): like the
+    torch student, `hidden_states` (when asked for) holds the teacher's layers at their indices.
+    """
+
+    config_class = ShrunkLLMConfig
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_hidden_states=None,
+                output_attentions=None, return_dict=None, **kwargs):
+        from encoder_shrink.llm_student import layer_features
+
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(torch.long)  # Z-Image passes a bool mask
+        features = super().forward(input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                   return_dict=True).last_hidden_state
+        hidden_states = layer_features(self.config, features) if output_hidden_states else None
+        if return_dict is False:
+            return (features,) if hidden_states is None else (features, hidden_states)
+        return BaseModelOutput(last_hidden_state=features, hidden_states=hidden_states)

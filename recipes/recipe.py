@@ -167,6 +167,8 @@ class Recipe:
         student_t5: id or path of the T5 the student starts from (its pretrained weights are kept); `package:PATH`
             is a folder inside the installed package (`resolve_student_t5`).
         student_config: T5Config fields for a student built without pretrained weights (tests, toy models).
+        embedding_rank: rank of the factorised token embedding of a student of an LLM teacher (FLUX.2, Qwen-Image,
+            ...), whose 130-260 k-token vocabulary it keeps; `None` there means a full table. Other families refuse it.
         max_sequence_length / use_attention_mask: how the pipeline encodes prompts; `None` takes the pipeline's
             own default, and the student records what was used.
         num_inference_steps: scheduler steps per trajectory (the paper: 20); each step is one optimizer step.
@@ -206,6 +208,7 @@ class Recipe:
     family: str | None = None
     student_t5: str | None = None
     student_config: dict[str, Any] | None = None
+    embedding_rank: int | None = None
     max_sequence_length: int | None = None
     use_attention_mask: bool | None = None
     num_inference_steps: int = 20
@@ -242,6 +245,11 @@ class Recipe:
             )
         if self.student_t5 is not None:
             resolve_student_t5(self.student_t5)  # a bundled folder that is not there fails now, not after loading
+        if self.embedding_rank is not None and (isinstance(self.embedding_rank, bool) or self.embedding_rank <= 0):
+            raise RecipeError(
+                f"recipe {self.name!r}: embedding_rank must be a positive integer or null, "
+                f"got {self.embedding_rank!r}."
+            )
         positive = (
             "num_inference_steps",
             "resolution",

@@ -43,10 +43,13 @@ def test_tiny_pipeline_is_a_model_folder_that_reloads(family, tiny_pipeline_dirs
     pipe = testing.load_tiny_pipeline(family, folder)
     adapter = adapter_for(pipe)
     assert adapter.name == family
-    # the family's real encoder class (UMT5 for Wan, SkyReels-V2 and AuraFlow's Pile-T5)
-    expected = "UMT5EncoderModel" if adapter.student_class().base_model_type == "umt5" else "T5EncoderModel"
-    assert type(adapter.teacher).__name__ == expected
-    media = testing.generated(pipe("a red circle", **testing.tiny_call_kwargs(pipe)))
+    # the family's real encoder class (UMT5 for Wan, SkyReels-V2 and AuraFlow's Pile-T5; the LLM of LLM families)
+    expected = {"ShrunkUMT5EncoderModel": ("UMT5EncoderModel",),
+                "ShrunkLLMEncoderModel": ("Mistral3ForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+                                          "Qwen3Model", "Gemma2Model")}.get(adapter.student_class_name,
+                                                                            ("T5EncoderModel",))
+    assert type(adapter.teacher).__name__ in expected
+    media = testing.generated(pipe(prompt="a red circle", **testing.tiny_call_kwargs(pipe)))
     assert media.shape[0] == 1 and np.isfinite(media).all()
     if adapter.tiny_call_kwargs().get("output_type") != "latent":
         assert media.shape[-1] == 3  # RGB images or frames

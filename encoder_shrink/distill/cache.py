@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from encoder_shrink.errors import IncompatibleModelError
 from encoder_shrink.files import atomic_write_text
 from encoder_shrink.pipelines import PipelineAdapter
 
@@ -33,7 +34,10 @@ class TeacherEmbeddingCache:
 
     With `directory`, rows are also persisted as safetensors shards under a folder keyed by teacher, family,
     sequence length and masking, so `precompute` can encode a whole prompt set once; the teacher encoder can then
-    leave the device (`offload_teacher`) while training.
+    leave the device (`offload_teacher`) while training. Positions the denoiser never reads (padding the pipeline
+    masks) are not stored: a row keeps its positions up to the last one the denoiser reads, and is padded back with
+    zeros when read. Several processes can fill one cache at once: each writes its own shards and index
+    (`writer`, e.g. the process rank), and every reader merges all indexes.
 
     Example:
 
@@ -51,6 +55,7 @@ class TeacherEmbeddingCache:
         directory: str | os.PathLike | None = None,
         teacher_id: str | None = None,
         max_items: int = 65536,
+        writer: str | None = None,
     ):
         self.adapter = adapter
         self.max_sequence_length = max_sequence_length
@@ -61,19 +66,31 @@ class TeacherEmbeddingCache:
         self._pending: dict[str, dict[str, torch.Tensor]] = {}
         self.directory = None
         self._index: dict[str, str] = {}
+        # This writer's own index file and shard names: `index.json` / `shard-000000` for a single writer.
+        self._index_name = f"index-{writer}.json" if writer else INDEX
+        self._shard_prefix = f"shard-{writer}-" if writer else "shard-"
+        self._written: dict[str, str] = {}  # what this writer's index holds
+        self.bytes_written = 0  # safetensors bytes this cache wrote (the disk cost of what it encoded)
+        self.padded_length = adapter.encoded_length(max_sequence_length)
         if directory is not None:
             fingerprint = (f"{self.teacher_id}|{adapter.name}|{adapter.encoder_slot}|{max_sequence_length}|"
                            f"{adapter.uses_attention_mask}")
             self.directory = Path(directory) / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
             self.directory.mkdir(parents=True, exist_ok=True)
-            index = self.directory / INDEX
-            if index.is_file():
-                self._index = json.loads(index.read_text())["shards"]
-            else:
+            self.reload()
+            if not (self.directory / "teacher.json").is_file():
                 atomic_write_text(self.directory / "teacher.json", json.dumps({
                     "teacher": self.teacher_id, "family": adapter.name, "slot": adapter.encoder_slot,
                     "max_sequence_length": max_sequence_length, "attention_mask": adapter.uses_attention_mask,
                 }, indent=2))
+
+    def reload(self) -> None:
+        """Read every writer's index again (rows other processes have written since)."""
+        for index in sorted(self.directory.glob("index*.json")):
+            shards = json.loads(index.read_text())["shards"]
+            self._index.update(shards)
+            if index.name == self._index_name:
+                self._written = dict(shards)
 
     def __contains__(self, text: str) -> bool:
         key = _text_key(text)
@@ -87,17 +104,27 @@ class TeacherEmbeddingCache:
             self._encode(missing)
         found = [self._lookup(k) for k in keys]
         device = self.adapter.device
-        return {name: torch.stack([row[name] for row in found]).to(device) for name in found[0]}
+        return {name: torch.stack([self._padded(name, row[name]) for row in found]).to(device) for name in found[0]}
 
-    def precompute(self, texts, batch_size: int = 32, offload_teacher: bool = False) -> int:
+    def _padded(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """A stored row at the full encoded length (the positions not stored are zeros)."""
+        missing = self.padded_length - value.shape[0]
+        if name != "t5" or missing <= 0:
+            return value
+        return torch.cat([value, value.new_zeros(missing, *value.shape[1:])])
+
+    def precompute(self, texts, batch_size: int = 32, offload_teacher: bool = False, flush_every: int = 8) -> int:
         """
         Encode every text not cached yet (in batches, with progress), persist the shards when the cache has a
-        directory, and optionally move the teacher encoder to the CPU afterwards. Returns how many were encoded.
+        directory (every `flush_every` batches, so a killed run keeps what it encoded and a rerun continues), and
+        optionally move the teacher encoder to the CPU afterwards. Returns how many were encoded.
         """
         todo = [t for t in dict.fromkeys(texts) if t not in self]
-        for start in tqdm(range(0, len(todo), batch_size), desc="teacher embeddings", unit="batch",
-                          disable=not todo):
+        starts = range(0, len(todo), batch_size)
+        for number, start in enumerate(tqdm(starts, desc="teacher embeddings", unit="batch", disable=not todo)):
             self._encode(todo[start:start + batch_size])
+            if (number + 1) % flush_every == 0:
+                self.flush()
         self.flush()
         if offload_teacher:
             self.adapter.teacher.to("cpu")
@@ -107,23 +134,42 @@ class TeacherEmbeddingCache:
         """Write rows encoded since the last flush as one new safetensors shard (no-op without a directory)."""
         if self.directory is None or not self._pending:
             return
-        shard = f"shard-{len(set(self._index.values())):06d}.safetensors"
+        shard = f"{self._shard_prefix}{len(set(self._written.values())):06d}.safetensors"
         tensors = {f"{key}.{name}": row[name].contiguous() for key, row in self._pending.items() for name in row}
         tmp = self.directory / f".{shard}.tmp"
         save_file(tensors, tmp, metadata={"format": "pt"})
+        self.bytes_written += tmp.stat().st_size
         os.replace(tmp, self.directory / shard)
+        self._written.update({key: shard for key in self._pending})
         self._index.update({key: shard for key in self._pending})
-        atomic_write_text(self.directory / INDEX, json.dumps({"shards": self._index}))
+        atomic_write_text(self.directory / self._index_name, json.dumps({"shards": self._written}))
         self._pending.clear()
 
     def _encode(self, texts: list[str]) -> None:
+        if self.adapter.teacher is None:
+            raise IncompatibleModelError(
+                f"{len(texts)} texts are not in the teacher cache and the pipeline's {self.adapter.encoder_slot} was "
+                f"released (first: {texts[0][:60]!r}); cache them before releasing the teacher."
+            )
         rows = self.adapter.encode_teacher(texts, self.max_sequence_length)
+        kept = self._stored_lengths(texts)
         self.encoded += len(texts)
         for i, text in enumerate(texts):
             row = {name: value[i].detach().to("cpu") for name, value in rows.items()}
+            if kept is not None:  # positions past the last one the denoiser reads are not kept
+                row["t5"] = row["t5"][: kept[i]].clone()
             self._remember(_text_key(text), row)
             if self.directory is not None:
                 self._pending[_text_key(text)] = row
+
+    def _stored_lengths(self, texts: list[str]) -> list[int] | None:
+        """Per text, how many leading positions the denoiser may read (None: all of them, e.g. FLUX's padding)."""
+        if self.adapter.denoiser_positions is None:
+            return None
+        _, mask = self.adapter.tokenize(texts, self.max_sequence_length)
+        attended = self.adapter.attended(mask)
+        positions = torch.arange(attended.shape[1], device=attended.device)
+        return [int((positions * (row > 0)).max()) + 1 for row in attended]
 
     def _remember(self, key: str, row: dict[str, torch.Tensor]) -> None:
         self._memory[key] = row

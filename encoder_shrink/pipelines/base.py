@@ -208,7 +208,9 @@ class PipelineAdapter:
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.transformer.device
+        """Where the denoiser runs (the encoder's device in a pipeline loaded without one, for caching)."""
+        denoiser = getattr(self.pipe, "transformer", None)
+        return denoiser.device if denoiser is not None else self.teacher.device
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -267,6 +269,37 @@ class PipelineAdapter:
             "max_sequence_length": max_sequence_length if cls.pads_prompts else None,
             "use_attention_mask": cls.uses_attention_mask,
         }
+
+    def student_fields(self) -> dict[str, Any]:
+        """
+        Config fields a student needs to fit this pipeline besides `record`, read from the teacher in the slot (an LLM
+        student's layers, widths, vocabulary and tokenizer fingerprint); none for T5 families.
+        """
+        return {}
+
+    def encoded_length(self, max_sequence_length: int) -> int:
+        """
+        How many positions the encoder sees for prompts encoded at `max_sequence_length` (what `tokenize` pads to):
+        the length itself, or more where the pipeline adds a template it drops afterwards (Qwen-Image, Sana).
+        """
+        return max_sequence_length
+
+    def encoder_features(self, encoder: torch.nn.Module, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """What the pipeline reads from an encoder (teacher or student) called on a batch: its last hidden state."""
+        return encoder(input_ids, attention_mask=attention_mask)[0]
+
+    def initialise_student(self, student: torch.nn.Module) -> None:
+        """What a new student takes from the teacher beyond the recipe's T5 (an LLM student's token table)."""
+
+    def check_student(self, student: torch.nn.Module) -> None:
+        """A one-line error for a student of another kind of teacher (called by `check_compatible`)."""
+        config = getattr(student, "config", None)
+        if getattr(config, "model_type", None) == "shrunk_llm":
+            raise IncompatibleModelError(
+                f"the student reproduces hidden states of an LLM ({config.teacher_model_type}) but "
+                f"{type(self.pipe).__name__} reads a T5's last hidden state; use a student distilled for {self.name}."
+            )
 
     def encode_teacher(self, texts: list[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
         """
@@ -336,6 +369,11 @@ class PipelineAdapter:
         trajectory.latents = trajectory.scheduler.step(
             prediction, t, trajectory.latents, **trajectory.extras.get("step_kwargs", {}), return_dict=False
         )[0]
+
+    @classmethod
+    def guidance_call_kwargs(cls, guidance_scale: float) -> dict[str, Any]:
+        """The arguments of the pipeline's `__call__` that make it guide at `guidance_scale` as `predict` does."""
+        return {"guidance_scale": guidance_scale}
 
     @staticmethod
     def classifier_free_guidance(prediction: torch.Tensor, guidance_scale: float) -> torch.Tensor:

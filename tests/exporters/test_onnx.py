@@ -11,6 +11,7 @@ import pytest
 import torch
 from encoder_shrink.exporters import (
     ExportParityError,
+    OnnxShrunkLLMEncoder,
     OnnxShrunkT5Encoder,
     OnnxShrunkUMT5Encoder,
     export_onnx,
@@ -261,29 +262,33 @@ def test_report_gives_denoiser_error_with_a_pipeline(tiny_pipeline_dirs, tmp_pat
     assert errors["fp32"] < 1e-8 < errors["int8"] < 1e-2
 
 
-@pytest.mark.parametrize("family", ["flux-dev", "sd3", "pixart-alpha", "wan"])  # wan: a UMT5 student
+# wan: a UMT5 student; flux2 (three of Mistral's layers) and z-image (a bool mask, unpadded tokens): LLM students.
+@pytest.mark.parametrize("family", ["flux-dev", "sd3", "pixart-alpha", "wan", "flux2", "z-image"])
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("int8", 0.05)])
 def test_pipelines_generate_with_onnx_encoders(family, precision, atol, tiny_pipeline_dirs, tmp_path):
     pipeline_class = testing.tiny_pipeline_class(family)
     adapter = adapter_for(pipeline_class.from_pretrained(tiny_pipeline_dirs[family]))
     slot = adapter.encoder_slot
-    student = testing.tiny_student(teacher_dim=32, pipeline_family=family, student_class=adapter.student_class_name)
+    student = testing.tiny_student(teacher_dim=adapter.conditioning_width, pipeline_family=family,
+                                   student_class=adapter.student_class_name, **adapter.student_fields())
     student.save_pretrained(tmp_path / "student")
+    tokenizer = adapter.tokenizer if adapter.student_fields() else TOKENIZER
     folder = export_onnx(tmp_path / "student", tmp_path / precision, int8="dynamic" if precision == "int8" else None,
-                         tokenizer=TOKENIZER)
-    runtime_class = OnnxShrunkUMT5Encoder if family == "wan" else OnnxShrunkT5Encoder
+                         tokenizer=tokenizer)
+    runtimes = {"ShrunkUMT5EncoderModel": OnnxShrunkUMT5Encoder, "ShrunkLLMEncoderModel": OnnxShrunkLLMEncoder}
+    runtime_class = runtimes.get(adapter.student_class_name, OnnxShrunkT5Encoder)
     assert type(load_encoder(folder)) is runtime_class and load_report(folder)["parity"]["passed"]
     torch_pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: student})
     onnx_pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: load_encoder(folder)})
-    expected = testing.generated(torch_pipe("a red circle", **testing.tiny_call_kwargs(torch_pipe)))
-    images = testing.generated(onnx_pipe("a red circle", **testing.tiny_call_kwargs(onnx_pipe)))
+    expected = testing.generated(torch_pipe(prompt="a red circle", **testing.tiny_call_kwargs(torch_pipe)))
+    images = testing.generated(onnx_pipe(prompt="a red circle", **testing.tiny_call_kwargs(onnx_pipe)))
     assert np.isfinite(images).all()
     np.testing.assert_allclose(images, expected, atol=atol)
     if precision == "fp32":  # a pipeline saved with the ONNX encoder inside reloads with plain from_pretrained
         onnx_pipe.save_pretrained(tmp_path / "saved")
         reloaded = pipeline_class.from_pretrained(tmp_path / "saved")
         assert type(getattr(reloaded, slot)) is runtime_class
-        again = testing.generated(reloaded("a red circle", **testing.tiny_call_kwargs(reloaded)))
+        again = testing.generated(reloaded(prompt="a red circle", **testing.tiny_call_kwargs(reloaded)))
         np.testing.assert_array_equal(again, images)
 
 

@@ -19,7 +19,7 @@ def test_every_family_registers_itself_from_its_own_file():
         adapter = get_adapter(name)
         assert adapter.__module__.startswith(package.__name__ + ".") and not adapter.__module__.endswith(".base")
     with pytest.raises(EncoderShrinkError, match=re.escape(
-        f"Unknown pipeline family 'flux'; registered: {', '.join(names)}. Did you mean 'flux-dev'?"
+        f"Unknown pipeline family 'flux'; registered: {', '.join(names)}. Did you mean 'flux2'?"
     )):
         get_adapter("flux")
 
