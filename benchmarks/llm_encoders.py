@@ -45,6 +45,10 @@ TEACHERS = {
                        "config": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216,
                                       num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
                                       head_dim=256, tie_word_embeddings=True)},
+    # A tiny Llama-style teacher for the smoke test (`--teachers tiny`); not in the default list.
+    "tiny": {"checkpoint": "tiny test teacher", "published": "-", "model_type": "mistral", "layers": [1, 2],
+             "config": dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)},
 }
 # FLAN-T5-base's encoder config: the recipes' `student_t5`.
 T5_BASE = dict(d_model=768, d_ff=2048, num_layers=12, num_heads=12, d_kv=64, feed_forward_proj="gated-gelu")
@@ -168,7 +172,7 @@ def _chart(results: dict, path: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="benchmarks/results/llm_encoders")
-    parser.add_argument("--teachers", nargs="+", choices=list(TEACHERS), default=list(TEACHERS))
+    parser.add_argument("--teachers", nargs="+", choices=list(TEACHERS), default=[n for n in TEACHERS if n != "tiny"])
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--teacher-layers", type=int, default=2, help="decoder layers of a teacher that are timed")

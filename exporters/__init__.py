@@ -25,6 +25,7 @@ from encoder_shrink.exporters.runtime import (
 )
 from encoder_shrink.exporters.tensorrt import (
     TensorRTExportConfig,
+    TensorRTShrunkLLMEncoder,
     TensorRTShrunkT5Encoder,
     TensorRTShrunkUMT5Encoder,
     build_engine,
@@ -41,6 +42,7 @@ __all__ = [
     "OnnxShrunkT5Encoder",
     "OnnxShrunkUMT5Encoder",
     "TensorRTExportConfig",
+    "TensorRTShrunkLLMEncoder",
     "TensorRTShrunkT5Encoder",
     "TensorRTShrunkUMT5Encoder",
     "build_engine",

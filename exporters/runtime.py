@@ -22,7 +22,7 @@ from encoder_shrink.errors import InputNotFoundError, InvalidArgumentError, Wron
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_KEY", "REPORT", "ExportedEncoder", "OnnxShrunkLLMEncoder", "OnnxShrunkT5Encoder",
+__all__ = ["EXPORT_KEY", "REPORT", "ExportedEncoder", "LLMOutputs", "OnnxShrunkLLMEncoder", "OnnxShrunkT5Encoder",
            "OnnxShrunkUMT5Encoder", "PreTrainedModel", "read_config"]
 
 EXPORT_KEY = "export"
@@ -232,10 +232,10 @@ class OnnxShrunkUMT5Encoder(OnnxShrunkT5Encoder, UMT5EncoderModel):
     config_class = ShrunkUMT5Config
 
 
-class OnnxShrunkLLMEncoder(OnnxShrunkT5Encoder):
+class LLMOutputs:
     """
-    The ONNX Runtime encoder of a student of an LLM teacher (FLUX.2, Qwen-Image, Z-Image, Sana, Lumina2): like the
-    torch student, `hidden_states` (when asked for) holds the teacher's layers at their indices.
+    What the runtime encoder of a student of an LLM teacher adds to its format's class: like the torch student,
+    `hidden_states` (when asked for) holds the teacher's layers at their indices, and a bool mask (Z-Image) is taken.
     """
 
     config_class = ShrunkLLMConfig
@@ -245,10 +245,16 @@ class OnnxShrunkLLMEncoder(OnnxShrunkT5Encoder):
         from encoder_shrink.llm_student import layer_features
 
         if attention_mask is not None:
-            attention_mask = attention_mask.to(torch.long)  # Z-Image passes a bool mask
+            attention_mask = attention_mask.to(torch.long)
         features = super().forward(input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                    return_dict=True).last_hidden_state
         hidden_states = layer_features(self.config, features) if output_hidden_states else None
         if return_dict is False:
             return (features,) if hidden_states is None else (features, hidden_states)
         return BaseModelOutput(last_hidden_state=features, hidden_states=hidden_states)
+
+
+class OnnxShrunkLLMEncoder(LLMOutputs, OnnxShrunkT5Encoder):
+    """The ONNX Runtime encoder of a student of an LLM teacher (FLUX.2, Qwen-Image, Z-Image, Sana, Lumina2)."""
+
+    config_class = ShrunkLLMConfig

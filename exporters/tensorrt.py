@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from encoder_shrink.exporters.formats import export, register_export_format
 from encoder_shrink.exporters.onnx_export import OnnxExportConfig
-from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, ExportedEncoder, read_config
+from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, ExportedEncoder, LLMOutputs, read_config
 
 # `PreTrainedModel` must be a name of this module, for diffusers to reload a pipeline saved with this encoder inside.
 from transformers import PreTrainedModel, UMT5EncoderModel  # noqa: F401
 
-from encoder_shrink.configuration import ShrunkT5Config, ShrunkUMT5Config
+from encoder_shrink.configuration import ShrunkLLMConfig, ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import (
     BackendUnavailableError,
     IncompatibleModelError,
@@ -218,6 +218,12 @@ class TensorRTShrunkUMT5Encoder(TensorRTShrunkT5Encoder, UMT5EncoderModel):
     config_class = ShrunkUMT5Config
 
 
+class TensorRTShrunkLLMEncoder(LLMOutputs, TensorRTShrunkT5Encoder):
+    """The TensorRT encoder of a student of an LLM teacher: `hidden_states` holds the teacher's layers."""
+
+    config_class = ShrunkLLMConfig
+
+
 @dataclass
 class TensorRTExportConfig:
     r"""
@@ -277,5 +283,5 @@ register_export_format(
     description="a TensorRT engine built from the ONNX export (NVIDIA GPU), parity-checked through its ONNX graph",
 )
 
-__all__ = ["PreTrainedModel", "TensorRTExportConfig", "TensorRTShrunkT5Encoder", "TensorRTShrunkUMT5Encoder",
-           "build_engine", "require_tensorrt"]
+__all__ = ["PreTrainedModel", "TensorRTExportConfig", "TensorRTShrunkLLMEncoder", "TensorRTShrunkT5Encoder",
+           "TensorRTShrunkUMT5Encoder", "build_engine", "require_tensorrt"]

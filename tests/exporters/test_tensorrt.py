@@ -85,3 +85,25 @@ def test_flux_generates_with_a_tensorrt_encoder(tiny_pipeline_dirs, tmp_path):
     images = pipe("a red circle", **testing.tiny_call_kwargs(pipe)).images
     expected = reference("a red circle", **testing.tiny_call_kwargs(reference)).images
     assert abs(images - expected).max() < 0.05
+
+
+@pytest.mark.accelerator
+@gpu
+def test_flux2_generates_with_a_tensorrt_encoder_of_an_llm_student(tiny_pipeline_dirs, tmp_path):
+    from encoder_shrink.exporters import TensorRTShrunkLLMEncoder
+
+    from encoder_shrink import adapter_for
+
+    pipeline_class = testing.tiny_pipeline_class("flux2")
+    adapter = adapter_for(pipeline_class.from_pretrained(tiny_pipeline_dirs["flux2"]))
+    student = testing.tiny_student(teacher_dim=adapter.conditioning_width, student_class="ShrunkLLMEncoderModel",
+                                   **adapter.student_fields())
+    student.save_pretrained(tmp_path / "student")
+    onnx = export_onnx(tmp_path / "student", tmp_path / "onnx", fp16=True, tokenizer=adapter.tokenizer)
+    encoder = load_encoder(build_engine(onnx, tmp_path / "trt"))
+    assert type(encoder) is TensorRTShrunkLLMEncoder
+    pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs["flux2"], text_encoder=encoder).to("cuda")
+    reference = pipeline_class.from_pretrained(tiny_pipeline_dirs["flux2"], text_encoder=student).to("cuda")
+    images = pipe(prompt="a red circle", **testing.tiny_call_kwargs(pipe)).images
+    expected = reference(prompt="a red circle", **testing.tiny_call_kwargs(reference)).images
+    assert abs(images - expected).max() < 0.05
