@@ -123,6 +123,10 @@ class PipelineAdapter:
     # False where the pipeline encodes each prompt at its own length, without padding, and pads the embeddings itself
     # (Bria). Training then encodes padded batches with the mask, which gives the same embeddings on the real tokens.
     pads_prompts: ClassVar[bool] = True
+    # False where the encoder is called at a length that varies with the prompts (Qwen-Image pads to the batch's
+    # longest; Sana calls it at instruction + length for prompts, at the length for negatives): the student then
+    # records no length to warn about.
+    fixed_call_length: ClassVar[bool] = True
     # The text positions the denoiser reads: None (every padded position, FLUX and SD3), "tokens" (the real tokens:
     # the pipeline masks the denoiser's attention, PixArt), or "tokens+1" (the real tokens and the first pad, Chroma).
     # The embedding loss and the fidelity measures weigh these positions only.
@@ -266,7 +270,7 @@ class PipelineAdapter:
             "pipeline_family": cls.name,
             "component": cls.encoder_slot,
             # Unpadded prompts come at every length: nothing for the student to warn about.
-            "max_sequence_length": max_sequence_length if cls.pads_prompts else None,
+            "max_sequence_length": max_sequence_length if cls.pads_prompts and cls.fixed_call_length else None,
             "use_attention_mask": cls.uses_attention_mask,
         }
 

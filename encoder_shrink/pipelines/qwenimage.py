@@ -24,6 +24,7 @@ class QwenImageAdapter(LLMAdapter):
     # the template too (`encoded_length`), with the mask; the denoiser reads the real tokens only, through its mask.
     max_sequence_length = 512
     uses_attention_mask = True
+    fixed_call_length = False  # the pipeline pads each batch to its longest prompt
     denoiser_positions = "tokens"
     conditioning_width_key = "joint_attention_dim"
     # True CFG over a negative prompt (`true_cfg_scale`), with the combined prediction rescaled to the conditional

@@ -24,6 +24,7 @@ class SanaAdapter(LLMAdapter):
     # of which the denoiser gets the BOS and the last 299 (300 in all); negatives are encoded plainly at 300.
     max_sequence_length = 300
     uses_attention_mask = True
+    fixed_call_length = False  # prompts at instruction + 298 tokens, negatives at 300
     denoiser_positions = "tokens"
     conditioning_width_key = "caption_channels"
     guidance = "cfg"
