@@ -78,3 +78,12 @@ def test_nothing_is_installed_into_another_distributions_namespace():
             "print(sorted(u._package_map.get('optimum', [])))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "encoder-shrink" not in out.stdout
+
+
+def test_every_subpackage_is_declared_for_installation():
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    package = ROOT / "encoder_shrink"
+    found = {".".join(("encoder_shrink", *p.parent.relative_to(package).parts)) for p in package.rglob("__init__.py")}
+    assert found and found <= declared, sorted(found - declared)
