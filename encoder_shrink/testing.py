@@ -215,8 +215,41 @@ def tiny_pipeline_components(family: str, seed: int = 0) -> dict:
     return get_adapter(family).tiny_components(seed=seed)
 
 
+# The UNet pipeline TiUE distils (not a text-encoder family: its CLIP stays):
+# `save_tiny_pipeline(STABLE_DIFFUSION, dir)`.
+STABLE_DIFFUSION = "stable-diffusion"
+# SD 1.5 / 2.1's DDIM scheduler config (scheduler_config.json): the paper's 4-step schedule is [751, 501, 251, 1].
+SD_DDIM_CONFIG = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                      set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+def tiny_sd_components(seed: int = 0) -> dict:
+    """Tiny random components of a `StableDiffusionPipeline` (SD 1.5 layout, CLIP, DDIM with SD's config)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=CLIP_TINY_DIM, attention_head_dim=4, norm_num_groups=8,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.18215)
+    torch.manual_seed(seed)
+    return {"unet": unet, "vae": vae, "text_encoder": CLIPTextModel(tiny_clip_text_config()).eval(),
+            "tokenizer": tiny_clip_tokenizer(), "scheduler": DDIMScheduler(**SD_DDIM_CONFIG),
+            "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
 def tiny_pipeline_class(family: str):
-    """The diffusers pipeline class of the registered `family`."""
+    """The diffusers pipeline class of the registered `family` (or of `STABLE_DIFFUSION`)."""
+    if family == STABLE_DIFFUSION:
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline
     return get_adapter(family).diffusers_pipeline_class()
 
 
@@ -233,7 +266,8 @@ def save_tiny_pipeline(family: str, directory: str | Path, seed: int = 0) -> Pat
     ```
     """
     directory = Path(directory)
-    pipe = tiny_pipeline_class(family)(**tiny_pipeline_components(family, seed=seed))
+    components = tiny_sd_components(seed) if family == STABLE_DIFFUSION else tiny_pipeline_components(family, seed)
+    pipe = tiny_pipeline_class(family)(**components)
     pipe.save_pretrained(directory)
     return directory
 
