@@ -86,3 +86,16 @@ def test_a_schedule_the_scheduler_does_not_make_is_refused(sd_dir):
         TiUEPipeline.from_sd_pipeline(sd, timesteps=[900, 500])
     two = TiUEPipeline.from_sd_pipeline(sd, timesteps=[501, 1])
     assert two.timesteps == (501, 1) and isinstance(two.combine, DDIMCombine)
+
+
+@pytest.mark.accelerator
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="enable_model_cpu_offload needs a CUDA accelerator")
+def test_model_cpu_offload(sd_dir):
+    sd = StableDiffusionPipeline.from_pretrained(sd_dir)
+    on_gpu = TiUEPipeline.from_sd_pipeline(sd).to("cuda")
+    expected = on_gpu("a red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
+    offloaded = TiUEPipeline.from_sd_pipeline(StableDiffusionPipeline.from_pretrained(sd_dir))
+    offloaded.enable_model_cpu_offload()
+    images = offloaded("a red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert offloaded.unet.device.type == "cpu"  # moved back after use by the offload hooks
+    np.testing.assert_allclose(images, expected, atol=1e-3)
