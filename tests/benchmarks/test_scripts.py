@@ -23,6 +23,8 @@ SMOKE_ARGS = {
     "step_cost": ["--families", "ltx", "--steps", "2", "--warmup", "1"],
     # A tiny teacher (the real ones take a minute to build), timed on one layer at 16 tokens, a process per variant.
     "llm_encoders": ["--teachers", "tiny", "--tokens", "16", "--repeats", "1", "--teacher-layers", "1"],
+    # A tiny UNet; the SD 2.1 count and FLOPs are checked on meta by tests/tiue/test_cost.py.
+    "tiue_cost": ["--size", "tiny", "--steps", "2"],
 }
 LIBRARY_MODULES = {"__init__", "bench", "measure", "synthetic", "reference_loop"}
 
