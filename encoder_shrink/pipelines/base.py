@@ -380,6 +380,12 @@ class PipelineAdapter:
         return {"guidance_scale": guidance_scale}
 
     @staticmethod
+    def norm_rescaled_guidance(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """CFG rescaled to the conditional prediction's norm over the last axis (Qwen-Image's true CFG, Lumina2)."""
+        combined = uncond + guidance_scale * (cond - uncond)
+        return combined * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
+
+    @staticmethod
     def classifier_free_guidance(prediction: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         """`uncond + scale * (cond - uncond)` over a batch whose first half is unconditional, as CFG pipelines do."""
         uncond, text = prediction.chunk(2)

@@ -87,9 +87,7 @@ class Lumina2Adapter(LLMAdapter):
 
         cond = denoise(t5[batch:], attention_mask[batch:])
         uncond = denoise(t5[:batch], attention_mask[:batch])
-        combined = uncond + guidance_scale * (cond - uncond)
-        combined = combined * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
-        return -combined
+        return -self.norm_rescaled_guidance(cond, uncond, guidance_scale)
 
     @classmethod
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:

@@ -115,8 +115,7 @@ class QwenImageAdapter(LLMAdapter):
         # Prompts are the second half of the rows, their negatives the first (`encoder_texts`).
         cond = denoise(t5[batch:], attention_mask[batch:])
         uncond = denoise(t5[:batch], attention_mask[:batch])
-        combined = uncond + guidance_scale * (cond - uncond)
-        return combined * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
+        return self.norm_rescaled_guidance(cond, uncond, guidance_scale)
 
     @classmethod
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
