@@ -288,6 +288,68 @@ def _recipes(args: argparse.Namespace) -> int:
             f"{name:22} v{recipe.version}  {recipe.family or 'any':13} {student:24} {recipe.total_steps:>7} steps  "
             f"{recipe.description}"
         )
+    from encoder_shrink.tiue.recipe import available_tiue_recipes, load_tiue_recipe
+
+    for name in available_tiue_recipes():  # `encoder-shrink tiue distill --recipe NAME`
+        recipe = load_tiue_recipe(name)
+        print(f"{name:22} v{recipe.version}  {'tiue':13} {'K = ' + str(recipe.num_steps):24} {recipe.max_steps:>7} "
+              f"steps  {recipe.description}")
+    return 0
+
+
+def _tiue_distill(args: argparse.Namespace) -> int:
+    import torch
+
+    from encoder_shrink.loading import load_pipeline
+    from encoder_shrink.shrinker import SUMMARY
+    from encoder_shrink.tiue.distiller import PIPELINE, TiUEDistiller
+    from encoder_shrink.tiue.recipe import load_tiue_recipe
+
+    overrides = {
+        key: value
+        for key, value in {
+            "max_steps": args.max_steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+            "lora_learning_rate": args.lora_learning_rate, "resolution": args.resolution,
+            "checkpoint_every": args.checkpoint_every,
+        }.items()
+        if value is not None
+    }
+    load_tiue_recipe(args.recipe).with_overrides(**overrides)  # a misspelt recipe or field fails before loading
+    pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
+    pipe.set_progress_bar_config(disable=True)
+    distiller = TiUEDistiller(pipe, teacher_id=args.pipeline)
+    distiller.distill(recipe=args.recipe, prompts=_parse_prompts(args.prompts), output_dir=args.output,
+                      resume=args.resume, **overrides)
+    summary = distiller.summary
+    before, after = summary["distance_before"], summary["distance_after"]
+    print(
+        f"TiUE pipeline written to {args.output}/{PIPELINE} (K = {len(summary['timesteps'])}: "
+        f"{summary['timesteps']}); energy distance to the teacher's samples {before['energy_distance']:.4g} -> "
+        f"{after['energy_distance']:.4g}; summary in {args.output}/{SUMMARY}"
+    )
+    return 0
+
+
+def _tiue_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from encoder_shrink.loading import require_folder_or_hub_id
+    from encoder_shrink.tiue import TiUEPipeline
+
+    require_folder_or_hub_id(args.pipeline, "TiUE pipeline")
+    pipe = TiUEPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)).to(args.device)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    images = pipe(args.prompt, num_images_per_prompt=args.num_images, generator=generator, height=args.resolution,
+                  width=args.resolution).images
+    for index, image in enumerate(images):
+        target = output / f"{index:03d}.png"
+        tmp = target.with_name(target.name + ".tmp.png")
+        image.save(tmp)
+        tmp.replace(target)
+    print(f"{len(images)} images of {len(args.prompt)} prompts written to {output} (one encoder pass, one batched "
+          f"decoder pass over {list(pipe.timesteps)})")
     return 0
 
 
@@ -355,6 +417,47 @@ def build_parser() -> argparse.ArgumentParser:
         distill.add_argument(flag, type=kind, help="override the recipe's value")
     distill.add_argument("--gradient-checkpointing", action="store_true", help="recompute the denoiser's activations")
     distill.set_defaults(func=_distill)
+
+    tiue = commands.add_parser(
+        "tiue",
+        help="TiUE: distil an SD pipeline's UNet into a loop-free student, and sample with it",
+        description="TiUE (arXiv 2505.21960): a UNet student whose encoder runs once and whose decoder runs for K "
+                    "timesteps in one batch, distilled with variational score distillation and a KL term.",
+    )
+    tiue_commands = tiue.add_subparsers(dest="tiue_command", required=True, metavar="TIUE_COMMAND")
+    tiue_distill = tiue_commands.add_parser(
+        "distill", help="distil a Stable Diffusion pipeline's UNet into a TiUE student",
+        description="Distil the UNet of a Stable Diffusion (1.5 / 2.1) pipeline into a TiUE student; write the "
+                    "TiUEPipeline folder to OUTPUT/pipeline, checkpoints and training_summary.json.",
+    )
+    tiue_distill.add_argument("--pipeline", required=True, help="pipeline id or local folder (model_index.json)")
+    tiue_distill.add_argument("--recipe", default="sd21-tiue", help="TiUE recipe name or YAML path (default: "
+                              "%(default)s; also sd15-tiue, tiny-tiue)")
+    tiue_distill.add_argument("--prompts", nargs="+", metavar="PATH",
+                              help="one prompt file (replaces the recipe's sources), or KIND=PATH per source "
+                                   "(e.g. journeydb=captions.parquet)")
+    tiue_distill.add_argument("--output", default="encoder-shrink-tiue", help="output folder (default: %(default)s)")
+    tiue_distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    tiue_distill.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                              help="dtype of the frozen teacher (the student trains in fp32)")
+    for flag, kind in (("--max-steps", int), ("--batch-size", int), ("--learning-rate", float),
+                       ("--lora-learning-rate", float), ("--resolution", int), ("--checkpoint-every", int)):
+        tiue_distill.add_argument(flag, type=kind, help="override the recipe's value")
+    tiue_distill.set_defaults(func=_tiue_distill)
+    tiue_generate = tiue_commands.add_parser(
+        "generate", help="sample images with a TiUE pipeline folder",
+        description="Sample with a TiUEPipeline (one encoder pass, one batched decoder pass); PNGs go to OUTPUT.",
+    )
+    tiue_generate.add_argument("--pipeline", required=True, help="TiUEPipeline folder (OUTPUT/pipeline of distill)")
+    tiue_generate.add_argument("--prompt", nargs="+", required=True, help="prompt(s)")
+    tiue_generate.add_argument("--num-images", type=int, default=1, help="images per prompt (default: %(default)s)")
+    tiue_generate.add_argument("--seed", type=int, default=0)
+    tiue_generate.add_argument("--resolution", type=int, help="image size in px (default: the UNet's)")
+    tiue_generate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    tiue_generate.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    tiue_generate.add_argument("--output", default="encoder-shrink-tiue-images",
+                               help="folder for the PNGs (default: %(default)s)")
+    tiue_generate.set_defaults(func=_tiue_generate)
 
     cache = commands.add_parser(
         "cache",

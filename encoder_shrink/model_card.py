@@ -74,3 +74,63 @@ pipe = {summary["pipeline"]}.from_pretrained("{summary["teacher"]}", {family.enc
     atomic_write_text(path, text)
     ModelCard.load(path)  # parses the header back: a card other tools can read
     return path
+
+
+def write_tiue_model_card(folder: str | Path, summary: dict) -> Path:
+    r"""
+    Write `README.md` into a TiUE pipeline's folder: metadata (teacher, recipe, schedule, steps, distance to the
+    teacher) as the card's YAML header and the figures of `summary` (as `TiUEDistiller.distill` produces it).
+
+    Example:
+
+    ```python
+    >>> write_tiue_model_card("out/tiue/pipeline", distiller.summary)  # doctest: +SKIP
+    ```
+    """
+    recipe = summary["recipe"]
+    before, after = summary["distance_before"], summary["distance_after"]
+    data = ModelCardData(
+        library_name="encoder-shrink",
+        pipeline_tag="text-to-image",
+        tags=["tiue", "distillation", "one-step", "encoder-shrink", "stable-diffusion"],
+        teacher=summary["teacher"],
+        pipeline="TiUEPipeline",
+        recipe=f"{recipe['name']}@v{recipe['version']}",
+        timesteps=summary["timesteps"],
+        training_steps=summary["steps"],
+        ema=summary["ema"],
+        energy_distance=round(after["energy_distance"], 6),
+        energy_distance_initial=round(before["energy_distance"], 6),
+    )
+    measured = (f"{after['prompts']} held-out prompts x {after['images_per_prompt']} seeds, teacher DDIM "
+                f"{after['teacher_steps']} steps with CFG {after['guidance_scale']}, {after['resolution']} px")
+    text = f"""---
+{data.to_yaml()}
+---
+
+# TiUE student of `{summary["teacher"]}`
+
+A loop-free UNet ("One-Way Ticket", arXiv 2505.21960): its encoder runs once and its decoder for the
+{len(summary["timesteps"])} DDIM timesteps {summary["timesteps"]} in one batch, combined in closed form; no
+classifier-free guidance. Distilled with variational score distillation (LoRA fake score) and the KL term
+(lambda {recipe["kl_weight"]}, {recipe["kl_reduction"]} over maps).
+
+| | value |
+|---|---|
+| recipe | `{recipe["name"]}` v{recipe["version"]} |
+| optimizer steps | {summary["steps"]} |
+| UNet parameters | {summary["unet_parameters"]:,} |
+| weights | {"EMA of the student (decay " + str(recipe["ema_decay"]) + ")" if summary["ema"] else "the student"} |
+| energy distance to the teacher's z_0 | {before["energy_distance"]:.4g} before, **{after["energy_distance"]:.4g}** |
+| measured on | {measured} |
+
+```python
+from encoder_shrink.tiue import TiUEPipeline
+pipe = TiUEPipeline.from_pretrained("<this folder or repo>")
+image = pipe("a red circle above a blue square").images[0]
+```
+"""
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, text)
+    ModelCard.load(path)
+    return path

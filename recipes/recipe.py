@@ -356,6 +356,11 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
     if str(name_or_path) in recipes:  # a bundled name (names may contain dots: sd3.5-large-t5base)
         path = recipes[str(name_or_path)]
     elif path.suffix not in (".yaml", ".yml") and not path.is_file():
+        if (RECIPES_DIR / "tiue" / f"{name_or_path}.yaml").is_file():
+            raise RecipeError(
+                f"{str(name_or_path)!r} is a TiUE recipe (a UNet student, not a text encoder); use "
+                "encoder_shrink.tiue.TiUEDistiller or `encoder-shrink tiue distill`."
+            )
         if str(name_or_path) not in recipes:
             raise RecipeError(
                 f"unknown recipe {str(name_or_path)!r}.{_nearest(str(name_or_path), recipes)} "

@@ -154,3 +154,5 @@ register_prompt_source("compbench", _compbench_source)
 # LAION-Aesthetics captions (image quality), and any caption file the user gives as the `prompts` source.
 register_prompt_source("laion", _caption_source("laion"))
 register_prompt_source("prompts", _caption_source("prompts"))
+# JourneyDB captions (TiUE's training prompts): a caption file like the others.
+register_prompt_source("journeydb", _caption_source("journeydb"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,44 +54,69 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, state: dict, is_main: bool,
-                    barrier) -> None:
+def save_optimizer(folder: Path, optimizer, name: str = "optimizer") -> None:
+    """`optimizer`'s state as `<name>.safetensors` (its tensors) and `<name>.json` (the rest) in `folder`."""
+    tensors, meta = _optimizer_to_files(optimizer)
+    save_file(tensors, folder / f"{name}.safetensors")
+    atomic_write_text(folder / f"{name}.json", json.dumps(meta))
+
+
+def load_optimizer(folder: Path, optimizer, name: str = "optimizer") -> None:
+    """Restore what `save_optimizer` wrote into `optimizer`."""
+    optimizer.load_state_dict(_optimizer_from_files(
+        load_file(folder / f"{name}.safetensors"), json.loads((folder / f"{name}.json").read_text())
+    ))
+
+
+def write_checkpoint(directory: Path, write: Callable[[Path], None], state: dict, *, is_main: bool, barrier) -> None:
     r"""
-    Write a checkpoint to `directory` from the main process: the student (save_pretrained), the optimizer, the LR
-    schedule and `state.json` last. Written under `<directory>.tmp` and renamed when complete, so an interrupted (or
-    killed) save never looks like a checkpoint.
+    Write a checkpoint to `directory` from the main process: `write(folder)` writes the training objects, then
+    `state.json` last. Written under `<directory>.tmp` and renamed when complete, so an interrupted (or killed) save
+    never looks like a checkpoint.
     """
     barrier()
     if is_main:
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        student.save_pretrained(tmp / "student")
-        tensors, meta = _optimizer_to_files(optimizer)
-        save_file(tensors, tmp / "optimizer.safetensors")
-        atomic_write_text(tmp / "optimizer.json", json.dumps(meta))
-        atomic_write_text(tmp / "lr_scheduler.json", json.dumps(lr_scheduler.state_dict()))
+        write(tmp)
         atomic_write_text(tmp / STATE, json.dumps(state, indent=2))
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
     barrier()
 
 
-def load_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, processes: int) -> dict:
-    """Restore what `save_checkpoint` wrote into the given objects (weights in place); return `state.json`."""
-    from encoder_shrink.student import load_student
-
+def check_processes(directory: Path, processes: int) -> dict:
+    """`state.json` of the checkpoint in `directory`, refused when another number of processes wrote it."""
     state = json.loads((directory / STATE).read_text())
     if state.get("processes", 1) != processes:
         raise InvalidArgumentError(
             f"{directory} was written by a run of {state.get('processes', 1)} processes and this one has {processes}; "
             "resume with the same number of processes (each trains on its own prompts)."
         )
+    return state
+
+
+def save_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, state: dict, is_main: bool,
+                    barrier) -> None:
+    """A text-encoder run's checkpoint (`write_checkpoint`): the student, the optimizer and the LR schedule."""
+
+    def write(folder: Path) -> None:
+        student.save_pretrained(folder / "student")
+        save_optimizer(folder, optimizer)
+        atomic_write_text(folder / "lr_scheduler.json", json.dumps(lr_scheduler.state_dict()))
+
+    write_checkpoint(directory, write, state, is_main=is_main, barrier=barrier)
+
+
+def load_checkpoint(directory: Path, *, student, optimizer, lr_scheduler, processes: int) -> dict:
+    """Restore what `save_checkpoint` wrote into the given objects (weights in place); return `state.json`."""
+    from encoder_shrink.student import load_student
+
+    state = check_processes(directory, processes)
     saved = load_student(directory / "student")
     student.load_state_dict(saved.state_dict())
-    optimizer.load_state_dict(_optimizer_from_files(
-        load_file(directory / "optimizer.safetensors"), json.loads((directory / "optimizer.json").read_text())
-    ))
+    load_optimizer(directory, optimizer)
     lr_scheduler.load_state_dict(json.loads((directory / "lr_scheduler.json").read_text()))
     return state
 

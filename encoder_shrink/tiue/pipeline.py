@@ -12,8 +12,8 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from encoder_shrink.errors import InvalidArgumentError
+from encoder_shrink.tiue.sampler import TiUESampler
 from encoder_shrink.tiue.schedule import DDIMCombine
-from encoder_shrink.tiue.split import UNetSplit
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +116,10 @@ class TiUEPipeline(DiffusionPipeline):
             raise InvalidArgumentError(f"latents have shape {tuple(latents.shape)}, expected {shape}.")
         latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
-        split = UNetSplit(self.unet)
-        timesteps = torch.tensor(self.timesteps, device=device)
-        with self.progress_bar(total=2) as progress:  # the encoder pass, then the batched decoder pass
-            features = split.encode(latents, timesteps[0], prompt_embeds)
+        sampler = TiUESampler(self.unet, self.combine)
+        with self.progress_bar(total=1) as progress:  # one encoder pass and one batched decoder pass
+            sample = sampler(latents, prompt_embeds)
             progress.update()
-            outputs = split.decode(features, timesteps, prompt_embeds)
-            progress.update()
-        sample = self.combine(latents.float(), outputs.float()).to(latents.dtype)
 
         if output_type == "latent":
             images = sample

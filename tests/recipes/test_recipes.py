@@ -109,7 +109,10 @@ def test_missing_and_invalid_files(tmp_path):
 def test_cli_lists_one_line_per_recipe():
     out = subprocess.run(["encoder-shrink", "recipes"], capture_output=True, text=True, check=True).stdout
     lines = out.strip().splitlines()
-    assert len(lines) == len(BUNDLED)
+    from encoder_shrink.tiue import available_tiue_recipes
+
+    assert len(lines) == len(BUNDLED) + len(available_tiue_recipes())
+    assert any(line.startswith("sd21-tiue ") and "tiue" in line and "66000 steps" in line for line in lines)
     assert any(
         line.startswith("flux-t5base ") and "google/flan-t5-base" in line and "320000 steps" in line for line in lines
     )

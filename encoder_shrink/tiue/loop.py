@@ -1,0 +1,305 @@
+"""The TiUE training loop (variational score distillation + KL, the fake score in the same step), top to bottom."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from encoder_shrink.distill.checkpoint import (
+    check_processes,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_optimizer,
+    prune_checkpoints,
+    save_optimizer,
+    write_checkpoint,
+)
+from encoder_shrink.distill.loop import KEEP_CHECKPOINTS, DistillationDiverged, step_seed
+from encoder_shrink.errors import InvalidArgumentError
+from encoder_shrink.files import atomic_write_text
+from encoder_shrink.tiue.losses import fake_score_loss, kl_loss, vsd_loss
+from encoder_shrink.tiue.sampler import TiUESampler
+from encoder_shrink.tiue.schedule import DDIMCombine
+
+logger = logging.getLogger(__name__)
+
+# The name of the fake score's LoRA on the teacher UNet (peft adapter name).
+FAKE_SCORE = "fake_score"
+# The teacher's noise schedule has 1000 training timesteps (SD 1.5 / 2.1): the fake score learns on all of them.
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+@dataclass
+class TiUEParts:
+    r"""
+    What the loop trains and reads.
+
+    Args:
+        student: the student UNet (fp32, trainable, initialised from the teacher).
+        fake_score: the teacher UNet with the `fake_score` LoRA; with its adapters disabled it is the frozen teacher.
+        combine: the student's K-step DDIM combine.
+        scheduler: the teacher's DDIM scheduler (its `alphas_cumprod`, `add_noise` and prediction type).
+        encode: prompts to the text encoder's conditioning (frozen, no gradients).
+        uncond: the empty prompt's conditioning, one row.
+        latent_shape: `(channels, height, width)` of the student's latents.
+    """
+
+    student: torch.nn.Module
+    fake_score: torch.nn.Module
+    combine: DDIMCombine
+    scheduler: object
+    encode: Callable[[list[str]], torch.Tensor]
+    uncond: torch.Tensor
+    latent_shape: tuple[int, int, int]
+
+
+def _epsilon(prediction: torch.Tensor, noisy: torch.Tensor, alphas: torch.Tensor, prediction_type: str):
+    """The noise a UNet output stands for: itself (`epsilon`), or `sqrt(a) v + sqrt(1 - a) x_t` (`v_prediction`)."""
+    if prediction_type == "epsilon":
+        return prediction
+    a = alphas.reshape(-1, *[1] * (noisy.ndim - 1)).to(prediction.dtype)
+    return a.sqrt() * prediction + (1 - a).sqrt() * noisy
+
+
+def _guided(unet, noisy, timesteps, cond, uncond, scale: float) -> torch.Tensor:
+    """`unet`'s CFG prediction at `scale`, the unconditional and conditional rows in one batch (as SD pipelines do)."""
+    both = unet(torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]), torch.cat([uncond, cond])).sample
+    u, c = both.chunk(2)
+    return u + scale * (c - u)
+
+
+def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path | None = None, resume: bool = False,
+              callback: Callable[[int, dict], None] | None = None) -> tuple[dict, EMAModel | None]:
+    r"""
+    Train `parts.student` as a TiUE student of the frozen teacher; return a summary and the student's EMA.
+
+    Each step takes `recipe.batch_size` prompts and pure noise x_T, and:
+    1. the student samples z_0 loop-free ([`TiUESampler`]: encoder once, K decoders in one batch, the combine);
+    2. variational score distillation: z_0 is noised to z_t at t ~ U[min_timestep, max_timestep]; the teacher (the
+       fake score's UNet with its adapters off) and the fake score predict its noise with CFG; their difference,
+       weighted by sigma_t^2, is the gradient sent into z_0, plus lambda times the KL term on the K x B predictions;
+       one student step (clipped), then the EMA;
+    3. the fake score (LoRA only) learns the student's current distribution: the detached z_0 noised at
+       t ~ U[0, 1000), the empty prompt on a `uncond_probability` share of rows; one LoRA step (clipped).
+
+    Every random draw is a function of `(recipe.seed, step, process)` (noise, timesteps, prompts, dropped prompts),
+    so two runs of one recipe give the same bits, and a run killed and resumed from a checkpoint (student, LoRA, both
+    optimizers and schedules, EMA) ends as one that was not. A non-finite loss saves the last good state and raises
+    [`DistillationDiverged`].
+    """
+    student, fake_score, scheduler = parts.student, parts.fake_score, parts.scheduler
+    prediction_type = scheduler.config.prediction_type
+    rank, main = accelerator.process_index, accelerator.is_main_process
+    device = accelerator.device
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+
+    lora = _trainable(fake_score)
+    student.train()
+    fake_score.train()
+    if recipe.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+        fake_score.enable_gradient_checkpointing()
+
+    def adam(params, lr):
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(recipe.adam_betas), eps=recipe.adam_epsilon,
+                                 weight_decay=recipe.weight_decay)
+
+    student_optimizer = adam(student.parameters(), recipe.learning_rate)
+    fake_optimizer = adam(lora, recipe.lora_learning_rate)
+    student_schedule, fake_schedule = (
+        get_scheduler(recipe.lr_scheduler, opt, num_warmup_steps=recipe.lr_warmup_steps,
+                      num_training_steps=recipe.max_steps)
+        for opt in (student_optimizer, fake_optimizer)
+    )
+    ema = None
+    if recipe.ema_decay is not None:
+        ema = EMAModel(student.parameters(), decay=recipe.ema_decay)
+    # The sampler (the student) and the fake score are what processes train together: DDP wraps them; the teacher
+    # passes (adapters off, no gradients) call the unwrapped UNet.
+    sampler, fake_model, student_optimizer, fake_optimizer = accelerator.prepare(
+        TiUESampler(student, parts.combine), fake_score, student_optimizer, fake_optimizer)
+
+    step = 0
+    if resume and output_dir is not None and (found := latest_checkpoint(output_dir)) is not None:
+        step = _load(found, parts, student_optimizer, fake_optimizer, student_schedule, fake_schedule, ema,
+                     accelerator.num_processes)
+        logger.info("Resumed from %s at step %d.", found, step)
+    elif resume:
+        logger.info("No checkpoint under %s; starting from step 0.", output_dir)
+
+    def save(at_step: int) -> Path | None:
+        if output_dir is None:
+            return None
+        target = checkpoint_dir(output_dir, at_step)
+        state = {"step": at_step, "recipe": recipe.name, "processes": accelerator.num_processes, "method": "tiue"}
+
+        def write(folder: Path) -> None:
+            student.save_pretrained(folder / "student")
+            save_file({n: p.detach().cpu().contiguous() for n, p in fake_score.named_parameters() if p.requires_grad},
+                      folder / "fake_score_lora.safetensors")
+            save_optimizer(folder, student_optimizer, "optimizer")
+            save_optimizer(folder, fake_optimizer, "fake_score_optimizer")
+            atomic_write_text(folder / "lr_schedulers.json", json.dumps(
+                {"student": student_schedule.state_dict(), "fake_score": fake_schedule.state_dict()}))
+            if ema is not None:
+                saved = ema.state_dict()
+                save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(saved.pop("shadow_params"))},
+                          folder / "ema.safetensors")
+                atomic_write_text(folder / "ema.json", json.dumps(saved))
+
+        write_checkpoint(target, write, state, is_main=main, barrier=accelerator.wait_for_everyone)
+        if main:
+            prune_checkpoints(output_dir, KEEP_CHECKPOINTS)
+        return target
+
+    def guard(loss: torch.Tensor, name: str) -> None:
+        # Every process checks every process's loss, so all stop (and checkpoint) together.
+        if not torch.isfinite(accelerator.gather(loss.detach()[None])).all():
+            saved = save(step)
+            raise DistillationDiverged(
+                f"the {name} loss became {loss.item()} at step {step}; last good state saved to {saved}. Lower "
+                "learning_rate / lora_learning_rate or max_grad_norm, or train in bf16/fp32 instead of fp16."
+            )
+
+    history: dict[str, list[float]] = {"vsd": [], "kl": [], "fake_score": []}
+    started, first_step = time.perf_counter(), step
+    channels, height, width = parts.latent_shape
+    progress = tqdm(total=recipe.max_steps, initial=step, desc="tiue distill", unit="step", disable=not main)
+    try:
+        while step < recipe.max_steps:
+            # This step's draws, on the CPU so they are the same on any device.
+            generator = torch.Generator("cpu").manual_seed(step_seed(recipe.seed, step, rank))
+            batch = recipe.batch_size
+            prompts = mixture.batch(step, batch, stream=rank)
+            shape = (batch, channels, height, width)
+            noise = torch.randn(shape, generator=generator).to(device)
+            vsd_t = torch.randint(recipe.min_timestep, recipe.max_timestep + 1, (batch,), generator=generator)
+            vsd_noise = torch.randn(shape, generator=generator).to(device)
+            fake_t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)
+            fake_noise = torch.randn(shape, generator=generator).to(device)
+            dropped = (torch.rand(batch, generator=generator) < recipe.uncond_probability).to(device)
+            vsd_t, fake_t = vsd_t.to(device), fake_t.to(device)
+            with torch.no_grad():
+                cond = parts.encode(prompts).to(device)
+            uncond = parts.uncond.to(device=device, dtype=cond.dtype).expand_as(cond)
+
+            # 1. the student samples z_0 loop-free, keeping the K x B predictions for the KL term
+            with accelerator.autocast():
+                sample, outputs = sampler(noise * scheduler.init_noise_sigma, cond, return_outputs=True)
+
+            # 2. VSD: the teacher's and the fake score's guided noise predictions on the noised sample
+            noisy = scheduler.add_noise(sample.detach(), vsd_noise, vsd_t)
+            alphas = alphas_cumprod[vsd_t]
+            base = accelerator.unwrap_model(fake_model)
+            with torch.no_grad(), accelerator.autocast():
+                base.disable_adapters()
+                teacher_eps = _guided(base, noisy, vsd_t, cond, uncond, recipe.guidance_scale)
+                base.enable_adapters()
+                fake_eps = _guided(base, noisy, vsd_t, cond, uncond, recipe.guidance_scale)
+            teacher_eps = _epsilon(teacher_eps.float(), noisy.float(), alphas, prediction_type)
+            fake_eps = _epsilon(fake_eps.float(), noisy.float(), alphas, prediction_type)
+            loss_vsd = vsd_loss(sample, teacher_eps, fake_eps, 1 - alphas)
+            loss_kl = kl_loss(outputs, recipe.kl_reduction)
+            loss = loss_vsd + recipe.kl_weight * loss_kl
+            guard(loss, "student")
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(sampler.parameters(), recipe.max_grad_norm)
+            student_optimizer.step()
+            student_schedule.step()
+            student_optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(student.parameters())
+
+            # 3. the fake score learns the student's current samples (LoRA only; the teacher's weights are frozen)
+            fake_noisy = scheduler.add_noise(sample.detach(), fake_noise, fake_t)
+            conditioning = torch.where(dropped[:, None, None], uncond, cond)
+            with accelerator.autocast():
+                prediction = fake_model(fake_noisy, fake_t, conditioning).sample
+            fake_alphas = alphas_cumprod[fake_t]
+            loss_fake = fake_score_loss(_epsilon(prediction.float(), fake_noisy.float(), fake_alphas, prediction_type),
+                                        fake_noise.float(), fake_alphas)
+            guard(loss_fake, "fake-score")
+            accelerator.backward(loss_fake)
+            accelerator.clip_grad_norm_(lora, recipe.max_grad_norm)
+            fake_optimizer.step()
+            fake_schedule.step()
+            fake_optimizer.zero_grad(set_to_none=True)
+
+            step += 1
+            figures = {"vsd": loss_vsd.item(), "kl": loss_kl.item(), "fake_score": loss_fake.item()}
+            for name, value in figures.items():
+                history[name].append(value)
+            progress.update(1)
+            progress.set_postfix({name: f"{value:.4g}" for name, value in figures.items()})
+            accelerator.log({**figures, "lr": student_schedule.get_last_lr()[0]}, step=step)
+            if recipe.checkpoint_every and step % recipe.checkpoint_every == 0 and step < recipe.max_steps:
+                save(step)
+            if callback is not None:
+                callback(step, figures)
+    except KeyboardInterrupt:
+        saved = save(step)
+        logger.warning("Interrupted at step %d; state saved to %s. Resume with resume=True.", step, saved)
+        raise
+    finally:
+        progress.close()
+        if recipe.gradient_checkpointing:
+            student.disable_gradient_checkpointing()
+            fake_score.disable_gradient_checkpointing()
+    seconds = time.perf_counter() - started
+    trained = step - first_step
+
+    def summary_of(values: list[float]) -> dict:
+        tenth = max(1, len(values) // 10)  # the first and last tenth of the run, so one noisy step does not decide
+        return {"first": float(np.mean(values[:tenth])), "last": float(np.mean(values[-tenth:])),
+                "per_step": [round(v, 6) for v in values]} if values else {}
+
+    return {
+        "steps": step,
+        "steps_this_run": trained,
+        "seconds": round(seconds, 3),
+        "steps_per_second": round(trained / seconds, 4) if seconds > 0 else None,
+        "losses": {name: summary_of(values) for name, values in history.items()},
+        "processes": accelerator.num_processes,
+    }, ema
+
+
+def _load(folder: Path, parts: TiUEParts, student_optimizer, fake_optimizer, student_schedule, fake_schedule, ema,
+          processes: int) -> int:
+    """Restore a checkpoint written by the loop's `save` into the training objects; return its step."""
+    from diffusers import UNet2DConditionModel
+
+    state = check_processes(folder, processes)
+    parts.student.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "student").state_dict())
+    lora = load_file(folder / "fake_score_lora.safetensors")
+    missing = set(n for n, p in parts.fake_score.named_parameters() if p.requires_grad) - set(lora)
+    if missing:
+        raise InvalidArgumentError(
+            f"{folder} holds no fake-score LoRA for {sorted(missing)[0]} (and {len(missing) - 1} more); resume with "
+            "the recipe (lora_rank, lora_target_modules) the run started with.")
+    parts.fake_score.load_state_dict(lora, strict=False)
+    load_optimizer(folder, student_optimizer, "optimizer")
+    load_optimizer(folder, fake_optimizer, "fake_score_optimizer")
+    schedules = json.loads((folder / "lr_schedulers.json").read_text())
+    student_schedule.load_state_dict(schedules["student"])
+    fake_schedule.load_state_dict(schedules["fake_score"])
+    if ema is not None:
+        shadow = load_file(folder / "ema.safetensors")
+        ema.load_state_dict({**json.loads((folder / "ema.json").read_text()),
+                             "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
+        ema.to(parts.student.device)
+    return state["step"]
