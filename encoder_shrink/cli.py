@@ -338,6 +338,11 @@ def _tiue_generate(args: argparse.Namespace) -> int:
 
     require_folder_or_hub_id(args.pipeline, "TiUE pipeline")
     pipe = TiUEPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)).to(args.device)
+    if args.onnx:
+        from encoder_shrink.exporters.tiue_onnx import OnnxTiUEUNet
+
+        pipe = TiUEPipeline(**{**pipe.components, "unet": OnnxTiUEUNet.from_pretrained(args.onnx)},
+                            timesteps=list(pipe.timesteps))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator("cpu").manual_seed(args.seed)
@@ -349,7 +354,25 @@ def _tiue_generate(args: argparse.Namespace) -> int:
         image.save(tmp)
         tmp.replace(target)
     print(f"{len(images)} images of {len(args.prompt)} prompts written to {output} (one encoder pass, one batched "
-          f"decoder pass over {list(pipe.timesteps)})")
+          f"decoder pass over {list(pipe.timesteps)}{', ONNX Runtime' if args.onnx else ''})")
+    return 0
+
+
+def _tiue_export(args: argparse.Namespace) -> int:
+    from encoder_shrink.exporters.runtime import REPORT
+    from encoder_shrink.exporters.tiue_onnx import export_tiue_onnx
+    from encoder_shrink.loading import require_folder_or_hub_id
+    from encoder_shrink.tiue import TiUEPipeline
+
+    require_folder_or_hub_id(args.pipeline, "TiUE pipeline")
+    pipe = TiUEPipeline.from_pretrained(args.pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    output = export_tiue_onnx(pipe, args.output, resolution=args.resolution, batch_size=args.batch_size,
+                              overwrite=args.overwrite)
+    parity = json.loads((output / REPORT).read_text())["parity"]
+    print(f"TiUE UNet exported to {output} (one ONNX graph, batch {args.batch_size}); parity with torch: cosine "
+          f"{parity['min_cosine']:.7f}, relative L2 {parity['relative_l2']:.2e}, NaN {parity['nan']}, Inf "
+          f"{parity['inf']}")
     return 0
 
 
@@ -457,7 +480,19 @@ def build_parser() -> argparse.ArgumentParser:
     tiue_generate.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     tiue_generate.add_argument("--output", default="encoder-shrink-tiue-images",
                                help="folder for the PNGs (default: %(default)s)")
+    tiue_generate.add_argument("--onnx", help="run the UNet from this `tiue export` folder with ONNX Runtime")
     tiue_generate.set_defaults(func=_tiue_generate)
+    tiue_export = tiue_commands.add_parser(
+        "export", help="export a TiUE pipeline's UNet as one ONNX graph, checked against torch",
+        description="Export the UNet of a TiUEPipeline (encoder, batched decoder, combine) as one ONNX graph; the "
+                    "parity report goes to export_report.json; `tiue generate --onnx DIR` runs it.",
+    )
+    tiue_export.add_argument("pipeline", help="TiUEPipeline folder (OUTPUT/pipeline of tiue distill)")
+    tiue_export.add_argument("--output", required=True, help="folder to create (must not exist)")
+    tiue_export.add_argument("--batch-size", type=int, default=1, help="images per graph call (default: %(default)s)")
+    tiue_export.add_argument("--resolution", type=int, help="image size in px (default: the UNet's)")
+    tiue_export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    tiue_export.set_defaults(func=_tiue_export)
 
     cache = commands.add_parser(
         "cache",

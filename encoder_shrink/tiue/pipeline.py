@@ -116,9 +116,17 @@ class TiUEPipeline(DiffusionPipeline):
             raise InvalidArgumentError(f"latents have shape {tuple(latents.shape)}, expected {shape}.")
         latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
-        sampler = TiUESampler(self.unet, self.combine)
+        if getattr(self.unet, "is_tiue_graph", False):  # an exported graph (ONNX Runtime): the same computation
+            if tuple(self.unet.timesteps) != self.timesteps:
+                raise InvalidArgumentError(
+                    f"the exported UNet was made for timesteps {list(self.unet.timesteps)}, this pipeline samples "
+                    f"{list(self.timesteps)}; export the pipeline it runs in."
+                )
+            sampler = self.unet
+        else:
+            sampler = TiUESampler(self.unet, self.combine)
         with self.progress_bar(total=1) as progress:  # one encoder pass and one batched decoder pass
-            sample = sampler(latents, prompt_embeds)
+            sample = sampler(latents, prompt_embeds).to(device=device, dtype=latents.dtype)
             progress.update()
 
         if output_type == "latent":
