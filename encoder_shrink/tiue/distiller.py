@@ -100,6 +100,7 @@ class TiUEDistiller:
         output_dir: str | os.PathLike | None = None,
         resume: bool = False,
         eval_prompts: list[str] | None = None,
+        student=None,
         callback=None,
         **overrides,
     ) -> TiUEPipeline:
@@ -115,6 +116,8 @@ class TiUEDistiller:
             resume: continue from the newest checkpoint in `output_dir`.
             eval_prompts: held-out prompts for the distance to the teacher measured before and after (default:
                 generated CommonText validation prompts, or the last prompts of a given list).
+            student: start from this `UNet2DConditionModel` (e.g. the UNet of an earlier TiUE run) instead of a copy
+                of the teacher's; it must take the teacher's latents and text conditioning.
             callback: called as `callback(step, losses)` after every step (`losses`: vsd, kl, fake_score).
             overrides: recipe fields, e.g. `max_steps=1000, batch_size=4, resolution=256`.
         """
@@ -150,7 +153,15 @@ class TiUEDistiller:
         scheduler.set_timesteps(recipe.num_steps)
         combine = DDIMCombine.from_scheduler(scheduler)
         # The student: the whole teacher UNet, fine-tuned in fp32 (master weights; autocast runs the math).
-        student = copy.deepcopy(pipe.unet).to(device=device, dtype=torch.float32).requires_grad_(True)
+        if student is not None and (student.config.in_channels, student.config.cross_attention_dim) != (
+                pipe.unet.config.in_channels, pipe.unet.config.cross_attention_dim):
+            raise IncompatibleModelError(
+                f"the given student takes {student.config.in_channels}-channel latents and "
+                f"{student.config.cross_attention_dim}-wide text; the teacher's are "
+                f"{pipe.unet.config.in_channels} and {pipe.unet.config.cross_attention_dim}."
+            )
+        student = copy.deepcopy(student if student is not None else pipe.unet)
+        student = student.to(device=device, dtype=torch.float32).requires_grad_(True)
         tiue = TiUEPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
                             scheduler=sd_ddim_scheduler(pipe.scheduler), timesteps=list(combine.timesteps))
         tiue.set_progress_bar_config(disable=True)
