@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -66,10 +67,13 @@ def export_tiue_onnx(pipe, output_dir: str | os.PathLike, *, resolution: int | N
     if not isinstance(unet, torch.nn.Module):
         raise InvalidArgumentError(f"the pipeline's unet is a {type(unet).__name__}, not a torch UNet to export.")
     size = (resolution // pipe.vae_scale_factor) if resolution else unet.config.sample_size
+    # The graph is fp32 on the CPU whatever the pipeline runs in (a copy, so the pipeline is left as it is).
+    if unet.dtype != torch.float32 or unet.device.type != "cpu":
+        unet = copy.deepcopy(unet).to("cpu", torch.float32)
     sampler = TiUESampler(unet, pipe.combine).eval()
     device, dtype = unet.device, unet.dtype
     with torch.no_grad():
-        embeds = pipe.encode_prompt(list(prompts), device).to(dtype)
+        embeds = pipe.encode_prompt(list(prompts), pipe.text_encoder.device).to(device, dtype)
         noise = torch.randn((len(prompts), unet.config.in_channels, size, size),
                             generator=torch.Generator().manual_seed(0)).to(device, dtype)
         reference = sampler(noise, embeds).float().cpu().numpy()
@@ -99,10 +103,10 @@ def export_tiue_onnx(pipe, output_dir: str | os.PathLike, *, resolution: int | N
                       "torch_weights": sum(p.numel() * p.element_size() for p in unet.parameters())},
         }
         atomic_write_text(staging / REPORT, json.dumps(report, indent=2))
-        config = {**dict(unet.config), TIUE_KEY: {"format": "onnx", "file": GRAPH_FILE, "timesteps":
-                                                  list(pipe.timesteps), "latent_size": size, "opset": OPSET,
-                                                  "batch_size": batch_size,
-                                                  "parity_cosine": parity["min_cosine"]}}
+        # sample_size is the graph's latent size: a pipeline called without a height samples what the graph takes.
+        record = {"format": "onnx", "file": GRAPH_FILE, "timesteps": list(pipe.timesteps), "latent_size": size,
+                  "opset": OPSET, "batch_size": batch_size, "parity_cosine": parity["min_cosine"]}
+        config = {**dict(unet.config), "sample_size": size, TIUE_KEY: record}
         atomic_write_text(staging / "config.json", json.dumps(config, indent=2, default=list))
     logger.info("TiUE ONNX export: %s", parity)
     return output_dir
@@ -157,6 +161,12 @@ class OnnxTiUEUNet:
         return self
 
     def __call__(self, noise: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        size = self.config["sample_size"]
+        if tuple(noise.shape[1:]) != (self.config["in_channels"], size, size):
+            raise InvalidArgumentError(
+                f"this TiUE graph takes ({self.config['in_channels']}, {size}, {size}) latents, got "
+                f"{tuple(noise.shape[1:])}; export the pipeline again at the resolution you sample."
+            )
         noise = noise.detach().float().cpu().numpy()
         embeds = encoder_hidden_states.detach().float().cpu().numpy()
         samples = []
@@ -169,4 +179,4 @@ class OnnxTiUEUNet:
                 context = np.concatenate([context, np.repeat(context[-1:], short, axis=0)])
             (sample,) = self.session.run(None, {"noise": chunk, "encoder_hidden_states": context})
             samples.append(sample[: self.batch_size - short])
-        return torch.from_numpy(np.ascontiguousarray(np.concatenate(samples)))
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate(samples) if samples else noise))

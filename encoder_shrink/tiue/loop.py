@@ -109,6 +109,9 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
 
     lora = _trainable(fake_score)
+    teacher_dtype = next(p for p in fake_score.parameters() if not p.requires_grad).dtype  # the frozen base's
+    teacher_was_training = fake_score.training
+    checkpointing_was_on = bool(getattr(fake_score, "gradient_checkpointing", False))
     student.train()
     fake_score.train()
     if recipe.gradient_checkpointing:
@@ -137,7 +140,7 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
     step = 0
     if resume and output_dir is not None and (found := latest_checkpoint(output_dir)) is not None:
         step = _load(found, parts, student_optimizer, fake_optimizer, student_schedule, fake_schedule, ema,
-                     accelerator.num_processes)
+                     accelerator)
         logger.info("Resumed from %s at step %d.", found, step)
     elif resume:
         logger.info("No checkpoint under %s; starting from step 0.", output_dir)
@@ -156,6 +159,8 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
             save_optimizer(folder, fake_optimizer, "fake_score_optimizer")
             atomic_write_text(folder / "lr_schedulers.json", json.dumps(
                 {"student": student_schedule.state_dict(), "fake_score": fake_schedule.state_dict()}))
+            if accelerator.scaler is not None:  # fp16: the loss scale decides which steps are skipped
+                atomic_write_text(folder / "grad_scaler.json", json.dumps(accelerator.scaler.state_dict()))
             if ema is not None:
                 saved = ema.state_dict()
                 save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(saved.pop("shadow_params"))},
@@ -167,16 +172,21 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
             prune_checkpoints(output_dir, KEEP_CHECKPOINTS)
         return target
 
-    def guard(loss: torch.Tensor, name: str) -> None:
-        # Every process checks every process's loss, so all stop (and checkpoint) together.
-        if not torch.isfinite(accelerator.gather(loss.detach()[None])).all():
-            saved = save(step)
+    def guard(value: torch.Tensor | None, what: str, save_state: bool = True) -> None:
+        # Every process checks every process's value, so all stop together. Before the step's first update the state
+        # is the last good one and is saved; after it, the newest checkpoint is.
+        if value is None:  # (a backend whose clipping returns no norm)
+            return
+        values = accelerator.gather(value.detach().float().reshape(1))
+        if not torch.isfinite(values).all():
+            saved = save(step) if save_state else (latest_checkpoint(output_dir) if output_dir is not None else None)
             raise DistillationDiverged(
-                f"the {name} loss became {loss.item()} at step {step}; last good state saved to {saved}. Lower "
+                f"the {what} became {values.tolist()} at step {step}; last good state saved to {saved}. Lower "
                 "learning_rate / lora_learning_rate or max_grad_norm, or train in bf16/fp32 instead of fp16."
             )
 
     history: dict[str, list[float]] = {"vsd": [], "kl": [], "fake_score": []}
+    updating = False
     started, first_step = time.perf_counter(), step
     channels, height, width = parts.latent_shape
     progress = tqdm(total=recipe.max_steps, initial=step, desc="tiue distill", unit="step", disable=not main)
@@ -207,40 +217,52 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
             alphas = alphas_cumprod[vsd_t]
             base = accelerator.unwrap_model(fake_model)
             with torch.no_grad(), accelerator.autocast():
+                args = (noisy.to(teacher_dtype), vsd_t, cond.to(teacher_dtype), uncond.to(teacher_dtype))
                 base.disable_adapters()
-                teacher_eps = _guided(base, noisy, vsd_t, cond, uncond, recipe.guidance_scale)
+                teacher_eps = _guided(base, *args, recipe.guidance_scale)
                 base.enable_adapters()
-                fake_eps = _guided(base, noisy, vsd_t, cond, uncond, recipe.guidance_scale)
+                fake_eps = _guided(base, *args, recipe.guidance_scale)
             teacher_eps = _epsilon(teacher_eps.float(), noisy.float(), alphas, prediction_type)
             fake_eps = _epsilon(fake_eps.float(), noisy.float(), alphas, prediction_type)
             loss_vsd = vsd_loss(sample, teacher_eps, fake_eps, 1 - alphas)
+            # (For a v-prediction UNet the decoder's outputs are v, which is also unit-variance: the KL reads them.)
             loss_kl = kl_loss(outputs, recipe.kl_reduction)
             loss = loss_vsd + recipe.kl_weight * loss_kl
-            guard(loss, "student")
+            guard(loss, "student loss")
+
+            # 3. the fake score's loss on the student's current samples (LoRA only; the teacher's weights are frozen)
+            fake_noisy = scheduler.add_noise(sample.detach(), fake_noise, fake_t)
+            conditioning = torch.where(dropped[:, None, None], uncond, cond)
+            with accelerator.autocast():
+                prediction = fake_model(fake_noisy.to(teacher_dtype), fake_t, conditioning.to(teacher_dtype)).sample
+            fake_alphas = alphas_cumprod[fake_t]
+            loss_fake = fake_score_loss(_epsilon(prediction.float(), fake_noisy.float(), fake_alphas, prediction_type),
+                                        fake_noise.float(), fake_alphas)
+            guard(loss_fake, "fake-score loss")
+
+            # 4. the two updates, one model after the other (they share fp16's loss scaler). Gradient norms are checked
+            # too, except under fp16, whose scaler skips steps with overflowing gradients on purpose.
+            check_norms = accelerator.scaler is None
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(sampler.parameters(), recipe.max_grad_norm)
+            norm = accelerator.clip_grad_norm_(sampler.parameters(), recipe.max_grad_norm)
+            if check_norms:
+                guard(norm, "student gradient norm")
+            updating = True  # from here to the step's end a checkpoint would hold half a step
             student_optimizer.step()
             student_schedule.step()
             student_optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.step(student.parameters())
-
-            # 3. the fake score learns the student's current samples (LoRA only; the teacher's weights are frozen)
-            fake_noisy = scheduler.add_noise(sample.detach(), fake_noise, fake_t)
-            conditioning = torch.where(dropped[:, None, None], uncond, cond)
-            with accelerator.autocast():
-                prediction = fake_model(fake_noisy, fake_t, conditioning).sample
-            fake_alphas = alphas_cumprod[fake_t]
-            loss_fake = fake_score_loss(_epsilon(prediction.float(), fake_noisy.float(), fake_alphas, prediction_type),
-                                        fake_noise.float(), fake_alphas)
-            guard(loss_fake, "fake-score")
             accelerator.backward(loss_fake)
-            accelerator.clip_grad_norm_(lora, recipe.max_grad_norm)
+            norm = accelerator.clip_grad_norm_(lora, recipe.max_grad_norm)
+            if check_norms:
+                guard(norm, "fake-score gradient norm", save_state=False)
             fake_optimizer.step()
             fake_schedule.step()
             fake_optimizer.zero_grad(set_to_none=True)
 
             step += 1
+            updating = False
             figures = {"vsd": loss_vsd.item(), "kl": loss_kl.item(), "fake_score": loss_fake.item()}
             for name, value in figures.items():
                 history[name].append(value)
@@ -252,14 +274,23 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
             if callback is not None:
                 callback(step, figures)
     except KeyboardInterrupt:
-        saved = save(step)
-        logger.warning("Interrupted at step %d; state saved to %s. Resume with resume=True.", step, saved)
+        if updating:  # mid-update: the newest checkpoint is the consistent state to resume from
+            logger.warning("Interrupted during the updates of step %d; resume from %s.", step,
+                           latest_checkpoint(output_dir) if output_dir is not None else None)
+        else:
+            saved = save(step)
+            logger.warning("Interrupted at step %d; state saved to %s. Resume with resume=True.", step, saved)
         raise
     finally:
         progress.close()
+        # Leave the user's UNet as it came: no accelerate forward wrapper, its mode and checkpointing flag.
+        accelerator.unwrap_model(fake_model, keep_fp32_wrapper=False)
+        accelerator.unwrap_model(sampler, keep_fp32_wrapper=False)
+        fake_score.train(teacher_was_training)
         if recipe.gradient_checkpointing:
             student.disable_gradient_checkpointing()
-            fake_score.disable_gradient_checkpointing()
+            if not checkpointing_was_on:
+                fake_score.disable_gradient_checkpointing()
     seconds = time.perf_counter() - started
     trained = step - first_step
 
@@ -279,11 +310,11 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
 
 
 def _load(folder: Path, parts: TiUEParts, student_optimizer, fake_optimizer, student_schedule, fake_schedule, ema,
-          processes: int) -> int:
+          accelerator) -> int:
     """Restore a checkpoint written by the loop's `save` into the training objects; return its step."""
     from diffusers import UNet2DConditionModel
 
-    state = check_processes(folder, processes)
+    state = check_processes(folder, accelerator.num_processes)
     parts.student.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "student").state_dict())
     lora = load_file(folder / "fake_score_lora.safetensors")
     missing = set(n for n, p in parts.fake_score.named_parameters() if p.requires_grad) - set(lora)
@@ -297,7 +328,12 @@ def _load(folder: Path, parts: TiUEParts, student_optimizer, fake_optimizer, stu
     schedules = json.loads((folder / "lr_schedulers.json").read_text())
     student_schedule.load_state_dict(schedules["student"])
     fake_schedule.load_state_dict(schedules["fake_score"])
+    if accelerator.scaler is not None and (folder / "grad_scaler.json").is_file():
+        accelerator.scaler.load_state_dict(json.loads((folder / "grad_scaler.json").read_text()))
     if ema is not None:
+        if not (folder / "ema.safetensors").is_file():
+            raise InvalidArgumentError(f"{folder} holds no EMA of the student; resume with the recipe's ema_decay the "
+                                       "run started with (null there: no EMA).")
         shadow = load_file(folder / "ema.safetensors")
         ema.load_state_dict({**json.loads((folder / "ema.json").read_text()),
                              "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
