@@ -17,7 +17,7 @@ from encoder_shrink.registry import Registry
 
 def test_built_ins_are_registered():
     assert registered_losses() == ["embedding", "vision"]
-    assert registered_prompt_sources() == ["commontext", "compbench", "laion", "prompts"]
+    assert registered_prompt_sources() == ["commontext", "compbench", "journeydb", "laion", "prompts"]
     assert {"onnx", "tensorrt", "distillt5"} <= set(registered_formats())
 
 

@@ -115,7 +115,8 @@ def test_student_gradients_reach_the_encoder_and_every_decoder_pass_and_not_the_
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_distill_writes_a_pipeline_leaves_the_teacher_as_it_was_and_the_fake_score_learns(sd_dir, tmp_path):
+def test_distill_writes_a_pipeline_leaves_the_teacher_as_it_was_and_the_fake_score_learns(trained_sd_dir, tmp_path):
+    sd_dir = trained_sd_dir  # a teacher with a distribution: the LoRA has something to learn about the student
     pipe = _pipe(sd_dir)
     before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
     distiller = TiUEDistiller(pipe)
@@ -172,9 +173,8 @@ def test_distill_writes_a_pipeline_leaves_the_teacher_as_it_was_and_the_fake_sco
         teacher_loss = fake_score_loss(fake(noisy, t, cond).sample, noise, alphas)
         fake.enable_adapters()
         lora_loss = fake_score_loss(fake(noisy, t, cond).sample, noise, alphas)
-    # On a random tiny UNet the margin is small (measured: 0.28827 against 0.28837); without training the LoRA
-    # (B = 0) the two are equal, and this fails.
-    assert lora_loss < teacher_loss, (float(lora_loss), float(teacher_loss))
+    # Measured: 0.1332 against 0.1367 (-2.6 %) after 10 steps; without training the LoRA (B = 0) the two are equal.
+    assert lora_loss < 0.99 * teacher_loss, (float(lora_loss), float(teacher_loss))
 
 
 def test_a_non_finite_loss_saves_the_last_good_state_and_stops(sd_dir, tmp_path):
