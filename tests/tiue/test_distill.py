@@ -279,3 +279,43 @@ def test_two_processes_train_one_student(sd_dir, tmp_path):
     with pytest.raises(Exception, match="written by a run of 2 processes"):
         TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", output_dir=output, resume=True, max_steps=4,
                                              eval_prompt_count=1, eval_images_per_prompt=2, eval_steps=2)
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.accelerator
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 mixed precision and its loss scaler need CUDA")
+def test_fp16_on_cuda_trains_resumes_bit_identical_and_leaves_the_teacher_unwrapped(sd_dir, tmp_path):
+    """The recipe's fp16 path: autocast, the GradScaler (its state checkpointed), an fp16 teacher beside fp32 LoRA."""
+    kwargs = dict(recipe="tiny-tiue", prompts=PROMPTS, max_steps=6, checkpoint_every=3, mixed_precision="fp16",
+                  eval_prompt_count=1, eval_images_per_prompt=2, eval_steps=2)
+
+    def pipe():
+        loaded = StableDiffusionPipeline.from_pretrained(sd_dir, dtype=torch.float16).to("cuda")
+        loaded.set_progress_bar_config(disable=True)
+        return loaded
+
+    teacher = pipe()
+    losses = []
+    full = TiUEDistiller(teacher).distill(output_dir=tmp_path / "full",
+                                          callback=lambda step, values: losses.append(values), **kwargs)
+    assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in losses)
+    # accelerate's autocast wrapper (it returns fp32) is gone from the user's fp16 UNet
+    unet = teacher.unet
+    sample = torch.randn(1, 4, 8, 8, device="cuda", dtype=torch.float16)
+    context = torch.randn(1, 77, unet.config.cross_attention_dim, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        assert unet(sample, torch.tensor([500], device="cuda"), context).sample.dtype == torch.float16
+    assert (latest_checkpoint(tmp_path / "full") / "grad_scaler.json").is_file()
+
+    def crash(step, _):
+        if step == 4:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        TiUEDistiller(pipe()).distill(output_dir=tmp_path / "split", callback=crash, **kwargs)
+    resumed = TiUEDistiller(pipe()).distill(output_dir=tmp_path / "split", resume=True, **kwargs)
+    for (name, a), b in zip(full.unet.named_parameters(), resumed.unet.parameters(), strict=True):
+        assert torch.equal(a, b), name
