@@ -10,12 +10,11 @@ import json
 import logging
 import os
 import platform
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from encoder_shrink.benchmarks.measure import run_isolated
 from encoder_shrink.benchmarks.synthetic import T5_CONFIGS, synthetic_names
 
 from encoder_shrink.errors import InvalidArgumentError, UnknownNameError
@@ -191,19 +190,6 @@ def _prepare_exports(config: BenchConfig, backends: list[str], student: Path, wo
     return exports
 
 
-def _run(spec: dict, work: Path) -> dict:
-    """Run one variant in a fresh process; its progress bars go to this terminal, its figures come back as JSON."""
-    spec_file = work / f"spec-{spec['name']}.json".replace(" ", "_")
-    spec["result"] = str(spec_file.with_name(spec_file.stem + "-result.json"))
-    spec_file.write_text(json.dumps(spec, indent=2))
-    # stderr passes through: the worker's progress bars show here while a slow variant (T5-XXL on a CPU) runs.
-    completed = subprocess.run([sys.executable, "-m", "encoder_shrink.benchmarks.measure", str(spec_file)])
-    if completed.returncode != 0 or not Path(spec["result"]).is_file():
-        return {"name": spec["name"], "role": spec["role"], "backend": spec["backend"],
-                "error": f"the measuring process exited with {completed.returncode} (its traceback is above)"}
-    return json.loads(Path(spec["result"]).read_text())
-
-
 def _skip_reason(backend: str, config: BenchConfig, work: Path) -> str | None:
     """Why a backend cannot be measured here (its export format's missing package or GPU), or None."""
     from encoder_shrink.exporters import format_of
@@ -291,7 +277,7 @@ def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str 
         "encoders": {}, "pipelines": {}, "skipped": skipped,
     }
     for job in tqdm(jobs, desc="bench", unit="variant"):
-        figures = _run(job, work)
+        figures = run_isolated(job, work)
         (results["pipelines"] if job["kind"] == "pipeline" else results["encoders"])[job["name"]] = figures
     _ratios(results)
     atomic_write_text(output_dir / RESULTS, json.dumps(results, indent=2))

@@ -178,11 +178,18 @@ def measure_encoder(spec: dict) -> dict:
     output = encode()
     latency = timed(encode, device, spec["repeats"], spec["warmup"], desc=spec["name"])
     memory = probe.peak()
+    by_length = {}
+    for length in spec.get("more_seq_lens", []):  # the same encoder at other lengths, after the main figures
+        ids = torch.randint(3, vocab, (spec["batch"], length), generator=generator).to(device)
+        mask = torch.ones_like(ids) if getattr(encoder.config, "use_attention_mask", None) else None
+        by_length[str(length)] = timed(encode, device, spec["repeats"], spec["warmup"],
+                                       desc=f"{spec['name']} {length}")
     return {
         "name": spec["name"], "role": spec["role"], "backend": spec["backend"], "device": spec["run_device"],
         "dtype": str(output.dtype).replace("torch.", ""), "seq_len": spec["seq_len"], "batch": spec["batch"],
         "weights_bytes": _weights_bytes(encoder), "load_s": load_s, "memory": memory, "latency": latency,
         "output_width": int(output.shape[-1]), "output_finite": bool(torch.isfinite(output.float()).all()),
+        "latency_by_length": by_length,
     }
 
 
@@ -245,6 +252,25 @@ def measure_pipeline(spec: dict) -> dict:
         "latency": latency,
         "images_finite": bool(all(torch.isfinite(torch.as_tensor(i)).all() for i in images)),
     }
+
+
+def run_isolated(spec: dict, work: str | os.PathLike) -> dict:
+    r"""
+    Measure one variant in a fresh Python process (`python -m encoder_shrink.benchmarks.measure SPEC.json`), so that
+    its memory and thread pools never mix with another's; its progress bars show here, its figures come back as a
+    dict (with an `error` key, not an exception, when the process fails: its traceback is printed above).
+    """
+    import subprocess
+
+    work = Path(work)
+    spec_file = work / f"spec-{spec['name']}.json".replace(" ", "_")
+    spec = dict(spec, result=str(spec_file.with_name(spec_file.stem + "-result.json")))
+    spec_file.write_text(json.dumps(spec, indent=2))
+    completed = subprocess.run([sys.executable, "-m", "encoder_shrink.benchmarks.measure", str(spec_file)])
+    if completed.returncode != 0 or not Path(spec["result"]).is_file():
+        return {"name": spec["name"], "role": spec.get("role"), "backend": spec.get("backend"),
+                "error": f"the measuring process exited with {completed.returncode} (its traceback is above)"}
+    return json.loads(Path(spec["result"]).read_text())
 
 
 def main(argv=None) -> int:

@@ -136,7 +136,8 @@ def _choice(value: str | None):
 
 
 # Export options on the command line -> the config fields they set (each format takes the ones its config has).
-EXPORT_FLAGS = {"int8": "--int8", "fp16": "--fp16", "max_tokens": "--max-tokens", "quantize_wo": "--quantize-wo",
+EXPORT_FLAGS = {"int8": "--int8", "fp16": "--fp16", "optimize": "--optimize", "max_tokens": "--max-tokens",
+                "quantize_wo": "--quantize-wo",
                 "quantize_embeddings": "--quantize-embeddings", "quantize_attention": "--quantize-attention",
                 "max_batch": "--max-batch", "timing_cache": "--timing-cache", "dtype": "--dtype"}
 
@@ -154,7 +155,10 @@ def _export(args: argparse.Namespace) -> int:
             "choose an export format: --format NAME (see --help), --onnx (with --int8 dynamic for int8 weights) or "
             "--trt."
         )
-    options = {"int8": args.int8, "fp16": args.fp16 or None, "max_tokens": args.max_tokens,
+    # `--int8 none` is the default of the formats whose int8 is optional; OpenVINO, int8 by default, reads it.
+    int8 = None if args.int8 == "none" and name != "openvino" else args.int8
+    options = {"int8": int8, "fp16": args.fp16 or None, "optimize": args.optimize or None,
+               "max_tokens": args.max_tokens,
                "quantize_wo": _choice(args.quantize_wo), "quantize_embeddings": _choice(args.quantize_embeddings),
                "quantize_attention": _choice(args.quantize_attention), "max_batch": args.max_batch,
                "timing_cache": args.timing_cache, "dtype": args.dtype}
@@ -530,9 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="onnx/tensorrt: fp16 graph for GPUs; wo, norms, residual stream and attention scores stay fp32",
     )
-    export.add_argument("--int8", choices=["dynamic", "static"],
+    export.add_argument("--int8", choices=["dynamic", "static", "none"],
                         help="onnx: dynamic: int8 weights, activations quantized at run time (CPU); static: QDQ graph "
-                             "calibrated on prompts (for TensorRT)")
+                             "calibrated on prompts (for TensorRT); openvino: int8 unless 'none'")
+    export.add_argument("--optimize", action="store_true",
+                        help="onnx: ONNX Runtime's transformer fusions for T5 (norms with residual adds, GELU)")
     export.add_argument("--quantize-wo", choices=["auto", "yes", "no"],
                         help="int8: quantize the feed-forward output wo too (auto: only if measured harmless; "
                              "default: auto)")

@@ -9,10 +9,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from encoder_shrink.exporters.formats import export, register_export_format
-from encoder_shrink.exporters.parity import ExportParityError, compare
+from encoder_shrink.exporters.parity import ExportParityError, ParityCheck, raise_unless_passed, token_batches
 from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, OnnxShrunkT5Encoder
 
 from encoder_shrink.errors import InvalidArgumentError
@@ -54,47 +53,6 @@ class _Graph(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask):
         return self.student(input_ids, attention_mask=attention_mask, return_dict=False)[0]
-
-
-def _token_batches(student, tokenizer, prompts, length: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Token batches for the parity check: real prompts when a tokenizer is known, else seeded random ids."""
-    if tokenizer is not None:
-        tokens = tokenizer(
-            list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="np"
-        )
-        return [(tokens["input_ids"].astype(np.int64), tokens["attention_mask"].astype(np.int64))]
-    rng = np.random.default_rng(0)
-    ids = rng.integers(3, student.config.vocab_size, size=(len(prompts), length))
-    lengths = rng.integers(2, length + 1, size=len(prompts))
-    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int64)
-    return [(np.where(mask == 1, ids, 0).astype(np.int64), mask)]
-
-
-class _ParityCheck:
-    """The graph against the torch student on the parity batches: `check(graph_file)` -> the worst batch's figures."""
-
-    def __init__(self, student, batches, precision: str):
-        self.masked = bool(student.config.use_attention_mask)
-        if not self.masked:
-            # Called as its pipeline calls it: every token attended (the runtime encoders pass an all-ones mask then).
-            batches = [(ids, np.ones_like(mask)) for ids, mask in batches]
-        self.student, self.batches, self.precision = student, batches, precision
-        with torch.no_grad():
-            self.references = [
-                student(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask) if self.masked else None)[0]
-                .float().numpy()
-                for ids, mask in batches
-            ]
-
-    def check(self, graph_file: Path) -> dict:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(graph_file), providers=["CPUExecutionProvider"])
-        results = []
-        for (ids, mask), reference in zip(self.batches, self.references, strict=True):
-            exported = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-            results.append(compare(reference, exported, self.precision, mask if self.masked else None))
-        return min(results, key=lambda p: p.min_cosine).to_dict()
 
 
 def _scope(node) -> list[str]:
@@ -253,6 +211,10 @@ class OnnxExportConfig:
             measures it: the group is quantized only if the graph with it stays within `HARMLESS` of the torch student
             on the parity prompts (the measurements go to the report's `int8.sensitive`); `True` / `False` force it.
         prompts: the parity prompts (tokenized with the pipeline's or given tokenizer; seeded random ids without one).
+        optimize: apply ONNX Runtime's transformer graph fusions for T5 (`onnxruntime.transformers.optimizer`,
+            model type `t5`) to the fp32 or int8 graph: T5's RMS norms with their residual adds become
+            `SkipSimplifiedLayerNormalization`, its GELU `FastGelu`; the fusions applied are listed in the report's
+            `fusions`. CPU graphs only (not with fp16).
         calibration_prompts: for `int8="static"` (default: 32 CommonText validation prompts and the empty prompt).
         resolution / denoiser_steps: with a pipeline, the report adds the denoiser-output relative error the export
             causes along teacher trajectories of `denoiser_steps` steps at `resolution` px.
@@ -273,12 +235,17 @@ class OnnxExportConfig:
     quantize_attention: bool | str = "auto"
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     calibration_prompts: tuple[str, ...] | None = None
+    optimize: bool = False
     resolution: int = 512
     denoiser_steps: int = 4
 
     def __post_init__(self):
         if self.int8 not in (None, "dynamic", "static"):
             raise InvalidArgumentError(f"int8={self.int8!r} is not supported; use None, 'dynamic' or 'static'.")
+        if self.optimize not in (True, False):
+            raise InvalidArgumentError(f"optimize={self.optimize!r} must be True or False.")
+        if self.optimize and self.fp16:
+            raise InvalidArgumentError("optimize=True fuses CPU graphs (fp32, int8); drop it for an fp16 export.")
         if self.int8 and self.fp16:
             raise InvalidArgumentError("choose one of int8 and fp16: int8 weights are for CPUs, fp16 for GPUs.")
         for name in ("quantize_wo", "quantize_embeddings", "quantize_attention"):
@@ -331,7 +298,25 @@ def _apply_fp16(fp32_file: Path, graph_file: Path, weights_bytes: int) -> dict:
     return {"kept_fp32": list(FP16_KEPT)}
 
 
-def _apply_int8(fp32_file: Path, staging: Path, config: OnnxExportConfig, parity: _ParityCheck, calibration,
+def _apply_fusions(graph_file: Path, student, external: bool) -> dict:
+    """
+    Step 3, optimize: ONNX Runtime's offline transformer fusions for T5 on the graph, rewritten in place (inside the
+    export's staging folder); returns the fused operators and their counts.
+    """
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    # opt_level 0: only the offline transformer fusions here; the session applies its own online ones when it loads.
+    model = optimizer.optimize_model(
+        str(graph_file), model_type="t5", num_heads=student.config.num_heads, hidden_size=student.config.d_model,
+        opt_level=0, optimization_options=FusionOptions("t5"), use_gpu=False,
+    )
+    fused = {name: count for name, count in model.get_fused_operator_statistics().items() if count}
+    model.save_model_to_file(str(graph_file), use_external_data_format=external)
+    return fused
+
+
+def _apply_int8(fp32_file: Path, staging: Path, config: OnnxExportConfig, parity: ParityCheck, calibration,
                 external: bool) -> dict:
     """
     Step 2, int8: the Linear weights in int8; each sensitive group left at "auto" is tried on top of what was already
@@ -390,7 +375,7 @@ def _export_onnx(student, staging: Path, config: OnnxExportConfig, context) -> N
 
         adapter = check_compatible(context.pipeline, student)
         tokenizer = tokenizer or adapter.tokenizer
-    parity = _ParityCheck(student, _token_batches(student, tokenizer, config.prompts, length), config.precision)
+    parity = ParityCheck(student, token_batches(student, tokenizer, config.prompts, length), config.precision)
     graph_file = staging / ONNX_FILE
 
     # 1. export the fp32 graph
@@ -410,20 +395,17 @@ def _export_onnx(student, staging: Path, config: OnnxExportConfig, context) -> N
                 # 32 generated CommonText validation prompts plus the empty prompt, which every CFG pipeline encodes
                 # as its negative and whose activations lie outside the range of ordinary prompts (without: cos 0.96).
                 prompts = generate_commontext(32, split="val") + [""]
-            calibration = _token_batches(student, tokenizer, prompts, length)
+            calibration = token_batches(student, tokenizer, prompts, length)
         report["int8"] = _apply_int8(fp32_file, staging, config, parity, calibration,
                                      external=weights_bytes > PROTOBUF_LIMIT)
     for leftover in staging.glob("fp32.onnx*"):
         if fp32_file != graph_file:
             leftover.unlink()
+    if config.optimize:
+        report["fusions"] = _apply_fusions(graph_file, student, external=weights_bytes > PROTOBUF_LIMIT)
     # 3. verify against the torch student (NaN/Inf included); an export beyond tolerance writes nothing
     checked = parity.check(graph_file)
-    if not checked["passed"]:
-        raise ExportParityError(
-            f"{config.precision} export is not close to the torch student: cosine {checked['min_cosine']:.6f} "
-            f"(needs >= {checked['min_cosine_required']}), relative L2 {checked['relative_l2']:.3g} "
-            f"(allowed {checked['max_relative_l2_allowed']}), NaN {checked['nan']}, Inf {checked['inf']}."
-        )
+    raise_unless_passed(checked, config.precision)
     if adapter is not None:
         report["denoiser"] = _denoiser_error(adapter, student, graph_file, config.prompts, length, config.resolution,
                                              config.denoiser_steps)
@@ -439,7 +421,8 @@ def _export_onnx(student, staging: Path, config: OnnxExportConfig, context) -> N
     atomic_write_text(staging / REPORT, json.dumps(report, indent=2))
     student_config = student.config.to_dict()
     student_config[EXPORT_KEY] = {"format": "onnx", "file": ONNX_FILE, "precision": config.precision, "opset": OPSET,
-                                  "max_tokens": config.max_tokens, "parity_cosine": checked["min_cosine"]}
+                                  "max_tokens": config.max_tokens, "optimized": config.optimize,
+                                  "parity_cosine": checked["min_cosine"]}
     atomic_write_text(staging / "config.json", json.dumps(student_config, indent=2))
     logger.info("ONNX export (%s): %s", config.precision, checked)
 

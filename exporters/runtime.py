@@ -67,6 +67,25 @@ class ExportedEncoder(T5EncoderModel):
         self.folder = Path(folder) if folder is not None else None
         self._target_device = torch.device("cpu")
         self._target_dtype = torch.float32
+        # What the denoiser of the student's pipeline reads (see `trims_padding`); set False to encode every position.
+        self.trim_padding = True
+
+    @property
+    def trims_padding(self) -> bool:
+        r"""
+        Whether a padded batch is encoded at its real tokens only (the columns up to its longest prompt), the output
+        padded back with zeros: where the student attends with the mask and its pipeline's denoiser reads the real
+        tokens only (the family's `denoiser_positions == "tokens"`: PixArt, Wan, Mochi, Allegro, ...), so a 20-token
+        prompt padded to 300 costs 20 tokens. Not for Chroma, whose denoiser also reads the padding (diffusers 0.42
+        gives its transformer a float 0/1 mask, which does not mask), nor where the mask does not reach the student.
+        Set `trim_padding = False` to encode every position.
+        """
+        if not self.trim_padding or not getattr(self.config, "use_attention_mask", False):
+            return False
+        from encoder_shrink.pipelines import FAMILIES
+
+        family = getattr(self.config, "pipeline_family", None)
+        return family in FAMILIES and FAMILIES.get(family).denoiser_positions == "tokens"
 
     @property
     def export_info(self) -> dict:
@@ -106,9 +125,25 @@ class ExportedEncoder(T5EncoderModel):
             )
         if attention_mask is None:  # what T5 assumes without a mask: every token counts
             attention_mask = torch.ones_like(input_ids)
-        embeddings = self._run(input_ids, attention_mask).to(device=self._target_device, dtype=self._target_dtype)
+        start, stop = self._encoded_span(attention_mask)
+        embeddings = self._run(input_ids[:, start:stop], attention_mask[:, start:stop])
+        if (start, stop) != (0, input_ids.shape[1]):  # padding the denoiser never reads: zeros
+            padded = embeddings.new_zeros((*input_ids.shape, embeddings.shape[-1]))
+            padded[:, start:stop] = embeddings
+            embeddings = padded
+        embeddings = embeddings.to(device=self._target_device, dtype=self._target_dtype)
         output = BaseModelOutput(last_hidden_state=embeddings)
         return output if return_dict is not False else (embeddings,)
+
+    def _encoded_span(self, attention_mask: torch.Tensor) -> tuple[int, int]:
+        """The columns `[start, stop)` to encode: those with a real token in some row (see `trims_padding`)."""
+        length = attention_mask.shape[1]
+        real = attention_mask.bool().any(dim=0).nonzero().flatten().tolist() if self.trims_padding else []
+        if not real:
+            return 0, length
+        # At least 2 positions: the exported graphs' sequence axis starts at 2.
+        stop = min(length, max(real[-1] + 1, real[0] + 2))
+        return max(0, min(real[0], stop - 2)), stop
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement _run")
