@@ -22,7 +22,11 @@ from encoder_shrink.files import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "trt")
+BACKENDS = ("torch", "onnx", "onnx-int8", "trt", "onnx-fused", "onnx-int8-fused", "torch-bf16", "torch-bf16-compiled",
+            "openvino", "openvino-fp32", "best-cpu")
+# Backends that run on the CPU whatever the device: their output goes to the device (a CPU-resident encoder).
+CPU_BACKENDS = ("onnx-int8", "onnx-fused", "onnx-int8-fused", "torch-bf16", "torch-bf16-compiled", "openvino",
+                "openvino-fp32", "best-cpu")
 DTYPES = ("float32", "bfloat16", "float16")
 RESULTS = "results.json"
 
@@ -42,7 +46,10 @@ class BenchConfig:
         synthetic_student: the size of the synthetic student (default: the family's recipe student, T5-base or
             UMT5-base; T5-base for an encoder alone).
         backends: student backends among `torch`, `onnx` (fp32; fp16 on CUDA), `onnx-int8` (ONNX Runtime dynamic
-            int8 on the CPU) and `trt` (TensorRT engine; needs tensorrt and a GPU).
+            int8 on the CPU), `trt` (TensorRT engine; needs tensorrt and a GPU) and the other CPU backends
+            (`encoder_shrink.exporters.cpu_candidates`: `onnx-fused`, `onnx-int8-fused` with ONNX Runtime's
+            transformer fusions, `torch-bf16`, `torch-bf16-compiled`, `openvino` (int8), `openvino-fp32`), and
+            `best-cpu`: the fastest of those measured on this machine at `seq_len`.
         device / dtype: where and in which dtype the torch encoders and the pipeline run.
         seq_len / batch: the encode input (every position a real token, as FLUX and SD3 run T5).
         repeats / warmup: timed encodes per variant after `warmup` untimed ones.
@@ -159,6 +166,28 @@ def _prepare_student(config: BenchConfig, work: Path, teacher_dim: int) -> Path:
     return folder
 
 
+def _cpu_exports(tokens: int) -> dict:
+    """The CPU backends beyond onnx-int8, as their export configs (best-cpu times them at `tokens`)."""
+    import dataclasses
+
+    from encoder_shrink.exporters import BestCPUExportConfig, cpu_candidates
+
+    names = {"onnx-fused": "onnx-fp32-fused", "onnx-int8-fused": "onnx-int8-fused", "torch-bf16": "torch-bf16",
+             "torch-bf16-compiled": "torch-bf16-compiled", "openvino": "openvino-int8",
+             "openvino-fp32": "openvino-fp32"}
+    candidates = cpu_candidates()
+    exports = {}
+    for backend, candidate in names.items():
+        config = candidates[candidate]
+        if hasattr(config, "max_tokens"):
+            config = dataclasses.replace(config, max_tokens=tokens)
+        elif hasattr(config, "onnx"):
+            config = dataclasses.replace(config, onnx=dataclasses.replace(config.onnx, max_tokens=tokens))
+        exports[backend] = config
+    exports["best-cpu"] = BestCPUExportConfig(tokens=tokens)
+    return exports
+
+
 def _backend_exports(config: BenchConfig, work: Path) -> dict:
     """Each student backend but torch as (folder under `work`, export config); every one a registered format."""
     from encoder_shrink.exporters import OnnxExportConfig, TensorRTExportConfig
@@ -169,6 +198,7 @@ def _backend_exports(config: BenchConfig, work: Path) -> dict:
         # On a GPU the fp16 graph (fp32 wo/norms) is the one worth running; on a CPU fp32.
         "onnx": ("onnx-fp16" if gpu else "onnx-fp32", OnnxExportConfig(fp16=gpu, max_tokens=tokens)),
         "onnx-int8": ("onnx-int8", OnnxExportConfig(int8="dynamic", max_tokens=tokens)),
+        **{name: (name, config) for name, config in _cpu_exports(tokens).items()},
         "trt": ("trt-fp16", TensorRTExportConfig(
             onnx=OnnxExportConfig(fp16=True, max_tokens=tokens), max_batch=config.batch, max_tokens=config.seq_len,
             timing_cache=str(work / "trt.cache"), onnx_dir=str(work / "onnx-fp16-trt-source"))),
@@ -255,8 +285,9 @@ def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str 
     for backend in backends:
         source = {"kind": "folder", "path": str(exports.get(backend, student))}
         run_device = config.device
-        if backend == "onnx-int8":
-            # ONNX Runtime's int8 kernels are CPU kernels: the encoder runs on the CPU, its output goes to the device.
+        if backend in CPU_BACKENDS:
+            # CPU kernels (ONNX Runtime int8, torch bf16, OpenVINO): the encoder runs on the CPU, its output goes to
+            # the device.
             source["providers"], run_device = ["CPUExecutionProvider"], "cpu"
         variants.append({"name": f"student {backend}", "role": "student", "backend": backend, "encoder": source,
                          "repeats": config.repeats, "run_device": run_device})

@@ -92,6 +92,25 @@ class MemoryProbe:
         }
 
 
+# The CPU features that decide which encoder backend is fastest: int8 (VNNI, AMX-INT8) and bf16 (AVX-512 BF16,
+# AMX-BF16) matrix instructions.
+MATRIX_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and its matrix instruction sets (Linux `/proc/cpuinfo`; the platform's name elsewhere)."""
+    import platform
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "isa": []}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name", platform.machine()), "isa": [f for f in MATRIX_ISA if f in flags]}
+
+
 def _sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -118,10 +137,9 @@ def _weights_bytes(module) -> int:
     """Bytes of a torch module's parameters and buffers (tied tensors once), or of an export's files."""
     from encoder_shrink.exporters.runtime import ExportedEncoder
 
-    if isinstance(module, ExportedEncoder):  # ONNX, TensorRT: the graph / engine files hold the weights
-        return sum(
-            f.stat().st_size for f in module.folder.iterdir() if f.suffix in (".onnx", ".data", ".engine", ".plan")
-        )
+    if isinstance(module, ExportedEncoder):  # the graph / engine / IR / bf16 weight files hold the weights
+        suffixes = (".onnx", ".data", ".engine", ".plan", ".bin", ".safetensors")
+        return sum(f.stat().st_size for f in module.folder.iterdir() if f.suffix in suffixes)
     seen, total = set(), 0
     for tensor in list(module.parameters()) + list(module.buffers()):
         if tensor.data_ptr() in seen:

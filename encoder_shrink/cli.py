@@ -608,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--backends",
         default="torch,onnx,onnx-int8",
-        help="comma list of torch,onnx,onnx-int8,trt (default: %(default)s)",
+        help="comma list of torch,onnx,onnx-int8,trt and the CPU backends onnx-fused,onnx-int8-fused,torch-bf16,"
+             "torch-bf16-compiled,openvino,openvino-fp32,best-cpu (default: %(default)s)",
     )
     bench.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     bench.add_argument(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +108,15 @@ def _measure(folder: Path, name: str, config: BestCPUExportConfig, tokens: int, 
 
 def _export_best_cpu(student, staging: Path, config: BestCPUExportConfig, context) -> None:
     """The `best-cpu` format's handler: export and time each candidate, move the fastest into `staging`."""
+    from encoder_shrink.benchmarks.measure import cpu_info
+
     tokens = config.tokens or student.config.max_sequence_length or 128
     known = cpu_candidates()
+    tokenizer = context.tokenizer
+    if tokenizer is None and context.pipeline is not None:
+        from encoder_shrink.compat import check_compatible
+
+        tokenizer = check_compatible(context.pipeline, student).tokenizer
     work = staging / ".candidates"
     work.mkdir()
     table: dict[str, dict] = {}
@@ -123,7 +129,8 @@ def _export_best_cpu(student, staging: Path, config: BestCPUExportConfig, contex
             continue
         folder = work / name
         try:
-            export(student, folder, candidate, pipeline=context.pipeline, tokenizer=context.tokenizer)
+            # The pipeline's tokenizer makes the parity prompts; its denoiser is not run for every candidate.
+            export(student, folder, candidate, tokenizer=tokenizer)
         except ExportParityError as error:
             table[name] = {"status": "failed parity", "reason": str(error)}
             continue
@@ -148,7 +155,7 @@ def _export_best_cpu(student, staging: Path, config: BestCPUExportConfig, contex
         row["x_fastest"] = round(row["latency_median_s"] / fastest, 3)
     selection = {
         "chosen": chosen, "tokens": tokens, "batch": config.batch, "repeats": config.repeats, "warmup": config.warmup,
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "candidates": table,
+        "cpu": cpu_info()["model"], "isa": cpu_info()["isa"], "threads": torch.get_num_threads(), "candidates": table,
     }
     report = json.loads((staging / REPORT).read_text())
     report["best_cpu"] = selection

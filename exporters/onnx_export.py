@@ -112,12 +112,13 @@ def _to_fp16(model):
     return converted
 
 
-def _denoiser_error(adapter, student, graph_file: Path, prompts, length: int, resolution: int, steps: int) -> dict:
-    """Relative MSE of the denoiser's predictions with exported vs torch-student embeddings on teacher trajectories."""
+def denoiser_error(adapter, student, exported, prompts, length: int, resolution: int, steps: int) -> dict:
+    """
+    Relative MSE of the denoiser's predictions with the `exported` runtime encoder's vs the torch student's
+    embeddings along teacher trajectories (what an export costs the images, not only the embeddings).
+    """
     from encoder_shrink.fidelity import denoiser_fidelity
 
-    runtime = OnnxShrunkT5Encoder._for_student(student.config.model_type)
-    exported = runtime.from_file(graph_file, student.config, providers=["CPUExecutionProvider"])
     exported.to(adapter.device)
     student = student.to(adapter.device)
 
@@ -407,7 +408,9 @@ def _export_onnx(student, staging: Path, config: OnnxExportConfig, context) -> N
     checked = parity.check(graph_file)
     raise_unless_passed(checked, config.precision)
     if adapter is not None:
-        report["denoiser"] = _denoiser_error(adapter, student, graph_file, config.prompts, length, config.resolution,
+        runtime = OnnxShrunkT5Encoder._for_student(student.config.model_type)
+        exported = runtime.from_file(graph_file, student.config, providers=["CPUExecutionProvider"])
+        report["denoiser"] = denoiser_error(adapter, student, exported, config.prompts, length, config.resolution,
                                              config.denoiser_steps)
     # 4. package: the report and config.json with the export record
     report = {

@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from encoder_shrink.exporters.formats import export, register_export_format
-from encoder_shrink.exporters.onnx_export import OnnxExportConfig, load_report
+from encoder_shrink.exporters.onnx_export import OnnxExportConfig, denoiser_error, load_report
 from encoder_shrink.exporters.parity import ParityCheck, raise_unless_passed, token_batches
 from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, ExportedEncoder, LLMOutputs, read_config
-from transformers import UMT5EncoderModel
+
+# `PreTrainedModel` must be a name of this module: diffusers looks up `<module>.PreTrainedModel` to reload a
+# pipeline saved with this encoder inside (see encoder_shrink.exporters.runtime).
+from transformers import PreTrainedModel, UMT5EncoderModel
 
 from encoder_shrink.configuration import ShrunkLLMConfig, ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import InvalidArgumentError
@@ -153,13 +156,15 @@ def _export_openvino(student, staging: Path, config: OpenVINOExportConfig, conte
     import openvino as ov
 
     length = student.config.max_sequence_length or 128
-    tokenizer = context.tokenizer
-    if tokenizer is None and context.pipeline is not None:
+    tokenizer, adapter = context.tokenizer, None
+    if context.pipeline is not None:
         from encoder_shrink.compat import check_compatible
 
-        tokenizer = check_compatible(context.pipeline, student).tokenizer
+        adapter = check_compatible(context.pipeline, student)
+        tokenizer = tokenizer or adapter.tokenizer
     with tempfile.TemporaryDirectory(dir=staging.parent) as tmp:
-        onnx_dir = export(student, Path(tmp) / "onnx", config.onnx, pipeline=context.pipeline, tokenizer=tokenizer)
+        # Without the pipeline: the denoiser error is measured below with the OpenVINO encoder itself.
+        onnx_dir = export(student, Path(tmp) / "onnx", config.onnx, tokenizer=tokenizer)
         onnx_report = load_report(onnx_dir)
         onnx_record = read_config(onnx_dir)[EXPORT_KEY]
         # Weights stay as the graph has them (fp32, or int8 with their scales): no fp16 compression of the IR.
@@ -179,6 +184,10 @@ def _export_openvino(student, staging: Path, config: OpenVINOExportConfig, conte
         "prompts": onnx_report["prompts"], "onnx": {k: v for k, v in onnx_report.items() if k != "bytes"},
         "bytes": {"ir": sum(f.stat().st_size for f in staging.iterdir())},
     }
+    if adapter is not None:
+        encoder.trim_padding = True  # as the pipeline will run it
+        report["denoiser"] = denoiser_error(adapter, student, encoder, config.onnx.prompts, length,
+                                            config.onnx.resolution, config.onnx.denoiser_steps)
     atomic_write_text(staging / REPORT, json.dumps(report, indent=2))
     student_config = student.config.to_dict()
     student_config[EXPORT_KEY] = {"format": "openvino", "file": IR_FILE, "precision": config.precision,
@@ -194,4 +203,5 @@ register_export_format(
     description="OpenVINO IR (int8 or fp32) converted from the ONNX export, run by OpenVINO's CPU plugin",
 )
 
-__all__ = ["OpenVINOExportConfig", "OpenVINOShrunkLLMEncoder", "OpenVINOShrunkT5Encoder", "OpenVINOShrunkUMT5Encoder"]
+__all__ = ["OpenVINOExportConfig", "OpenVINOShrunkLLMEncoder", "OpenVINOShrunkT5Encoder", "OpenVINOShrunkUMT5Encoder",
+           "PreTrainedModel"]

@@ -12,7 +12,10 @@ import torch
 from encoder_shrink.exporters.formats import register_export_format
 from encoder_shrink.exporters.parity import ParityCheck, raise_unless_passed, token_batches
 from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, ExportedEncoder, LLMOutputs
-from transformers import UMT5EncoderModel
+
+# `PreTrainedModel` must be a name of this module: diffusers looks up `<module>.PreTrainedModel` to reload a
+# pipeline saved with this encoder inside (see encoder_shrink.exporters.runtime).
+from transformers import PreTrainedModel, UMT5EncoderModel
 
 from encoder_shrink.configuration import ShrunkLLMConfig, ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import InvalidArgumentError
@@ -83,6 +86,8 @@ class TorchBF16ExportConfig:
         compile: run it through `torch.compile(dynamic=True)` (inductor; needs a C++ compiler). The first encode
             at a new length then compiles (seconds to minutes); later ones are faster where the fused kernels pay.
         prompts: the parity prompts (tokenized with the pipeline's or given tokenizer; seeded random ids without one).
+        resolution / denoiser_steps: with a pipeline, the report adds the denoiser-output relative error the export
+            causes along teacher trajectories of `denoiser_steps` steps at `resolution` px.
 
     Example:
 
@@ -94,6 +99,8 @@ class TorchBF16ExportConfig:
 
     compile: bool = False
     prompts: tuple[str, ...] | None = None
+    resolution: int = 512
+    denoiser_steps: int = 4
 
     def __post_init__(self):
         if self.compile not in (True, False):
@@ -102,14 +109,15 @@ class TorchBF16ExportConfig:
 
 def _export_torch_bf16(student, staging: Path, config: TorchBF16ExportConfig, context) -> None:
     """The `torch-bf16` format's handler: bf16 weights, a parity check of the runtime encoder, the export record."""
-    from encoder_shrink.exporters.onnx_export import DEFAULT_PROMPTS
+    from encoder_shrink.exporters.onnx_export import DEFAULT_PROMPTS, denoiser_error
 
     length = student.config.max_sequence_length or 128
-    tokenizer = context.tokenizer
-    if tokenizer is None and context.pipeline is not None:
+    tokenizer, adapter = context.tokenizer, None
+    if context.pipeline is not None:
         from encoder_shrink.compat import check_compatible
 
-        tokenizer = check_compatible(context.pipeline, student).tokenizer
+        adapter = check_compatible(context.pipeline, student)
+        tokenizer = tokenizer or adapter.tokenizer
     parity = ParityCheck(student, token_batches(student, tokenizer, config.prompts or DEFAULT_PROMPTS, length), "bf16")
     module = copy.deepcopy(student).to(torch.bfloat16).eval()
     module.save_pretrained(staging)
@@ -126,6 +134,10 @@ def _export_torch_bf16(student, staging: Path, config: TorchBF16ExportConfig, co
     report = {"precision": "bf16", "compiled": config.compile, "checked_sequence_length": length,
               "prompts": "tokenized prompts" if tokenizer is not None else "random token ids (no tokenizer given)",
               "parity": checked, "bytes": {"torch_weights": (staging / WEIGHTS_FILE).stat().st_size}}
+    if adapter is not None:
+        encoder.trim_padding = True  # as the pipeline will run it
+        report["denoiser"] = denoiser_error(adapter, student, encoder, config.prompts or DEFAULT_PROMPTS, length,
+                                            config.resolution, config.denoiser_steps)
     atomic_write_text(staging / REPORT, json.dumps(report, indent=2))
     atomic_write_text(staging / "config.json", json.dumps(student_config, indent=2))
     logger.info("torch bf16 export%s: %s", " (compiled)" if config.compile else "", checked)
@@ -136,5 +148,5 @@ register_export_format(
     description="the torch student in bf16 on the CPU (optionally torch.compile'd), parity-checked",
 )
 
-__all__ = ["TorchBF16ExportConfig", "TorchBF16ShrunkLLMEncoder", "TorchBF16ShrunkT5Encoder",
+__all__ = ["PreTrainedModel", "TorchBF16ExportConfig", "TorchBF16ShrunkLLMEncoder", "TorchBF16ShrunkT5Encoder",
            "TorchBF16ShrunkUMT5Encoder"]

@@ -79,7 +79,7 @@ def test_cli_bench_reuses_exports_and_reports_skipped_backends(bench, capsys):
             "--student",
             str(root / "student"),
             "--backends",
-            "onnx,trt",
+            "onnx,trt,torch-bf16",
             "--dtype",
             "float32",
             "--seq-len",
@@ -92,6 +92,9 @@ def test_cli_bench_reuses_exports_and_reports_skipped_backends(bench, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0 and "| student onnx | cpu |" in out
+    assert "| student torch-bf16 | cpu | float32 |" in out  # a CPU backend: runs in bf16, returns the asked dtype
+    bf16 = json.loads((root / "out" / "results.json").read_text())["encoders"]["student torch-bf16"]
+    assert bf16["weights_bytes"] == (root / "out/work/torch-bf16/model.safetensors").stat().st_size
     assert "student trt | skipped:" in out  # no tensorrt / GPU here: reported, never measured
 
 

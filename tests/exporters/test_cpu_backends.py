@@ -232,3 +232,30 @@ def test_onnx_encoder_trims_to_the_real_tokens_exactly(pixart_student, tmp_path)
     real = mask.bool()
     torch.testing.assert_close(trimmed[real], padded[real], atol=1e-5, rtol=1e-5)
     assert (trimmed[~real.any(0).expand_as(real)] == 0).all()
+
+
+@pytest.mark.parametrize("backend", ["torch-bf16", pytest.param("openvino", marks=needs_openvino)])
+def test_cpu_backends_drop_into_a_pipeline_and_reload_with_it(backend, tiny_pipeline_dirs, tmp_path):
+    pipe, adapter, student = _student_for("pixart-alpha", tiny_pipeline_dirs)
+    student.save_pretrained(tmp_path / "student")
+    # The denoiser error of the report at the tiny pipeline's size (the default is 512 px).
+    config = (TorchBF16ExportConfig(resolution=32, denoiser_steps=2) if backend == "torch-bf16"
+              else OpenVINOExportConfig(onnx=OnnxExportConfig(resolution=32, denoiser_steps=2)))
+    folder = export(tmp_path / "student", tmp_path / backend, config, pipeline=pipe)
+    runtime_class = TorchBF16ShrunkT5Encoder if backend == "torch-bf16" else OpenVINOShrunkT5Encoder
+    slot = adapter.encoder_slot
+    torch_pipe = type(pipe).from_pretrained(tiny_pipeline_dirs["pixart-alpha"], **{slot: student})
+    cpu_pipe = type(pipe).from_pretrained(tiny_pipeline_dirs["pixart-alpha"], **{slot: load_encoder(folder)})
+    expected = testing.generated(torch_pipe(prompt="a red circle", **testing.tiny_call_kwargs(torch_pipe)))
+    images = testing.generated(cpu_pipe(prompt="a red circle", **testing.tiny_call_kwargs(cpu_pipe)))
+    assert np.isfinite(images).all()
+    np.testing.assert_allclose(images, expected, atol=0.05)
+    # The report carries the denoiser error the export causes, as the ONNX one does.
+    denoiser = load_report(folder)["denoiser"]
+    assert denoiser["family"] == "pixart-alpha" and denoiser["resolution"] == 32
+    assert 0 < denoiser["relative_mse"] < 1e-2
+    cpu_pipe.save_pretrained(tmp_path / "saved")
+    reloaded = type(pipe).from_pretrained(tmp_path / "saved")
+    assert type(getattr(reloaded, slot)) is runtime_class
+    again = testing.generated(reloaded(prompt="a red circle", **testing.tiny_call_kwargs(reloaded)))
+    np.testing.assert_array_equal(again, images)
