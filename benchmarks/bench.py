@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from encoder_shrink.benchmarks.measure import run_isolated
 from encoder_shrink.benchmarks.synthetic import T5_CONFIGS, synthetic_names
 
 from encoder_shrink.errors import InvalidArgumentError, UnknownNameError
@@ -246,6 +245,8 @@ def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str 
     72.4
     ```
     """
+    # Imported here: `python -m encoder_shrink.benchmarks.measure` must not find itself imported by the package.
+    from encoder_shrink.benchmarks.measure import run_isolated
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)

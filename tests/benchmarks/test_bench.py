@@ -19,14 +19,14 @@ def bench(tmp_path_factory):
     pipeline = testing.save_tiny_pipeline("flux-dev", root / "pipe")
     student = root / "student"
     testing.tiny_student(teacher_dim=testing.T5_TINY_DIM, max_sequence_length=32).save_pretrained(student)
-    config = BenchConfig(pipeline=str(pipeline), student=str(student), backends=["torch", "onnx", "onnx-int8"],
+    config = BenchConfig(pipeline=str(pipeline), student=str(student), backends=["torch", "onnx-int8"],
                          dtype="float32", seq_len=32, repeats=3, pipeline_steps=2, pipeline_repeats=2, resolution=32)
     return run_bench(config, root / "out"), root
 
 
 def test_each_variant_is_measured_in_its_own_process(bench):
     results, _ = bench
-    assert set(results["encoders"]) == {"original", "student torch", "student onnx", "student onnx-int8"}
+    assert set(results["encoders"]) == {"original", "student torch", "student onnx-int8"}
     assert set(results["pipelines"]) == {f"{n} pipeline" for n in results["encoders"]}
     figures = list(results["encoders"].values()) + list(results["pipelines"].values())
     assert all("error" not in f for f in figures), [f.get("error") for f in figures]
@@ -41,8 +41,7 @@ def test_encoder_figures_are_real_and_ratios_come_from_the_same_run(bench):
     # weights: the tiny T5 teacher and the student as saved (fp32), counted from the modules themselves
     teacher = testing.load_tiny_pipeline("flux-dev", root / "pipe").text_encoder_2
     assert original["weights_bytes"] == sum(p.numel() * 4 for p in teacher.parameters())
-    assert encoders["student onnx"]["weights_bytes"] == (root / "out/work/onnx-fp32/model.onnx").stat().st_size
-    assert encoders["student onnx-int8"]["weights_bytes"] < encoders["student onnx"]["weights_bytes"]
+    assert encoders["student onnx-int8"]["weights_bytes"] == (root / "out/work/onnx-int8/model.onnx").stat().st_size
     for name, f in encoders.items():
         assert (
             f["seq_len"] == 32 and f["output_finite"] and f["latency"]["repeats"] == (3 if name != "original" else 3)
@@ -79,7 +78,7 @@ def test_cli_bench_reuses_exports_and_reports_skipped_backends(bench, capsys):
             "--student",
             str(root / "student"),
             "--backends",
-            "onnx,trt,torch-bf16",
+            "onnx-int8,trt,torch-bf16",
             "--dtype",
             "float32",
             "--seq-len",
@@ -91,7 +90,7 @@ def test_cli_bench_reuses_exports_and_reports_skipped_backends(bench, capsys):
         ]
     )
     out = capsys.readouterr().out
-    assert code == 0 and "| student onnx | cpu |" in out
+    assert code == 0 and "| student onnx-int8 | cpu |" in out
     assert "| student torch-bf16 | cpu | float32 |" in out  # a CPU backend: runs in bf16, returns the asked dtype
     bf16 = json.loads((root / "out" / "results.json").read_text())["encoders"]["student torch-bf16"]
     assert bf16["weights_bytes"] == (root / "out/work/torch-bf16/model.safetensors").stat().st_size

@@ -86,8 +86,9 @@ def test_bf16_parity_failure_writes_nothing(pixart_student, tmp_path, monkeypatc
     assert not (tmp_path / "bf16").exists() and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("int8", [None, "dynamic"])
-def test_onnx_optimize_fuses_t5_norms_and_gelu(pixart_student, tmp_path, int8):
+def test_onnx_optimize_fuses_t5_norms_and_gelu(pixart_student, tmp_path):
+    # On the int8 graph; the fp32 one fuses the same norms and GELU (not quantized), checked through the CLI below.
+    int8 = "dynamic"
     folder = export(pixart_student, tmp_path / "fused", OnnxExportConfig(int8=int8, optimize=True),
                     tokenizer=TOKENIZER)
     report = load_report(folder)
@@ -101,7 +102,7 @@ def test_onnx_optimize_fuses_t5_norms_and_gelu(pixart_student, tmp_path, int8):
     ids, mask = _ids(["a red circle", "two blue squares"])
     fused_out = load_encoder(folder)(ids, attention_mask=mask)[0]
     plain_out = load_encoder(plain)(ids, attention_mask=mask)[0]
-    np.testing.assert_allclose(fused_out.numpy(), plain_out.numpy(), atol=1e-4 if int8 is None else 0.05)
+    np.testing.assert_allclose(fused_out.numpy(), plain_out.numpy(), atol=0.05)
 
 
 def test_config_errors_name_the_bad_value():
@@ -142,7 +143,7 @@ def test_openvino_export_matches_torch_and_loads(pixart_student, tmp_path, int8)
 def test_best_cpu_keeps_the_fastest_candidate_that_passes_parity(pixart_student, tmp_path, monkeypatch):
     # bf16 made to fail its parity check: it is reported as such and never chosen.
     monkeypatch.setitem(parity_module.TOLERANCES, "bf16", {"min_cosine": 1.0, "max_relative_l2": 0.0})
-    config = BestCPUExportConfig(candidates=("onnx-fp32", "onnx-int8", "torch-bf16"), repeats=3, warmup=1)
+    config = BestCPUExportConfig(candidates=("onnx-fp32", "onnx-int8", "torch-bf16"), repeats=2, warmup=1)
     folder = export(pixart_student, tmp_path / "best", config, tokenizer=TOKENIZER)
     selection = load_report(folder)["best_cpu"]
     rows = selection["candidates"]
