@@ -158,8 +158,9 @@ def run(args) -> dict:
     peaks = gemm_peaks(shapes, args.gemm_seconds)
     candidates = cpu_candidates()
     names = args.backends or [BASELINE, *candidates]
+    cpu = cpu_info()
     results = {
-        "benchmark": "cpu_limit", "cpu": cpu_info()["model"], "isa": cpu_info()["isa"],
+        "benchmark": "cpu_limit", "cpu": cpu["model"], "isa": cpu["isa"],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__, "size": args.size, "lengths": list(lengths), "batch": 1,
         "repeats": args.repeats, "warmup": args.warmup, "student": f"{args.size}: random weights, projector to "

@@ -112,11 +112,7 @@ def _export_best_cpu(student, staging: Path, config: BestCPUExportConfig, contex
 
     tokens = config.tokens or student.config.max_sequence_length or 128
     known = cpu_candidates()
-    tokenizer = context.tokenizer
-    if tokenizer is None and context.pipeline is not None:
-        from encoder_shrink.compat import check_compatible
-
-        tokenizer = check_compatible(context.pipeline, student).tokenizer
+    _, tokenizer = context.resolve(student)
     work = staging / ".candidates"
     work.mkdir()
     table: dict[str, dict] = {}
@@ -153,9 +149,10 @@ def _export_best_cpu(student, staging: Path, config: BestCPUExportConfig, contex
     fastest = measured[chosen]["latency_median_s"]
     for row in measured.values():
         row["x_fastest"] = round(row["latency_median_s"] / fastest, 3)
+    cpu = cpu_info()
     selection = {
         "chosen": chosen, "tokens": tokens, "batch": config.batch, "repeats": config.repeats, "warmup": config.warmup,
-        "cpu": cpu_info()["model"], "isa": cpu_info()["isa"], "threads": torch.get_num_threads(), "candidates": table,
+        "cpu": cpu["model"], "isa": cpu["isa"], "threads": torch.get_num_threads(), "candidates": table,
     }
     report = json.loads((staging / REPORT).read_text())
     report["best_cpu"] = selection

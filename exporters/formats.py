@@ -33,6 +33,18 @@ class ExportContext:
     tokenizer: Any = None
     output_dir: Path | None = None  # the final folder (the handler writes into a staging folder renamed onto it)
 
+    def resolve(self, student):
+        """
+        The pipeline's adapter (checked against `student`; None without a pipeline) and the tokenizer that makes the
+        parity prompts: the one given, else the pipeline's, else None (seeded random ids).
+        """
+        if self.pipeline is None:
+            return None, self.tokenizer
+        from encoder_shrink.compat import check_compatible
+
+        adapter = check_compatible(self.pipeline, student)
+        return adapter, self.tokenizer or adapter.tokenizer
+
 
 @dataclass(frozen=True)
 class ExportFormat:

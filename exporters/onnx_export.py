@@ -370,12 +370,7 @@ def _export_onnx(student, staging: Path, config: OnnxExportConfig, context) -> N
         raise InvalidArgumentError(
             f"the student's max_sequence_length {length} exceeds max_tokens={config.max_tokens}; raise max_tokens."
         )
-    adapter, tokenizer = None, context.tokenizer
-    if context.pipeline is not None:
-        from encoder_shrink.compat import check_compatible
-
-        adapter = check_compatible(context.pipeline, student)
-        tokenizer = tokenizer or adapter.tokenizer
+    adapter, tokenizer = context.resolve(student)
     parity = ParityCheck(student, token_batches(student, tokenizer, config.prompts, length), config.precision)
     graph_file = staging / ONNX_FILE
 

@@ -156,12 +156,7 @@ def _export_openvino(student, staging: Path, config: OpenVINOExportConfig, conte
     import openvino as ov
 
     length = student.config.max_sequence_length or 128
-    tokenizer, adapter = context.tokenizer, None
-    if context.pipeline is not None:
-        from encoder_shrink.compat import check_compatible
-
-        adapter = check_compatible(context.pipeline, student)
-        tokenizer = tokenizer or adapter.tokenizer
+    adapter, tokenizer = context.resolve(student)
     with tempfile.TemporaryDirectory(dir=staging.parent) as tmp:
         # Without the pipeline: the denoiser error is measured below with the OpenVINO encoder itself.
         onnx_dir = export(student, Path(tmp) / "onnx", config.onnx, tokenizer=tokenizer)

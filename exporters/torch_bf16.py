@@ -112,12 +112,7 @@ def _export_torch_bf16(student, staging: Path, config: TorchBF16ExportConfig, co
     from encoder_shrink.exporters.onnx_export import DEFAULT_PROMPTS, denoiser_error
 
     length = student.config.max_sequence_length or 128
-    tokenizer, adapter = context.tokenizer, None
-    if context.pipeline is not None:
-        from encoder_shrink.compat import check_compatible
-
-        adapter = check_compatible(context.pipeline, student)
-        tokenizer = tokenizer or adapter.tokenizer
+    adapter, tokenizer = context.resolve(student)
     parity = ParityCheck(student, token_batches(student, tokenizer, config.prompts or DEFAULT_PROMPTS, length), "bf16")
     module = copy.deepcopy(student).to(torch.bfloat16).eval()
     module.save_pretrained(staging)
