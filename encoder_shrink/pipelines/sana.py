@@ -83,8 +83,10 @@ class SanaAdapter(LLMAdapter):
         return torch.cat(ids).to(self.device), torch.cat(masks).to(self.device)
 
     def conditioning(self, features: torch.Tensor, mask: torch.Tensor, negative: bool):
-        """The 300 positions the pipeline hands its denoiser: a negative's first, a prompt's BOS and last 299."""
-        length = self.max_sequence_length
+        """The positions the pipeline hands its denoiser (L = max_sequence_length, 300 by default): a negative's first
+        L, a prompt's BOS and last L - 1."""
+        # L of this run, from the common encoded length (instruction + L - 2), not the family's default.
+        length = features.shape[1] - self.encoded_length(0)
         if negative:
             return features[:, :length], mask[:, :length]
         offset = self.encoded_length(length) - length + 1

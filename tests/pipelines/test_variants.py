@@ -1,7 +1,8 @@
 """Layouts of a family's pipeline that its tiny pipeline in the shared suite does not take: each reproduces sampling.
 
-Wan 2.2 (two experts split at a boundary timestep; per-token timesteps), Mochi with empty prompts forced to zeros, and
-Latte with a single prompt (its embeddings cut to the prompt's length).
+Wan 2.2 (two experts split at a boundary timestep; per-token timesteps), Mochi with empty prompts forced to zeros,
+Latte with a single prompt (its embeddings cut to the prompt's length), and Sana at a max_sequence_length other than
+its default.
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ def _pipe(family, **config):
     return pipe
 
 
-def _assert_trajectory_reproduces_sampling(pipe, prompts, steps=4, guidance=4.5):
+def _assert_trajectory_reproduces_sampling(pipe, prompts, steps=4, guidance=4.5, length=None):
     adapter = adapter_for(pipe)
     kwargs = {**adapter.tiny_call_kwargs(), "num_inference_steps": steps, "guidance_scale": guidance,
-              "output_type": "latent"}
+              "output_type": "latent", **({"max_sequence_length": length} if length else {})}
     expected = testing.generated(pipe(prompts, generator=torch.Generator().manual_seed(3), **kwargs))
+    length = length or adapter.max_sequence_length
     texts = adapter.encoder_texts(prompts)  # the negatives ("") first, as the pipeline encodes them
-    rows = adapter.encode_teacher(texts, adapter.max_sequence_length)
-    _, mask = adapter.tokenize(texts, adapter.max_sequence_length)
+    rows = adapter.encode_teacher(texts, length)
+    _, mask = adapter.tokenize(texts, length)
     trajectory = adapter.start_trajectory(len(prompts), kwargs["height"], steps, torch.Generator().manual_seed(3),
-                                          num_frames=kwargs[adapter.frames_argument])
+                                          num_frames=kwargs.get(adapter.frames_argument))
     with torch.no_grad():
         for t in trajectory.timesteps:
             adapter.step(trajectory, adapter.predict(trajectory, t, rows["t5"], rows, mask, guidance), t)
@@ -85,3 +87,8 @@ def test_a_resolution_the_pipeline_refuses_is_refused_in_one_line():
     message = "LTXPipeline generates at multiples of 32 px, not 48; set the recipe's resolution to 32"
     with pytest.raises(EncoderShrinkError, match=message):
         adapter.start_trajectory(1, 48, 2, None, num_frames=9)
+
+
+def test_sana_at_a_shorter_max_sequence_length():
+    # The positions handed to the denoiser (BOS + the last L - 1) follow the run's length, not the default 300.
+    _assert_trajectory_reproduces_sampling(_pipe("sana"), PROMPTS, length=128)
