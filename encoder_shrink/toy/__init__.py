@@ -1,6 +1,6 @@
 """A procedural toy text-to-image world (shapes, counts, relations, text) and its deterministic checker."""
 
-from encoder_shrink.toy.checker import check, read_text, score
+from encoder_shrink.toy.checker import check, read_sign, score
 from encoder_shrink.toy.world import (
     ALPHABET,
     ATTRIBUTES,
@@ -38,7 +38,7 @@ __all__ = [
     "all_prompts",
     "check",
     "parse_prompt",
-    "read_text",
+    "read_sign",
     "render",
     "sample_prompts",
     "score",

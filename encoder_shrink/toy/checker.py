@@ -166,7 +166,7 @@ def _components(image: np.ndarray) -> list[_Component]:
     return sorted(found, key=lambda c: -c.area)
 
 
-def read_text(image) -> str:
+def read_sign(image) -> str:
     r"""
     Read the three glyph cells of the toy text layout (`text_layout`) by nearest-template matching: each cell is
     averaged down to 3x5 glyph pixels at the offset (within the renderer's jitter) where it correlates best with a
@@ -176,7 +176,7 @@ def read_text(image) -> str:
 
     ```python
     >>> from encoder_shrink.toy.world import render
-    >>> read_text(render("a sign that says 'cat'", seed=3))
+    >>> read_sign(render("a sign that says 'cat'", seed=3))
     'cat'
     ```
     """
@@ -251,7 +251,7 @@ def check(image, prompt: ToyPrompt | str) -> dict[str, bool]:
     - count: the image has exactly `prompt.count` objects;
     - position: the centroids of those two best-matching objects satisfy the relation, by a margin (every
       assignment, when several match equally well);
-    - text: `read_text(image)` is the prompt's word.
+    - text: `read_sign(image)` is the prompt's word.
 
     Objects are the 4-connected regions of one palette colour (by hue) of at least `MIN_AREA` pixels; shapes come
     from their fill ratio and how low their mass sits in their bounding box. `image` is a `(H, H, 3)` uint8 array

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from encoder_shrink.toy.checker import check, read_text, score
+from encoder_shrink.toy.checker import check, read_sign, score
 from encoder_shrink.toy.world import KINDS, WORDS, all_prompts, parse_prompt, render
 
 
@@ -68,7 +68,7 @@ def test_a_blank_image_fails_every_attribute():
     for text in ("a red circle", "two blue squares", "a red circle left of a blue square", "a sign that says 'cat'"):
         result = check(blank, text)
         assert result and not any(result.values()), (text, result)
-    assert read_text(blank) == "???"
+    assert read_sign(blank) == "???"
 
 
 def test_extra_or_missing_objects_are_caught():
@@ -82,13 +82,13 @@ def test_extra_or_missing_objects_are_caught():
     assert result == {"colour": False, "shape": False, "position": False}
 
 
-def test_read_text_reads_every_word_and_rejects_off_grid_text():
+def test_read_sign_reads_every_word_and_rejects_off_grid_text():
     for seed, word in enumerate(WORDS):
-        assert read_text(render(f"a sign that says '{word}'", seed=seed)) == word
+        assert read_sign(render(f"a sign that says '{word}'", seed=seed)) == word
     shifted = np.full((32, 32, 3), 255, dtype=np.uint8)
     shifted[:, :28] = render("a sign that says 'cat'", seed=0)[:, 4:]  # half a cell to the left
-    assert read_text(shifted) != "cat"
-    assert read_text(render("a red circle", seed=0)) == "???"
+    assert read_sign(shifted) != "cat"
+    assert read_sign(render("a red circle", seed=0)) == "???"
 
 
 def test_score_aggregates_per_category_kind_and_overall():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import itertools
 from collections import Counter
 
@@ -26,6 +25,7 @@ from encoder_shrink.toy.world import (
     split_of,
     vocabulary,
 )
+from tests.doctests import run_docstring_examples
 
 
 def test_grammar_sizes_and_order():
@@ -216,7 +216,7 @@ def test_render_scales_and_rejects_bad_arguments():
     big = render("two purple circles", seed=1, size=64)
     assert big.shape == (64, 64, 3)
     assert checker.check(big, "two purple circles") == {"colour": True, "shape": True, "count": True}
-    assert checker.read_text(render("a sign that says 'toe'", size=64)) == "toe"
+    assert checker.read_sign(render("a sign that says 'toe'", size=64)) == "toe"
     with pytest.raises(ValueError, match="at least 32"):
         render("a red circle", size=16)
     with pytest.raises(ValueError, match="seed"):
@@ -225,22 +225,7 @@ def test_render_scales_and_rejects_bad_arguments():
         render("a red circel")
 
 
-def _strip_fences(module):
-    # The docstrings use HF-style ```python fences, which doctest would read as expected output.
-    def clean(text):
-        return "\n".join(line for line in text.splitlines() if line.strip() not in ("```", "```python"))
-
-    tests = doctest.DocTestFinder().find(module)
-    parser = doctest.DocTestParser()
-    return [parser.get_doctest(clean(t.docstring or ""), t.globs, t.name, t.filename, t.lineno) for t in tests]
-
-
 @pytest.mark.parametrize("module", [world, checker], ids=["world", "checker"])
 def test_docstring_examples_run(module):
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    examples = 0
-    for test in _strip_fences(module):
-        examples += len(test.examples)
-        runner.run(test)
+    examples = run_docstring_examples(module)
     assert examples >= 10 if module is world else examples >= 4
-    assert runner.summarize(verbose=False).failed == 0
