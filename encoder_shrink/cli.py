@@ -183,20 +183,20 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from encoder_shrink.evaluation import evaluate
+    from encoder_shrink.evaluation import evaluate, get_metric, metric_config, registered_metrics
+    from encoder_shrink.evaluation.metrics import check_available, check_prompts, options_for
     from encoder_shrink.exporters import load_encoder
     from encoder_shrink.files import atomic_write_text
     from encoder_shrink.loading import load_pipeline
 
     _quiet_libraries()
-    toy = args.pipeline == "toy" or args.checker == "toy"
-    if args.pipeline == "toy":
-        from encoder_shrink.toy.teacher import load_toy_teacher
-
-        pipe = load_toy_teacher()
-    else:
-        pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
-        pipe.set_progress_bar_config(disable=True)
+    names = list(dict.fromkeys(args.metric or (["checker"] if args.pipeline == "toy" else [])))
+    options = {"clip": args.clip} if args.clip else {}
+    for option in options:  # an option no chosen metric reads is a mistake, not something to ignore
+        if not any(options_for(name, {option: None}) for name in names):
+            readers = " or ".join(f"--metric {n}" for n in registered_metrics() if options_for(n, {option: None}))
+            raise InvalidArgumentError(f"--{option} is read by no metric given; add {readers}, or drop --{option}.")
+    toy = args.pipeline == "toy" or "checker" in names
     if args.prompts:
         from encoder_shrink.data import read_captions
 
@@ -209,19 +209,32 @@ def _eval(args: argparse.Namespace) -> int:
         from encoder_shrink.data import generate_commontext
 
         prompts = generate_commontext(args.num_prompts, split="val")
+    # Every metric is configured and checked (installed, its --options, the prompts it needs) before a pipeline is
+    # loaded: a bad --metric fails at once.
+    metrics = [metric_config(name, **options_for(name, options)) for name in names]
+    for config in metrics:
+        check_available(config)
+        check_prompts(config, prompts)
+    if args.pipeline == "toy":
+        from encoder_shrink.toy.teacher import load_toy_teacher
+
+        pipe = load_toy_teacher()
+    else:
+        pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
+        pipe.set_progress_bar_config(disable=True)
     students = {}
     for path in args.student:
         name = Path(path).name or "student"
         students[name if name not in students else f"{name}-{len(students)}"] = load_encoder(path)
     defaults = {}
-    if toy:
+    if args.pipeline == "toy":
         from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH, NUM_INFERENCE_STEPS
         from encoder_shrink.toy.world import IMAGE_SIZE
 
         defaults = {"num_inference_steps": NUM_INFERENCE_STEPS, "resolution": IMAGE_SIZE,
                     "max_sequence_length": MAX_SEQUENCE_LENGTH}
     results = evaluate(
-        pipe, students, prompts, toy=toy, guidance_scale=args.guidance_scale,
+        pipe, students, prompts, metrics=metrics, guidance_scale=args.guidance_scale,
         num_inference_steps=args.num_inference_steps or defaults.get("num_inference_steps", 20),
         resolution=args.resolution or defaults.get("resolution", 512),
         max_sequence_length=args.max_sequence_length or defaults.get("max_sequence_length"),
@@ -231,13 +244,14 @@ def _eval(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "results.json", json.dumps(results, indent=2))
     _image_grid(images, output / "grid.png")
-    header = "| encoder | denoiser rel. MSE | PSNR vs teacher (dB) |" + (" checker overall |" if toy else "")
-    print(header + "\n|---|---:|---:|" + ("---:|" if toy else ""))
-    if toy:
-        print(f"| teacher | 0 | - | {results['teacher']['checker']['overall']:.3f} |")
-    for name, f in results["students"].items():
-        print(f"| {name} | {f['denoiser_relative_mse']:.4g} | {f['psnr_db']:.2f} |"
-              + (f" {f['checker']['overall']:.3f} |" if toy else ""))
+    columns = [(name, figure) for name in names for figure in get_metric(name).headline]
+    print("| encoder | denoiser rel. MSE | PSNR vs teacher (dB) |" + "".join(f" {n} {f} |" for n, f in columns))
+    print("|---|---:|---:|" + "---:|" * len(columns))
+    rows = {"teacher": {"denoiser_relative_mse": 0, "psnr_db": None, **results["teacher"]}, **results["students"]}
+    for name, f in rows.items():
+        psnr = "-" if f["psnr_db"] is None else f"{f['psnr_db']:.2f}"
+        print(f"| {name} | {f['denoiser_relative_mse']:.4g} | {psnr} |"
+              + "".join(f" {f[n][figure]:.3f} |" for n, figure in columns))
     print(f"\nWrote {output}/results.json and grid.png ({len(prompts)} prompts)")
     return 0
 
@@ -566,9 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser(
         "eval",
-        help="fidelity of students against the pipeline's T5 teacher (denoiser MSE, image PSNR, toy checker)",
+        help="students against the pipeline's teacher: denoiser MSE, image PSNR, metrics (checker, ocr, clip)",
         description="Generate with the teacher and each student on the same prompts and seeds; report the denoiser's "
-                    "relative MSE along teacher trajectories, image PSNR and, for the toy world, checker accuracy.",
+                    "relative MSE along teacher trajectories, image PSNR and each --metric on every encoder's images.",
     )
     evaluation.add_argument(
         "--pipeline", required=True, help="pipeline id or folder, or 'toy' for the bundled toy teacher"
@@ -579,8 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--num-prompts", type=int, default=64)
     evaluation.add_argument(
-        "--checker", choices=["none", "toy"], default="none", help="score images with the toy checker"
+        "--metric", action="append", metavar="NAME",
+        help="score the images with a registered metric (repeatable): checker (the toy world's; default with "
+             "--pipeline toy), ocr (text rendering of the quoted text), clip (CLIP score, needs --clip)",
     )
+    evaluation.add_argument("--clip", help="local CLIP checkpoint folder (CLIPModel + processor) for --metric clip")
     evaluation.add_argument("--num-inference-steps", type=int)
     evaluation.add_argument("--resolution", type=int)
     evaluation.add_argument("--max-sequence-length", type=int)

@@ -187,6 +187,43 @@ def tiny_clip_text_config(max_position_embeddings: int = 77):
     )
 
 
+def save_tiny_clip(directory: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    r"""
+    Save a tiny `CLIPModel` (random weights) with its processor (the tiny CLIP tokenizer, a CLIP image processor at
+    `image_size`) to `directory`: a local CLIP checkpoint for the `clip` metric's mechanics. Both towers share one
+    projection and their final layer norms a bias, so every embedding leans towards one shared direction: cosines are
+    positive and differ from pair to pair (an untouched random CLIP gives about half of them below zero, which the
+    score clamps to 0).
+
+    Example:
+
+    ```python
+    >>> folder = save_tiny_clip("tiny-clip")  # doctest: +SKIP
+    >>> score_images(images, prompts, "clip", clip=folder)  # doctest: +SKIP
+    ```
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+
+    vision = CLIPVisionConfig(hidden_size=CLIP_TINY_DIM, intermediate_size=2 * CLIP_TINY_DIM, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=image_size, patch_size=image_size // 4,
+                              projection_dim=CLIP_TINY_DIM)
+    config = CLIPConfig(text_config=tiny_clip_text_config().to_dict(), vision_config=vision.to_dict(),
+                        projection_dim=CLIP_TINY_DIM)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIPModel(config).eval()
+        with torch.no_grad():
+            model.text_projection.weight.copy_(model.visual_projection.weight)
+            model.text_model.final_layer_norm.bias.fill_(1.0)
+            model.vision_model.post_layernorm.bias.fill_(1.0)
+    images = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size,
+                                                                              "width": image_size})
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    CLIPProcessor(image_processor=images, tokenizer=tiny_clip_tokenizer()).save_pretrained(directory)
+    return directory
+
+
 def tiny_vae(latent_channels: int, block_out_channels: tuple[int, ...] = (8,)):
     """A one-block `AutoencoderKL` (no downsampling) with FLUX.1's latent shift and scale."""
     from diffusers import AutoencoderKL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -171,11 +172,28 @@ def test_eval_on_the_toy_teacher(tmp_path, capsys):
         **{**pipe.text_encoder_2.config.to_dict(), "d_model": 32, "num_layers": 1}), teacher_dim=128,
         max_sequence_length=16, use_attention_mask=False)
     student.save_pretrained(tmp_path / "random-student")
+    capsys.readouterr()
+    # A metric that cannot be configured fails in one line before anything is loaded or written.
+    for bad, message in ((["--metric", "clip"], "needs a CLIP checkpoint"), (["--clip", "x"], "add --metric clip"),
+                         (["--metric", "ocrr"], "Unknown metric 'ocrr'")):
+        assert main(["eval", "--pipeline", "toy", "--student", str(tmp_path / "random-student"), *bad,
+                     "--output", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+    clip = testing.save_tiny_clip(tmp_path / "tiny-clip")
+    ocr = importlib.util.find_spec("rapidocr_onnxruntime") is not None  # encoder-shrink[eval]
     assert main(["eval", "--pipeline", "toy", "--student", str(tmp_path / "random-student"), "--num-prompts", "8",
+                 "--metric", "checker", *(["--metric", "ocr"] if ocr else []), "--metric", "clip", "--clip", str(clip),
                  "--output", str(tmp_path / "eval")]) == 0
     out = capsys.readouterr().out
+    assert ("| checker overall | ocr char | ocr word | ocr sentence | clip clip_score |" if ocr
+            else "| checker overall | clip clip_score |") in out
     assert "| teacher | 0 | - |" in out and "| random-student |" in out
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    # 2 of the 8 held-out prompts (one per kind in turn) are signs: their quoted text is what OCR is asked to read
+    if ocr:
+        assert results["teacher"]["ocr"]["prompts"] == 2 and results["teacher"]["ocr"]["without_quoted_text"] == 6
+    assert 0 < results["students"]["random-student"]["clip"]["clip_score"] <= 100
     assert results["prompts"] == 8 and results["resolution"] == 32 and results["max_sequence_length"] == 16
     student_figures = results["students"]["random-student"]
     # an untrained student: the denoiser is far from the teacher's and the checker sees it

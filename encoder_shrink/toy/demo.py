@@ -84,7 +84,8 @@ def run_toy_demo(output_dir: str | Path, teacher: str | Path | None = None, step
 
     tick = time.time()
     evaluation = evaluate(pipe, students, held_out, num_inference_steps=NUM_INFERENCE_STEPS, resolution=32,
-                          max_sequence_length=MAX_SEQUENCE_LENGTH, guidance_scale=None, toy=True, fidelity_prompts=32)
+                          max_sequence_length=MAX_SEQUENCE_LENGTH, guidance_scale=None, metrics=["checker"],
+                          fidelity_prompts=32)
     timings["evaluate"] = round(time.time() - tick, 1)
     images = evaluation.pop("images")
 

@@ -1,4 +1,4 @@
-"""evaluate: how faithfully students stand in for a pipeline's teacher (denoiser fidelity, image PSNR, toy checker)."""
+"""evaluate: how well students stand in for a pipeline's teacher (denoiser fidelity, PSNR, registered metrics)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ from tqdm.auto import tqdm
 
 from encoder_shrink.compat import check_compatible, swap_text_encoder
 from encoder_shrink.errors import InvalidArgumentError
+from encoder_shrink.evaluation.metrics import (
+    check_available,
+    check_prompts,
+    metric_config,
+    metric_of,
+    score_images,
+    to_uint8,
+)
 from encoder_shrink.fidelity import denoiser_fidelities
 from encoder_shrink.pipelines import adapter_for
 
@@ -48,7 +56,7 @@ def generate_images(pipe, prompts: list[str], seeds: list[int], num_inference_st
         out = generated_media(pipe(prompt=list(prompts[start:start + batch_size]),
                                    num_inference_steps=num_inference_steps, height=resolution, width=resolution,
                                    generator=generators, output_type="np", **call_kwargs))
-        images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
+        images.append(to_uint8(np.clip(out, 0, 1)))
     return np.concatenate(images)
 
 
@@ -68,7 +76,7 @@ def evaluate(
     resolution: int = 512,
     max_sequence_length: int | None = None,
     guidance_scale: float | None = 3.5,
-    toy: bool = False,
+    metrics=(),
     fidelity_prompts: int | None = None,
     call_kwargs: dict | None = None,
 ) -> dict:
@@ -78,19 +86,29 @@ def evaluate(
     - `denoiser_relative_mse`: the denoiser's predictions with student vs teacher embeddings along teacher
       trajectories (0 is perfect; [`denoiser_fidelity`]);
     - `psnr_db`: the final images against the teacher's;
-    - with `toy=True`, the toy world's checker accuracy per category (`encoder_shrink.toy.score`) of the teacher's and
-      each student's images.
+    - each of `metrics` (registered metric names or their configs: `"checker"`, the toy world's checker; `"ocr"`,
+      text rendering; `CLIPScoreConfig(clip=PATH)`, CLIP score; `registered_metrics()` lists them) on the teacher's
+      and each student's images, under the metric's name.
 
     Returns `{"teacher": {...}, "students": {name: {...}}, "images": {name: uint8 array}}`.
 
     Example:
 
     ```python
-    >>> results = evaluate(pipe, {"student": student}, prompts, resolution=32, toy=True)  # doctest: +SKIP
+    >>> results = evaluate(pipe, {"student": student}, prompts, resolution=32, metrics=["checker"])  # doctest: +SKIP
     >>> results["students"]["student"]["checker"]["overall"]  # doctest: +SKIP
     0.91
     ```
     """
+    # Configs first, so that a metric that cannot run (no --clip, no OCR package, no quoted text for OCR) fails before
+    # any image is drawn.
+    metrics = [metric_config(m) for m in ([metrics] if isinstance(metrics, str) else metrics)]
+    for config in metrics:
+        check_available(config)
+        check_prompts(config, prompts)
+    names = [metric_of(config).name for config in metrics]
+    if len(set(names)) != len(names):
+        raise InvalidArgumentError(f"metrics {names} name one metric twice; pass each once.")
     adapter = adapter_for(pipe)
     teacher = adapter.teacher
     for student in students.values():
@@ -102,10 +120,8 @@ def evaluate(
     images = {"teacher": generate()}
     results = {"prompts": len(prompts), "num_inference_steps": num_inference_steps, "resolution": resolution,
                "max_sequence_length": length, "teacher": {}, "students": {}}
-    if toy:
-        from encoder_shrink.toy import score
-
-        results["teacher"]["checker"] = score(images["teacher"], prompts)
+    for name, config in zip(names, metrics):
+        results["teacher"][name] = score_images(images["teacher"], prompts, config)
     fidelity_set = prompts[:fidelity_prompts] if fidelity_prompts else prompts
     # One teacher trajectory for every student: the teacher's denoiser passes are not repeated per student.
     fidelities = denoiser_fidelities(adapter, students, fidelity_set, length, num_inference_steps, resolution,
@@ -119,11 +135,11 @@ def evaluate(
             pipe.register_modules(**{adapter.encoder_slot: teacher})
         figures = {"denoiser_relative_mse": fidelity["relative_mse"], "psnr_db": psnr(images["teacher"], images[name]),
                    "images_finite": bool(np.isfinite(images[name]).all())}
-        if toy:
-            figures["checker"] = score(images[name], prompts)
+        for metric, config in zip(names, metrics):
+            figures[metric] = score_images(images[name], prompts, config)
         results["students"][name] = figures
     results["images"] = images
     return results
 
 
-__all__ = ["evaluate", "generate_images", "psnr"]
+__all__ = ["evaluate", "generate_images", "generated_media", "psnr"]

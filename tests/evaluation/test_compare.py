@@ -1,13 +1,15 @@
-"""evaluate: fidelity, PSNR and toy-checker figures of students against the pipeline's own T5."""
+"""evaluate: fidelity, PSNR and registered metrics of students against the pipeline's own T5."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 from diffusers import FluxPipeline
 
-from encoder_shrink import ShrunkT5EncoderModel
+from encoder_shrink import EncoderShrinkError, ShrunkT5EncoderModel
 from encoder_shrink.evaluation import evaluate, psnr
 from encoder_shrink.toy.teacher import toy_pipeline_components
 
@@ -39,7 +41,7 @@ def test_evaluate_compares_students_on_the_same_seeds(pipe):
         copy.final_projection[3].weight.copy_(torch.eye(128))
     prompts = ["a red circle", "two blue squares", "a sign that says 'cat'", "a green triangle above a red circle"]
     results = evaluate(pipe, {"random": random_student, "copy": copy}, prompts, num_inference_steps=3, resolution=32,
-                       max_sequence_length=16, guidance_scale=None, toy=True)
+                       max_sequence_length=16, guidance_scale=None, metrics=["checker"])
     assert pipe.text_encoder_2 is teacher  # the teacher is back in its slot
     assert set(results["images"]) == {"teacher", "random", "copy"}
     # ReLU(teacher) != teacher, so "copy" is close but not identical; the random student is far
@@ -86,3 +88,34 @@ def test_denoiser_fidelities_share_one_teacher_trajectory(pipe):
     assert together["narrow"]["relative_mse"] != together["wide"]["relative_mse"]
     with pytest.raises(ValueError, match="no students"):
         denoiser_fidelities(adapter, {}, ["a red circle"], **kwargs)
+
+
+def test_evaluate_scores_every_encoders_images_with_each_metric(pipe, scratch_registry):
+    from encoder_shrink.evaluation import register_metric
+
+    @dataclasses.dataclass
+    class MeanConfig:
+        pass
+
+    seen = []
+
+    def _mean(config, images, prompts):
+        seen.append(images.copy())
+        return {"mean": float(images.mean())}
+
+    register_metric("mean", MeanConfig, _mean, headline=("mean",))
+    student = ShrunkT5EncoderModel.from_t5(pipe.text_encoder_2, teacher_dim=128).eval()
+    prompts = ["a red circle", "a sign that says 'cat'"]
+    results = evaluate(pipe, {"s": student}, prompts, num_inference_steps=2, resolution=32, max_sequence_length=16,
+                       guidance_scale=None, metrics=["mean", "checker"])
+    assert len(seen) == 2
+    assert (seen[0] == results["images"]["teacher"]).all() and (seen[1] == results["images"]["s"]).all()
+    assert results["teacher"]["mean"]["mean"] == pytest.approx(float(results["images"]["teacher"].mean()))
+    assert results["students"]["s"]["checker"]["prompts"] == 2
+    with pytest.raises(EncoderShrinkError, match="name one metric twice"):
+        evaluate(pipe, {"s": student}, prompts, metrics=["mean", MeanConfig()])
+    with pytest.raises(EncoderShrinkError, match="needs a CLIP checkpoint"):
+        evaluate(pipe, {"s": student}, prompts, metrics=["clip"])
+    with pytest.raises(EncoderShrinkError, match="none of the 1 prompts quotes any"):
+        evaluate(pipe, {"s": student}, ["a red circle"], metrics=["mean", "ocr"])
+    assert len(seen) == 2  # refused before any image was generated
