@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from encoder_shrink.errors import DuplicateRegistrationError, UnknownNameError
+from encoder_shrink.errors import (
+    DuplicateRegistrationError,
+    InvalidArgumentError,
+    UnknownNameError,
+    WrongModelTypeError,
+)
 
 T = TypeVar("T")
 
@@ -83,6 +89,56 @@ class Registry(Generic[T]):
         return len(self._items)
 
 
+class ConfigRegistry(Registry[T]):
+    r"""
+    A [`Registry`] whose items are each configured by a dataclass of their own (the item's `config_class`), so that a
+    config instance finds its item (torchao's `quantize_(model, config)` pattern): export formats, metrics. A config
+    class that is not a dataclass, or that already configures another item, is refused.
+
+    Example:
+
+    ```python
+    >>> @dataclasses.dataclass
+    ... class RedConfig:
+    ...     pass
+    >>> Colour = dataclasses.make_dataclass("Colour", ["name", "config_class"])
+    >>> colours = ConfigRegistry("colour")
+    >>> colours.register("red", Colour("red", RedConfig)).name
+    'red'
+    >>> colours.of(RedConfig()).name
+    'red'
+    ```
+    """
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self._by_config: dict[type, T] = {}
+
+    def register(self, name: str, item: T) -> T:
+        """Register `item` under `name` and under its `config_class`; a taken name or config class raises."""
+        config_class = item.config_class
+        if not dataclasses.is_dataclass(config_class):
+            raise WrongModelTypeError(f"{self.kind} {name!r}: config_class must be a dataclass, got {config_class!r}.")
+        if config_class in self._by_config:
+            raise InvalidArgumentError(
+                f"{self.kind} {name!r}: {config_class.__name__} already configures "
+                f"{self._by_config[config_class].name!r}."
+            )
+        super().register(name, item)
+        self._by_config[config_class] = item
+        return item
+
+    def of(self, config) -> T:
+        """The item whose config class `config` is an instance of."""
+        item = self._by_config.get(type(config))
+        if item is None:
+            raise UnknownNameError(
+                f"{type(config).__name__} is not the config of a registered {self.kind}; pass the config of one "
+                f"({', '.join(self.names())}), or register its {self.kind} first."
+            )
+        return item
+
+
 def _article(noun: str) -> str:
     return "An" if noun[:1] in "aeiou" else "A"
 
@@ -91,4 +147,4 @@ def _describe(item) -> str:
     return getattr(item, "__qualname__", None) or type(item).__qualname__
 
 
-__all__ = ["Registry", "nearest"]
+__all__ = ["ConfigRegistry", "Registry", "nearest"]

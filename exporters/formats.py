@@ -20,7 +20,7 @@ from encoder_shrink.errors import (
     WrongModelTypeError,
 )
 from encoder_shrink.files import atomic_dir
-from encoder_shrink.registry import Registry
+from encoder_shrink.registry import ConfigRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ class ExportFormat:
     unavailable: Callable[[], str | None] | None = None
 
 
-EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format")
-_BY_CONFIG: dict[type, ExportFormat] = {}
+EXPORT_FORMATS: ConfigRegistry[ExportFormat] = ConfigRegistry("export format")
 
 
 def register_export_format(name: str, config_class: type, handler: Callable[..., None], *,
@@ -89,16 +88,8 @@ def register_export_format(name: str, config_class: type, handler: Callable[...,
     >>> register_export_format("my-format", MyExportConfig, _export_my_format, description="...")  # doctest: +SKIP
     ```
     """
-    if not dataclasses.is_dataclass(config_class):
-        raise WrongModelTypeError(f"export format {name!r}: config_class must be a dataclass, got {config_class!r}.")
-    if config_class in _BY_CONFIG:
-        raise InvalidArgumentError(
-            f"export format {name!r}: {config_class.__name__} already configures {_BY_CONFIG[config_class].name!r}."
-        )
-    entry = EXPORT_FORMATS.register(name, ExportFormat(name, config_class, handler, encoder_class, description,
-                                                       unavailable))
-    _BY_CONFIG[config_class] = entry
-    return entry
+    return EXPORT_FORMATS.register(name, ExportFormat(name, config_class, handler, encoder_class, description,
+                                                      unavailable))
 
 
 def get_format(name: str) -> ExportFormat:
@@ -108,13 +99,7 @@ def get_format(name: str) -> ExportFormat:
 
 def format_of(config) -> ExportFormat:
     """The registered format whose config class `config` is an instance of."""
-    entry = _BY_CONFIG.get(type(config))
-    if entry is None:
-        raise UnknownNameError(
-            f"{type(config).__name__} is not the config of a registered export format "
-            f"({', '.join(registered_formats())})."
-        )
-    return entry
+    return EXPORT_FORMATS.of(config)
 
 
 def registered_formats() -> list[str]:

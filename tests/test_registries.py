@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from encoder_shrink.exporters import register_export_format, registered_formats
+from encoder_shrink.exporters import OnnxExportConfig, format_of, register_export_format, registered_formats
 
 from encoder_shrink import EncoderShrinkError, load_recipe
+from encoder_shrink import registry as registry_module
 from encoder_shrink.data import register_prompt_source, registered_prompt_sources
 from encoder_shrink.data.sources import PROMPT_SOURCES
 from encoder_shrink.distill import DistillationLoss, register_loss, registered_losses
 from encoder_shrink.distill.losses import LOSSES
-from encoder_shrink.registry import Registry
+from encoder_shrink.registry import ConfigRegistry, Registry
+from tests.doctests import run_docstring_examples
 
 
 def test_built_ins_are_registered():
@@ -29,6 +31,31 @@ def test_registry_refuses_duplicates_and_names_the_registered_ones():
     with pytest.raises(EncoderShrinkError, match="Unknown colour 'rde'; registered: red. Did you mean 'red'"):
         registry.get("rde")
     assert registry.get("red") == 1
+
+
+def test_a_config_registry_finds_items_by_their_config_and_refuses_a_second_claim():
+    @dataclasses.dataclass
+    class RedConfig:
+        pass
+
+    @dataclasses.dataclass
+    class Item:
+        name: str
+        config_class: type
+
+    colours = ConfigRegistry("colour")
+    red = colours.register("red", Item("red", RedConfig))
+    assert colours.of(RedConfig()) is red and colours.get("red") is red
+    with pytest.raises(EncoderShrinkError, match="RedConfig already configures 'red'"):
+        colours.register("crimson", Item("crimson", RedConfig))
+    assert "crimson" not in colours
+    with pytest.raises(EncoderShrinkError, match="config_class must be a dataclass"):
+        colours.register("blue", Item("blue", dict))
+    with pytest.raises(EncoderShrinkError, match=r"Item is not the config of a registered colour; .* one \(red\)"):
+        colours.of(red)
+    # the export formats are one: a config finds its format
+    assert format_of(OnnxExportConfig()).name == "onnx"
+    assert run_docstring_examples(registry_module) >= 5
 
 
 def test_a_duplicate_loss_format_or_source_raises():

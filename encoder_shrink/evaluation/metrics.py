@@ -12,10 +12,8 @@ import numpy as np
 from encoder_shrink.errors import (
     BackendUnavailableError,
     InvalidArgumentError,
-    UnknownNameError,
-    WrongModelTypeError,
 )
-from encoder_shrink.registry import Registry
+from encoder_shrink.registry import ConfigRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +44,7 @@ class Metric:
     validate: Callable[..., None] | None = None
 
 
-METRICS: Registry[Metric] = Registry("metric")
-_BY_CONFIG: dict[type, Metric] = {}
+METRICS: ConfigRegistry[Metric] = ConfigRegistry("metric")
 
 
 def register_metric(name: str, config_class: type, scorer: Callable[..., dict], *, headline: tuple[str, ...],
@@ -69,18 +66,10 @@ def register_metric(name: str, config_class: type, scorer: Callable[..., dict], 
     ...                     headline=("brightness",))  # doctest: +SKIP
     ```
     """
-    if not dataclasses.is_dataclass(config_class):
-        raise WrongModelTypeError(f"metric {name!r}: config_class must be a dataclass, got {config_class!r}.")
-    if config_class in _BY_CONFIG:
-        raise InvalidArgumentError(
-            f"metric {name!r}: {config_class.__name__} already configures {_BY_CONFIG[config_class].name!r}."
-        )
     if not headline or not all(isinstance(h, str) for h in headline):
         raise InvalidArgumentError(f"metric {name!r}: name the figures tables show, e.g. headline=('score',).")
-    entry = METRICS.register(name, Metric(name, config_class, scorer, description, tuple(headline), unavailable,
-                                          validate))
-    _BY_CONFIG[config_class] = entry
-    return entry
+    return METRICS.register(name, Metric(name, config_class, scorer, description, tuple(headline), unavailable,
+                                         validate))
 
 
 def registered_metrics() -> list[str]:
@@ -95,13 +84,7 @@ def get_metric(name: str) -> Metric:
 
 def metric_of(config) -> Metric:
     """The registered metric whose config class `config` is an instance of."""
-    entry = _BY_CONFIG.get(type(config))
-    if entry is None:
-        raise UnknownNameError(
-            f"{type(config).__name__} is not the config of a registered metric; pass a metric name "
-            f"({', '.join(registered_metrics())}) or its config, or register it with register_metric."
-        )
-    return entry
+    return METRICS.of(config)
 
 
 def metric_config(metric, **options):
