@@ -17,7 +17,7 @@ import torch
 from encoder_shrink.benchmarks.synthetic import T5_CONFIGS, synthetic_names
 
 from encoder_shrink.errors import InvalidArgumentError, UnknownNameError
-from encoder_shrink.files import atomic_path, atomic_write_text
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -385,10 +385,7 @@ def markdown(results: dict) -> str:
 
 def chart(results: dict, path: Path) -> None:
     """Bar charts (log scale) of weights, peak memory and encode latency per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = {n: f for n, f in results["encoders"].items() if "error" not in f}
     names = list(rows)
@@ -408,10 +405,7 @@ def chart(results: dict, path: Path) -> None:
         if index:
             axis.set_yticks([])
     fig.suptitle(f"{results['gpu'] or 'CPU'} - {results['config']['dtype']}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 __all__ = ["BACKENDS", "BenchConfig", "chart", "markdown", "run_bench"]

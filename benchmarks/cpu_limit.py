@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_path, atomic_write_text
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 
 LENGTHS = (77, 128, 256, 512)
 # The masked-pipeline section: PixArt pads to 300; prompts of these many real tokens.
@@ -283,10 +283,7 @@ def table(results: dict) -> str:
 
 
 def _chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     measured = {n: b for n, b in results["backends"].items() if "error" not in b}
     panels = 3 if results.get("masked") else 2
@@ -312,10 +309,7 @@ def _chart(results: dict, path: Path) -> None:
                     title=f"masked pipeline, {results['masked']['backend']}")
         axes[2].legend(fontsize=8)
     fig.suptitle(f"{results['cpu']}, {results['threads']} threads", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> None:

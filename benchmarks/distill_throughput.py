@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from encoder_shrink.errors import BenchmarkFailedError
-from encoder_shrink.files import atomic_path, atomic_write_text
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 
 PROMPTS = [
     "two red circles left of a blue square", "a cat holding a sign that says 'hello'", "a green cube on a table",
@@ -199,10 +199,7 @@ def table(results: dict) -> str:
 
 
 def _chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(results["variants"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
@@ -217,10 +214,7 @@ def _chart(results: dict, path: Path) -> None:
         ax.set_title(title)
     axes[1].set_yticks([])
     axes[2].set_yticks([])
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv=None) -> None:

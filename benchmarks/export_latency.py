@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_path, atomic_write_text
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 
 # Student T5 sizes: FLAN-T5-base (what BENCHMARKS.md reports), and a tiny one for the smoke test.
 SIZES = {
@@ -130,10 +130,7 @@ def table(results: dict) -> str:
 
 
 def _chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(results["backends"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))
@@ -142,10 +139,7 @@ def _chart(results: dict, path: Path) -> None:
     axes[1].barh(names, [results["backends"][n]["latency_median_s"] for n in names], color="#2a7")
     axes[1].set_title(f"encode latency (s), {results['tokens']} tokens, CPU")
     axes[1].set_yticks([])
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv=None) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_path, atomic_write_text
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 
 
 def _parameters(module) -> int:
@@ -78,10 +78,7 @@ def table(results: dict) -> str:
 
 
 def _chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     families = list(results["families"])
     rows = results["families"]
@@ -93,10 +90,7 @@ def _chart(results: dict, path: Path) -> None:
     ax.text(24.3, len(families) - 0.6, "24 GB card", color="#b44", fontsize=8)
     ax.set_xlabel("GB of weights (bf16)")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> None:

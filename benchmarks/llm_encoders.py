@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_path, atomic_write_text
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 
 # The language models of the published checkpoints (their config.json `text_config` where the encoder is a VLM), with
 # the layers each pipeline reads. "layers" index `hidden_states` (0 = the embeddings).
@@ -151,10 +151,7 @@ def table(results: dict) -> str:
 
 
 def _chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(results["variants"])
     rows = results["variants"]
@@ -163,10 +160,7 @@ def _chart(results: dict, path: Path) -> None:
     ax.barh(names, [rows[n]["student_bf16_gb"] for n in names], color="#27a", label="student (bf16)")
     ax.set_xlabel("GB of weights")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> None:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from encoder_shrink.files import atomic_path, atomic_write_text
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 
 logger = logging.getLogger(__name__)
 REFERENCE = "flux-dev"
@@ -127,10 +127,7 @@ def table(results: dict) -> str:
 
 
 def _chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = sorted(results["families"].items(), key=lambda item: item[1]["relative_to_flux_dev"])
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
@@ -138,10 +135,7 @@ def _chart(results: dict, path: Path) -> None:
             color=["#c63" if r["video"] else "#27a" for _, r in rows])
     ax.axvline(1.0, color="#444", linestyle="--", linewidth=1)
     ax.set_xlabel("distillation step cost relative to flux-dev (tiny pipelines; orange: video)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> None:

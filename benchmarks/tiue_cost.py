@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_path, atomic_write_text
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 
 # stabilityai/stable-diffusion-2-1-base unet/config.json (512 px: a 64 x 64 latent), and a tiny one for smoke runs.
 UNETS = {
@@ -127,10 +127,7 @@ def table(results: dict) -> str:
 
 
 def _chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = results["variants"]
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.6))
@@ -138,10 +135,7 @@ def _chart(results: dict, path: Path) -> None:
                                   (axes[1], "median_s", "CPU seconds per image", 1.0)):
         ax.barh(list(rows), [rows[v][key] / scale for v in rows], color=["#bbb", "#27a"])
         ax.set_xlabel(label)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> None:

@@ -35,6 +35,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend: charts are written to files, no display is opened (or needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    r"""
+    Lay out a matplotlib `figure`, write it as a PNG to `path` (temp name, then rename) and close it.
+
+    Example:
+
+    ```python
+    >>> figure, axis = pyplot().subplots()  # doctest: +SKIP
+    >>> save_figure(figure, "results.png")  # doctest: +SKIP
+    ```
+    """
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    pyplot().close(figure)
+    return Path(path)
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from encoder_shrink.files import atomic_path, atomic_write_text
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 from encoder_shrink.toy.teacher import STUDENT_T5, TEACHER_T5
 from encoder_shrink.toy.world import ATTRIBUTES, sample_prompts
 
@@ -241,10 +241,7 @@ def report(results: dict) -> str:
 
 def save_chart(results: dict, path: Path) -> None:
     """Accuracy per category against student parameters (log scale), the seeds' range shaded, the teacher dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     order = results["order"]
     parameters = [results["sizes"][s]["parameters"] for s in order]
@@ -266,10 +263,7 @@ def save_chart(results: dict, path: Path) -> None:
     axis.set_ylim(0, 1.02)
     axis.set_title("Toy world: accuracy per category vs student size (dotted: teacher)")
     axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def main(argv=None) -> None:

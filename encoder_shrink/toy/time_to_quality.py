@@ -22,7 +22,7 @@ import logging
 import time
 from pathlib import Path
 
-from encoder_shrink.files import atomic_path, atomic_write_text
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 from encoder_shrink.toy.scaling import EVAL_PROMPTS, checker_scores, toy_prompt_sets
 from encoder_shrink.toy.world import ATTRIBUTES
 
@@ -154,10 +154,7 @@ def report(results: dict) -> str:
 
 def save_chart(results: dict, path: Path) -> None:
     """Overall accuracy against steps (left) and training seconds (right), one line per arm, the teacher dotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for index, (arm, entry) in enumerate(results["arms"].items()):
@@ -174,10 +171,7 @@ def save_chart(results: dict, path: Path) -> None:
     axes[0].set_ylabel("held-out checker accuracy (solid: overall, dotted: text)")
     axes[0].legend(loc="lower right", fontsize=8)
     figure.suptitle("Toy world: what a step of each recipe buys")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def main(argv=None) -> None:
