@@ -27,6 +27,13 @@ GRID_PROMPTS = 8
 VARIANTS = ("teacher", "student", "naive", "student int8")
 
 
+def demo_prompts(eval_prompts: int = EVAL_PROMPTS, seed: int = 0) -> tuple[list[str], list[str]]:
+    """The demo's training prompts (the world's train split) and held-out evaluation prompts, as text."""
+    train = [p.text for p in sample_prompts(TRAIN_PROMPTS, "train", seed=seed)]
+    held_out = [p.text for p in sample_prompts(eval_prompts, "heldout", seed=seed + 1)]
+    return train, held_out
+
+
 def _parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -57,8 +64,7 @@ def run_toy_demo(output_dir: str | Path, teacher: str | Path | None = None, step
     started = time.time()
     timings = {}
     pipe = load_toy_teacher(teacher_dir)
-    train = [p.text for p in sample_prompts(TRAIN_PROMPTS, "train", seed=seed)]
-    held_out = [p.text for p in sample_prompts(eval_prompts, "heldout", seed=seed + 1)]
+    train, held_out = demo_prompts(eval_prompts, seed)
     overrides = {"max_steps": steps} if steps else {}
 
     students, training = {}, {}
@@ -212,4 +218,4 @@ def _save_grid(images: dict, prompts: list[str], path: Path, cell: int = 96) -> 
         grid.save(tmp)
 
 
-__all__ = ["run_toy_demo", "results_table"]
+__all__ = ["demo_prompts", "results_table", "run_toy_demo"]

@@ -24,8 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.toy.demo import EVAL_PROMPTS, demo_prompts
 from encoder_shrink.toy.teacher import STUDENT_T5, TEACHER_T5
-from encoder_shrink.toy.world import ATTRIBUTES, sample_prompts
+from encoder_shrink.toy.world import ATTRIBUTES
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +41,8 @@ SIZES: dict[str, dict] = {
 }
 # Pretraining steps of every student T5: the bundled t5-small's (python -m encoder_shrink.toy.pretrain_t5).
 PRETRAIN_STEPS = 1500
-# 40 held-out prompts per kind: one point of accuracy is ~1.6 prompts, and a student's evaluation takes ~10 s here.
-EVAL_PROMPTS = 160
-# The demo's training prompts (balanced over the four kinds).
-TRAIN_PROMPTS = 4000
 # An ability counts as kept while a student's accuracy on it is at least this fraction of the teacher's.
 KEPT = 0.9
-
-
-def toy_prompt_sets(eval_prompts: int = EVAL_PROMPTS, seed: int = 0) -> tuple[list[str], list[str]]:
-    """The toy demo's training prompts and held-out evaluation prompts (the same for every student)."""
-    train = [p.text for p in sample_prompts(TRAIN_PROMPTS, "train", seed=seed)]
-    held_out = [p.text for p in sample_prompts(eval_prompts, "heldout", seed=seed + 1)]
-    return train, held_out
 
 
 @torch.no_grad()
@@ -126,7 +116,7 @@ def run_scaling(output_dir: str | Path, sizes: list[str] | None = None, seeds: t
     output_dir = Path(output_dir)
     (output_dir / "runs").mkdir(parents=True, exist_ok=True)
     pipe = load_toy_teacher(teacher)
-    train, held_out = toy_prompt_sets(eval_prompts)
+    train, held_out = demo_prompts(eval_prompts)  # the demo's: the same for every student
     teacher_scores = checker_scores(pipe, None, held_out)
     teacher_parameters = sum(p.numel() for p in pipe.text_encoder_2.parameters())
     overrides = {"max_steps": steps} if steps else {}

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from encoder_shrink.files import atomic_write_text, pyplot, save_figure
-from encoder_shrink.toy.scaling import EVAL_PROMPTS, checker_scores, toy_prompt_sets
+from encoder_shrink.toy.demo import EVAL_PROMPTS, demo_prompts
+from encoder_shrink.toy.scaling import checker_scores
 from encoder_shrink.toy.world import ATTRIBUTES
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def run_time_to_quality(output_dir: str | Path, steps: int | None = None, every:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pipe = load_toy_teacher(teacher)
-    train, held_out = toy_prompt_sets(eval_prompts)
+    train, held_out = demo_prompts(eval_prompts)
     teacher_scores = checker_scores(pipe, None, held_out)
     overrides = {"max_steps": steps} if steps else {}
     results = {"teacher": teacher_scores, "arms": {}, "eval_prompts": len(held_out), "every": every, "seed": seed}
