@@ -51,7 +51,7 @@ WARMUP_STEPS = 200
 STATE = "state"
 
 
-def _images(prompts, seeds) -> torch.Tensor:
+def rendered_batch(prompts, seeds) -> torch.Tensor:
     """Rendered scenes as a (B, 3, 32, 32) tensor in [-1, 1], one layout jitter seed each."""
     batch = np.stack([render(p, seed=int(s)) for p, s in zip(prompts, seeds)])
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -63,7 +63,7 @@ def train_vae(vae, steps: int, batch_size: int, seed: int, progress) -> dict:
     vae.train()
     for step in progress(range(steps), desc="vae"):
         rng = np.random.default_rng([seed, step])
-        images = _images(
+        images = rendered_batch(
             sample_prompts(batch_size, "train", seed=seed * 100_003 + step), rng.integers(2**31, size=batch_size)
         )
         posterior = vae.encode(images).latent_dist
@@ -76,7 +76,7 @@ def train_vae(vae, steps: int, batch_size: int, seed: int, progress) -> dict:
     vae.eval()
     with torch.no_grad():  # normalise latents to zero mean, unit variance, as FLUX's VAE config does
         prompts = sample_prompts(256, "train", seed=seed + 7)
-        latents = vae.encode(_images(prompts, range(len(prompts)))).latent_dist.mode()
+        latents = vae.encode(rendered_batch(prompts, range(len(prompts)))).latent_dist.mode()
     shift, scale = float(latents.mean()), float(1 / latents.std())
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     return {"vae_loss": float(loss), "shift_factor": shift, "scaling_factor": scale}
@@ -103,7 +103,7 @@ class TrainingPool:
                 pooled.append(pipe._get_clip_prompt_embeds([p.text for p in chunk], device="cpu"))
                 for variant in range(variants):
                     seeds = [seed * 1_000_003 + (start + i) * variants + variant for i in range(len(chunk))]
-                    x = pipe.vae.encode(_images(chunk, seeds)).latent_dist.mode()
+                    x = pipe.vae.encode(rendered_batch(chunk, seeds)).latent_dist.mode()
                     x = (x - config.shift_factor) * config.scaling_factor
                     latents.append(pipe._pack_latents(x, len(chunk), x.shape[1], size, size))
         # latents[chunk * variants + variant] holds rows start:start+len(chunk): regroup to (prompt, variant, ...).
@@ -126,13 +126,47 @@ class TrainingPool:
         return self.latents[rows_t, torch.from_numpy(variants)], self.pooled[rows_t], self.text[rows_t]
 
 
-def _swap(params: list[torch.nn.Parameter], other: list[torch.Tensor]) -> None:
+def swap_weights(params: list[torch.nn.Parameter], other: list[torch.Tensor]) -> None:
     """Exchange the values of the live weights and the EMA weights in place (evaluate and save with the EMA)."""
     with torch.no_grad():
         for p, q in zip(params, other):
             tmp = p.detach().clone()
             p.copy_(q)
             q.copy_(tmp)
+
+
+def save_training_state(state_dir: Path, params, ema, optimizer, schedule, step: int, history: list) -> None:
+    """Live and EMA weights, optimizer and schedule: what `--resume` needs (written to a temp folder, renamed)."""
+    from safetensors.torch import save_file
+
+    from encoder_shrink.distill.checkpoint import _optimizer_to_files
+
+    with atomic_dir(state_dir) as tmp:
+        save_file({**{f"live.{i}": p.detach().contiguous() for i, p in enumerate(params)},
+                   **{f"ema.{i}": q.contiguous() for i, q in enumerate(ema)}}, tmp / "weights.safetensors")
+        tensors, meta = _optimizer_to_files(optimizer)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "history": history,
+                                                    "schedule": schedule.state_dict()}))
+
+
+def load_training_state(state_dir: Path, params, ema, optimizer, schedule) -> tuple[int, list]:
+    """Restore what `save_training_state` wrote into the live `params`, `ema`, optimizer and schedule; return the
+    step and the evaluation history."""
+    from safetensors.torch import load_file
+
+    from encoder_shrink.distill.checkpoint import _optimizer_from_files
+
+    saved = json.loads((state_dir / "state.json").read_text())
+    weights = load_file(state_dir / "weights.safetensors")
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(weights[f"live.{i}"])
+            ema[i].copy_(weights[f"ema.{i}"])
+    tensors = load_file(state_dir / "optimizer.safetensors")
+    optimizer.load_state_dict(_optimizer_from_files(tensors, saved["optimizer"]))
+    schedule.load_state_dict(saved["schedule"])
+    return saved["step"], saved["history"]
 
 
 def evaluate_teacher(pipe, prompts: int, seed: int = 1) -> dict:
@@ -145,13 +179,6 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
                    eval_every: int = 0, eval_prompts: int = 64, on_eval=None, state_dir: Path | None = None,
                    resume: bool = False, variants: int = VARIANTS) -> list[dict]:
     """Flow matching (x_t = (1 - s) x0 + s noise, predict noise - x0) of the transformer on the frozen T5's output."""
-    from safetensors.torch import load_file, save_file
-
-    from encoder_shrink.distill.checkpoint import (
-        _optimizer_from_files,
-        _optimizer_to_files,
-    )
-
     transformer = pipe.transformer
     pipe.text_encoder_2.requires_grad_(False).eval()
     params = list(transformer.parameters())
@@ -160,30 +187,12 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
     ema = [p.detach().clone() for p in params]
     history, start = [], 0
     if resume and state_dir is not None and (state_dir / "state.json").is_file():
-        saved = json.loads((state_dir / "state.json").read_text())
-        weights = load_file(state_dir / "weights.safetensors")
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                p.copy_(weights[f"live.{i}"])
-                ema[i].copy_(weights[f"ema.{i}"])
-        optimizer.load_state_dict(
-            _optimizer_from_files(load_file(state_dir / "optimizer.safetensors"), saved["optimizer"])
-        )
-        schedule.load_state_dict(saved["schedule"])
-        start, history = saved["step"], saved["history"]
+        start, history = load_training_state(state_dir, params, ema, optimizer, schedule)
         logger.info("Resumed the denoiser at step %d from %s.", start, state_dir)
 
     def save_state(step: int) -> None:
-        """Live and EMA weights, optimizer and schedule: what `resume` needs (written to a temp folder, renamed)."""
-        if state_dir is None:
-            return
-        with atomic_dir(state_dir) as tmp:
-            save_file({**{f"live.{i}": p.detach().contiguous() for i, p in enumerate(params)},
-                       **{f"ema.{i}": q.contiguous() for i, q in enumerate(ema)}}, tmp / "weights.safetensors")
-            tensors, meta = _optimizer_to_files(optimizer)
-            save_file(tensors, tmp / "optimizer.safetensors")
-            (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "history": history,
-                                                        "schedule": schedule.state_dict()}))
+        if state_dir is not None:
+            save_training_state(state_dir, params, ema, optimizer, schedule, step, history)
 
     pool = TrainingPool(pipe, seed, progress, variants)
     size = pipe.vae.config.sample_size // pipe.vae_scale_factor
@@ -215,17 +224,17 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
             transformer.eval()
-            _swap(params, ema)
+            swap_weights(params, ema)
             accuracy = evaluate_teacher(pipe, eval_prompts)
             history.append({"step": step + 1, "loss": float(np.mean(losses[-eval_every:])), "heldout": accuracy})
             logger.info("step %d loss %.4f held-out overall %.3f by kind %s", step + 1, history[-1]["loss"],
                         accuracy["overall"], {k: v["overall"] for k, v in accuracy["by_kind"].items()})
             if on_eval is not None:
                 on_eval(step + 1, history)  # sees (and saves) the EMA weights
-            _swap(params, ema)
+            swap_weights(params, ema)
             save_state(step + 1)  # live weights again, and the history with this evaluation
     transformer.eval()
-    _swap(params, ema)  # the pipeline leaves with its EMA weights
+    swap_weights(params, ema)  # the pipeline leaves with its EMA weights
     return history
 
 
