@@ -28,17 +28,18 @@ logger = logging.getLogger(__name__)
 PIPELINE = "pipeline"
 
 
-def sd_ddim_scheduler(scheduler):
+def sd_ddim_scheduler(scheduler, timestep_spacing: str = "leading"):
     r"""
     The paper's DDIM sampler for a pipeline's noise schedule: the scheduler's betas, offset and prediction type with
     `clip_sample=False` (DDIM must stay linear), `set_alpha_to_one=False` and leading spacing, as SD's
     `scheduler_config.json` sets them (an SD 1.5 folder ships a PNDM config, which lacks `clip_sample`: DDIM's
-    default there, `True`, would break the closed-form combine).
+    default there, `True`, would break the closed-form combine). `timestep_spacing="trailing"` serves one-step
+    students (`[999]`).
     """
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(scheduler.config, clip_sample=False, set_alpha_to_one=False,
-                                     timestep_spacing="leading", thresholding=False)
+                                     timestep_spacing=timestep_spacing, thresholding=False)
 
 
 class TiUEDistiller:
@@ -108,7 +109,8 @@ class TiUEDistiller:
         Distil the pipeline's UNet into a TiUE student and return its [`TiUEPipeline`].
 
         Args:
-            recipe: a bundled TiUE recipe (`sd21-tiue`, `sd15-tiue`, `tiny-tiue`), a YAML path or a [`TiUERecipe`].
+            recipe: a bundled TiUE recipe (`sd21-tiue`, `sd15-tiue`, `toy-tiue`, `tiny-tiue`), a YAML path or a
+                [`TiUERecipe`].
             prompts: `None` (the recipe's sources), a list of prompts or one prompt file, or a mapping from source
                 kind to a path or list, e.g. `{"journeydb": "captions.parquet"}`.
             output_dir: where checkpoints, `pipeline/` (the TiUEPipeline with its model card) and
@@ -149,7 +151,7 @@ class TiUEDistiller:
         for module in (pipe.vae, pipe.text_encoder, pipe.unet):
             module.to(device).requires_grad_(False).eval()
 
-        scheduler = sd_ddim_scheduler(pipe.scheduler)
+        scheduler = sd_ddim_scheduler(pipe.scheduler, recipe.timestep_spacing)
         scheduler.set_timesteps(recipe.num_steps)
         combine = DDIMCombine.from_scheduler(scheduler)
         # The student: the whole teacher UNet, fine-tuned in fp32 (master weights; autocast runs the math).
@@ -163,9 +165,10 @@ class TiUEDistiller:
         student = copy.deepcopy(student if student is not None else pipe.unet)
         student = student.to(device=device, dtype=torch.float32).requires_grad_(True)
         tiue = TiUEPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
-                            scheduler=sd_ddim_scheduler(pipe.scheduler), timesteps=list(combine.timesteps))
+                            scheduler=sd_ddim_scheduler(pipe.scheduler, recipe.timestep_spacing),
+                            timesteps=list(combine.timesteps))
         tiue.set_progress_bar_config(disable=True)
-        teacher = self._teacher_sampler(scheduler)
+        teacher = self._teacher_sampler(sd_ddim_scheduler(pipe.scheduler))  # samples as SD does, whatever K
         distance = dict(images_per_prompt=recipe.eval_images_per_prompt, num_inference_steps=recipe.eval_steps,
                         guidance_scale=recipe.guidance_scale, resolution=recipe.resolution, seed=recipe.seed + 10_000)
         before = sample_distance(teacher, tiue, held_out, **distance)

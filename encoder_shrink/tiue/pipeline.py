@@ -25,9 +25,9 @@ class TiUEPipeline(DiffusionPipeline):
     r"""
     Text-to-image sampling with a TiUE student ("One-Way Ticket", arXiv 2505.21960): the UNet's encoder runs once on
     the noise at the first timestep, its decoder runs for all K timesteps of a fixed DDIM schedule in one batch, and
-    the K noise predictions are combined in closed form ([`DDIMCombine`]). No classifier-free guidance: one text
-    embedding per image. The schedule the student was trained with (`timesteps`, and the scheduler's config) is stored
-    with the pipeline.
+    the K noise predictions are combined in closed form ([`DDIMCombine`]). No classifier-free guidance by default:
+    one text embedding per image, as the paper samples (`guidance_scale` serves training-free encoder propagation).
+    The schedule the student was trained with (`timesteps`, and the scheduler's config) is stored with the pipeline.
 
     Args:
         vae, text_encoder, tokenizer, unet: as in [`~diffusers.StableDiffusionPipeline`].
@@ -56,7 +56,8 @@ class TiUEPipeline(DiffusionPipeline):
         if timesteps is not None and [int(t) for t in schedule.timesteps] != [int(t) for t in timesteps]:
             raise InvalidArgumentError(
                 f"timesteps {list(timesteps)} are not the scheduler's {len(timesteps)}-step DDIM schedule "
-                f"{schedule.timesteps.tolist()}; store the schedule the student was trained with."
+                f"{schedule.timesteps.tolist()}; store the schedule the student was trained with (a one-step [999] "
+                "needs a scheduler with timestep_spacing='trailing')."
             )
         self.combine = DDIMCombine.from_scheduler(schedule)
         self.register_to_config(timesteps=list(self.combine.timesteps))
@@ -85,6 +86,7 @@ class TiUEPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
@@ -93,6 +95,10 @@ class TiUEPipeline(DiffusionPipeline):
 
         Args:
             prompt: the prompt(s), or `prompt_embeds` (the text encoder's output) instead.
+            guidance_scale: `None` (a TiUE student: one text embedding per image, as the paper samples) or a
+                classifier-free guidance scale against the empty prompt. The combine is linear, so guiding each of
+                the K predictions equals `z0_uncond + s * (z0_cond - z0_uncond)`, which is what runs (the encoder
+                and the decoders on 2 x B rows): training-free encoder propagation on a teacher UNet uses it.
             height, width: image size (default: the UNet's sample size x the VAE's scale factor).
             num_images_per_prompt: images per prompt.
             generator, latents: the noise's generator(s), or the noise itself (`(B, C, h, w)`).
@@ -125,9 +131,16 @@ class TiUEPipeline(DiffusionPipeline):
             sampler = self.unet
         else:
             sampler = TiUESampler(self.unet, self.combine)
+        guided = guidance_scale is not None and guidance_scale != 1.0
+        if guided:
+            uncond = self.encode_prompt([""], device).to(prompt_embeds.dtype).expand_as(prompt_embeds)
+            prompt_embeds, latents = torch.cat([uncond, prompt_embeds]), torch.cat([latents, latents])
         with self.progress_bar(total=1) as progress:  # one encoder pass and one batched decoder pass
             sample = sampler(latents, prompt_embeds).to(device=device, dtype=latents.dtype)
             progress.update()
+        if guided:
+            unconditional, conditional = sample.chunk(2)
+            sample = unconditional + guidance_scale * (conditional - unconditional)
 
         if output_type == "latent":
             images = sample

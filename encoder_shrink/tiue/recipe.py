@@ -22,6 +22,9 @@ from encoder_shrink.registry import nearest as _nearest
 
 TIUE_RECIPES_DIR = RECIPES_DIR / "tiue"
 KL_REDUCTIONS = ("mean", "sum")
+# DDIMScheduler's spacings: "leading" is SD's (K = 4: [751, 501, 251, 1]); a one-step student needs "trailing" ([999]),
+# since leading spacing puts K = 1 at t = 1, where pure noise is read as an almost clean image.
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
 @dataclass
@@ -33,6 +36,8 @@ class TiUERecipe:
         name / version / description: identity of the recipe, recorded in the model card.
         sources: the prompt sources (as a text-encoder recipe's stage; `journeydb` for the paper's captions).
         num_steps: K, the DDIM timesteps the student's decoder runs at once (the paper: 4, `[751, 501, 251, 1]`).
+        timestep_spacing: how the K timesteps are spread (DDIMScheduler's `timestep_spacing`): `"leading"` as SD
+            samples, `"trailing"` for K = 1 (`[999]`).
         resolution: image size in pixels the student is trained at.
         batch_size: prompts per optimizer step and process.
         max_steps: optimizer steps of the student (the fake score makes one step each too).
@@ -68,6 +73,7 @@ class TiUERecipe:
     version: int = 1
     description: str = ""
     num_steps: int = 4
+    timestep_spacing: str = "leading"
     resolution: int = 512
     batch_size: int = 8
     learning_rate: float = 1e-6
@@ -136,11 +142,17 @@ class TiUERecipe:
                 f"recipe {self.name!r}: checkpoint_every, lr_warmup_steps and weight_decay must be >= 0."
             )
         for name, allowed in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISIONS),
-                              ("kl_reduction", KL_REDUCTIONS)):
+                              ("kl_reduction", KL_REDUCTIONS), ("timestep_spacing", TIMESTEP_SPACINGS)):
             value = getattr(self, name)
             if value not in allowed:
                 raise RecipeError(f"recipe {self.name!r}: {name} {value!r} is not one of {', '.join(allowed)}."
                                   f"{_nearest(str(value), allowed)}")
+
+        if self.num_steps == 1 and self.timestep_spacing != "trailing":
+            raise RecipeError(
+                f"recipe {self.name!r}: num_steps 1 with timestep_spacing {self.timestep_spacing!r} samples at t = 1 "
+                "or 0, where noise reads as a clean image; use timestep_spacing: trailing (t = 999)."
+            )
 
     @property
     def stage(self) -> StageConfig:

@@ -58,6 +58,13 @@ def test_bundled_recipes_and_bad_values():
         load_tiue_recipe("sd21-tieu")
     with pytest.raises(RecipeError, match="is a TiUE recipe"):
         load_recipe("sd21-tiue")  # the text-encoder loader points to the TiUE entry
+    toy = load_tiue_recipe("toy-tiue")
+    assert (toy.num_steps, toy.timestep_spacing, toy.resolution) == (4, "leading", 32)
+    with pytest.raises(RecipeError, match="timestep_spacing 'trailng' is not one of leading, trailing.*trailing"):
+        toy.with_overrides(timestep_spacing="trailng")
+    with pytest.raises(RecipeError, match="num_steps 1 with timestep_spacing 'leading'.*timestep_spacing: trailing"):
+        toy.with_overrides(num_steps=1)
+    assert toy.with_overrides(num_steps=1, timestep_spacing="trailing").num_steps == 1
 
 
 def test_losses():

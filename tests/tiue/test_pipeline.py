@@ -99,3 +99,56 @@ def test_model_cpu_offload(sd_dir):
     images = offloaded("a red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
     assert offloaded.unet.device.type == "cpu"  # moved back after use by the offload hooks
     np.testing.assert_allclose(images, expected, atol=1e-3)
+
+
+def test_guidance_is_encoder_propagation_of_the_sequential_ddim_loop(sd_dir):
+    """With CFG the pipeline is training-free encoder propagation: the encoder once on x_T, then DDIM step by step
+    with each step's guided decoder output; the decoder reads the encoder's features, not x_t, so one batch holds all
+    steps. Checked against `DDIMScheduler.step` run in a loop, at 25 steps, with the guidance of SD pipelines."""
+    from encoder_shrink.tiue.distiller import sd_ddim_scheduler
+
+    sd = StableDiffusionPipeline.from_pretrained(sd_dir)
+    scheduler = sd_ddim_scheduler(sd.scheduler)
+    scheduler.set_timesteps(25)
+    pipe = TiUEPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+                        scheduler=sd_ddim_scheduler(sd.scheduler), timesteps=scheduler.timesteps.tolist())
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red circle", "a blue square"]
+    guided = pipe(prompts, latents=noise, guidance_scale=4.0, output_type="latent").images
+
+    device = torch.device("cpu")
+    cond, uncond = pipe.encode_prompt(prompts, device), pipe.encode_prompt(["", ""], device)
+    split, x = UNetSplit(sd.unet), noise.clone()
+    with torch.no_grad():
+        features = split.encode(torch.cat([noise, noise]), scheduler.timesteps[0], torch.cat([uncond, cond]))
+        for t in scheduler.timesteps:
+            u, c = split.decode(features, t.reshape(1), torch.cat([uncond, cond])).chunk(2)
+            x = scheduler.step(u + 4.0 * (c - u), t, x).prev_sample
+    torch.testing.assert_close(guided, x, rtol=1e-4, atol=1e-4)
+    unguided = pipe(prompts, latents=noise, output_type="latent").images
+    assert not torch.allclose(guided, unguided, atol=1e-3)  # the guidance does change the sample
+    torch.testing.assert_close(pipe(prompts, latents=noise, guidance_scale=1.0, output_type="latent").images, unguided)
+
+
+def test_one_guided_step_is_the_sd_pipelines_step_on_the_same_noise(sd_dir):
+    """At K = 1 the split is the whole UNet: with the same generators and guidance, TiUEPipeline draws what
+    StableDiffusionPipeline draws in one DDIM step (same noise, same CFG, same step): what the TiUE demo relies on to
+    compare variants seed for seed."""
+    from encoder_shrink.tiue.distiller import sd_ddim_scheduler
+
+    sd = StableDiffusionPipeline.from_pretrained(sd_dir)
+    sd.scheduler = sd_ddim_scheduler(sd.scheduler)
+    sd.set_progress_bar_config(disable=True)
+    tiue = TiUEPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+                        scheduler=sd_ddim_scheduler(sd.scheduler), timesteps=[1])
+    tiue.set_progress_bar_config(disable=True)
+    prompts = ["a red circle", "a blue square"]
+
+    def generators():
+        return [torch.Generator().manual_seed(s) for s in (5, 6)]
+
+    expected = sd(prompts, num_inference_steps=1, guidance_scale=3.0, generator=generators(), height=16, width=16,
+                  output_type="latent").images
+    torch.testing.assert_close(tiue(prompts, guidance_scale=3.0, generator=generators(), height=16, width=16,
+                                    output_type="latent").images, expected, rtol=1e-5, atol=1e-5)
