@@ -30,6 +30,7 @@ from encoder_shrink.toy.train_teacher import (
     STATE,
     VARIANTS,
     WARMUP_STEPS,
+    evaluate_with_ema,
     load_training_state,
     rendered_batch,
     save_teacher,
@@ -146,14 +147,8 @@ def train_sd_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, le
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
             unet.eval()
             text_encoder.eval()
-            swap_weights(params, ema)
-            accuracy = evaluate_sd_teacher(pipe, eval_prompts)
-            history.append({"step": step + 1, "loss": float(np.mean(losses[-eval_every:])), "heldout": accuracy})
-            logger.info("step %d loss %.4f held-out overall %.3f by kind %s", step + 1, history[-1]["loss"],
-                        accuracy["overall"], {k: v["overall"] for k, v in accuracy["by_kind"].items()})
-            if on_eval is not None:
-                on_eval(step + 1, history)  # sees (and saves) the EMA weights
-            swap_weights(params, ema)
+            evaluate_with_ema(params, ema, lambda: evaluate_sd_teacher(pipe, eval_prompts), history, step + 1,
+                              float(np.mean(losses[-eval_every:])), on_eval)
             if state_dir is not None:
                 save_training_state(state_dir, params, ema, optimizer, schedule, step + 1, history)
     unet.eval()

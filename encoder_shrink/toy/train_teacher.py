@@ -135,6 +135,27 @@ def swap_weights(params: list[torch.nn.Parameter], other: list[torch.Tensor]) ->
             q.copy_(tmp)
 
 
+def evaluate_with_ema(params, ema, evaluate, history: list, step: int, loss: float, on_eval=None) -> None:
+    r"""
+    Swap the EMA weights in, record `evaluate()` (held-out checker scores) with the step and mean loss in `history`,
+    log it, let `on_eval(step, history)` see (and save) the EMA weights, and swap the live weights back.
+
+    Example:
+
+    ```python
+    >>> evaluate_with_ema(params, ema, lambda: evaluate_teacher(pipe, 64), history, 1000, 0.01)  # doctest: +SKIP
+    ```
+    """
+    swap_weights(params, ema)
+    accuracy = evaluate()
+    history.append({"step": step, "loss": loss, "heldout": accuracy})
+    logger.info("step %d loss %.4f held-out overall %.3f by kind %s", step, loss, accuracy["overall"],
+                {k: v["overall"] for k, v in accuracy["by_kind"].items()})
+    if on_eval is not None:
+        on_eval(step, history)
+    swap_weights(params, ema)
+
+
 def save_training_state(state_dir: Path, params, ema, optimizer, schedule, step: int, history: list) -> None:
     """Live and EMA weights, optimizer and schedule: what `--resume` needs (written to a temp folder, renamed)."""
     from safetensors.torch import save_file
@@ -224,14 +245,8 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
             transformer.eval()
-            swap_weights(params, ema)
-            accuracy = evaluate_teacher(pipe, eval_prompts)
-            history.append({"step": step + 1, "loss": float(np.mean(losses[-eval_every:])), "heldout": accuracy})
-            logger.info("step %d loss %.4f held-out overall %.3f by kind %s", step + 1, history[-1]["loss"],
-                        accuracy["overall"], {k: v["overall"] for k, v in accuracy["by_kind"].items()})
-            if on_eval is not None:
-                on_eval(step + 1, history)  # sees (and saves) the EMA weights
-            swap_weights(params, ema)
+            evaluate_with_ema(params, ema, lambda: evaluate_teacher(pipe, eval_prompts), history, step + 1,
+                              float(np.mean(losses[-eval_every:])), on_eval)
             save_state(step + 1)  # live weights again, and the history with this evaluation
     transformer.eval()
     swap_weights(params, ema)  # the pipeline leaves with its EMA weights
