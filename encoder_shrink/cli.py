@@ -24,6 +24,26 @@ def _quiet_libraries() -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     _quiet_libraries()
+    if args.tiue and args.drop_in:
+        raise InvalidArgumentError("--tiue and --drop-in are two different demos; pass one of them.")
+    if args.tiue and args.steps is not None:
+        raise InvalidArgumentError("--steps sets the text-encoder demo's distillation; `demo --tiue` loads the "
+                                   "shipped students (python -m encoder_shrink.toy.tiue_students re-makes them).")
+    if args.tiue:
+        from encoder_shrink.toy.tiue_demo import results_table, run_tiue_demo
+
+        sizes = {k: v for k, v in (("eval_prompts", args.eval_prompts), ("seeds", args.seeds)) if v is not None}
+        output = args.output or "encoder-shrink-tiue-demo"
+        results = run_tiue_demo(output, teacher=args.teacher, students=args.students, seed=args.seed, **sizes)
+        print(results_table(results))
+        for target, ok in results["targets"].items():
+            print(f"- {target}: {'met' if ok else 'NOT met'}")
+        print(f"\nWrote {output}/results.json, report.md and grid.png in {results['seconds']:.0f} s")
+        return 0
+    args.output = args.output or "encoder-shrink-demo"
+    for flag in ("students", "eval_prompts", "seeds"):
+        if getattr(args, flag) is not None:
+            raise InvalidArgumentError(f"--{flag.replace('_', '-')} is an option of `demo --tiue`; add --tiue.")
     if not args.drop_in:
         from encoder_shrink.toy.demo import results_table, run_toy_demo
 
@@ -415,10 +435,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="offline end to end on the bundled toy world: distil, export int8, evaluate, bench",
         description="On the bundled toy FLUX teacher: distil its T5 with the vision-based and the naive loss, export "
                     "int8 ONNX, score every encoder with the toy checker, bench them; write report.md, grid.png and "
-                    "results.json. --drop-in runs the drop-in round trip on tiny random pipelines instead.",
+                    "results.json. --drop-in runs the drop-in round trip on tiny random pipelines instead; --tiue "
+                    "compares the toy SD teacher with its loop-free TiUE students.",
     )
-    demo.add_argument("--output", default="encoder-shrink-demo", help="folder for results (default: %(default)s)")
-    demo.add_argument("--teacher", help="toy teacher folder (default: the bundled one)")
+    demo.add_argument("--output", help="folder for results (default: encoder-shrink-demo; with --tiue "
+                                       "encoder-shrink-tiue-demo)")
+    demo.add_argument("--teacher", help="toy teacher folder (default: the bundled one; with --tiue the SD one)")
+    demo.add_argument("--tiue", action="store_true",
+                      help="the TiUE demo: the toy SD teacher against its loop-free students (K = 4, K = 1) and "
+                           "training-free encoder propagation")
+    demo.add_argument("--students", help="with --tiue: folder of the k4/ and k1/ students (default: the bundled ones)")
+    demo.add_argument("--eval-prompts", type=int, help="with --tiue: held-out prompts (default: 64, 16 per kind)")
+    demo.add_argument("--seeds", type=int, help="with --tiue: seeds per prompt (default: 8)")
     demo.add_argument("--steps", type=int, help="distillation steps per student (default: the toy recipe's)")
     demo.add_argument("--drop-in", action="store_true",
                       help="instead: the drop-in round trip on tiny random pipelines of every family (--families)")

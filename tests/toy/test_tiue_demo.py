@@ -1,0 +1,97 @@
+"""`encoder-shrink demo --tiue` and the toy TiUE students: what the demo measures, and how the students are made."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from encoder_shrink.cli import main as cli
+from encoder_shrink.errors import InputNotFoundError, InvalidArgumentError
+from encoder_shrink.toy.tiue_demo import ONE_STEP, PROPAGATION, TEACHER, TEACHER_FEW, TIUE, VARIANTS, diversity
+from encoder_shrink.toy.tiue_students import BUNDLED_TIUE, load_toy_tiue
+from encoder_shrink.toy.tiue_students import main as make_students
+from encoder_shrink.toy.world import render
+from tests.doctests import run_docstring_examples
+
+
+def test_diversity_is_zero_for_copies_and_measures_the_layout_spread():
+    prompt = "a red circle"
+    copies = np.stack([render(prompt, seed=0)] * 4)
+    assert diversity(copies, seeds=4) == {"appearance": 0.0, "position": 0.0, "position_prompts": 1}
+    # One image and the same shifted 4 px right: each centroid is 2 px from their mean.
+    image = render(prompt, seed=0)
+    shifted = np.full_like(image, 255)
+    shifted[:, 4:] = image[:, :-4]
+    assert diversity(np.stack([image, shifted]), seeds=2)["position"] == pytest.approx(2.0, abs=1e-6)
+    # The world's own jitter: 8 seeds of one prompt spread, and two prompts are averaged.
+    jittered = np.stack([render(p, seed=s) for p in (prompt, "a blue square") for s in range(8)])
+    spread = diversity(jittered, seeds=8)
+    assert spread["position"] > 0.5 and spread["appearance"] > 0.05
+
+
+def test_demo_compares_teacher_students_and_propagation(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli(["demo", "--tiue", "--output", str(out), "--eval-prompts", "4", "--seeds", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["variants"]) == list(VARIANTS) and (results["prompts"], results["seeds"]) == (4, 2)
+    v = results["variants"]
+    for figures in v.values():
+        assert set(figures["accuracy"]) == {"overall", "colour", "shape", "count", "position", "text"}
+        assert figures["latency_s"] > 0 and figures["diversity"]["appearance"] > 0
+    # The UNet work, counted: 25 steps x 2 (CFG) full passes for the teacher, 4 x 2 at 4 steps; TiUE one encoder
+    # and 4 decoder passes, more than K = 1 and more than ten times less than the teacher.
+    assert v[TEACHER]["unet_flops"] == pytest.approx(25 / 4 * v[TEACHER_FEW]["unet_flops"], rel=1e-6)
+    assert v[TIUE]["fewer_flops"] >= 10 and v[ONE_STEP]["unet_flops"] < v[TIUE]["unet_flops"]
+    assert 1 < v[PROPAGATION]["fewer_flops"] < 2  # its encoder once, its decoder 50 times
+    assert set(results["targets"]) and all(isinstance(ok, bool) for ok in results["targets"].values())
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| TiUE K=4 |" in report and "position spread" in report
+    assert "| encoder propagation |" in capsys.readouterr().out
+
+
+def test_demo_refusals(tmp_path, capsys):
+    for args in (["--tiue", "--drop-in"], ["--tiue", "--steps", "5"], ["--students", "x"], ["--seeds", "4"],
+                 ["--tiue", "--seeds", "1"]):
+        assert cli(["demo", "--output", str(tmp_path / "out"), *args]) == 2, args
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1, args
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_students_are_remade_by_the_recipe_and_load_with_their_schedule(tmp_path):
+    make_students(["--students", "k1", "--max-steps", "2", "--output", str(tmp_path / "students"),
+                   "--work-dir", str(tmp_path / "work")])
+    k1 = load_toy_tiue("k1", tmp_path / "students" / "k1")
+    assert k1.timesteps == (999,)  # the one-step student samples at t = 999, not at leading spacing's t = 1
+    summary = json.loads((tmp_path / "students" / "k1" / "training_summary.json").read_text())
+    assert (summary["recipe"]["name"], summary["steps"], summary["timesteps"]) == ("toy-tiue", 2, [999])
+    assert summary["wall_seconds"] > 0
+    shipped = load_toy_tiue("k1")
+    assert load_toy_tiue("k4").timesteps == (751, 501, 251, 1)  # the paper's schedule, stored with the student
+    # The shipped students are what the bundled recipe makes: their recorded recipe is today's `toy-tiue`.
+    from encoder_shrink.tiue import load_tiue_recipe
+    from encoder_shrink.toy.tiue_students import STUDENTS
+
+    for name, overrides in STUDENTS.items():
+        recorded = json.loads((BUNDLED_TIUE / name / "training_summary.json").read_text())["recipe"]
+        assert recorded == load_tiue_recipe("toy-tiue").with_overrides(**overrides).to_dict(), name
+    assert {f.suffix for f in BUNDLED_TIUE.rglob("*") if f.is_file()} <= {".safetensors", ".json"}
+    assert any(not torch.equal(a, b) for a, b in zip(k1.unet.parameters(), shipped.unet.parameters()))
+    image = k1("a red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+    with pytest.raises(InvalidArgumentError, match="unknown toy TiUE student 'k2'"):
+        load_toy_tiue("k2")
+    with pytest.raises(InputNotFoundError, match="python -m encoder_shrink.toy.tiue_students --students k4"):
+        load_toy_tiue("k4", tmp_path)
+
+
+def test_docstring_examples_run():
+    import encoder_shrink.toy.sd_teacher
+    import encoder_shrink.toy.tiue_demo
+
+    assert run_docstring_examples(encoder_shrink.toy.tiue_demo) >= 1
+    assert run_docstring_examples(encoder_shrink.toy.sd_teacher) >= 1
+
