@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from encoder_shrink.errors import InvalidArgumentError
+from encoder_shrink.evaluation.metrics import to_uint8
 from encoder_shrink.files import atomic_path, atomic_write_text
 from encoder_shrink.toy.checker import score
 from encoder_shrink.toy.world import ATTRIBUTES, IMAGE_SIZE, KINDS, render, sample_prompts
@@ -105,7 +106,7 @@ def _draw(draw, prompts: list[str], seeds: list[int], batch_size: int = 32) -> n
     for start in range(0, len(prompts), batch_size):
         generators = [torch.Generator().manual_seed(s) for s in seeds[start:start + batch_size]]
         out = draw(prompts[start:start + batch_size], generators, "np")
-        images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
+        images.append(to_uint8(out))
     return np.concatenate(images)
 
 

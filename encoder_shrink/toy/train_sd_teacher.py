@@ -25,7 +25,6 @@ from encoder_shrink.toy.checker import score
 from encoder_shrink.toy.sd_teacher import SD_GUIDANCE_SCALE, SD_STEPS, generate_sd, toy_sd_components
 from encoder_shrink.toy.teacher import MAX_SEQUENCE_LENGTH
 from encoder_shrink.toy.train_teacher import (
-    EMA_DECAY,
     KIND_WEIGHTS,
     STATE,
     VARIANTS,
@@ -36,6 +35,7 @@ from encoder_shrink.toy.train_teacher import (
     save_teacher,
     save_training_state,
     swap_weights,
+    update,
 )
 from encoder_shrink.toy.world import all_prompts, sample_prompts, split_of
 
@@ -133,14 +133,7 @@ def train_sd_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, le
         snr = compute_snr(scheduler, timesteps)
         weight = torch.clamp(snr, max=SNR_GAMMA) / snr
         loss = (weight * (prediction - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        decay = min(EMA_DECAY, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        update(loss, params, ema, optimizer, schedule, step)
         losses.append(loss.item())
         if hasattr(bar, "set_postfix") and step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")

@@ -135,6 +135,27 @@ def swap_weights(params: list[torch.nn.Parameter], other: list[torch.Tensor]) ->
             q.copy_(tmp)
 
 
+def update(loss: torch.Tensor, params, ema, optimizer, schedule, step: int) -> None:
+    r"""
+    One training update: backward, clip the gradient norm to 1, the optimizer and schedule steps, then the EMA with
+    its ramp `min(EMA_DECAY, (1 + step) / (10 + step))`.
+
+    Example:
+
+    ```python
+    >>> update(loss, params, ema, optimizer, schedule, step)  # doctest: +SKIP
+    ```
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    decay = min(EMA_DECAY, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+
+
 def evaluate_with_ema(params, ema, evaluate, history: list, step: int, loss: float, on_eval=None) -> None:
     r"""
     Swap the EMA weights in, record `evaluate()` (held-out checker scores) with the step and mean loss in `history`,
@@ -232,14 +253,7 @@ def train_denoiser(pipe, steps: int, batch_size: int, seed: int, progress, learn
         prediction = transformer(hidden_states=x_t, timestep=sigma, pooled_projections=pooled,
                                  encoder_hidden_states=text, txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
         loss = F.mse_loss(prediction, noise - x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        decay = min(EMA_DECAY, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        update(loss, params, ema, optimizer, schedule, step)
         losses.append(float(loss))
         if hasattr(bar, "set_postfix") and step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
