@@ -241,7 +241,9 @@ class StudentMixin:
         path = pretrained_model_name_or_path
         require_folder_or_hub_id(path, "student")
         if kwargs.get("use_safetensors") is False:
-            raise InvalidArgumentError(f"{cls.__name__} loads safetensors only; drop use_safetensors=False.")
+            # What `DiffusionPipeline.from_pretrained(..., use_safetensors=False)` passes to every component: the
+            # original encoders then load whatever weights there are; a student has only safetensors ones.
+            logger.info("%s loads safetensors only; use_safetensors=False reads them all the same.", cls.__name__)
         kwargs["use_safetensors"] = True
         local = Path(path) / kwargs.get("subfolder", "")
         if local.is_dir():
@@ -307,7 +309,10 @@ class StudentMixin:
                 "save_pretrained(push_to_hub=True) is not supported here; save, then upload the folder."
             )
         if not safe_serialization:
-            raise InvalidArgumentError("students are saved as safetensors only; drop safe_serialization=False.")
+            # What `DiffusionPipeline.save_pretrained(..., safe_serialization=False)` passes to every component whose
+            # signature names it (the original encoders ignore it in transformers 5): the student never writes pickle.
+            logger.warning("%s is saved as safetensors only (safe_serialization=False asked for pickle).",
+                        type(self).__name__)
         if not is_main_process:
             return
         target = Path(save_directory)
