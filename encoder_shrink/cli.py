@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -106,15 +108,24 @@ def _distill(args: argparse.Namespace) -> int:
         }.items()
         if value is not None
     }
+    from encoder_shrink.loading import check_resolution
     from encoder_shrink.recipes import load_recipe
+    from encoder_shrink.run_folder import check_run_folder
 
-    load_recipe(args.recipe)  # a misspelt recipe fails before minutes of pipeline loading
+    # A misspelt recipe or field, a resolution the pipeline cannot take, or an output folder holding another run
+    # fails here, before minutes of pipeline loading.
+    recipe = load_recipe(args.recipe).with_overrides(**overrides, **({"loss": args.loss} if args.loss else {}))
+    if args.resolution is not None:
+        check_resolution(args.pipeline, args.resolution)
+    check_run_folder(args.output, {"method": "distill", "recipe": recipe.to_dict()}, resume=args.resume,
+                     overwrite=args.overwrite)
     pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
     pipe.set_progress_bar_config(disable=True)
     shrinker = EncoderShrinker(pipe, teacher_id=args.pipeline)
     shrinker.distill(
         recipe=args.recipe, prompts=_parse_prompts(args.prompts), output_dir=args.output, resume=args.resume,
-        loss=args.loss, cache_dir=args.cache_dir, release_teacher=args.release_teacher, **overrides,
+        loss=args.loss, cache_dir=args.cache_dir, release_teacher=args.release_teacher, overwrite=args.overwrite,
+        **overrides,
     )
     summary = shrinker.summary
     print(
@@ -133,6 +144,8 @@ def _cache(args: argparse.Namespace) -> int:
     from encoder_shrink.distill.cache_job import build_teacher_cache
     from encoder_shrink.recipes import load_recipe
 
+    if args.batch_size < 1:
+        raise InvalidArgumentError(f"batch_size={args.batch_size} encodes nothing; pass at least 1.")
     recipe = load_recipe(args.recipe) if args.recipe else None
     prompts = [prompt for path in args.prompts for prompt in read_captions(path)]
     length = args.max_sequence_length or (recipe.max_sequence_length if recipe else None)
@@ -210,6 +223,10 @@ def _eval(args: argparse.Namespace) -> int:
     from encoder_shrink.loading import load_pipeline
 
     _quiet_libraries()
+    if args.resolution is not None and args.pipeline != "toy":
+        from encoder_shrink.loading import check_resolution
+
+        check_resolution(args.pipeline, args.resolution)  # before anything is loaded
     names = list(dict.fromkeys(args.metric or (["checker"] if args.pipeline == "toy" else [])))
     options = {"clip": args.clip} if args.clip else {}
     for option in options:  # an option no chosen metric reads is a mistake, not something to ignore
@@ -253,8 +270,9 @@ def _eval(args: argparse.Namespace) -> int:
 
         defaults = {"num_inference_steps": NUM_INFERENCE_STEPS, "resolution": IMAGE_SIZE,
                     "max_sequence_length": MAX_SEQUENCE_LENGTH}
+    guidance = {"guidance_scale": args.guidance_scale} if args.guidance_scale is not None else {}  # else the family's
     results = evaluate(
-        pipe, students, prompts, metrics=metrics, guidance_scale=args.guidance_scale,
+        pipe, students, prompts, metrics=metrics, **guidance,
         num_inference_steps=args.num_inference_steps or defaults.get("num_inference_steps", 20),
         resolution=args.resolution or defaults.get("resolution", 512),
         max_sequence_length=args.max_sequence_length or defaults.get("max_sequence_length"),
@@ -352,12 +370,17 @@ def _tiue_distill(args: argparse.Namespace) -> int:
         }.items()
         if value is not None
     }
-    load_tiue_recipe(args.recipe).with_overrides(**overrides)  # a misspelt recipe or field fails before loading
+    from encoder_shrink.run_folder import check_run_folder
+
+    # A misspelt recipe or field, or an output folder holding another run, fails before loading.
+    recipe = load_tiue_recipe(args.recipe).with_overrides(**overrides)
+    check_run_folder(args.output, {"method": "tiue", "recipe": recipe.to_dict()}, resume=args.resume,
+                     overwrite=args.overwrite)
     pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
     pipe.set_progress_bar_config(disable=True)
     distiller = TiUEDistiller(pipe, teacher_id=args.pipeline)
     distiller.distill(recipe=args.recipe, prompts=_parse_prompts(args.prompts), output_dir=args.output,
-                      resume=args.resume, **overrides)
+                      resume=args.resume, overwrite=args.overwrite, **overrides)
     summary = distiller.summary
     before, after = summary["distance_before"], summary["distance_after"]
     print(
@@ -371,11 +394,10 @@ def _tiue_distill(args: argparse.Namespace) -> int:
 def _tiue_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from encoder_shrink.loading import require_folder_or_hub_id
+    from encoder_shrink.loading import load_pipeline
     from encoder_shrink.tiue import TiUEPipeline
 
-    require_folder_or_hub_id(args.pipeline, "TiUE pipeline")
-    pipe = TiUEPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)).to(args.device)
+    pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype), pipeline_class=TiUEPipeline).to(args.device)
     if args.onnx:
         from encoder_shrink.exporters.tiue_onnx import OnnxTiUEUNet
 
@@ -386,11 +408,11 @@ def _tiue_generate(args: argparse.Namespace) -> int:
     generator = torch.Generator("cpu").manual_seed(args.seed)
     images = pipe(args.prompt, num_images_per_prompt=args.num_images, generator=generator, height=args.resolution,
                   width=args.resolution).images
+    from encoder_shrink.files import atomic_path
+
     for index, image in enumerate(images):
-        target = output / f"{index:03d}.png"
-        tmp = target.with_name(target.name + ".tmp.png")
-        image.save(tmp)
-        tmp.replace(target)
+        with atomic_path(output / f"{index:03d}.png") as tmp:
+            image.save(tmp)
     print(f"{len(images)} images of {len(args.prompt)} prompts written to {output} (one encoder pass, one batched "
           f"decoder pass over {list(pipe.timesteps)}{', ONNX Runtime' if args.onnx else ''})")
     return 0
@@ -399,11 +421,10 @@ def _tiue_generate(args: argparse.Namespace) -> int:
 def _tiue_export(args: argparse.Namespace) -> int:
     from encoder_shrink.exporters.runtime import REPORT
     from encoder_shrink.exporters.tiue_onnx import export_tiue_onnx
-    from encoder_shrink.loading import require_folder_or_hub_id
+    from encoder_shrink.loading import load_pipeline
     from encoder_shrink.tiue import TiUEPipeline
 
-    require_folder_or_hub_id(args.pipeline, "TiUE pipeline")
-    pipe = TiUEPipeline.from_pretrained(args.pipeline)
+    pipe = load_pipeline(args.pipeline, pipeline_class=TiUEPipeline)
     pipe.set_progress_bar_config(disable=True)
     output = export_tiue_onnx(pipe, args.output, resolution=args.resolution, batch_size=args.batch_size,
                               overwrite=args.overwrite)
@@ -453,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--families", nargs="+", default=list(TINY_FAMILIES), choices=TINY_FAMILIES, metavar="FAMILY",
                       help=f"pipeline families to run (default: all of {', '.join(TINY_FAMILIES)})")
     demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    _register(demo, _demo, inputs=("teacher", "students"), output="output")
 
     distill = commands.add_parser(
         "distill",
@@ -473,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     distill.add_argument("--output", default="encoder-shrink-student", help="output folder (default: %(default)s)")
     distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    distill.add_argument("--overwrite", action="store_true", help="delete an earlier run in --output and start over")
     distill.add_argument("--loss", choices=registered_losses(),
                          help="in every stage: vision (the paper's step-following loss), embedding (naive MSE "
                               "baseline) or another registered loss; default: the recipe's (vision, or per stage)")
@@ -485,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--num-inference-steps", int), ("--checkpoint-every", int), ("--max-sequence-length", int)):
         distill.add_argument(flag, type=kind, help="override the recipe's value")
     distill.add_argument("--gradient-checkpointing", action="store_true", help="recompute the denoiser's activations")
-    distill.set_defaults(func=_distill)
+    _register(distill, _distill, inputs=("pipeline", "prompts"), output="output")
 
     tiue = commands.add_parser(
         "tiue",
@@ -507,12 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(e.g. journeydb=captions.parquet)")
     tiue_distill.add_argument("--output", default="encoder-shrink-tiue", help="output folder (default: %(default)s)")
     tiue_distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    tiue_distill.add_argument("--overwrite", action="store_true",
+                              help="delete an earlier run in --output and start over")
     tiue_distill.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                               help="dtype of the frozen teacher (the student trains in fp32)")
     for flag, kind in (("--max-steps", int), ("--batch-size", int), ("--learning-rate", float),
                        ("--lora-learning-rate", float), ("--resolution", int), ("--checkpoint-every", int)):
         tiue_distill.add_argument(flag, type=kind, help="override the recipe's value")
-    tiue_distill.set_defaults(func=_tiue_distill)
+    _register(tiue_distill, _tiue_distill, inputs=("pipeline", "prompts"), output="output")
     tiue_generate = tiue_commands.add_parser(
         "generate", help="sample images with a TiUE pipeline folder",
         description="Sample with a TiUEPipeline (one encoder pass, one batched decoder pass); PNGs go to OUTPUT.",
@@ -527,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiue_generate.add_argument("--output", default="encoder-shrink-tiue-images",
                                help="folder for the PNGs (default: %(default)s)")
     tiue_generate.add_argument("--onnx", help="run the UNet from this `tiue export` folder with ONNX Runtime")
-    tiue_generate.set_defaults(func=_tiue_generate)
+    _register(tiue_generate, _tiue_generate, inputs=("pipeline", "onnx"), output="output")
     tiue_export = tiue_commands.add_parser(
         "export", help="export a TiUE pipeline's UNet as one ONNX graph, checked against torch",
         description="Export the UNet of a TiUEPipeline (encoder, batched decoder, combine) as one ONNX graph; the "
@@ -538,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiue_export.add_argument("--batch-size", type=int, default=1, help="images per graph call (default: %(default)s)")
     tiue_export.add_argument("--resolution", type=int, help="image size in px (default: the UNet's)")
     tiue_export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    tiue_export.set_defaults(func=_tiue_export)
+    _register(tiue_export, _tiue_export, inputs=("pipeline",), output="output")
 
     cache = commands.add_parser(
         "cache",
@@ -557,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--batch-size", type=int, default=8, help="texts per teacher call (default: %(default)s)")
     cache.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="dtype the teacher is loaded in")
-    cache.set_defaults(func=_cache)
+    _register(cache, _cache, inputs=("pipeline", "prompts"), output="cache_dir")
 
     formats = "; ".join(f"{name}: {EXPORT_FORMATS.get(name).description}" for name in EXPORT_FORMATS.names())
     export = commands.add_parser(
@@ -604,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens", type=int, help="onnx/tensorrt: longest input the graph accepts (default: 2048)"
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    export.set_defaults(func=_export)
+    _register(export, _export, inputs=("student", "tokenizer"), output="output")
 
     evaluation = commands.add_parser(
         "eval",
@@ -629,10 +653,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--num-inference-steps", type=int)
     evaluation.add_argument("--resolution", type=int)
     evaluation.add_argument("--max-sequence-length", type=int)
-    evaluation.add_argument("--guidance-scale", type=float, default=None, help="FLUX-dev guidance / CFG scale")
+    evaluation.add_argument("--guidance-scale", type=float, default=None,
+                            help="FLUX-dev guidance / CFG scale (default: the pipeline's own default)")
     evaluation.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     evaluation.add_argument("--output", default="encoder-shrink-eval", help="results folder (default: %(default)s)")
-    evaluation.set_defaults(func=_eval)
+    _register(evaluation, _eval, inputs=("pipeline", "student", "prompts", "clip"), output="output")
 
     bench = commands.add_parser(
         "bench",
@@ -679,10 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-fraction", type=float, help="cap CUDA memory to this fraction (e.g. 24 GB / GPU total)"
     )
     bench.add_argument("--output", default="encoder-shrink-bench", help="results folder (default: %(default)s)")
-    bench.set_defaults(func=_bench)
+    _register(bench, _bench, inputs=("pipeline", "student"), output="output")
 
     recipes = commands.add_parser("recipes", help="list the bundled recipes, one line each")
-    recipes.set_defaults(func=_recipes)
+    _register(recipes, _recipes)
 
     convert = commands.add_parser(
         "convert",
@@ -692,24 +717,100 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="folder or hub id of the reference checkpoint")
     convert.add_argument("--output", required=True, help="folder to write the student to")
     convert.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
-    convert.set_defaults(func=_convert)
+    _register(convert, _convert, inputs=("source",), output="output")
     return parser
+
+
+def _register(parser: argparse.ArgumentParser, func, inputs: tuple[str, ...] = (), output: str | None = None) -> None:
+    """
+    A subcommand: the function it runs, the options that name what it reads (folders, files or hub ids) and the one
+    that names what it writes. `main` checks them before the function runs: a missing input or an output that cannot
+    be written is one line and exit 2, and nothing is written. Every subcommand registers here (a test walks them).
+    """
+    parser.set_defaults(func=func, input_options=inputs, output_option=output, leaf_parser=parser)
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    from encoder_shrink.errors import InputNotFoundError
+    from encoder_shrink.files import require_writable
+    from encoder_shrink.loading import require_folder_or_hub_id
+
+    if args.output_option and getattr(args, args.output_option, None) is not None:
+        require_writable(getattr(args, args.output_option), "output")
+    for dest in args.input_options:
+        values = getattr(args, dest, None)
+        for value in [] if values is None else values if isinstance(values, list) else [values]:
+            if dest == "prompts":  # prompt files and folders are local: `[KIND=]PATH`
+                path = value.partition("=")[2] if "=" in value and not Path(value).exists() else value
+                if not Path(path).exists():
+                    raise InputNotFoundError(f"prompt file {path} does not exist; pass an existing file or folder.")
+            else:
+                require_folder_or_hub_id(value, dest.replace("_", " "))
+
+
+# Library parameter names that the command line spells otherwise (its option's dest).
+_LIBRARY_NAMES = {"output_dir": "output"}
+# A filesystem error a user can fix, by errno: what to do about it.
+_FILESYSTEM_FIXES = {
+    errno.EROFS: "the location is read-only: choose a writable {flag}",
+    errno.EACCES: "no permission to write there: choose a writable {flag} or fix its permissions",
+    errno.EPERM: "no permission to write there: choose a writable {flag} or fix its permissions",
+    errno.ENOSPC: "the disk is full: free space there or choose {flag} on another disk, then run again",
+    errno.EDQUOT: "the disk quota is used up: free space there or choose {flag} on another disk, then run again",
+    errno.EFBIG: "the file is too large for that file system: choose {flag} on another disk",
+}
+
+
+def _filesystem_errno(error: BaseException) -> int | None:
+    """The errno of an OSError, or of one that safetensors' writer reports in its own error type (`(os error 28)`)."""
+    if isinstance(error, OSError):
+        return error.errno
+    found = re.search(r"\(os error (\d+)\)", str(error)) if type(error).__name__ == "SafetensorError" else None
+    return int(found.group(1)) if found else None
+
+
+def _in_cli_words(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library message in the command line's words: `overwrite=True` -> `--overwrite`, `batch_size=0` ->
+    `--batch-size 0`, `output_dir` -> `--output`, for every option the subcommand has."""
+    for action in parser._actions:
+        flags = [option for option in action.option_strings if option.startswith("--")]
+        if not flags:
+            continue
+        for name in [action.dest, *(k for k, v in _LIBRARY_NAMES.items() if v == action.dest)]:
+            if isinstance(action, argparse._StoreTrueAction):
+                message = re.sub(rf"(?<![\w.]){name}=True\b", flags[0], message)
+            else:
+                message = re.sub(rf"(?<![\w.-]){name}=", f"{flags[0]} ", message)
+            if name in _LIBRARY_NAMES:
+                message = re.sub(rf"(?<![\w.-]){name}\b", flags[0], message)
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries()
     try:
+        _check_paths(args)  # before any import of torch: a wrong path is refused at once
+        _quiet_libraries()
         return args.func(args)
     except EncoderShrinkError as error:
         # Errors raised on purpose name the problem and the fix in one line; anything else is a bug and keeps its
         # traceback.
-        if args.verbose:
-            traceback.print_exc()
-        print(f"encoder-shrink {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        caught, message = error, str(error)
+    except Exception as error:  # a full disk, a read-only or foreign folder met while writing: also one line
+        code = _filesystem_errno(error)
+        if code not in _FILESYSTEM_FIXES:
+            raise
+        output = getattr(args, args.output_option) if args.output_option else None
+        flag = f"--{args.output_option.replace('_', '-')}" if args.output_option else "output location"
+        caught = error
+        where = getattr(error, "filename", None) or output or "the output"
+        message = f"cannot write {where}: " + _FILESYSTEM_FIXES[code].format(flag=flag)
+    if args.verbose:
+        traceback.print_exception(caught)
+    print(f"{args.leaf_parser.prog}: error: {_in_cli_words(message, args.leaf_parser)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

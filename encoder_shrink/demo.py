@@ -68,8 +68,9 @@ def run_drop_in_demo(
         teacher_pipe = load_tiny_pipeline(family, teacher_dir, seed=seed)
         shrinker = EncoderShrinker(teacher_pipe, teacher_id=str(teacher_dir))
         adapter = shrinker.adapter
+        # The demo owns its output folder: a second demo run replaces the first one's runs.
         student = shrinker.distill(recipe="tiny", output_dir=output_dir / "distill" / family, max_steps=DISTILL_STEPS,
-                                   seed=seed)
+                                   seed=seed, overwrite=True)
         student_dir = output_dir / "distill" / family / "student"
 
         pipeline_class = tiny_pipeline_class(family)

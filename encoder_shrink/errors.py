@@ -51,6 +51,10 @@ class InputNotFoundError(EncoderShrinkError, FileNotFoundError):
     """An input file or folder that does not exist or is incomplete."""
 
 
+class NotWritableError(EncoderShrinkError, PermissionError):
+    """An output location that cannot be written (read-only, no permission, a file where a folder must go)."""
+
+
 class BackendUnavailableError(EncoderShrinkError, RuntimeError):
     """An optional package or hardware (onnxruntime, TensorRT, a CUDA GPU) that the requested work needs."""
 
@@ -67,6 +71,7 @@ __all__ = [
     "IncompatibleModelError",
     "InputNotFoundError",
     "InvalidArgumentError",
+    "NotWritableError",
     "OutputExistsError",
     "UnknownNameError",
     "WrongModelTypeError",

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from encoder_shrink.errors import NotWritableError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -101,3 +103,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def require_writable(path: str | os.PathLike, what: str = "output") -> None:
+    """
+    Refuse, before any work, an output `path` that cannot be written: a read-only file system or folder, or a file
+    standing where a folder must go. The check looks at `path` or, when it does not exist yet, at the nearest folder
+    above it that does (where it would be created).
+
+    Example:
+
+    ```python
+    >>> require_writable("out/student")  # doctest: +SKIP
+    ```
+    """
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise NotWritableError(f"{what} {path} cannot be created: {existing} is a file; choose another location.")
+    if not os.access(existing, os.W_OK | (os.X_OK if existing.is_dir() else 0)):
+        raise NotWritableError(
+            f"{what} {path} cannot be written ({existing} is read-only or not yours); choose a writable location or "
+            "fix its permissions."
+        )
+
+
+def first_missing(path: str | os.PathLike) -> Path | None:
+    """The topmost folder of `path` that does not exist yet (what creating `path` would add), or `None`."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ from encoder_shrink.files import atomic_write_text
 from encoder_shrink.model_card import write_model_card
 from encoder_shrink.pipelines import adapter_for
 from encoder_shrink.recipes import Recipe, RecipeError, load_recipe, resolve_student_t5
+from encoder_shrink.run_folder import check_run_folder, claim_run_folder
 from encoder_shrink.student import ShrunkT5EncoderModel
 
 logger = logging.getLogger(__name__)
 
 SUMMARY = "training_summary.json"
+STUDENT = "student"  # the folder of the final student in a run's output_dir
 
 
 class EncoderShrinker:
@@ -97,6 +100,7 @@ class EncoderShrinker:
         offload_teacher: bool = False,
         release_teacher: bool = False,
         callback=None,
+        overwrite: bool = False,
         **overrides,
     ) -> ShrunkT5EncoderModel:
         r"""
@@ -122,6 +126,8 @@ class EncoderShrinker:
                 held-out prompts) once, into the cache, then remove the teacher from the pipeline and free its memory
                 before training: what an LLM teacher of tens of GB calls for. The pipeline's slot is `None` afterwards.
             callback: called as `callback(step, loss)` after every optimizer step.
+            overwrite: delete an earlier run in `output_dir` and start over (without it, or `resume`, an
+                `output_dir` holding a run is refused; a run another live process is writing to always is).
             overrides: recipe fields, e.g. `max_steps=1000, batch_size=8, learning_rate=5e-5, resolution=1024`.
         """
         from accelerate import Accelerator
@@ -131,6 +137,9 @@ class EncoderShrinker:
         self._check_recipe(recipe)
         if resume and output_dir is None:
             raise InvalidArgumentError("resume=True needs the output_dir of the run to continue.")
+        record = self.run_record(recipe)
+        if output_dir is not None:  # before anything is built: a folder holding another run is refused now
+            check_run_folder(output_dir, record, resume=resume, overwrite=overwrite, outputs=(STUDENT,))
         length = recipe.max_sequence_length or self.adapter.max_sequence_length
         if student is None:
             student = self.build_student(recipe)
@@ -158,58 +167,70 @@ class EncoderShrinker:
             log_with=log_with,
             project_dir=str(project / "logs") if project is not None else None,
         )
-        if log_with is not None:
-            accelerator.init_trackers("encoder-shrink", config=_scalars(recipe.to_dict()))
-        for name, module in self.pipe.components.items():
-            if isinstance(module, torch.nn.Module) and name != self.adapter.encoder_slot:
-                module.to(accelerator.device)
-        if not offload_teacher:
-            self.adapter.teacher.to(accelerator.device)
-        student.to(accelerator.device)
-        cache = TeacherEmbeddingCache(self.adapter, length, directory=cache_dir, teacher_id=self.teacher_id)
-        teacher_parameters = sum(p.numel() for p in self.adapter.teacher.parameters())
-        if release_teacher:
-            prompts_to_encode = [p for mixture in mixtures.values() for source in mixture.sources.values()
-                                 for p in source]
-            cache.precompute(self.adapter.encoder_texts(list(dict.fromkeys(prompts_to_encode + list(held_out))),
-                                                        recipe.negative_prompt), batch_size=recipe.batch_size)
-            self._release_teacher()
-        fidelity_kwargs = dict(
-            max_sequence_length=length,
-            num_inference_steps=recipe.num_inference_steps,
-            resolution=recipe.resolution,
-            guidance_scale=recipe.guidance_scales[len(recipe.guidance_scales) // 2],
-            negative_prompt=recipe.negative_prompt,
-            batch_size=recipe.batch_size,
-            seed=recipe.seed + 10_000,
-            teacher_rows=cache.rows,
-            num_frames=recipe.num_frames,
-        )
-        before = denoiser_fidelity(self.adapter, student, held_out, **fidelity_kwargs)
-        summary = distill_loop(self.adapter, student, recipe, mixture_for_stage, cache, accelerator,
-                               output_dir=project, resume=resume, callback=callback)
-        student = accelerator.unwrap_model(student).eval()
-        after = denoiser_fidelity(self.adapter, student, held_out, **fidelity_kwargs)
-        cache.flush()
-        summary.update(
-            recipe=recipe.to_dict(),
-            pipeline=type(self.pipe).__name__,
-            family=self.adapter.name,
-            teacher=self.teacher_id,
-            device=str(accelerator.device),
-            fidelity_before=before,
-            fidelity_after=after,
-            student_parameters=sum(p.numel() for p in student.parameters()),
-            teacher_parameters=teacher_parameters,
-        )
-        accelerator.end_training()
-        if project is not None and accelerator.is_main_process:
-            student.save_pretrained(project / "student")
-            write_model_card(project / "student", summary)
-            atomic_write_text(project / SUMMARY, json.dumps(summary, indent=2))
-        logger.info("Held-out denoiser relative MSE: %.4g -> %.4g", before["relative_mse"], after["relative_mse"])
-        self.summary = summary
-        return student
+        # The folder is locked and its record written from here; a failure before the first checkpoint leaves it as
+        # it was found.
+        with ExitStack() as run:
+            if project is not None:
+                run.enter_context(claim_run_folder(project, record, resume=resume, overwrite=overwrite,
+                                                   outputs=(STUDENT,), is_main=accelerator.is_main_process,
+                                                   barrier=accelerator.wait_for_everyone))
+            if log_with is not None:
+                accelerator.init_trackers("encoder-shrink", config=_scalars(recipe.to_dict()))
+            for name, module in self.pipe.components.items():
+                if isinstance(module, torch.nn.Module) and name != self.adapter.encoder_slot:
+                    module.to(accelerator.device)
+            if not offload_teacher:
+                self.adapter.teacher.to(accelerator.device)
+            student.to(accelerator.device)
+            cache = TeacherEmbeddingCache(self.adapter, length, directory=cache_dir, teacher_id=self.teacher_id)
+            teacher_parameters = sum(p.numel() for p in self.adapter.teacher.parameters())
+            if release_teacher:
+                prompts_to_encode = [p for mixture in mixtures.values() for source in mixture.sources.values()
+                                     for p in source]
+                cache.precompute(self.adapter.encoder_texts(list(dict.fromkeys(prompts_to_encode + list(held_out))),
+                                                            recipe.negative_prompt), batch_size=recipe.batch_size)
+                self._release_teacher()
+            fidelity_kwargs = dict(
+                max_sequence_length=length,
+                num_inference_steps=recipe.num_inference_steps,
+                resolution=recipe.resolution,
+                guidance_scale=recipe.guidance_scales[len(recipe.guidance_scales) // 2],
+                negative_prompt=recipe.negative_prompt,
+                batch_size=recipe.batch_size,
+                seed=recipe.seed + 10_000,
+                teacher_rows=cache.rows,
+                num_frames=recipe.num_frames,
+            )
+            before = denoiser_fidelity(self.adapter, student, held_out, **fidelity_kwargs)
+            summary = distill_loop(self.adapter, student, recipe, mixture_for_stage, cache, accelerator,
+                                   output_dir=project, resume=resume, callback=callback)
+            student = accelerator.unwrap_model(student).eval()
+            after = denoiser_fidelity(self.adapter, student, held_out, **fidelity_kwargs)
+            cache.flush()
+            summary.update(
+                recipe=recipe.to_dict(),
+                pipeline=type(self.pipe).__name__,
+                family=self.adapter.name,
+                teacher=self.teacher_id,
+                device=str(accelerator.device),
+                fidelity_before=before,
+                fidelity_after=after,
+                student_parameters=sum(p.numel() for p in student.parameters()),
+                teacher_parameters=teacher_parameters,
+            )
+            accelerator.end_training()
+            if project is not None and accelerator.is_main_process:
+                student.save_pretrained(project / STUDENT)
+                write_model_card(project / STUDENT, summary)
+                atomic_write_text(project / SUMMARY, json.dumps(summary, indent=2))
+            logger.info("Held-out denoiser relative MSE: %.4g -> %.4g", before["relative_mse"], after["relative_mse"])
+            self.summary = summary
+            return student
+
+    def run_record(self, recipe: Recipe) -> dict:
+        """What a run in an output folder is (`run.json`): a resumed run must be the same, field for field."""
+        return {"method": "distill", "pipeline": type(self.pipe).__name__, "family": self.adapter.name,
+                "recipe": recipe.to_dict()}
 
     def _release_teacher(self) -> None:
         """Take the teacher out of the pipeline and free its memory (every row it is needed for is cached)."""

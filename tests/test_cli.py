@@ -82,9 +82,14 @@ def test_distill_writes_student_model_card_summary_and_resumes(tiny_pipeline_dir
     assert list((out / "logs").rglob("events.out.tfevents.*")), "tensorboard tracker wrote no events"
     assert ShrunkT5EncoderModel.from_pretrained(out / "student").config.max_sequence_length == 300
 
-    assert main([*args, "--max-steps", "12", "--resume"]) == 0
+    capfd.readouterr()
+    # a resume with other overrides than the run's is refused, naming the first field that differs
+    assert main([*args, "--max-steps", "12", "--resume"]) == 2
+    err = capfd.readouterr().err
+    assert "recipe.max_steps=8" in err and "recipe.max_steps=12" in err and err.count("\n") == 1
+    assert main([*args, "--max-steps", "8", "--resume"]) == 0
     summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["steps"] == 12 and summary["steps_this_run"] == 8  # resumed from the step-4 checkpoint
+    assert summary["steps"] == 8 and summary["steps_this_run"] == 4  # resumed from the step-4 checkpoint
 
 
 def test_distill_reports_bad_input_in_one_line(tiny_pipeline_dirs, tmp_path, capsys):

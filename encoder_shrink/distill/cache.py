@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from encoder_shrink.errors import IncompatibleModelError
-from encoder_shrink.files import atomic_write_text
+from encoder_shrink.files import atomic_write_text, first_missing
 from encoder_shrink.pipelines import PipelineAdapter
 
 logger = logging.getLogger(__name__)
@@ -76,16 +77,18 @@ class TeacherEmbeddingCache:
             fingerprint = (f"{self.teacher_id}|{adapter.name}|{adapter.encoder_slot}|{max_sequence_length}|"
                            f"{adapter.uses_attention_mask}")
             self.directory = Path(directory) / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-            self.directory.mkdir(parents=True, exist_ok=True)
+            # What the rows were encoded with; written with the first shard, so a run that encodes nothing leaves
+            # no folder behind.
+            self._teacher_record = {
+                "teacher": self.teacher_id, "family": adapter.name, "slot": adapter.encoder_slot,
+                "max_sequence_length": max_sequence_length, "attention_mask": adapter.uses_attention_mask,
+            }
             self.reload()
-            if not (self.directory / "teacher.json").is_file():
-                atomic_write_text(self.directory / "teacher.json", json.dumps({
-                    "teacher": self.teacher_id, "family": adapter.name, "slot": adapter.encoder_slot,
-                    "max_sequence_length": max_sequence_length, "attention_mask": adapter.uses_attention_mask,
-                }, indent=2))
 
     def reload(self) -> None:
         """Read every writer's index again (rows other processes have written since)."""
+        if not self.directory.is_dir():
+            return
         for index in sorted(self.directory.glob("index*.json")):
             shards = json.loads(index.read_text())["shards"]
             self._index.update(shards)
@@ -134,15 +137,26 @@ class TeacherEmbeddingCache:
         """Write rows encoded since the last flush as one new safetensors shard (no-op without a directory)."""
         if self.directory is None or not self._pending:
             return
+        created = first_missing(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
         shard = f"{self._shard_prefix}{len(set(self._written.values())):06d}.safetensors"
         tensors = {f"{key}.{name}": row[name].contiguous() for key, row in self._pending.items() for name in row}
         tmp = self.directory / f".{shard}.tmp"
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        self.bytes_written += tmp.stat().st_size
-        os.replace(tmp, self.directory / shard)
-        self._written.update({key: shard for key in self._pending})
+        try:
+            save_file(tensors, tmp, metadata={"format": "pt"})
+            os.replace(tmp, self.directory / shard)
+            written = {**self._written, **{key: shard for key in self._pending}}
+            atomic_write_text(self.directory / self._index_name, json.dumps({"shards": written}))
+            if not (self.directory / "teacher.json").is_file():
+                atomic_write_text(self.directory / "teacher.json", json.dumps(self._teacher_record, indent=2))
+        except BaseException:  # a full disk: no half-written shard stays, nor a cache folder this flush created
+            tmp.unlink(missing_ok=True)
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        self.bytes_written += (self.directory / shard).stat().st_size
+        self._written = written
         self._index.update({key: shard for key in self._pending})
-        atomic_write_text(self.directory / self._index_name, json.dumps({"shards": self._written}))
         self._pending.clear()
 
     def _encode(self, texts: list[str]) -> None:

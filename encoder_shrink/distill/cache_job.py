@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from encoder_shrink.distill.cache import TeacherEmbeddingCache
-from encoder_shrink.errors import IncompatibleModelError
+from encoder_shrink.errors import IncompatibleModelError, InputNotFoundError, InvalidArgumentError
 from encoder_shrink.files import atomic_write_text
-from encoder_shrink.loading import check_pipeline_folder, require_folder_or_hub_id
+from encoder_shrink.loading import check_pipeline_folder, from_pretrained_or_fail, require_folder_or_hub_id
 from encoder_shrink.pipelines import FAMILIES
 
 logger = logging.getLogger(__name__)
@@ -34,10 +34,14 @@ def load_teacher_only(id_or_path: str | os.PathLike, dtype: torch.dtype = torch.
     from diffusers import DiffusionPipeline
 
     require_folder_or_hub_id(id_or_path, "pipeline")
-    if Path(id_or_path).is_dir():
+    if Path(id_or_path).exists():
         index = check_pipeline_folder(id_or_path)
     else:
-        index = DiffusionPipeline.load_config(id_or_path)
+        try:
+            index = DiffusionPipeline.load_config(id_or_path)
+        except OSError as error:  # a hub id that is not there, or no network
+            raise InputNotFoundError(f"could not load pipeline {id_or_path}: {str(error).splitlines()[0]} (pass an "
+                                     "existing pipeline folder, or a hub id with the network on)") from None
     adapters = [a for a in FAMILIES.values() if a.pipeline_class == index.get("_class_name")]
     if not adapters:
         raise IncompatibleModelError(
@@ -46,7 +50,7 @@ def load_teacher_only(id_or_path: str | os.PathLike, dtype: torch.dtype = torch.
         )
     skipped = {name: None for name in index if not name.startswith("_")
                and (name.startswith(("transformer", "unet")) or name == "vae")}
-    pipe = DiffusionPipeline.from_pretrained(id_or_path, dtype=dtype, use_safetensors=True, **skipped)
+    pipe = from_pretrained_or_fail(DiffusionPipeline, id_or_path, dtype=dtype, **skipped)
     return pipe, adapters[0](pipe)
 
 
@@ -75,6 +79,8 @@ def build_teacher_cache(
     {'encoded': 1000, 'bytes_per_text': 15729664, ...}
     ```
     """
+    if batch_size < 1:
+        raise InvalidArgumentError(f"batch_size={batch_size} encodes nothing; pass at least 1.")
     if process_index is None or num_processes is None:
         from accelerate import PartialState
 

@@ -78,9 +78,13 @@ def write_checkpoint(directory: Path, write: Callable[[Path], None], state: dict
     if is_main:
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write(tmp)
-        atomic_write_text(tmp / STATE, json.dumps(state, indent=2))
+        try:
+            tmp.mkdir(parents=True)
+            write(tmp)
+            atomic_write_text(tmp / STATE, json.dumps(state, indent=2))
+        except BaseException:  # a full disk or an error: no half-written checkpoint stays (a kill -9 leaves one,
+            shutil.rmtree(tmp, ignore_errors=True)  # which the next save of that step replaces)
+            raise
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
     barrier()

@@ -67,6 +67,32 @@ def psnr(reference: np.ndarray, images: np.ndarray) -> float:
     return float(values.mean())
 
 
+def default_guidance(pipe) -> float | None:
+    r"""
+    The guidance scale `pipe.__call__` applies when none is given (its signature's default), or `None` for a family
+    without guidance (FLUX-schnell): what `evaluate` and `encoder-shrink eval` use unless told otherwise.
+
+    Example:
+
+    ```python
+    >>> default_guidance(flux_dev_pipe)  # doctest: +SKIP
+    3.5
+    ```
+    """
+    import inspect
+
+    adapter = adapter_for(pipe)
+    if adapter.guidance is None:
+        return None
+    parameters = inspect.signature(type(pipe).__call__).parameters
+    names = [name for name in adapter.guidance_call_kwargs(1.0) if name in parameters]
+    defaults = [parameters[name].default for name in names if isinstance(parameters[name].default, (int, float))]
+    if not defaults:
+        raise InvalidArgumentError(f"{type(pipe).__name__}.__call__ has no default guidance scale; pass "
+                                   "guidance_scale=.")
+    return float(defaults[0])
+
+
 def evaluate(
     pipe,
     students: dict,
@@ -75,7 +101,7 @@ def evaluate(
     num_inference_steps: int = 20,
     resolution: int = 512,
     max_sequence_length: int | None = None,
-    guidance_scale: float | None = 3.5,
+    guidance_scale: float | None = None,
     metrics=(),
     fidelity_prompts: int | None = None,
     call_kwargs: dict | None = None,
@@ -113,9 +139,13 @@ def evaluate(
     teacher = adapter.teacher
     for student in students.values():
         check_compatible(pipe, student)
+    kwargs = dict(call_kwargs or {})
+    if guidance_scale is None:
+        guidance_scale = default_guidance(pipe)
+    elif adapter.guidance is not None:  # the images are drawn at the guidance the fidelity is measured at
+        kwargs = {**adapter.guidance_call_kwargs(guidance_scale), **kwargs}
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     length = max_sequence_length or adapter.max_sequence_length
-    kwargs = dict(call_kwargs or {})
     generate = lambda: generate_images(pipe, prompts, seeds, num_inference_steps, resolution, length, **kwargs)  # noqa: E731
     images = {"teacher": generate()}
     results = {"prompts": len(prompts), "num_inference_steps": num_inference_steps, "resolution": resolution,
@@ -142,4 +172,4 @@ def evaluate(
     return results
 
 
-__all__ = ["evaluate", "generate_images", "generated_media", "psnr"]
+__all__ = ["default_guidance", "evaluate", "generate_images", "generated_media", "psnr"]

@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from encoder_shrink.data import build_mixture
 from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError
 from encoder_shrink.files import atomic_write_text
 from encoder_shrink.model_card import write_tiue_model_card
+from encoder_shrink.run_folder import check_run_folder, claim_run_folder
 from encoder_shrink.shrinker import SUMMARY, EncoderShrinker, _has_tensorboard, _scalars
 from encoder_shrink.tiue.evaluation import sample_distance
 from encoder_shrink.tiue.loop import FAKE_SCORE, TiUEParts, tiue_loop
@@ -103,6 +105,7 @@ class TiUEDistiller:
         eval_prompts: list[str] | None = None,
         student=None,
         callback=None,
+        overwrite: bool = False,
         **overrides,
     ) -> TiUEPipeline:
         r"""
@@ -121,6 +124,8 @@ class TiUEDistiller:
             student: start from this `UNet2DConditionModel` (e.g. the UNet of an earlier TiUE run) instead of a copy
                 of the teacher's; it must take the teacher's latents and text conditioning.
             callback: called as `callback(step, losses)` after every step (`losses`: vsd, kl, fake_score).
+            overwrite: delete an earlier run in `output_dir` and start over (without it, or `resume`, an
+                `output_dir` holding a run is refused; a run another live process is writing to always is).
             overrides: recipe fields, e.g. `max_steps=1000, batch_size=4, resolution=256`.
         """
         from accelerate import Accelerator
@@ -130,6 +135,9 @@ class TiUEDistiller:
         if resume and output_dir is None:
             raise InvalidArgumentError("resume=True needs the output_dir of the run to continue.")
         pipe = self.pipe
+        record = {"method": "tiue", "pipeline": type(pipe).__name__, "recipe": recipe.to_dict()}
+        if output_dir is not None:  # before anything is built: a folder holding another run is refused now
+            check_run_folder(output_dir, record, resume=resume, overwrite=overwrite, outputs=(PIPELINE,))
         vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         if recipe.resolution % vae_scale:
             raise InvalidArgumentError(
@@ -145,81 +153,90 @@ class TiUEDistiller:
         accelerator = Accelerator(mixed_precision=recipe.mixed_precision if on_accelerator else "no",
                                   cpu=not on_accelerator, log_with=log_with,
                                   project_dir=str(project / "logs") if project is not None else None)
-        if log_with is not None:
-            accelerator.init_trackers("encoder-shrink-tiue", config=_scalars(recipe.to_dict()))
-        device = accelerator.device
-        for module in (pipe.vae, pipe.text_encoder, pipe.unet):
-            module.to(device).requires_grad_(False).eval()
+        # The folder is locked and its record written from here; a failure before the first checkpoint leaves it as
+        # it was found.
+        with ExitStack() as run:
+            if project is not None:
+                run.enter_context(claim_run_folder(project, record, resume=resume, overwrite=overwrite,
+                                                   outputs=(PIPELINE,), is_main=accelerator.is_main_process,
+                                                   barrier=accelerator.wait_for_everyone))
+            if log_with is not None:
+                accelerator.init_trackers("encoder-shrink-tiue", config=_scalars(recipe.to_dict()))
+            device = accelerator.device
+            for module in (pipe.vae, pipe.text_encoder, pipe.unet):
+                module.to(device).requires_grad_(False).eval()
 
-        scheduler = sd_ddim_scheduler(pipe.scheduler, recipe.timestep_spacing)
-        scheduler.set_timesteps(recipe.num_steps)
-        combine = DDIMCombine.from_scheduler(scheduler)
-        # The student: the whole teacher UNet, fine-tuned in fp32 (master weights; autocast runs the math).
-        if student is not None and (student.config.in_channels, student.config.cross_attention_dim) != (
-                pipe.unet.config.in_channels, pipe.unet.config.cross_attention_dim):
-            raise IncompatibleModelError(
-                f"the given student takes {student.config.in_channels}-channel latents and "
-                f"{student.config.cross_attention_dim}-wide text; the teacher's are "
-                f"{pipe.unet.config.in_channels} and {pipe.unet.config.cross_attention_dim}."
+            scheduler = sd_ddim_scheduler(pipe.scheduler, recipe.timestep_spacing)
+            scheduler.set_timesteps(recipe.num_steps)
+            combine = DDIMCombine.from_scheduler(scheduler)
+            # The student: the whole teacher UNet, fine-tuned in fp32 (master weights; autocast runs the math).
+            if student is not None and (student.config.in_channels, student.config.cross_attention_dim) != (
+                    pipe.unet.config.in_channels, pipe.unet.config.cross_attention_dim):
+                raise IncompatibleModelError(
+                    f"the given student takes {student.config.in_channels}-channel latents and "
+                    f"{student.config.cross_attention_dim}-wide text; the teacher's are "
+                    f"{pipe.unet.config.in_channels} and {pipe.unet.config.cross_attention_dim}."
+                )
+            student = copy.deepcopy(student if student is not None else pipe.unet)
+            student = student.to(device=device, dtype=torch.float32).requires_grad_(True)
+            tiue = TiUEPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
+                                scheduler=sd_ddim_scheduler(pipe.scheduler, recipe.timestep_spacing),
+                                timesteps=list(combine.timesteps))
+            tiue.set_progress_bar_config(disable=True)
+            teacher = self._teacher_sampler(sd_ddim_scheduler(pipe.scheduler))  # samples as SD does, whatever K
+            distance = dict(images_per_prompt=recipe.eval_images_per_prompt, num_inference_steps=recipe.eval_steps,
+                            guidance_scale=recipe.guidance_scale, resolution=recipe.resolution,
+                            seed=recipe.seed + 10_000)
+            before = sample_distance(teacher, tiue, held_out, **distance)
+
+            # The fake score: the teacher UNet plus a LoRA (its base frozen); with adapters disabled it is the teacher.
+            # Its initial weights come from the recipe's seed, whatever the caller's RNG did before.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(recipe.seed)
+                pipe.unet.add_adapter(LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha or recipe.lora_rank,
+                                                 target_modules=list(recipe.lora_target_modules)),
+                                      adapter_name=FAKE_SCORE)
+            for parameter in pipe.unet.parameters():
+                if parameter.requires_grad:
+                    parameter.data = parameter.data.float()  # the LoRA trains in fp32 beside an fp16/bf16 teacher
+
+            with torch.no_grad():
+                uncond = tiue.encode_prompt([""], device)
+            scale = tiue.vae_scale_factor
+            parts = TiUEParts(
+                student=student, fake_score=pipe.unet, combine=combine, scheduler=scheduler,
+                encode=lambda texts: tiue.encode_prompt(texts, device).to(student.dtype),
+                uncond=uncond.to(student.dtype),
+                latent_shape=(student.config.in_channels, recipe.resolution // scale, recipe.resolution // scale),
             )
-        student = copy.deepcopy(student if student is not None else pipe.unet)
-        student = student.to(device=device, dtype=torch.float32).requires_grad_(True)
-        tiue = TiUEPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
-                            scheduler=sd_ddim_scheduler(pipe.scheduler, recipe.timestep_spacing),
-                            timesteps=list(combine.timesteps))
-        tiue.set_progress_bar_config(disable=True)
-        teacher = self._teacher_sampler(sd_ddim_scheduler(pipe.scheduler))  # samples as SD does, whatever K
-        distance = dict(images_per_prompt=recipe.eval_images_per_prompt, num_inference_steps=recipe.eval_steps,
-                        guidance_scale=recipe.guidance_scale, resolution=recipe.resolution, seed=recipe.seed + 10_000)
-        before = sample_distance(teacher, tiue, held_out, **distance)
+            try:
+                summary, ema = tiue_loop(parts, recipe, mixture, accelerator, output_dir=project, resume=resume,
+                                         callback=callback)
+            finally:
+                pipe.unet.unload_lora()  # leave the user's UNet as it was (no LoRA layers; it had none, see __init__)
+            if ema is not None:
+                ema.copy_to(student.parameters())  # the pipeline holds the EMA weights (the paper's)
+            student.eval().requires_grad_(False)
+            after = sample_distance(teacher, tiue, held_out, **distance)
+            accelerator.end_training()
 
-        # The fake score: the teacher UNet plus a LoRA (its base frozen); with adapters disabled it is the teacher.
-        # Its initial weights come from the recipe's seed, whatever the caller's RNG did before.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            pipe.unet.add_adapter(LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha or recipe.lora_rank,
-                                             target_modules=list(recipe.lora_target_modules)),
-                                  adapter_name=FAKE_SCORE)
-        for parameter in pipe.unet.parameters():
-            if parameter.requires_grad:
-                parameter.data = parameter.data.float()  # the LoRA trains in fp32 beside an fp16/bf16 teacher
-
-        with torch.no_grad():
-            uncond = tiue.encode_prompt([""], device)
-        scale = tiue.vae_scale_factor
-        parts = TiUEParts(
-            student=student, fake_score=pipe.unet, combine=combine, scheduler=scheduler,
-            encode=lambda texts: tiue.encode_prompt(texts, device).to(student.dtype), uncond=uncond.to(student.dtype),
-            latent_shape=(student.config.in_channels, recipe.resolution // scale, recipe.resolution // scale),
-        )
-        try:
-            summary, ema = tiue_loop(parts, recipe, mixture, accelerator, output_dir=project, resume=resume,
-                                     callback=callback)
-        finally:
-            pipe.unet.unload_lora()  # leave the user's UNet as it was (no LoRA layers; it had none, see __init__)
-        if ema is not None:
-            ema.copy_to(student.parameters())  # the pipeline holds the EMA weights (the paper's)
-        student.eval().requires_grad_(False)
-        after = sample_distance(teacher, tiue, held_out, **distance)
-        accelerator.end_training()
-
-        summary.update(
-            method="tiue",
-            recipe=recipe.to_dict(),
-            pipeline=type(pipe).__name__,
-            teacher=self.teacher_id,
-            device=str(device),
-            timesteps=list(combine.timesteps),
-            ema=recipe.ema_decay is not None,
-            distance_before=before,
-            distance_after=after,
-            unet_parameters=sum(p.numel() for p in student.parameters()),
-        )
-        if project is not None and accelerator.is_main_process:
-            tiue.save_pretrained(project / PIPELINE)
-            write_tiue_model_card(project / PIPELINE, summary)
-            atomic_write_text(project / SUMMARY, json.dumps(summary, indent=2))
-        logger.info("Energy distance to the teacher's samples: %.4g -> %.4g", before["energy_distance"],
-                    after["energy_distance"])
-        self.summary = summary
-        return tiue
+            summary.update(
+                method="tiue",
+                recipe=recipe.to_dict(),
+                pipeline=type(pipe).__name__,
+                teacher=self.teacher_id,
+                device=str(device),
+                timesteps=list(combine.timesteps),
+                ema=recipe.ema_decay is not None,
+                distance_before=before,
+                distance_after=after,
+                unet_parameters=sum(p.numel() for p in student.parameters()),
+            )
+            if project is not None and accelerator.is_main_process:
+                tiue.save_pretrained(project / PIPELINE)
+                write_tiue_model_card(project / PIPELINE, summary)
+                atomic_write_text(project / SUMMARY, json.dumps(summary, indent=2))
+            logger.info("Energy distance to the teacher's samples: %.4g -> %.4g", before["energy_distance"],
+                        after["energy_distance"])
+            self.summary = summary
+            return tiue

@@ -74,7 +74,7 @@ def run_toy_demo(output_dir: str | Path, teacher: str | Path | None = None, step
         tick = time.time()
         shrinker = EncoderShrinker(pipe, teacher_id="encoder-shrink/toy-teacher")
         students[name] = shrinker.distill(recipe="toy", prompts=train, eval_prompts=held_out[:16], loss=loss,
-                                          output_dir=output_dir / name, **overrides).eval()
+                                          output_dir=output_dir / name, overwrite=True, **overrides).eval()
         timings[f"distill {name}"] = round(time.time() - tick, 1)
         recipe = shrinker.summary["recipe"]
         training[name] = [f"{stage['name']}: {stage['loss'] or recipe['loss']} loss, {stage['steps']} steps"

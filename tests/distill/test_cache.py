@@ -59,10 +59,15 @@ def test_persisted_shards_serve_a_new_cache_without_the_teacher(flux, tmp_path):
 def test_cache_is_keyed_by_length_and_teacher(flux, tmp_path):
     adapter = adapter_for(flux)
     TeacherEmbeddingCache(adapter, 64, directory=tmp_path, teacher_id="a").precompute(["x"])
-    assert "x" not in TeacherEmbeddingCache(adapter, 128, directory=tmp_path, teacher_id="a")
-    assert "x" not in TeacherEmbeddingCache(adapter, 64, directory=tmp_path, teacher_id="b")
+    for other in (TeacherEmbeddingCache(adapter, 128, directory=tmp_path, teacher_id="a"),
+                  TeacherEmbeddingCache(adapter, 64, directory=tmp_path, teacher_id="b")):
+        assert "x" not in other
+        other.precompute(["y"])
     assert "x" in TeacherEmbeddingCache(adapter, 64, directory=tmp_path, teacher_id="a")
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 3
+    # a cache that encodes nothing writes nothing (no empty folder, no teacher.json)
+    assert "z" not in TeacherEmbeddingCache(adapter, 32, directory=tmp_path / "unused", teacher_id="a")
+    assert not (tmp_path / "unused").exists()
 
 
 def test_distill_with_precomputed_cache_needs_no_teacher(flux, tmp_path):

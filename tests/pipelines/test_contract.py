@@ -47,9 +47,10 @@ def _loads(root, slot):
     }
 
 
-def _outcome(load):
+def _outcome(folder, kwargs):
+    """`DiffusionPipeline.from_pretrained(folder, **kwargs)` and "loads", or `None` and the error's type."""
     try:
-        return load(), "loads"
+        return DiffusionPipeline.from_pretrained(folder, **kwargs), "loads"
     except Exception as error:  # the outcome compared with the original's: which error, not its traceback
         return None, type(error).__name__
 
@@ -74,13 +75,13 @@ def test_every_diffusers_save_and_load_path_behaves_as_with_the_original_encoder
     for folder in ("unsafe-sharded", "safe", "variant"):
         files = sorted(p.name for p in (tmp_path / "student" / folder / slot).iterdir())
         assert not any(f.endswith(PICKLE_SUFFIXES) for f in files), f"{folder}: the student wrote pickle: {files}"
-    sharded = [f for f in (tmp_path / "student" / "unsafe-sharded" / slot).glob("model-*-of-*.safetensors")]
-    assert len(sharded) > 1 and (tmp_path / "student" / "unsafe-sharded" / slot / "model.safetensors.index.json").is_file()
+    sharded = tmp_path / "student" / "unsafe-sharded" / slot
+    assert len(list(sharded.glob("model-*-of-*.safetensors"))) > 1
+    assert (sharded / "model.safetensors.index.json").is_file()
 
     for name, (folder, kwargs) in _loads(tmp_path / "student", slot).items():
-        reference_folder = tmp_path / "original" / folder.name
-        reference, reference_outcome = _outcome(lambda: DiffusionPipeline.from_pretrained(reference_folder, **kwargs))
-        loaded, outcome = _outcome(lambda: DiffusionPipeline.from_pretrained(folder, **kwargs))
+        reference, reference_outcome = _outcome(tmp_path / "original" / folder.name, kwargs)
+        loaded, outcome = _outcome(folder, kwargs)
         # A path the original passes, the student passes. One it fails on (transformers 5 writes safetensors, then
         # finds no `.bin` under use_safetensors=False) may load with the student, which reads safetensors only.
         assert outcome in ("loads", reference_outcome) and (outcome == "loads" or reference_outcome != "loads"), (
@@ -107,7 +108,8 @@ def test_model_cpu_offload_with_a_student_gives_the_same_images(family, tiny_pip
     expected = testing.generated(pipe(prompt=PROMPT, **testing.tiny_call_kwargs(pipe)))
     pipe.enable_model_cpu_offload(device="cpu")
     assert hasattr(getattr(pipe, adapter.encoder_slot), "_hf_hook")  # the student is one of the offloaded models
-    np.testing.assert_allclose(testing.generated(pipe(prompt=PROMPT, **testing.tiny_call_kwargs(pipe))), expected, atol=1e-5)
+    images = testing.generated(pipe(prompt=PROMPT, **testing.tiny_call_kwargs(pipe)))
+    np.testing.assert_allclose(images, expected, atol=1e-5)
 
 
 @pytest.mark.accelerator
