@@ -74,10 +74,16 @@ class LayerFeatures(tuple):
     it has, instead of handing the pipeline a `None`.
     """
 
-    def __new__(cls, features: dict[int, torch.Tensor], length: int, model_type: str | None = None):
-        layers = tuple(features.get(i) for i in range(length))
+    def __new__(cls, features: dict[int, torch.Tensor], length: int | None = None, model_type: str | None = None):
+        if length is None:
+            # Rebuilt from its items, as accelerate's `send_to_device` rebuilds every tuple (sequential CPU offload):
+            # the layers stay where they were, the missing ones still refuse to be read.
+            layers = tuple(features)
+            distilled = [i for i, layer in enumerate(layers) if layer is not None]
+        else:
+            layers, distilled = tuple(features.get(i) for i in range(length)), sorted(features)
         self = super().__new__(cls, layers)
-        self.distilled = sorted(features)
+        self.distilled = distilled
         self.model_type = model_type
         return self
 

@@ -41,6 +41,18 @@ def test_returns_the_teachers_layers_at_their_indices():
     assert student(ids).hidden_states is None  # only when asked, as transformers models do
 
 
+def test_hidden_states_survive_accelerates_send_to_device():
+    """Sequential CPU offload moves every output through accelerate's `send_to_device`, which rebuilds tuples from
+    their items: the layers must come through, and a layer the student lacks must still refuse to be read."""
+    from accelerate.utils import send_to_device
+
+    output = _student()(torch.tensor([[5, 6, 7]]), output_hidden_states=True, use_cache=False)
+    moved = send_to_device(output.hidden_states, "cpu")
+    assert type(moved) is type(output.hidden_states) and len(moved) == 41 and moved[10] is output.hidden_states[10]
+    with pytest.raises(IncompatibleModelError, match=r"layers \[10, 20, 30\]"):
+        moved[-2]
+
+
 def test_padding_is_masked_out():
     student = _student()
     short = student(torch.tensor([[5, 6, 7]]), attention_mask=torch.ones(1, 3, dtype=torch.long))[0]

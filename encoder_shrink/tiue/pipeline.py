@@ -135,6 +135,10 @@ class TiUEPipeline(DiffusionPipeline):
         if guided:
             uncond = self.encode_prompt([""], device).to(prompt_embeds.dtype).expand_as(prompt_embeds)
             prompt_embeds, latents = torch.cat([uncond, prompt_embeds]), torch.cat([latents, latents])
+        hook = getattr(self.unet, "_hf_hook", None)
+        if hook is not None and hasattr(hook, "pre_forward"):
+            # enable_model_cpu_offload hooks the UNet's forward; the sampler calls its blocks, so load it here.
+            hook.pre_forward(self.unet)
         with self.progress_bar(total=1) as progress:  # one encoder pass and one batched decoder pass
             sample = sampler(latents, prompt_embeds).to(device=device, dtype=latents.dtype)
             progress.update()
