@@ -249,6 +249,10 @@ def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str 
     from encoder_shrink.benchmarks.measure import run_isolated
     from tqdm.auto import tqdm
 
+    if config.pipeline is not None and Path(config.pipeline).exists():
+        from encoder_shrink.loading import check_pipeline_folder
+
+        check_pipeline_folder(config.pipeline)  # safetensors only, refused before anything is written
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir) if work_dir is not None else output_dir / "work"

@@ -189,6 +189,32 @@ def test_tiue_commands_read_pipelines_through_the_safetensors_only_loader(tiue_f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pickled"]
 
 
+def test_every_command_that_reads_a_pipeline_refuses_pickle_weights(tiny_pipeline_dirs, tiue_folder, tmp_path,
+                                                                    capsys):
+    flux, tiue = tmp_path / "flux", tmp_path / "tiue"
+    shutil.copytree(tiny_pipeline_dirs["flux-dev"], flux)
+    shutil.copytree(tiue_folder, tiue)
+    _pickle_only(flux, "transformer", beside="adapter.safetensors")
+    _pickle_only(tiue, "unet")
+    out = tmp_path / "out"
+    commands = {
+        "distill": ["distill", "--pipeline", str(flux), "--recipe", "tiny", "--output", str(out)],
+        "cache": ["cache", "--pipeline", str(flux), "--prompts", str(tmp_path / "p.txt"), "--cache-dir", str(out)],
+        "eval": ["eval", "--pipeline", str(flux), "--student", str(tmp_path), "--num-prompts", "1", "--output",
+                 str(out)],
+        "bench": ["bench", "--pipeline", str(flux), "--student", str(tmp_path), "--output", str(out)],
+        "demo": ["demo", "--teacher", str(flux), "--output", str(out)],
+        "tiue distill": ["tiue", "distill", "--pipeline", str(tiue), "--recipe", "tiny-tiue", "--output", str(out)],
+        "tiue generate": ["tiue", "generate", "--pipeline", str(tiue), "--prompt", "a", "--output", str(out)],
+        "tiue export": ["tiue", "export", str(tiue), "--output", str(out)],
+    }
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    for name, argv in commands.items():
+        err = _one_line_error(capsys, main(argv))
+        assert "holds only pickle weights" in err, f"{name}: {err}"
+        assert not out.exists(), f"{name} wrote {out}"
+
+
 def test_cache_validates_its_arguments_before_writing(tiny_pipeline_dirs, tmp_path, capsys, monkeypatch):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")

@@ -59,11 +59,11 @@ def run_toy_demo(output_dir: str | Path, teacher: str | Path | None = None, step
     from encoder_shrink.shrinker import EncoderShrinker
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     teacher_dir = Path(teacher) if teacher is not None else BUNDLED_TEACHER
     started = time.time()
     timings = {}
-    pipe = load_toy_teacher(teacher_dir)
+    pipe = load_toy_teacher(teacher_dir)  # a teacher that cannot load is refused before anything is written
+    output_dir.mkdir(parents=True, exist_ok=True)
     train, held_out = demo_prompts(eval_prompts, seed)
     overrides = {"max_steps": steps} if steps else {}
 

@@ -101,14 +101,16 @@ def load_toy_sd_teacher(path: str | Path | None = None, **kwargs):
     """
     from diffusers import StableDiffusionPipeline
 
+    from encoder_shrink.loading import from_pretrained_or_fail
+
     folder = Path(path) if path is not None else BUNDLED_SD_TEACHER
     if not (folder / "model_index.json").is_file():
         raise InputNotFoundError(
             f"{folder} holds no toy SD teacher; re-create it with python -m encoder_shrink.toy.train_sd_teacher "
             f"--output {folder}."
         )
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False, **kwargs)
+    pipe = from_pretrained_or_fail(StableDiffusionPipeline, folder, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False, **kwargs)  # safetensors only
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -123,13 +123,15 @@ def load_toy_teacher(path: str | Path | None = None, **kwargs):
     """
     from diffusers import FluxPipeline
 
+    from encoder_shrink.loading import from_pretrained_or_fail
+
     folder = Path(path) if path is not None else BUNDLED_TEACHER
     if not (folder / "model_index.json").is_file():
         raise InputNotFoundError(
             f"{folder} holds no toy teacher; re-create it with python -m encoder_shrink.toy.train_teacher "
             f"--output {folder}."
         )
-    pipe = FluxPipeline.from_pretrained(folder, **kwargs)
+    pipe = from_pretrained_or_fail(FluxPipeline, folder, **kwargs)  # safetensors only, as every pipeline load
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -172,13 +172,13 @@ def run_tiue_demo(output_dir: str | Path, teacher: str | Path | None = None, stu
         if not (isinstance(value, int) and value >= 1):
             raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}.")
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     teacher_dir = Path(teacher) if teacher is not None else BUNDLED_SD_TEACHER
     students_dir = Path(students) if students is not None else BUNDLED_TIUE
-    pipe = load_toy_sd_teacher(teacher_dir)
+    pipe = load_toy_sd_teacher(teacher_dir)  # what cannot load is refused before anything is written
     k4 = load_toy_tiue("k4", students_dir / "k4", teacher=pipe)
     k1 = load_toy_tiue("k1", students_dir / "k1", teacher=pipe)
+    output_dir.mkdir(parents=True, exist_ok=True)
     samplers, propagation_timesteps = _samplers(pipe, k4, k1, SD_GUIDANCE_SCALE, SD_STEPS)
 
     held_out = [p.text for p in sample_prompts(eval_prompts, "heldout", seed=seed + 1)]
