@@ -758,6 +758,8 @@ _FILESYSTEM_FIXES = {
     errno.ENOSPC: "the disk is full: free space there or choose {flag} on another disk, then run again",
     errno.EDQUOT: "the disk quota is used up: free space there or choose {flag} on another disk, then run again",
     errno.EFBIG: "the file is too large for that file system: choose {flag} on another disk",
+    errno.ENOTDIR: "a file stands where a folder must go: choose another {flag}",
+    errno.EEXIST: "a file stands where a folder must go: choose another {flag}",
 }
 
 
