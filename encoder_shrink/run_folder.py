@@ -9,7 +9,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -202,5 +202,15 @@ def claim_run_folder(folder: str | os.PathLike, record: dict, *, resume: bool, o
             lock.unlink(missing_ok=True)
 
 
-__all__ = ["LOCK", "RUN_RECORD", "RunLockedError", "check_run_folder", "claim_run_folder", "first_difference",
-           "holds_run"]
+def claim_for_run(accelerator, folder: Path | None, record: dict, *, resume: bool, overwrite: bool,
+                  outputs: tuple[str, ...] = ()):
+    """[`claim_run_folder`] for a training loop under `accelerator` (its main process writes, every process waits for
+    it), or nothing to claim when the run has no output folder."""
+    if folder is None:
+        return nullcontext()
+    return claim_run_folder(folder, record, resume=resume, overwrite=overwrite, outputs=outputs,
+                            is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
+
+
+__all__ = ["LOCK", "RUN_RECORD", "RunLockedError", "check_run_folder", "claim_for_run", "claim_run_folder",
+           "first_difference", "holds_run"]

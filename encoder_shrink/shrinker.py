@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from encoder_shrink.files import atomic_write_text
 from encoder_shrink.model_card import write_model_card
 from encoder_shrink.pipelines import adapter_for
 from encoder_shrink.recipes import Recipe, RecipeError, load_recipe, resolve_student_t5
-from encoder_shrink.run_folder import check_run_folder, claim_run_folder
+from encoder_shrink.run_folder import check_run_folder, claim_for_run
 from encoder_shrink.student import ShrunkT5EncoderModel
 
 logger = logging.getLogger(__name__)
@@ -169,11 +168,7 @@ class EncoderShrinker:
         )
         # The folder is locked and its record written from here; a failure before the first checkpoint leaves it as
         # it was found.
-        with ExitStack() as run:
-            if project is not None:
-                run.enter_context(claim_run_folder(project, record, resume=resume, overwrite=overwrite,
-                                                   outputs=(STUDENT,), is_main=accelerator.is_main_process,
-                                                   barrier=accelerator.wait_for_everyone))
+        with claim_for_run(accelerator, project, record, resume=resume, overwrite=overwrite, outputs=(STUDENT,)):
             if log_with is not None:
                 accelerator.init_trackers("encoder-shrink", config=_scalars(recipe.to_dict()))
             for name, module in self.pipe.components.items():

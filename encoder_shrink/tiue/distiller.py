@@ -6,7 +6,6 @@ import copy
 import json
 import logging
 import os
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from encoder_shrink.data import build_mixture
 from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError
 from encoder_shrink.files import atomic_write_text
 from encoder_shrink.model_card import write_tiue_model_card
-from encoder_shrink.run_folder import check_run_folder, claim_run_folder
+from encoder_shrink.run_folder import check_run_folder, claim_for_run
 from encoder_shrink.shrinker import SUMMARY, EncoderShrinker, _has_tensorboard, _scalars
 from encoder_shrink.tiue.evaluation import sample_distance
 from encoder_shrink.tiue.loop import FAKE_SCORE, TiUEParts, tiue_loop
@@ -155,11 +154,7 @@ class TiUEDistiller:
                                   project_dir=str(project / "logs") if project is not None else None)
         # The folder is locked and its record written from here; a failure before the first checkpoint leaves it as
         # it was found.
-        with ExitStack() as run:
-            if project is not None:
-                run.enter_context(claim_run_folder(project, record, resume=resume, overwrite=overwrite,
-                                                   outputs=(PIPELINE,), is_main=accelerator.is_main_process,
-                                                   barrier=accelerator.wait_for_everyone))
+        with claim_for_run(accelerator, project, record, resume=resume, overwrite=overwrite, outputs=(PIPELINE,)):
             if log_with is not None:
                 accelerator.init_trackers("encoder-shrink-tiue", config=_scalars(recipe.to_dict()))
             device = accelerator.device
