@@ -30,6 +30,19 @@ def tiny_pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiue_dir(tmp_path_factory) -> Path:
+    """A TiUEPipeline folder made from a tiny random SD pipeline (K = 4, the paper's timesteps)."""
+    from diffusers import StableDiffusionPipeline
+
+    from encoder_shrink.tiue import TiUEPipeline
+
+    root = tmp_path_factory.mktemp("tiue")
+    sd = StableDiffusionPipeline.from_pretrained(testing.save_tiny_pipeline(testing.STABLE_DIFFUSION, root / "sd"))
+    TiUEPipeline.from_sd_pipeline(sd).save_pretrained(root / "pipeline")
+    return root / "pipeline"
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"prompt files not found at {SHARED_DATA} (set ENCODER_SHRINK_DATA)")

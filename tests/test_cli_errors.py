@@ -151,18 +151,6 @@ def test_eval_uses_the_familys_default_guidance_and_checks_the_resolution_first(
     assert not (tmp_path / "big").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.fixture(scope="module")
-def tiue_folder(tmp_path_factory):
-    from diffusers import StableDiffusionPipeline
-
-    from encoder_shrink.tiue import TiUEPipeline
-
-    root = tmp_path_factory.mktemp("tiue-cli")
-    sd = StableDiffusionPipeline.from_pretrained(testing.save_tiny_pipeline(testing.STABLE_DIFFUSION, root / "sd"))
-    TiUEPipeline.from_sd_pipeline(sd).save_pretrained(root / "pipeline")
-    return root / "pipeline"
-
-
 def _pickle_only(folder: Path, component: str, beside: str | None = None) -> None:
     """Replace `component`'s safetensors weights with a pickle file (and an unrelated safetensors file beside)."""
     for weights in (folder / component).glob("*.safetensors"):
@@ -172,10 +160,10 @@ def _pickle_only(folder: Path, component: str, beside: str | None = None) -> Non
         (folder / component / beside).write_bytes(b"x")
 
 
-def test_tiue_commands_read_pipelines_through_the_safetensors_only_loader(tiue_folder, tmp_path, capsys,
+def test_tiue_commands_read_pipelines_through_the_safetensors_only_loader(tiue_dir, tmp_path, capsys,
                                                                         monkeypatch):
     bad = tmp_path / "pickled"
-    shutil.copytree(tiue_folder, bad)
+    shutil.copytree(tiue_dir, bad)
     _pickle_only(bad, "unet", beside="notes.safetensors")
     for argv in (["tiue", "generate", "--pipeline", str(bad), "--prompt", "a cat", "--output", str(tmp_path / "i")],
                  ["tiue", "export", str(bad), "--output", str(tmp_path / "o")]):
@@ -189,11 +177,11 @@ def test_tiue_commands_read_pipelines_through_the_safetensors_only_loader(tiue_f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pickled"]
 
 
-def test_every_command_that_reads_a_pipeline_refuses_pickle_weights(tiny_pipeline_dirs, tiue_folder, tmp_path,
+def test_every_command_that_reads_a_pipeline_refuses_pickle_weights(tiny_pipeline_dirs, tiue_dir, tmp_path,
                                                                     capsys):
     flux, tiue = tmp_path / "flux", tmp_path / "tiue"
     shutil.copytree(tiny_pipeline_dirs["flux-dev"], flux)
-    shutil.copytree(tiue_folder, tiue)
+    shutil.copytree(tiue_dir, tiue)
     _pickle_only(flux, "transformer", beside="adapter.safetensors")
     _pickle_only(tiue, "unet")
     out = tmp_path / "out"

@@ -6,24 +6,14 @@ import json
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from encoder_shrink.exporters.parity import ExportParityError
 from encoder_shrink.exporters.tiue_onnx import OnnxTiUEUNet, export_tiue_onnx
 
-from encoder_shrink import testing
 from encoder_shrink.cli import main
 from encoder_shrink.errors import InvalidArgumentError, OutputExistsError
 from encoder_shrink.tiue import TiUEPipeline
 
 pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def tiue_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiue")
-    sd = StableDiffusionPipeline.from_pretrained(testing.save_tiny_pipeline(testing.STABLE_DIFFUSION, root / "sd"))
-    TiUEPipeline.from_sd_pipeline(sd).save_pretrained(root / "pipeline")
-    return root / "pipeline"
 
 
 def _pipe(folder):

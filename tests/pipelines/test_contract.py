@@ -113,14 +113,17 @@ def test_model_cpu_offload_with_a_student_gives_the_same_images(family, tiny_pip
 
 
 @pytest.mark.accelerator
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="enable_sequential_cpu_offload needs a CUDA accelerator")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload to a CUDA accelerator needs one")
+@pytest.mark.parametrize("offload", ["enable_model_cpu_offload", "enable_sequential_cpu_offload"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sequential_cpu_offload_with_student(family, tiny_pipeline_dirs):
+def test_cpu_offload_to_cuda_with_student(family, offload, tiny_pipeline_dirs):
     adapter = adapter_for(_load(family, tiny_pipeline_dirs))
     slot = adapter.encoder_slot
     on_gpu = _load(family, tiny_pipeline_dirs, **{slot: _student(adapter)}).to("cuda")
     expected = testing.generated(on_gpu(prompt=PROMPT, **testing.tiny_call_kwargs(on_gpu)))
     offloaded = _load(family, tiny_pipeline_dirs, **{slot: _student(adapter)})
-    offloaded.enable_sequential_cpu_offload()
+    getattr(offloaded, offload)()
+    assert offloaded._execution_device.type == "cuda"
     images = testing.generated(offloaded(prompt=PROMPT, **testing.tiny_call_kwargs(offloaded)))
+    assert getattr(offloaded, slot).device.type in ("cpu", "meta")  # moved back (or kept off the GPU) by the hooks
     np.testing.assert_allclose(images, expected, atol=1e-3)
