@@ -22,7 +22,8 @@ SHARD = "2KB"
 
 def _saves(pipe, root, slot):
     """The pipeline saved the ways diffusers saves one; each folder is named for what it tests."""
-    pipe.save_pretrained(root / "unsafe-sharded", safe_serialization=False, max_shard_size=SHARD)
+    pipe.save_pretrained(root / "unsafe", safe_serialization=False)
+    pipe.save_pretrained(root / "sharded", max_shard_size=SHARD)
     pipe.save_pretrained(root / "safe", safe_serialization=True)
     # diffusers' optional-components test: the optional ones set to None are saved as such and come back as None
     optional = {name: None for name in pipe._optional_components if name in pipe.components and name != slot}
@@ -35,14 +36,15 @@ def _saves(pipe, root, slot):
 def _loads(root, slot):
     """Every way of loading those folders back: name -> (folder, from_pretrained kwargs)."""
     return {
-        "unsafe-sharded": (root / "unsafe-sharded", {}),
+        "unsafe": (root / "unsafe", {}),
+        "sharded": (root / "sharded", {}),
         "dtype": (root / "safe", {"dtype": torch.float16}),
         "torch_dtype": (root / "safe", {"torch_dtype": torch.bfloat16}),
         "dtype dict": (root / "safe", {"torch_dtype": {"default": torch.bfloat16, slot: torch.float16}}),
         "dtype dict default": (root / "safe", {"torch_dtype": {"default": torch.float16}}),
         "use_safetensors": (root / "safe", {"use_safetensors": True}),
         "no use_safetensors": (root / "safe", {"use_safetensors": False}),
-        "no use_safetensors, unsafe save": (root / "unsafe-sharded", {"use_safetensors": False}),
+        "no use_safetensors, unsafe save": (root / "unsafe", {"use_safetensors": False}),
         "variant": (root / "variant", {"variant": "fp16"}),
     }
 
@@ -72,13 +74,14 @@ def test_every_diffusers_save_and_load_path_behaves_as_with_the_original_encoder
         diffusers_logging.disable_propagation()
     _saves(original, tmp_path / "original", slot)
     assert "saved as safetensors only (safe_serialization=False" in caplog.text  # said once, not silently
-    for folder in ("unsafe-sharded", "safe", "variant"):
+    for folder in ("unsafe", "sharded", "safe", "variant"):
         files = sorted(p.name for p in (tmp_path / "student" / folder / slot).iterdir())
         assert not any(f.endswith(PICKLE_SUFFIXES) for f in files), f"{folder}: the student wrote pickle: {files}"
-    sharded = tmp_path / "student" / "unsafe-sharded" / slot
+    sharded = tmp_path / "student" / "sharded" / slot
     assert len(list(sharded.glob("model-*-of-*.safetensors"))) > 1
     assert (sharded / "model.safetensors.index.json").is_file()
 
+    passed = set()
     for name, (folder, kwargs) in _loads(tmp_path / "student", slot).items():
         reference, reference_outcome = _outcome(tmp_path / "original" / folder.name, kwargs)
         loaded, outcome = _outcome(folder, kwargs)
@@ -98,6 +101,35 @@ def test_every_diffusers_save_and_load_path_behaves_as_with_the_original_encoder
             assert torch.equal(state[key], value.to(state[key].dtype)), f"{name}: {key} differs after the round trip"
         if name == "variant":
             assert all(getattr(loaded, component) is None for component in optional)
+        passed.add(name)
+    # every path diffusers writes and reads with safetensors gave the student back (the test is not vacuous)
+    assert passed >= {"unsafe", "sharded", "dtype", "torch_dtype", "dtype dict", "dtype dict default",
+                      "use_safetensors", "variant"}, passed
+
+
+def test_an_exported_student_keeps_the_contract_too(tiny_pipeline_dirs, tmp_path):
+    """An ONNX export in the slot (what `encoder-shrink export` writes) through the same paths."""
+    pytest.importorskip("onnxruntime")
+    from encoder_shrink.exporters import load_encoder
+    from encoder_shrink.exporters.onnx_export import export_onnx
+
+    original = _load("flux-dev", tiny_pipeline_dirs)
+    adapter = adapter_for(original)
+    slot = adapter.encoder_slot
+    _student(adapter).save_pretrained(tmp_path / "torch")
+    exported = load_encoder(export_onnx(tmp_path / "torch", tmp_path / "onnx"))
+    ids = adapter.tokenize(["a red circle"], 16)[0]
+    expected = exported(ids).last_hidden_state
+    _saves(_load("flux-dev", tiny_pipeline_dirs, **{slot: exported}), tmp_path / "student", slot)
+    _saves(original, tmp_path / "original", slot)
+    for name, (folder, kwargs) in _loads(tmp_path / "student", slot).items():
+        _, reference_outcome = _outcome(tmp_path / "original" / folder.name, kwargs)
+        loaded, outcome = _outcome(folder, kwargs)
+        assert outcome == reference_outcome, f"{name}: {outcome} with the export, {reference_outcome} without"
+        if loaded is not None:
+            encoder = getattr(loaded, slot)
+            assert type(encoder) is type(exported), name
+            torch.testing.assert_close(encoder(ids).last_hidden_state.float(), expected.float(), atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
