@@ -285,7 +285,8 @@ def test_two_processes_train_one_student(sd_dir, tmp_path):
     # a checkpoint of two processes does not resume in one (each trained on its own prompts)
     with pytest.raises(Exception, match="written by a run of 2 processes"):
         TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", output_dir=output, resume=True, max_steps=4,
-                                             eval_prompt_count=1, eval_images_per_prompt=2, eval_steps=2)
+                                             checkpoint_every=2, eval_prompt_count=1, eval_images_per_prompt=2,
+                                             eval_steps=2)
 
 
 class _Crash(Exception):
