@@ -56,3 +56,16 @@ def test_script_runs_at_tiny_size(script, tmp_path):
     assert "|" in done.stdout  # the table is printed
     rows = results.get("backends") or results.get("variants") or results.get("families")
     assert rows and all(isinstance(figures, dict) for figures in rows.values())
+
+
+def test_gpu_accelerator_tier_script_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu/accelerator_tier.sh end to end without a GPU: its tests skip with their reason, its report is
+    written (on a GPU machine the same script installs the carried wheels and runs them)."""
+    script = BENCHMARKS / "gpu" / "accelerator_tier.sh"
+    env = {**os.environ, "NO_INSTALL": "1", "OUT": str(tmp_path), "PATH": f"{Path(sys.executable).parent}:"
+           f"{os.environ.get('PATH', '')}"}
+    done = subprocess.run(["bash", str(script), "tests/tiue/test_pipeline.py"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    log = (tmp_path / "accelerator-tier.log").read_text()
+    assert "skipped" in log and "needs a CUDA accelerator" in log and (tmp_path / "junit.xml").is_file()
