@@ -793,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        _check_paths(args)  # before any import of torch: a wrong path is refused at once
+        _check_paths(args)  # before the command runs: a wrong path is refused at once, nothing written
         _quiet_libraries()
         return args.func(args)
     except EncoderShrinkError as error:
