@@ -20,6 +20,7 @@ from encoder_shrink.exporters import (
 )
 
 from encoder_shrink import ShrunkT5EncoderModel, adapter_for, testing
+from tests.exporters import INT8_STATIC_DRIFT
 from tests.test_reference import write_reference_checkpoint
 
 TOKENIZER = testing.tiny_t5_tokenizer()
@@ -154,6 +155,7 @@ def test_int8_auto_keeps_harmful_attention_in_fp32(tmp_path):
     assert "attention" in load_report(folder)["int8"]["kept_fp32"]
 
 
+@INT8_STATIC_DRIFT
 def test_int8_static_is_a_calibrated_qdq_graph(student_dir, tmp_path):
     folder = export_onnx(student_dir, tmp_path / "static", int8="static", tokenizer=TOKENIZER, quantize_attention=True)
     report = load_report(folder)
