@@ -194,8 +194,10 @@ def test_variant_saves_keep_the_other_variant_and_load(tmp_path):
                                                                    "model.safetensors"]
     loaded = ShrunkT5EncoderModel.from_pretrained(tmp_path / "s", variant="fp16").eval()
     torch.testing.assert_close(loaded(IDS)[0], student.eval()(IDS)[0])
-    with pytest.raises(ValueError, match="safetensors only"):
-        student.save_pretrained(tmp_path / "p", safe_serialization=False)
+    # diffusers passes safe_serialization=False to every component that names it: the student writes safetensors
+    # all the same, and says so (tests/pipelines/test_contract.py runs it through DiffusionPipeline)
+    student.save_pretrained(tmp_path / "p", safe_serialization=False)
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["config.json", "model.safetensors"]
 
 
 # --- from_t5 ---------------------------------------------------------------------------------------------
@@ -318,8 +320,14 @@ def test_refuses_a_plain_t5_folder_and_unsafe_loading(tmp_path):
     testing.tiny_t5_encoder().save_pretrained(tmp_path / "t5")
     with pytest.raises(ValueError, match="holds a 't5' model, not a 'shrunk_t5' student encoder; build one with"):
         ShrunkT5EncoderModel.from_pretrained(tmp_path / "t5")
-    with pytest.raises(ValueError, match="safetensors only"):
+    # use_safetensors=False (what diffusers passes on) reads safetensors all the same; pickle is never read
+    with pytest.raises(ValueError, match="holds a 't5' model, not a 'shrunk_t5' student encoder"):
         ShrunkT5EncoderModel.from_pretrained(tmp_path / "t5", use_safetensors=False)
+    _student().save_pretrained(tmp_path / "student")
+    ShrunkT5EncoderModel.from_pretrained(tmp_path / "student", use_safetensors=False)
+    (tmp_path / "student" / "model.safetensors").rename(tmp_path / "student" / "pytorch_model.bin")
+    with pytest.raises(WeightsError, match="holds only pickle weights"):
+        ShrunkT5EncoderModel.from_pretrained(tmp_path / "student", use_safetensors=False)
     with pytest.raises(WeightsError, match="is not a folder"):
         from encoder_shrink.weights import safetensors_files
 
