@@ -92,6 +92,24 @@ def _parse_prompts(values: list[str] | None):
     return mapping
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    import torch
+
+    from encoder_shrink.files import atomic_write_text
+    from encoder_shrink.inspection import format_inspection, inspect_pipeline
+    from encoder_shrink.loading import load_pipeline
+
+    pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
+    call_kwargs = {"height": args.resolution, "width": args.resolution} if args.resolution else None
+    result = inspect_pipeline(pipe, slot=args.slot, trace=args.trace, call_kwargs=call_kwargs)
+    print(format_inspection(result))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+    return 0
+
+
 def _distill(args: argparse.Namespace) -> int:
     import torch
 
@@ -121,7 +139,7 @@ def _distill(args: argparse.Namespace) -> int:
                      overwrite=args.overwrite)
     pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
     pipe.set_progress_bar_config(disable=True)
-    shrinker = EncoderShrinker(pipe, teacher_id=args.pipeline)
+    shrinker = EncoderShrinker(pipe, teacher_id=args.pipeline, slot=args.slot)
     shrinker.distill(
         recipe=args.recipe, prompts=_parse_prompts(args.prompts), output_dir=args.output, resume=args.resume,
         loss=args.loss, cache_dir=args.cache_dir, release_teacher=args.release_teacher, overwrite=args.overwrite,
@@ -507,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--num-inference-steps", int), ("--checkpoint-every", int), ("--max-sequence-length", int)):
         distill.add_argument(flag, type=kind, help="override the recipe's value")
     distill.add_argument("--gradient-checkpointing", action="store_true", help="recompute the denoiser's activations")
+    distill.add_argument("--slot", help="the text encoder to shrink (default: the family's, or for a pipeline no "
+                                        "family file describes, the largest; see `encoder-shrink inspect`)")
     _register(distill, _distill, inputs=("pipeline", "prompts"), output="output")
 
     tiue = commands.add_parser(
@@ -705,6 +725,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--output", default="encoder-shrink-bench", help="results folder (default: %(default)s)")
     _register(bench, _bench, inputs=("pipeline", "student"), output="output")
+
+    inspect_ = commands.add_parser(
+        "inspect",
+        help="what EncoderShrinker would do with a pipeline: family (registered or traced), slots, student, layers",
+        description="Load a pipeline and report, as a table and JSON, what distilling it would do: the family "
+                    "(a registered family file, or traced from its own __call__), every text-encoder slot with its "
+                    "parameter count, the chosen slot, the student's kind and size, the call length and mask, the "
+                    "layers read, the text-derived denoiser inputs and calls per step, and the expected weights "
+                    "ratio. A pipeline the trace cannot serve gets one line saying why.",
+    )
+    inspect_.add_argument("--pipeline", required=True, help="pipeline id or local folder (model_index.json)")
+    inspect_.add_argument("--slot", help="the text encoder to shrink (default: the family's, or the largest)")
+    inspect_.add_argument("--trace", action="store_true", help="trace the pipeline even where a family file exists")
+    inspect_.add_argument("--resolution", type=int,
+                          help="height and width of the trace's probe runs (default: the pipeline's own)")
+    inspect_.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                          help="dtype the pipeline is loaded in")
+    inspect_.add_argument("--output", help="also write the JSON to this file")
+    _register(inspect_, _inspect, inputs=("pipeline",), output="output")
 
     recipes = commands.add_parser("recipes", help="list the bundled recipes, one line each")
     _register(recipes, _recipes)

@@ -93,7 +93,7 @@ def denoiser_fidelities(
             }
             generator = torch.Generator("cpu").manual_seed(seed + start)
             trajectory = adapter.start_trajectory(len(batch), resolution, num_inference_steps, generator,
-                                                  num_frames=num_frames)
+                                                  num_frames=num_frames, texts=texts)
             for i, t in enumerate(trajectory.timesteps):
                 teacher = adapter.predict(trajectory, t, rows["t5"], rows, mask, guidance_scale).float()
                 energy[i] += teacher.pow(2).sum().item()

@@ -24,13 +24,15 @@ def write_model_card(folder: str | Path, summary: dict) -> Path:
     """
     recipe = summary["recipe"]
     losses = list(dict.fromkeys(s.get("loss") or recipe["loss"] for s in recipe["stages"]))
-    family = get_adapter(summary["family"])
-    student_class = family.student_class_name
+    # A traced pipeline has no family file: the summary names its slot and student class.
+    family = get_adapter(summary["family"]) if "slot" not in summary else None
+    student_class = summary.get("student_class") or family.student_class_name
+    slot = summary.get("slot") or family.encoder_slot
     before, after = summary["fidelity_before"], summary["fidelity_after"]
     data = ModelCardData(
         library_name="encoder-shrink",
         tags=["text-encoder", "t5", "distillation", "encoder-shrink", summary["family"]],
-        component=family.encoder_slot,
+        component=slot,
         # A hub id or path; a T5 bundled with the package (package:...) is no model the hub knows.
         base_model=None
         if str(recipe.get("student_t5") or "package:").startswith("package:")
@@ -67,7 +69,7 @@ encoder-shrink's {" then ".join(get_loss(loss).description for loss in losses)} 
 from diffusers import {summary["pipeline"]}
 from encoder_shrink import {student_class}
 student = {student_class}.from_pretrained("<this folder or repo>")
-pipe = {summary["pipeline"]}.from_pretrained("{summary["teacher"]}", {family.encoder_slot}=student)
+pipe = {summary["pipeline"]}.from_pretrained("{summary["teacher"]}", {slot}=student)
 ```
 """
     path = Path(folder) / "README.md"

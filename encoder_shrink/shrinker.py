@@ -45,9 +45,23 @@ class EncoderShrinker:
     ```
     """
 
-    def __init__(self, pipe: Any, teacher_id: str | None = None):
+    def __init__(self, pipe: Any, teacher_id: str | None = None, slot: str | None = None, trace: bool = False,
+                 call_kwargs: dict[str, Any] | None = None):
+        r"""
+        Args:
+            pipe: a diffusers pipeline with its teacher encoder loaded.
+            teacher_id: how the summary and the student's config name the teacher (default: the pipeline's path).
+            slot: the text encoder to shrink (`"text_encoder_2"`, ...); default: the family's, or for a traced
+                pipeline the largest transformers model among its text encoders.
+            trace: serve the pipeline by tracing its `__call__` even where a family file describes it (the family
+                file is the reviewed fast path; a pipeline without one is always traced).
+            call_kwargs: extra arguments of every `__call__` a traced pipeline makes (a tiny pipeline's size).
+        """
+        from encoder_shrink.pipelines.traced import TracedAdapter
+
         self.pipe = pipe
-        self.adapter = adapter_for(pipe)
+        self.adapter = (TracedAdapter(pipe, slot=slot, call_kwargs=call_kwargs) if trace
+                        else adapter_for(pipe, slot=slot, call_kwargs=call_kwargs))
         self.adapter.check_distillable()
         if self.adapter.teacher is None:
             raise IncompatibleModelError(
@@ -206,6 +220,8 @@ class EncoderShrinker:
                 recipe=recipe.to_dict(),
                 pipeline=type(self.pipe).__name__,
                 family=self.adapter.name,
+                slot=self.adapter.encoder_slot,
+                student_class=self.adapter.student_class_name,
                 teacher=self.teacher_id,
                 device=str(accelerator.device),
                 fidelity_before=before,

@@ -161,7 +161,7 @@ def distill_loop(
             if loss_fn.uses_denoiser:
                 trajectory = adapter.start_trajectory(len(prompts), stage.resolution or recipe.resolution,
                                                       steps_per_trajectory, generator,
-                                                      num_frames=stage.num_frames or recipe.num_frames)
+                                                      num_frames=stage.num_frames or recipe.num_frames, texts=texts)
             for i in range(steps_per_trajectory):
                 t = trajectory.timesteps[i] if trajectory is not None else None
                 if i < offset:

@@ -313,10 +313,12 @@ class PipelineAdapter:
         raise NotImplementedError(f"{type(self).__name__} does not implement encode_teacher")
 
     def start_trajectory(self, batch_size: int, resolution: int, num_inference_steps: int,
-                         generator: torch.Generator, num_frames: int | None = None) -> Trajectory:
+                         generator: torch.Generator, num_frames: int | None = None,
+                         texts: list[str] | None = None) -> Trajectory:
         """
         Pure-noise latents and the scheduler's timesteps, prepared as the pipeline's `__call__` prepares them;
-        video families take `num_frames` (default: the family's `default_num_frames`).
+        video families take `num_frames` (default: the family's `default_num_frames`). `texts` (the batch's
+        `encoder_texts`) is what a traced pipeline samples with; a family's trajectory does not depend on them.
         """
         # Every pipeline module carries the same `retrieve_timesteps` (diffusers copies it between them).
         from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
@@ -483,9 +485,12 @@ def synthetic_families() -> list[str]:
     return [name for name in FAMILIES.names() if FAMILIES.get(name).synthetic is not None]
 
 
-def adapter_for(pipe: Any) -> PipelineAdapter:
+def adapter_for(pipe: Any, slot: str | None = None, call_kwargs: dict[str, Any] | None = None) -> PipelineAdapter:
     """
-    The adapter of the family `pipe` belongs to; raises an `IncompatibleModelError` listing the families otherwise.
+    The adapter of the family `pipe` belongs to (one whose slot is `slot`, when given); a pipeline no family file
+    describes is traced ([`~encoder_shrink.pipelines.traced.TracedAdapter`]: its own `__call__` runs on probe prompts,
+    with `call_kwargs` such as a small `height`/`width`). A pipeline the trace cannot serve raises a one-line
+    `IncompatibleModelError` saying why. The traced adapter is kept on the pipeline, so it is traced once per slot.
 
     Example:
 
@@ -495,10 +500,14 @@ def adapter_for(pipe: Any) -> PipelineAdapter:
     ```
     """
     for adapter in FAMILIES.values():
-        if adapter.matches(pipe):
+        if adapter.matches(pipe) and slot in (None, adapter.encoder_slot):
             return adapter(pipe)
-    raise IncompatibleModelError(
-        f"{type(pipe).__name__} is not a supported pipeline (transformer: "
-        f"{type(getattr(pipe, 'transformer', None)).__name__}); supported families: "
-        f"{', '.join(registered_families())}."
-    )
+    from encoder_shrink.pipelines.traced import TracedAdapter
+
+    traced = vars(pipe).setdefault("_encoder_shrink_traced", {})
+    # A new encoder in a slot (a student swapped in) is traced again.
+    encoders = tuple(id(m) for k, m in pipe.components.items() if k.startswith("text_encoder"))
+    key = (slot, encoders, repr(sorted((call_kwargs or {}).items())))
+    if key not in traced:
+        traced[key] = TracedAdapter(pipe, slot=slot, call_kwargs=call_kwargs)
+    return traced[key]

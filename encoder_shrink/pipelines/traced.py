@@ -1,0 +1,811 @@
+"""TracedAdapter: a pipeline no family file describes, served by running its own `__call__` with hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from encoder_shrink.errors import IncompatibleModelError
+from encoder_shrink.pipelines.base import PipelineAdapter, Trajectory
+from encoder_shrink.pipelines.llm import NEGATIVE, LLMAdapter
+
+logger = logging.getLogger(__name__)
+
+# Probe prompts of the trace: two, so batching shows; different lengths, so a pipeline that pads to the longest shows.
+PROBE_PROMPTS = ("a red circle", "two blue squares and a yellow star next to a green triangle")
+PROBE_NEGATIVES = ("blurry", "grainy")
+# Scheduler steps of the trace's sampling run: Mochi's schedule needs more than 2.
+PROBE_STEPS = 4
+# A guidance above 1, so CFG pipelines encode their negatives and run their unconditional pass.
+PROBE_GUIDANCE = 3.0
+# Parameters of `__call__` a text-only call never needs, even when they have no default.
+_NOT_INPUTS = {"self", "prompt", "args", "kwargs"}
+# Students of each teacher kind (the class `encoder_shrink` exports).
+STUDENT_OF_KIND = {"t5": "ShrunkT5EncoderModel", "umt5": "ShrunkUMT5EncoderModel", "llm": "ShrunkLLMEncoderModel"}
+_STUDENT_KIND = {"shrunk_t5": "t5", "shrunk_umt5": "umt5", "shrunk_llm": "llm"}
+# What the `<family>-t5base` recipes start a student from (`encoder_shrink.benchmarks.synthetic.T5_CONFIGS` names).
+STUDENT_SIZE = {"t5": "t5-base", "umt5": "umt5-base", "llm": "t5-base"}
+
+
+class _Stop(Exception):
+    """Raised inside the pipeline's `__call__` once a probe has seen what it came for."""
+
+
+class _Refused(Exception):
+    """Raised inside `__call__` by a hook that saw a step the trace cannot follow; `traced` turns it into an error."""
+
+
+@dataclass
+class TraceReport:
+    r"""
+    What tracing a pipeline's `__call__` learned about its text encoder and denoiser(s): which slot is shrunk and
+    how the pipeline calls it, which of its outputs it reads, how its denoiser is called per scheduler step, and which
+    denoiser inputs derive from the encoder. `encoder-shrink inspect` prints it.
+
+    Example:
+
+    ```python
+    >>> TracedAdapter(pipe).report.hidden_state_layers  # doctest: +SKIP
+    (9, 18, 27)
+    ```
+    """
+
+    pipeline: str
+    slots: dict[str, int]
+    slot: str
+    tokenizer_slot: str | None
+    teacher_class: str
+    kind: str
+    call_length: int
+    uses_attention_mask: bool
+    # None: the pipeline reads `last_hidden_state`; else the `hidden_states` indices it reads (non-negative).
+    hidden_state_layers: tuple[int, ...] | None
+    hidden_size: int
+    num_hidden_states: int
+    # Whether it reads `last_hidden_state` (an LLM's then stands for its last layer).
+    reads_last: bool
+    encoder_calls: tuple[str, ...]
+    guidance: str | None
+    denoisers: tuple[str, ...]
+    calls_per_step: int
+    # Per denoiser call of a step: the names of the inputs that derive from the encoder.
+    text_inputs: tuple[tuple[str, ...], ...]
+    # Per denoiser call of a step: the positions of those inputs among the call's flattened inputs.
+    text_leaves: tuple[tuple[int, ...], ...] = field(repr=False, default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("text_leaves")
+        return data
+
+
+@contextlib.contextmanager
+def _patched(owner: Any, name: str, value: Any):
+    """Set `owner.name = value` on the instance for the block (whatever an offload hook set there is restored)."""
+    had, old = name in vars(owner), vars(owner).get(name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(owner, name, old)
+        else:
+            delattr(owner, name)
+
+
+def _detached(value: Any) -> Any:
+    return pytree.tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, value)
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    """
+    The prediction of a denoiser call: `output[0]` of a tuple or of a diffusers output (`.sample`); a list of
+    per-sample predictions (Z-Image) is stacked.
+    """
+    prediction = output if isinstance(output, torch.Tensor) else output[0]
+    return torch.stack(list(prediction)) if isinstance(prediction, (list, tuple)) else prediction
+
+
+def _parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class TracedAdapter(PipelineAdapter):
+    r"""
+    The adapter of a pipeline that no registered family matches (or whose `slot=` no family file shrinks). It learns
+    what a family file states by running the pipeline's own `__call__` on probe prompts, with hooks on the text
+    encoder and the denoiser(s) (see [`TraceReport`]), and copies none of the pipeline's loop:
+
+    - the teacher trajectory *is* the pipeline's sampling: `__call__` runs once per trajectory with the teacher's
+      (cached) outputs in the slot, and every denoiser call is recorded (inputs and prediction);
+    - the student's conditioning comes from the same prompt code: `__call__` runs (with gradients) until the denoiser's
+      first calls, with the student's outputs in the slot, and its text-derived inputs replace the teacher's in the
+      recorded calls of the step being trained.
+
+    A step the trace cannot follow (prompt upsampling through `generate`, an encoder called inside the loop, a
+    required image input, an encoder that feeds no denoiser input, a kind of encoder with no student yet) raises a
+    one-line `IncompatibleModelError` before any training.
+
+    Example:
+
+    ```python
+    >>> adapter = TracedAdapter(pipe)  # doctest: +SKIP
+    >>> adapter.report.slot, adapter.report.kind, adapter.report.hidden_state_layers  # doctest: +SKIP
+    ('text_encoder', 'llm', (9, 18, 27))
+    ```
+    """
+
+    pipeline_class = ""
+    denoiser_class = ""
+    conditioning_width_key = "the traced text features"
+    traced = True
+
+    def __init__(self, pipe: Any, slot: str | None = None, call_kwargs: dict[str, Any] | None = None):
+        super().__init__(pipe)
+        self.call_kwargs = dict(call_kwargs or {})
+        self.pipeline_class = type(pipe).__name__
+        self.name = f"traced:{self.pipeline_class}"
+        self._length_override: int | None = None
+        self._student_cache: tuple[torch.Tensor, list] | None = None
+        self.report = self._trace(slot)
+        report = self.report
+        self.encoder_slot, self.tokenizer_slot = report.slot, report.tokenizer_slot
+        self.max_sequence_length = report.call_length
+        self.uses_attention_mask = report.uses_attention_mask
+        self.guidance = report.guidance
+        self.student_class_name = STUDENT_OF_KIND[report.kind]
+        if report.hidden_state_layers is not None:
+            self.hidden_state_layers = report.hidden_state_layers
+
+    # --- what the distiller calls -----------------------------------------------------------------------------------
+
+    @property
+    def conditioning_width(self) -> int:
+        layers = self.report.hidden_state_layers
+        return self.report.hidden_size * (1 if layers is None else len(layers))
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.report.denoisers[0])
+
+    @property
+    def denoisers(self) -> list[torch.nn.Module]:
+        return [getattr(self.pipe, name) for name in self.report.denoisers]
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    def student_class(self) -> type:
+        """The student class of the traced teacher's kind."""
+        import encoder_shrink
+
+        return getattr(encoder_shrink, self.student_class_name)
+
+    def record(self, max_sequence_length: int) -> dict[str, Any]:
+        return {"pipeline_family": self.name, "component": self.encoder_slot,
+                "max_sequence_length": max_sequence_length, "use_attention_mask": self.uses_attention_mask}
+
+    def student_fields(self) -> dict[str, Any]:
+        return LLMAdapter.student_fields(self) if self.report.kind == "llm" else {}
+
+    def teacher_layout(self) -> dict[str, Any]:
+        return LLMAdapter.teacher_layout(self)
+
+    def initialise_student(self, student: torch.nn.Module) -> None:
+        if self.report.kind == "llm":
+            LLMAdapter.initialise_student(self, student)
+
+    def check_student(self, student: torch.nn.Module) -> None:
+        if self.report.kind == "llm":
+            LLMAdapter.check_student(self, student)
+            return
+        model_type = getattr(student.config, "model_type", None)
+        if _STUDENT_KIND.get(model_type) != self.report.kind:
+            raise IncompatibleModelError(
+                f"{self.pipeline_class}.{self.encoder_slot} holds a {self.report.kind.upper()} encoder but the "
+                f"student is a {type(student).__name__}; use a {self.student_class_name} distilled for this pipeline."
+            )
+
+    def encoder_texts(self, prompts: list[str], negative_prompt: str = "") -> list[str]:
+        """The texts of the pipeline's encoder calls, in its order; a negative carries the `NEGATIVE` mark."""
+        texts = []
+        for kind in self.report.encoder_calls:
+            texts += list(prompts) if kind == "prompt" else [NEGATIVE + negative_prompt] * len(prompts)
+        return texts
+
+    def tokenize(self, texts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token ids and mask the pipeline's own prompt code gives the encoder for `texts`."""
+        self._set_length(max_sequence_length)
+        calls = self._encoder_calls(texts, mode="tokens")
+        input_ids = torch.cat([ids for ids, _, _ in calls]).to(self.device)
+        masks = [torch.ones_like(ids) if mask is None else mask.to(ids.dtype) for ids, mask, _ in calls]
+        return input_ids, torch.cat(masks).to(self.device)
+
+    def encoder_mask(self, mask: torch.Tensor) -> torch.Tensor | None:
+        return mask if self.uses_attention_mask else None
+
+    def encoder_features(self, encoder: torch.nn.Module, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor | None) -> torch.Tensor:
+        output = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return self._features(output)
+
+    @torch.no_grad()
+    def encode_teacher(self, texts: list[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
+        self._set_length(max_sequence_length)
+        calls = self._encoder_calls(texts, mode="teacher")
+        return {"t5": torch.cat([features for _, _, features in calls])}
+
+    def start_trajectory(self, batch_size: int, resolution: int, num_inference_steps: int,
+                         generator: torch.Generator, num_frames: int | None = None,
+                         texts: list[str] | None = None) -> Trajectory:
+        """
+        A trajectory the pipeline's `__call__` samples on the first `predict` (it needs the teacher's rows): the
+        timesteps are step indices, the latents its final latents once it has run.
+        """
+        if texts is None:
+            raise IncompatibleModelError("a traced pipeline's trajectory needs the batch's encoder texts (texts=...).")
+        extras = {
+            "texts": list(texts), "resolution": resolution, "num_frames": num_frames, "steps": num_inference_steps,
+            "generator": None if generator is None else generator.get_state(),
+        }
+        placeholder = torch.zeros(batch_size, dtype=self.denoiser.dtype, device=self.device)
+        return Trajectory(latents=placeholder, timesteps=torch.arange(num_inference_steps), scheduler=None,
+                          extras=extras)
+
+    def predict(self, trajectory, t, t5, rows, attention_mask, guidance_scale) -> torch.Tensor:
+        """The denoiser's outputs at step `t`, on the recorded inputs with `t5`'s text-derived inputs, side by side."""
+        if "steps_record" not in trajectory.extras:
+            self._sample(trajectory, rows["t5"], guidance_scale)
+        recorded = trajectory.extras["steps_record"][int(t)]
+        if t5 is rows["t5"]:
+            return torch.cat([_first_tensor(call["output"]) for call in recorded])
+        leaves = self._text_leaves(trajectory, t5, guidance_scale)
+        predictions = []
+        for k, call in enumerate(recorded):
+            flat, spec = pytree.tree_flatten(call["inputs"])
+            for position, value in zip(self.report.text_leaves[k], leaves[k], strict=True):
+                flat[position] = value
+            args, kwargs = pytree.tree_unflatten(flat, spec)
+            predictions.append(_first_tensor(getattr(self.pipe, call["module"])(*args, **kwargs)))
+        return torch.cat(predictions)
+
+    def step(self, trajectory: Trajectory, prediction: torch.Tensor, t: torch.Tensor) -> None:
+        """Nothing to do: the pipeline's own loop advanced the latents when the trajectory was sampled."""
+
+    def guidance_call_kwargs(self, guidance_scale: float) -> dict[str, Any]:
+        return {"guidance_scale": guidance_scale} if self._accepts("guidance_scale") else {}
+
+    @classmethod
+    def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
+        raise NotImplementedError("a traced pipeline has no tiny components of ours")
+
+    # --- running the pipeline's own __call__ ------------------------------------------------------------------------
+
+    def _accepts(self, name: str) -> bool:
+        return name in inspect.signature(type(self.pipe).__call__).parameters
+
+    def _set_length(self, max_sequence_length: int | None) -> None:
+        default = getattr(self, "report", None)
+        changed = default is not None and max_sequence_length not in (None, default.call_length)
+        if changed and not self._accepts("max_sequence_length"):
+            raise IncompatibleModelError(
+                f"{self.pipeline_class} encodes at {default.call_length} tokens and takes no max_sequence_length; "
+                "leave the recipe's max_sequence_length unset."
+            )
+        self._length_override = max_sequence_length if changed else None
+
+    def _call(self, prompts: list[str], negatives: list[str] | None, guidance: float | None, steps: int,
+              generator_state: torch.Tensor | None = None, resolution: int | None = None,
+              num_frames: int | None = None, grad: bool = False) -> Any:
+        """Run `__call__` (without its `no_grad` when `grad`) to the end or to a probe's `_Stop`."""
+        pipe = self.pipe
+        kwargs = dict(self.call_kwargs)
+        kwargs.update(prompt=list(prompts), num_inference_steps=steps, output_type="latent")
+        generator = torch.Generator("cpu")
+        if generator_state is not None:
+            generator.set_state(generator_state)
+        else:
+            generator.manual_seed(0)
+        kwargs["generator"] = generator
+        if negatives is not None and self._accepts("negative_prompt"):
+            kwargs["negative_prompt"] = list(negatives)
+        if guidance is not None and self._accepts("guidance_scale"):
+            kwargs["guidance_scale"] = guidance
+        if resolution is not None and self._accepts("height"):
+            kwargs.update(height=resolution, width=resolution)
+        if num_frames is not None:
+            for name in ("num_frames", "video_length"):
+                if self._accepts(name):
+                    kwargs[name] = num_frames
+        if self._length_override is not None:
+            kwargs["max_sequence_length"] = self._length_override
+        function = type(pipe).__call__
+        if grad:
+            function = getattr(function, "__wrapped__", function)
+        config = getattr(pipe, "_progress_bar_config", None)
+        pipe.set_progress_bar_config(disable=True)
+        try:
+            return function(pipe, **kwargs)
+        except _Stop:
+            return None
+        finally:
+            if config is None:
+                del pipe._progress_bar_config
+            else:
+                pipe._progress_bar_config = config
+
+    @contextlib.contextmanager
+    def _hooked(self, encoder, denoiser, on_step=None):
+        """Replace the slot's and the denoisers' `forward` (and count scheduler steps) for the block."""
+        stack = contextlib.ExitStack()
+        with stack:
+            module = getattr(self.pipe, self.report.slot if hasattr(self, "report") else self._slot)
+            original = module.forward
+            stack.enter_context(_patched(module, "forward", lambda *a, **k: encoder(original, *a, **k)))
+            if hasattr(module, "generate"):
+                stack.enter_context(_patched(module, "generate", self._refuse_generate))
+            names = self.report.denoisers if hasattr(self, "report") else self._denoiser_candidates()
+            for name in names:
+                target = getattr(self.pipe, name)
+                forward = target.forward
+                stack.enter_context(_patched(
+                    target, "forward", lambda *a, _n=name, _f=forward, **k: denoiser(_n, _f, *a, **k)))
+            if on_step is not None:
+                scheduler = self.pipe.scheduler
+                scheduler_step = scheduler.step
+
+                def counted(*args, **kwargs):
+                    on_step()
+                    return scheduler_step(*args, **kwargs)
+
+                stack.enter_context(_patched(scheduler, "step", counted))
+            yield
+
+    def _refuse_generate(self, *args, **kwargs):
+        raise _Refused(
+            f"{self.pipeline_class} rewrites prompts with {self._slot}.generate (prompt upsampling), which the trace "
+            "cannot follow; disable it in the call or distil a family file."
+        )
+
+    def _denoiser_candidates(self) -> list[str]:
+        from diffusers import ModelMixin
+
+        return [name for name, module in self.pipe.components.items()
+                if isinstance(module, ModelMixin) and not name.startswith(("vae", "text_encoder", "image_encoder"))]
+
+    # --- the trace --------------------------------------------------------------------------------------------------
+
+    def _trace(self, slot: str | None) -> TraceReport:
+        pipe = self.pipe
+        name = self.pipeline_class
+        encoders = {k: v for k, v in pipe.components.items()
+                    if k.startswith("text_encoder") and isinstance(v, torch.nn.Module)}
+        if not encoders:
+            raise IncompatibleModelError(f"{name} has no text encoder to shrink (no text_encoder* component is set).")
+        slots = {k: _parameter_count(v) for k, v in encoders.items()}
+        if slot is None:
+            students = [k for k, v in encoders.items() if getattr(v.config, "model_type", "") in _STUDENT_KIND]
+            slot = students[0] if students else max(slots, key=slots.get)
+        elif slot not in encoders:
+            raise IncompatibleModelError(
+                f"{name} has no text encoder {slot!r}; its text encoders are {', '.join(slots)}: pass one of them.")
+        self._slot = slot
+        teacher = encoders[slot]
+        kind = self._kind(teacher)
+        required = [p.name for p in inspect.signature(type(pipe).__call__).parameters.values()
+                    if p.default is inspect.Parameter.empty and p.name not in _NOT_INPUTS
+                    and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in self.call_kwargs]
+        if required:
+            raise IncompatibleModelError(
+                f"{name}.__call__ requires {', '.join(required)} besides the prompt (an image or video input); the "
+                "trace distils text-to-image and text-to-video pipelines only: distil on the text-only pipeline "
+                "of the family and load the student into this one."
+            )
+        denoisers = self._denoiser_candidates()
+        if not denoisers:
+            raise IncompatibleModelError(f"{name} has no denoiser (transformer or unet) the trace can hook.")
+        tokenizer_slot = "tokenizer" + slot[len("text_encoder"):]
+        tokenizer_slot = tokenizer_slot if getattr(pipe, tokenizer_slot, None) is not None else None
+
+        # 1. The pipeline's own sampling, 2 steps: the encoder calls, the denoiser calls, the scheduler steps.
+        first = self._observe_run(teacher, denoisers)
+        encoder_calls, denoiser_calls, steps = first["encoder"], first["denoiser"], first["steps"]
+        if not encoder_calls:
+            raise IncompatibleModelError(f"{name} never called {slot} in __call__; pass the slot it encodes with.")
+        if not denoiser_calls or steps == 0 or len(denoiser_calls) % steps:
+            raise IncompatibleModelError(
+                f"{name} called its denoiser {len(denoiser_calls)} times over {steps} scheduler steps; the trace "
+                "needs the same denoiser calls at every step.")
+        per_step = len(denoiser_calls) // steps
+        lengths = {ids.shape[1] for ids, _, _ in encoder_calls}
+        masked = {mask is not None for _, mask, _ in encoder_calls}
+        if len(lengths) > 1 or len(masked) > 1:
+            raise IncompatibleModelError(
+                f"{name} calls {slot} at lengths {sorted(lengths)} (prompts and negatives differently); the trace "
+                "needs one call length: a family file can serve it.")
+
+        # 2. Which encoder calls carry negatives: those whose tokens change with the negative prompt.
+        other = self._probe_tokens(list(PROBE_PROMPTS), [PROBE_NEGATIVES[1]] * len(PROBE_PROMPTS))
+        layout = tuple("prompt" if torch.equal(a[0], b[0]) else "negative"
+                       for a, b in zip(encoder_calls, other, strict=True))
+        short = self._probe_tokens([PROBE_PROMPTS[0]] * 2, [PROBE_NEGATIVES[0]] * 2)
+        if {ids.shape[1] for ids, _, _ in short} != lengths:
+            raise IncompatibleModelError(
+                f"{name} pads prompts to the batch's longest, not to a fixed length; the trace needs a fixed call "
+                "length (pass max_sequence_length in call_kwargs if the pipeline takes one).")
+
+        # 3. Which denoiser inputs derive from the encoder: they change when only its outputs change.
+        reference = denoiser_calls[:per_step]
+        perturbed = self._capture(lambda out: self._map_output(out, lambda x: x + torch.randn_like(x)), reference)
+        text_leaves = []
+        for base, moved in zip(reference, perturbed, strict=True):
+            a, b = pytree.tree_leaves(base["inputs"]), pytree.tree_leaves(moved["inputs"])
+            text_leaves.append(tuple(
+                i for i, (x, y) in enumerate(zip(a, b, strict=True))
+                if isinstance(x, torch.Tensor) and (x.shape != y.shape or not torch.equal(x, y))))
+        if not any(text_leaves):
+            raise IncompatibleModelError(
+                f"{name}.{slot} feeds no denoiser input (its outputs change nothing the denoiser sees); there is "
+                "nothing to distil: pass the slot= of the encoder the denoiser reads.")
+        # Guidance: CFG where negatives are encoded; else embedded where the scale changes a denoiser input.
+        guidance = "cfg" if "negative" in layout else None
+        if guidance is None and self._accepts("guidance_scale"):
+            guided = self._capture(lambda out: out, reference, guidance=2 * PROBE_GUIDANCE)
+            for base, moved in zip(reference, guided, strict=True):
+                a, b = pytree.tree_leaves(base["inputs"]), pytree.tree_leaves(moved["inputs"])
+                if any(isinstance(x, torch.Tensor) and (x.shape != y.shape or not torch.equal(x, y))
+                       for x, y in zip(a, b, strict=True)):
+                    guidance = "embedded"
+        names = tuple(tuple(self._leaf_names(call["inputs"])[i] for i in leaves)
+                      for call, leaves in zip(reference, text_leaves, strict=True))
+
+        # 4. Which outputs the pipeline reads: those the text-derived inputs have a gradient with respect to.
+        read = self._read_fields(reference, text_leaves)
+        if not read:
+            raise IncompatibleModelError(
+                f"{name}'s denoiser inputs do not depend on any output of {slot} the trace can see; a family file "
+                "can serve it.")
+        sample = encoder_calls[0][2]
+        width = next(h for h in self._fields(sample) if h is not None).shape[-1]
+        if kind == "llm":
+            count = teacher.config.get_text_config().num_hidden_layers + 1
+            if getattr(teacher.config, "model_type", "") == "shrunk_llm":
+                count, width = teacher.config.teacher_num_hidden_states, teacher.config.teacher_hidden_size
+        else:
+            count = 1
+        layers = tuple(sorted({count - 1 if r == "last_hidden_state" else r % count for r in read}))
+        if kind in ("t5", "umt5"):
+            if read != ["last_hidden_state"]:
+                raise IncompatibleModelError(
+                    f"{name} reads hidden_states {[r for r in read if r != 'last_hidden_state']} of its "
+                    f"{kind.upper()} encoder; a {kind.upper()} student returns the last hidden state only: a family "
+                    "file can serve it.")
+            layers = None
+        return TraceReport(
+            pipeline=name, slots=slots, slot=slot, tokenizer_slot=tokenizer_slot, teacher_class=type(teacher).__name__,
+            kind=kind, call_length=lengths.pop(), uses_attention_mask=masked.pop(), hidden_state_layers=layers,
+            hidden_size=width, num_hidden_states=count, reads_last="last_hidden_state" in read, encoder_calls=layout,
+            guidance=guidance,
+            denoisers=tuple(dict.fromkeys(call["module"] for call in denoiser_calls)), calls_per_step=per_step,
+            text_inputs=names, text_leaves=tuple(text_leaves),
+        )
+
+    def _kind(self, teacher: torch.nn.Module) -> str:
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        )
+
+        config = teacher.config
+        model_type = getattr(config, "model_type", "")
+        if model_type in _STUDENT_KIND:
+            return _STUDENT_KIND[model_type]
+        if model_type in ("t5", "umt5"):
+            return model_type
+        text_type = getattr(config.get_text_config(), "model_type", "")
+        if text_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+                model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES):
+            return "llm"
+        raise IncompatibleModelError(
+            f"{self.pipeline_class}.{self._slot} is a {type(teacher).__name__} ({model_type}); encoder-shrink shrinks "
+            "T5, UMT5 and decoder-LLM text encoders, not this kind yet: nothing was written.")
+
+    def _observe_run(self, teacher, denoisers) -> dict[str, Any]:
+        """The probe prompts sampled for 2 steps by `__call__`, every encoder and denoiser call recorded."""
+        seen: dict[str, Any] = {"encoder": [], "denoiser": [], "steps": 0}
+
+        def encoder(original, *args, **kwargs):
+            if seen["denoiser"]:
+                raise _Refused(
+                    f"{self.pipeline_class} calls {self._slot} inside its denoising loop; the trace needs the prompt "
+                    "encoded before the loop: a family file can serve it.")
+            output = original(*args, **kwargs)
+            self._last_output = output
+            ids, mask = self._encoder_inputs(args, kwargs)
+            seen["encoder"].append((ids.detach().clone(), None if mask is None else mask.detach().clone(), output))
+            return output
+
+        def denoiser(name, original, *args, **kwargs):
+            output = original(*args, **kwargs)
+            seen["denoiser"].append({"module": name, "inputs": _detached((args, kwargs)), "output": _detached(output)})
+            return output
+
+        def count():
+            seen["steps"] += 1
+
+        with torch.no_grad(), self._hooked(encoder, denoiser, on_step=count):
+            try:
+                self._call(list(PROBE_PROMPTS), [PROBE_NEGATIVES[0]] * len(PROBE_PROMPTS), PROBE_GUIDANCE,
+                           PROBE_STEPS)
+            except _Refused as refused:
+                raise IncompatibleModelError(str(refused)) from None
+        return seen
+
+    @staticmethod
+    def _encoder_inputs(args, kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        if ids is None:
+            raise _Refused("the pipeline calls its text encoder without input_ids (inputs_embeds); the trace "
+                           "needs token ids: a family file can serve it.")
+        return ids, mask
+
+    def _map_output(self, output, function):
+        """The encoder's output with `function` applied to `last_hidden_state` and every hidden state."""
+        if isinstance(output, tuple):
+            return tuple(self._map_output(o, function) if isinstance(o, tuple) else function(o) for o in output)
+        updated = copy.copy(output)
+        for key in list(output.keys()):
+            value = output[key]
+            if key == "last_hidden_state":
+                updated[key] = function(value)
+            elif key == "hidden_states" and value is not None:
+                updated[key] = tuple(None if h is None else function(h) for h in value)
+        return updated
+
+    def _capture(self, transform, reference: list[dict], grad: bool = False,
+                 guidance: float = PROBE_GUIDANCE) -> list[dict]:
+        """
+        Run `__call__` until the first scheduler step's denoiser calls, the encoder's outputs passed through
+        `transform`; the denoiser does not run: each call returns the `reference` call's prediction. Returns the
+        calls' inputs.
+        """
+        captured: list[dict] = []
+
+        def encoder(original, *args, **kwargs):
+            return transform(original(*args, **kwargs))
+
+        def denoiser(name, original, *args, **kwargs):
+            if len(captured) == len(reference):
+                raise _Stop
+            captured.append({"module": name, "inputs": (args, kwargs)})
+            return reference[len(captured) - 1]["output"]
+
+        with self._hooked(encoder, denoiser):
+            self._call(list(PROBE_PROMPTS), [PROBE_NEGATIVES[0]] * len(PROBE_PROMPTS), guidance, PROBE_STEPS,
+                       grad=grad)
+        if len(captured) < len(reference):
+            raise IncompatibleModelError(f"{self.pipeline_class} called its denoiser differently on a second run.")
+        return captured
+
+    def _read_fields(self, reference, text_leaves) -> list:
+        """The encoder outputs the text-derived inputs depend on (by their gradient), over every encoder call."""
+        fields: dict[Any, list[torch.Tensor]] = {}
+
+        def leaf(key, x):
+            if x is None:
+                return None
+            made = x.detach().clone().float().requires_grad_(True)
+            fields.setdefault(key, []).append(made)
+            return made.to(x.dtype)
+
+        def transform(output):
+            updated = copy.copy(output)
+            if output.get("last_hidden_state") is not None:
+                updated["last_hidden_state"] = leaf("last_hidden_state", output["last_hidden_state"])
+            if output.get("hidden_states") is not None:
+                updated["hidden_states"] = tuple(leaf(i, h) for i, h in enumerate(output["hidden_states"]))
+            return updated
+
+        if isinstance(self._last_output, tuple):
+            raise IncompatibleModelError(
+                f"{self.pipeline_class} calls {self._slot} with return_dict=False; the trace reads named outputs: a "
+                "family file can serve it.")
+        with torch.enable_grad():
+            captured = self._capture(transform, reference, grad=True)
+            generator = torch.Generator().manual_seed(0)
+            total = 0
+            for call, leaves in zip(captured, text_leaves, strict=True):
+                flat = pytree.tree_leaves(call["inputs"])
+                for i in leaves:
+                    value = flat[i]
+                    if not value.requires_grad:
+                        raise IncompatibleModelError(
+                            f"{self.pipeline_class}'s prompt code cuts the gradient between {self._slot} and the "
+                            "denoiser (no_grad or a detach); the student could not learn through it.")
+                    weights = torch.rand(value.shape, generator=generator).to(value.device)
+                    total = total + (value.float() * weights).sum()
+            total.backward()
+        return [key for key, leaves in fields.items()
+                if any(x.grad is not None and bool(x.grad.abs().sum() > 0) for x in leaves)]
+
+    # --- encoder calls on demand ------------------------------------------------------------------------------------
+
+    def _probe_tokens(self, prompts: list[str], negatives: list[str]) -> list[tuple]:
+        """The encoder calls' ids and masks for a prompt-code run (the encoder does not run: it returns zeros)."""
+        return self._prompt_code(prompts, negatives, mode="tokens")
+
+    def _prompt_code(self, prompts, negatives, mode: str, features: list[torch.Tensor] | None = None) -> list[tuple]:
+        """
+        Run `__call__` up to its first denoiser call. `mode` "tokens": the encoder returns zeros and its inputs are
+        recorded; "teacher": it runs, and its inputs and read features are recorded.
+        """
+        calls: list[tuple] = []
+        slot_module = getattr(self.pipe, self._slot)
+
+        def encoder(original, *args, **kwargs):
+            ids, mask = self._encoder_inputs(args, kwargs)
+            if mode == "teacher":
+                output = original(*args, **kwargs)
+                calls.append((ids, mask, self._features(output)))
+                return output
+            calls.append((ids, mask, None))
+            return self._zeros_like_output(slot_module, ids, kwargs)
+
+        def denoiser(name, original, *args, **kwargs):
+            raise _Stop
+
+        with torch.no_grad(), self._hooked(encoder, denoiser):
+            try:
+                self._call(prompts, negatives, PROBE_GUIDANCE if negatives is not None else None, PROBE_STEPS)
+            except _Refused as refused:
+                raise IncompatibleModelError(str(refused)) from None
+        return calls
+
+    def _zeros_like_output(self, module, ids, kwargs):
+        """What the encoder would return, as zeros of its shapes (a probe that only wants the tokens)."""
+        last = self._last_output
+        shape = (ids.shape[0], ids.shape[1])
+        return self._replay_output(last, [None if h is None else
+                                          torch.zeros(*shape, h.shape[-1], dtype=h.dtype, device=h.device)
+                                          for h in self._fields(last)])
+
+    def _fields(self, output) -> list[torch.Tensor | None]:
+        """The tensors of an encoder output: its last hidden state (or None), then each hidden state."""
+        return [output.get("last_hidden_state"), *(output.get("hidden_states") or ())]
+
+    def _replay_output(self, template, fields: list[torch.Tensor | None]):
+        updated = copy.copy(template)
+        if template.get("last_hidden_state") is not None:
+            updated["last_hidden_state"] = fields[0]
+        if template.get("hidden_states") is not None:
+            updated["hidden_states"] = tuple(fields[1:])
+        return updated
+
+    def _features(self, output) -> torch.Tensor:
+        """The features the pipeline reads from an encoder output, side by side (what a student returns)."""
+        layers = self.report.hidden_state_layers
+        if layers is None:
+            return output["last_hidden_state"]
+        last = self.report.num_hidden_states - 1
+        return torch.cat([output["last_hidden_state"] if k == last and self.report.reads_last
+                          else output["hidden_states"][k]
+                          for k in layers], dim=-1)
+
+    def _output_from_features(self, template, features: torch.Tensor):
+        """An encoder output the pipeline reads `features` from (the unread hidden states are zeros, not stored)."""
+        layers = self.report.hidden_state_layers
+        if layers is None:
+            return self._replay_output(template, [features, *([features] * (self.report.num_hidden_states - 1)
+                                                              if template.get("hidden_states") is not None else [])])
+        chunks = dict(zip(layers, features.split(self.report.hidden_size, dim=-1), strict=True))
+        zero = features.new_zeros(()).expand(*features.shape[:-1], self.report.hidden_size)
+        hidden = [chunks.get(i, zero) for i in range(self.report.num_hidden_states)]
+        return self._replay_output(template, [hidden[-1], *hidden])
+
+    def _encoder_calls(self, texts: list[str], mode: str) -> list[tuple]:
+        """Per text, in order: its ids, its mask and (mode "teacher") its features, as the pipeline calls for it."""
+        prompts = list(dict.fromkeys(t for t in texts if not t.startswith(NEGATIVE)))
+        negatives = list(dict.fromkeys(t[len(NEGATIVE):] for t in texts if t.startswith(NEGATIVE)))
+        rows: dict[str, tuple] = {}
+        cfg = self.report.guidance == "cfg"
+        for group, marked in ((prompts, False), (negatives, True)):
+            if not group:
+                continue
+            kind = "negative" if marked else "prompt"
+            if marked:
+                calls = self._prompt_code(group, group, mode)
+            else:
+                calls = self._prompt_code(group, [""] * len(group) if cfg else None, mode)
+            layout = self.report.encoder_calls if (cfg or marked) else tuple(
+                k for k in self.report.encoder_calls if k == "prompt")
+            for call_kind, (ids, mask, features) in zip(layout, calls, strict=True):
+                if call_kind != kind:
+                    continue
+                for r, text in enumerate(group):
+                    key = NEGATIVE + text if marked else text
+                    rows[key] = (ids[r:r + 1], None if mask is None else mask[r:r + 1],
+                                 None if features is None else features[r:r + 1])
+        return [rows[t] for t in texts]
+
+    # --- a trajectory -----------------------------------------------------------------------------------------------
+
+    def _sample(self, trajectory: Trajectory, teacher_features: torch.Tensor, guidance_scale) -> None:
+        """Sample the trajectory with the pipeline's `__call__`, the teacher's features in the slot; record it."""
+        extras = trajectory.extras
+        record: list[dict] = []
+        blocks = self._blocks(extras["texts"], teacher_features)
+
+        def encoder(original, *args, **kwargs):
+            return self._output_from_features(self._last_output, blocks.pop(0))
+
+        def denoiser(name, original, *args, **kwargs):
+            output = original(*args, **kwargs)
+            record.append({"module": name, "inputs": _detached((args, kwargs)), "output": _detached(output)})
+            return output
+
+        prompts, negatives = self._split(extras["texts"])
+        with torch.no_grad(), self._hooked(encoder, denoiser):
+            result = self._call(prompts, negatives, guidance_scale, extras["steps"], extras["generator"],
+                                extras["resolution"], extras["num_frames"])
+        per_step = self.report.calls_per_step
+        extras["steps_record"] = [record[i:i + per_step] for i in range(0, len(record), per_step)]
+        trajectory.latents = result[0]
+
+    def _text_leaves(self, trajectory: Trajectory, features: torch.Tensor, guidance_scale) -> list[list]:
+        """The text-derived denoiser inputs the pipeline's prompt code makes from `features` (gradients kept)."""
+        cached = self._student_cache
+        if cached is not None and cached[0] is features and cached[1] is trajectory:
+            return cached[2]
+        extras = trajectory.extras
+        blocks = self._blocks(extras["texts"], features)
+        reference = extras["steps_record"][0]
+        captured: list[dict] = []
+
+        def encoder(original, *args, **kwargs):
+            return self._output_from_features(self._last_output, blocks.pop(0))
+
+        def denoiser(name, original, *args, **kwargs):
+            if len(captured) == len(reference):
+                raise _Stop
+            captured.append((args, kwargs))
+            return reference[len(captured) - 1]["output"]
+
+        prompts, negatives = self._split(extras["texts"])
+        with self._hooked(encoder, denoiser):
+            self._call(prompts, negatives, guidance_scale, extras["steps"], extras["generator"],
+                       extras["resolution"], extras["num_frames"], grad=True)
+        leaves = [[pytree.tree_leaves(call)[i] for i in positions]
+                  for call, positions in zip(captured, self.report.text_leaves, strict=True)]
+        self._student_cache = (features, trajectory, leaves)
+        return leaves
+
+    def _blocks(self, texts: list[str], features: torch.Tensor) -> list[torch.Tensor]:
+        """`features` (one row per text, in `encoder_texts` order) split into the pipeline's encoder calls."""
+        batch = len(texts) // len(self.report.encoder_calls)
+        return list(features.split(batch))
+
+    @staticmethod
+    def _split(texts: list[str]) -> tuple[list[str], list[str] | None]:
+        prompts = [t for t in texts if not t.startswith(NEGATIVE)]
+        negatives = [t[len(NEGATIVE):] for t in texts if t.startswith(NEGATIVE)]
+        return prompts, (negatives or None)
+
+    @staticmethod
+    def _leaf_names(inputs) -> list[str]:
+        args, kwargs = inputs
+        names = []
+        for i, value in enumerate(args):
+            names += [f"args[{i}]"] * len(pytree.tree_leaves(value))
+        for key, value in kwargs.items():
+            count = len(pytree.tree_leaves(value))
+            names += [key if count == 1 else f"{key}[{j}]" for j in range(count)]
+        return names

@@ -1,0 +1,204 @@
+"""The traced adapter: a pipeline served by running its own `__call__`, checked against every family file."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from encoder_shrink import EncoderShrinker, testing
+from encoder_shrink.errors import IncompatibleModelError
+from encoder_shrink.inspection import inspect_pipeline
+from encoder_shrink.pipelines import adapter_for, get_adapter
+from encoder_shrink.pipelines.traced import TracedAdapter
+
+PROMPTS = ["a red circle", "two green squares"]
+# Registered families the trace refuses, and the word its one-line reason names: Bria encodes each prompt at its own
+# length, Qwen-Image pads to the batch's longest, Sana encodes prompts (with an instruction) and negatives at
+# different lengths. Their family files serve them.
+REFUSED = {"bria": "lengths", "qwenimage": "lengths", "sana": "lengths"}
+# CogView3-Plus's family file samples the negative as the pipeline does for negative_prompt=None (zeros); the trace
+# passes the recipe's negative, "" here: the two are compared with the pipeline's own output for the same call.
+NEGATIVE_AS_ZEROS = {"cogview3plus"}
+
+
+def _tiny(family):
+    adapter = get_adapter(family)
+    pipe = testing.tiny_pipeline_class(family)(**testing.tiny_pipeline_components(family))
+    adapter(pipe).prepare_for_sampling()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, adapter.tiny_call_kwargs()
+
+
+def _sample(adapter, call, guidance, steps=3, seed=5, length=None):
+    """The adapter's teacher trajectory for PROMPTS: its final latents."""
+    length = length or adapter.max_sequence_length
+    texts = adapter.encoder_texts(PROMPTS, "")
+    rows = adapter.encode_teacher(texts, length)
+    _, mask = adapter.tokenize(texts, length)
+    frames = call.get(adapter.frames_argument)
+    trajectory = adapter.start_trajectory(len(PROMPTS), call["height"], steps, torch.Generator().manual_seed(seed),
+                                          num_frames=frames, texts=texts)
+    with torch.no_grad():
+        for t in trajectory.timesteps:
+            adapter.step(trajectory, adapter.predict(trajectory, t, rows["t5"], rows, mask, guidance), t)
+    return trajectory.latents
+
+
+@pytest.mark.parametrize("family", testing.TINY_FAMILIES)
+def test_trace_of_a_registered_family_samples_as_its_family_file(family):
+    pipe, call = _tiny(family)
+    if family in REFUSED:
+        with pytest.raises(IncompatibleModelError, match=REFUSED[family]) as refused:
+            TracedAdapter(pipe, call_kwargs=call)
+        assert "\n" not in str(refused.value)
+        return
+    registered = adapter_for(pipe)
+    traced = TracedAdapter(pipe, call_kwargs=call)
+    # what the trace learned is what the family file states
+    report = traced.report
+    assert (traced.encoder_slot, traced.uses_attention_mask) == (registered.encoder_slot,
+                                                                 registered.uses_attention_mask)
+    assert traced.student_class_name == registered.student_class_name
+    assert (traced.guidance is None) == (registered.guidance is None)
+    if report.kind == "llm":
+        assert traced.teacher_layout()["teacher_layers"] == registered.teacher_layout()["teacher_layers"]
+    assert traced.conditioning_width == registered.conditioning_width
+
+    guidance = 3.0 if registered.guidance else None
+    length = registered.max_sequence_length
+    latents = _sample(traced, call, guidance, length=length)
+    # the traced trajectory is the pipeline's own sampling (the teacher's rows come from batches of their own, so a
+    # batch-dependent kernel may move the last bits: HiDream's Llama differs by 2e-6)
+    kwargs = {**call, "num_inference_steps": 3, "generator": torch.Generator().manual_seed(5), "output_type": "latent"}
+    if "max_sequence_length" in inspect.signature(pipe.__call__).parameters:
+        kwargs["max_sequence_length"] = length
+    if guidance is not None:
+        kwargs.update(registered.guidance_call_kwargs(guidance))
+    if registered.guidance == "cfg":
+        kwargs["negative_prompt"] = [""] * len(PROMPTS)
+    own = pipe(prompt=list(PROMPTS), **kwargs)[0]
+    torch.testing.assert_close(latents, own, atol=1e-5, rtol=0)
+    if family not in NEGATIVE_AS_ZEROS:
+        torch.testing.assert_close(latents, _sample(registered, call, guidance, length=length), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["flux-dev", "flux2", "wan"])
+def test_traced_distillation_learns_and_drops_in(family, tiny_pipeline_dirs, tmp_path):
+    # One family per kind of student and per denoiser call pattern: T5 with an embedded guidance, an LLM's three
+    # layers, UMT5 with separate conditional and unconditional calls.
+    pipe = testing.load_tiny_pipeline(family, tiny_pipeline_dirs[family])
+    call = get_adapter(family).tiny_call_kwargs()
+    shrinker = EncoderShrinker(pipe, trace=True, call_kwargs=call)
+    assert shrinker.adapter.name == f"traced:{type(pipe).__name__}"
+    length = min(128, shrinker.adapter.max_sequence_length)
+    student = shrinker.distill(recipe="tiny", output_dir=tmp_path / "out", max_steps=160, max_sequence_length=length,
+                               **testing.tiny_recipe_overrides(family))
+    before = shrinker.summary["fidelity_before"]["relative_mse"]
+    after = shrinker.summary["fidelity_after"]["relative_mse"]
+    assert after < 0.3 * before
+    assert shrinker.summary["family"] == f"traced:{type(pipe).__name__}"
+
+    slot = shrinker.adapter.encoder_slot
+    pipeline_class = testing.tiny_pipeline_class(family)
+    saved = type(student).from_pretrained(tmp_path / "out" / "student")
+    with_student = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: saved})
+    run = {**testing.tiny_call_kwargs(with_student), "max_sequence_length": length}
+    first = testing.generated(with_student(prompt="a red circle", **run))
+    assert np.isfinite(first).all()
+    with_student.save_pretrained(tmp_path / "saved")
+    reloaded = pipeline_class.from_pretrained(tmp_path / "saved")
+    assert type(getattr(reloaded, slot)) is type(student)
+    run["generator"] = torch.Generator().manual_seed(0)
+    np.testing.assert_array_equal(testing.generated(reloaded(prompt="a red circle", **run)), first)
+
+
+def test_trace_refuses_an_encoder_it_cannot_shrink_in_one_line():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**testing.tiny_sd_components())
+    with pytest.raises(IncompatibleModelError, match="CLIPTextModel") as refused:
+        adapter_for(pipe, call_kwargs={"height": 16, "width": 16})
+    assert "\n" not in str(refused.value) and "nothing was written" in str(refused.value)
+
+
+def test_trace_refuses_a_text_encoder_that_feeds_no_denoiser_input():
+    pipe, call = _tiny("flux-dev")
+    # FLUX's CLIP slot feeds the pooled projection: it is read. A slot nobody calls is refused as never called.
+    with pytest.raises(IncompatibleModelError, match="no text encoder 'text_encoder_9'"):
+        TracedAdapter(pipe, slot="text_encoder_9", call_kwargs=call)
+
+
+def test_trace_refuses_prompt_upsampling_through_generate():
+    from diffusers import FluxPipeline
+
+    class UpsamplingFlux(FluxPipeline):
+        def _get_t5_prompt_embeds(self, prompt, *args, **kwargs):
+            self.text_encoder_2.generate(torch.zeros(1, 1, dtype=torch.long))
+            return super()._get_t5_prompt_embeds(prompt, *args, **kwargs)
+
+    pipe = UpsamplingFlux(**testing.tiny_pipeline_components("flux-dev"))
+    pipe.text_encoder_2.generate = lambda *a, **k: None  # a T5 encoder has no generate; this one says it does
+    with pytest.raises(IncompatibleModelError, match="generate"):
+        TracedAdapter(pipe, call_kwargs={"height": 16, "width": 16})
+
+
+def test_trace_refuses_an_encoder_called_inside_the_loop():
+    from diffusers import FluxPipeline
+
+    class LoopEncodingFlux(FluxPipeline):
+        pass
+
+    pipe = LoopEncodingFlux(**testing.tiny_pipeline_components("flux-dev"))
+    denoiser = pipe.transformer.forward
+
+    def forward(*args, **kwargs):  # the denoiser re-encodes a prompt at every call, as an in-loop encoder would
+        pipe.text_encoder_2(torch.ones(1, 4, dtype=torch.long))
+        return denoiser(*args, **kwargs)
+
+    pipe.transformer.forward = forward
+    with pytest.raises(IncompatibleModelError, match="inside its denoising loop"):
+        TracedAdapter(pipe, call_kwargs={"height": 16, "width": 16})
+
+
+def test_trace_refuses_a_required_image_input():
+    from diffusers import FluxPipeline
+
+    class ImageFlux(FluxPipeline):
+        def __call__(self, image, prompt=None, **kwargs):
+            return super().__call__(prompt=prompt, **kwargs)
+
+    pipe = ImageFlux(**testing.tiny_pipeline_components("flux-dev"))
+    with pytest.raises(IncompatibleModelError, match="requires image"):
+        TracedAdapter(pipe, call_kwargs={"height": 16, "width": 16})
+
+
+def test_inspect_reports_registered_and_traced_families_alike():
+    pipe, call = _tiny("flux2")
+    registered = inspect_pipeline(pipe, call_kwargs=call)
+    traced = inspect_pipeline(pipe, call_kwargs=call, trace=True)
+    assert registered["family"] == "flux2" and traced["family"] == "traced:Flux2Pipeline"
+    for key in ("slot", "student", "call_length", "attention_mask", "layers_read", "denoiser_calls_per_step",
+                "text_derived_inputs", "student_parameters"):
+        assert registered[key] == traced[key], key
+    assert traced["layers_read"] == "hidden_states[10, 20, 30]"
+    assert traced["text_derived_inputs"] == [["encoder_hidden_states"]]
+    assert traced["weights_ratio"] == pytest.approx(traced["teacher_parameters"] / traced["student_parameters"],
+                                                    rel=1e-3)
+
+
+def test_inspect_command_prints_a_table_and_writes_json(tiny_pipeline_dirs, tmp_path, capsys):
+    import json
+
+    from encoder_shrink.cli import main
+
+    out = tmp_path / "inspect.json"
+    assert main(["inspect", "--pipeline", str(tiny_pipeline_dirs["flux-dev"]), "--trace", "--resolution", "16",
+                 "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["family"] == "traced:FluxPipeline" and data["slot"] == "text_encoder_2"
+    assert data["text_derived_inputs"] == [["encoder_hidden_states"]] and data["guidance"] == "embedded"
+    printed = capsys.readouterr().out
+    assert "layers_read" in printed and "last_hidden_state" in printed
