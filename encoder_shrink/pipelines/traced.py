@@ -389,7 +389,12 @@ class TracedAdapter(PipelineAdapter):
         encoders = {k: v for k, v in pipe.components.items()
                     if k.startswith("text_encoder") and isinstance(v, torch.nn.Module)}
         if not encoders:
-            raise IncompatibleModelError(f"{name} has no text encoder to shrink (no text_encoder* component is set).")
+            from encoder_shrink.pipelines.base import registered_families
+
+            raise IncompatibleModelError(
+                f"{name} is not a supported pipeline (it has no text_encoder* component to shrink); supported "
+                f"families: {', '.join(registered_families())}, and any pipeline with a transformers text encoder "
+                "(traced).")
         slots = {k: _parameter_count(v) for k, v in encoders.items()}
         if slot is None:
             students = [k for k, v in encoders.items() if getattr(v.config, "model_type", "") in _STUDENT_KIND]
