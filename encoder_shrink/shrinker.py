@@ -247,7 +247,7 @@ class EncoderShrinker:
         """Take the teacher out of the pipeline and free its memory (every row it is needed for is cached)."""
         import gc
 
-        self.pipe.register_modules(**{self.adapter.encoder_slot: None})
+        self.adapter.release_teacher()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -6,9 +6,19 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from encoder_shrink import testing
+# Under pytest-xdist each worker gets one core: torch's intra-op threads would otherwise contend with the other
+# worker's (tiny models gain nothing from them). Set before torch is imported, so subprocesses inherit it too.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+from encoder_shrink import testing  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # The published prompt files live beside the repository (../shared/data/distillt5); tests that read them skip
 # when that folder is absent.

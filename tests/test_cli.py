@@ -13,6 +13,7 @@ from encoder_shrink.demo import DISTILL_STEPS
 from tests.test_reference import write_reference_checkpoint
 
 
+@pytest.mark.slow
 def test_drop_in_demo_runs_end_to_end(tmp_path, capsys):
     assert (
         main(["demo", "--drop-in", "--output", str(tmp_path / "demo"), "--families", "flux-dev", "pixart-sigma"]) == 0
@@ -103,6 +104,7 @@ def test_distill_reports_bad_input_in_one_line(tiny_pipeline_dirs, tmp_path, cap
     assert "missing.txt does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_cli(tmp_path, capsys):
     student = tmp_path / "student"
     ShrunkT5EncoderModel.from_t5(testing.tiny_t5_encoder(d_model=16, num_layers=1), teacher_dim=32,
@@ -169,6 +171,7 @@ def test_distill_refuses_bad_pipeline_folders_in_one_line(tiny_pipeline_dirs, tm
     assert "unsafe" not in err.lower() and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_eval_on_the_toy_teacher(tmp_path, capsys):
     from encoder_shrink.toy.teacher import load_toy_teacher
 
@@ -207,6 +210,7 @@ def test_eval_on_the_toy_teacher(tmp_path, capsys):
     assert (tmp_path / "eval" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_toy_demo_writes_its_report(tmp_path):
     from encoder_shrink.toy.demo import run_toy_demo
 

@@ -203,6 +203,7 @@ def test_every_command_that_reads_a_pipeline_refuses_pickle_weights(tiny_pipelin
         assert not out.exists(), f"{name} wrote {out}"
 
 
+@pytest.mark.slow
 def test_cache_validates_its_arguments_before_writing(tiny_pipeline_dirs, tmp_path, capsys, monkeypatch):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
@@ -300,6 +301,7 @@ def test_a_live_runs_lock_refuses_a_second_run_and_a_dead_ones_is_taken_over(tin
     assert (out / "student" / "model.safetensors").is_file() and not (out / LOCK).exists()
 
 
+@pytest.mark.slow
 def test_two_runs_started_at_once_on_one_output_one_is_refused(tiny_pipeline_dirs, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "encoder_shrink.cli", *_distill_args(tiny_pipeline_dirs["flux-dev"], out)]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 import encoder_shrink
@@ -13,6 +14,7 @@ import encoder_shrink
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_import_stays_light():
     code = (
         "import sys, encoder_shrink\n"
@@ -66,6 +68,7 @@ def test_console_script_help_prints_nothing_else():
     assert out.stderr == ""  # e.g. no "Multiple distributions found for package optimum"
 
 
+@pytest.mark.slow
 def test_nothing_is_installed_into_another_distributions_namespace():
     """Files of ours under `optimum/` made diffusers take encoder-shrink for optimum-quanto 0.1.0."""
     from importlib.metadata import distribution

@@ -160,7 +160,7 @@ class TeacherEmbeddingCache:
         self._pending.clear()
 
     def _encode(self, texts: list[str]) -> None:
-        if self.adapter.teacher is None:
+        if self.adapter.teacher is None or getattr(self.adapter, "teacher_released", False):
             raise IncompatibleModelError(
                 f"{len(texts)} texts are not in the teacher cache and the pipeline's {self.adapter.encoder_slot} was "
                 f"released (first: {texts[0][:60]!r}); cache them before releasing the teacher."

@@ -190,6 +190,10 @@ class PipelineAdapter:
                 f"{name}.from_pretrained(..., {self.encoder_slot}=student)."
             )
 
+    def release_teacher(self) -> None:
+        """Take the teacher out of the pipeline (training reads its cached rows): its slot becomes None."""
+        self.pipe.register_modules(**{self.encoder_slot: None})
+
     def prepare_for_sampling(self) -> None:
         """
         What the family's diffusers documentation has users do to a loaded pipeline before it can sample (Allegro's

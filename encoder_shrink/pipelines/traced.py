@@ -6,6 +6,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import types
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -104,6 +105,28 @@ def _detached(value: Any) -> Any:
     return pytree.tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, value)
 
 
+def _equal(a: Any, b: Any) -> bool:
+    """Whether two pytrees of call inputs are equal: the same structure, equal tensors and equal other leaves."""
+    leaves_a, spec_a = pytree.tree_flatten(a)
+    leaves_b, spec_b = pytree.tree_flatten(b)
+    if spec_a != spec_b:
+        return False
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
+                    and x.dtype == y.dtype and torch.equal(x, y)):
+                return False
+        elif type(x) is not type(y):
+            return False
+        elif x is not y:
+            try:
+                if not bool(x == y):
+                    return False
+            except (TypeError, ValueError, RuntimeError):  # an object without a plain equality
+                return False
+    return True
+
+
 def _first_tensor(output: Any) -> torch.Tensor:
     """
     The prediction of a denoiser call: `output[0]` of a tuple or of a diffusers output (`.sample`); a list of
@@ -154,6 +177,7 @@ class TracedAdapter(PipelineAdapter):
         self.name = f"traced:{self.pipeline_class}"
         self._length_override: int | None = None
         self._student_cache: tuple[torch.Tensor, list] | None = None
+        self.teacher_released = False
         self.report = self._trace(slot)
         report = self.report
         self.encoder_slot, self.tokenizer_slot = report.slot, report.tokenizer_slot
@@ -239,6 +263,10 @@ class TracedAdapter(PipelineAdapter):
 
     @torch.no_grad()
     def encode_teacher(self, texts: list[str], max_sequence_length: int) -> dict[str, torch.Tensor]:
+        if self.teacher_released:
+            raise IncompatibleModelError(
+                f"the teacher in {self.encoder_slot} was released but {len(texts)} text(s) are not in the cache; "
+                "precompute every prompt the run draws before releasing it.")
         self._set_length(max_sequence_length)
         calls = self._encoder_calls(texts, mode="teacher")
         return {"t5": torch.cat([features for _, _, features in calls])}
@@ -279,6 +307,17 @@ class TracedAdapter(PipelineAdapter):
 
     def step(self, trajectory: Trajectory, prediction: torch.Tensor, t: torch.Tensor) -> None:
         """Nothing to do: the pipeline's own loop advanced the latents when the trajectory was sampled."""
+
+    def release_teacher(self) -> None:
+        """
+        Free the teacher's weights but keep the module in its slot: the pipeline's prompt code still runs (its
+        outputs are replayed from the cache) and reads the slot's `dtype` and `device`. Each parameter and buffer
+        becomes an empty tensor of its dtype on its device.
+        """
+        teacher = getattr(self.pipe, self.encoder_slot)
+        for tensor in [*teacher.parameters(), *teacher.buffers()]:
+            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+        self.teacher_released = True
 
     def guidance_call_kwargs(self, guidance_scale: float) -> dict[str, Any]:
         return {"guidance_scale": guidance_scale} if self._accepts("guidance_scale") else {}
@@ -343,16 +382,25 @@ class TracedAdapter(PipelineAdapter):
                 pipe._progress_bar_config = config
 
     @contextlib.contextmanager
-    def _hooked(self, encoder, denoiser, on_step=None):
-        """Replace the slot's and the denoisers' `forward` (and count scheduler steps) for the block."""
+    def _hooked(self, encoder, denoiser, on_step=None, others=None):
+        """
+        Replace the slot's and the denoisers' `forward` (and count scheduler steps) for the block; `others(name,
+        original, *args, **kwargs)` replaces the `forward` of the pipeline's other text encoders.
+        """
         stack = contextlib.ExitStack()
         with stack:
-            module = getattr(self.pipe, self.report.slot if hasattr(self, "report") else self._slot)
+            slot = self.report.slot if hasattr(self, "report") else self._slot
+            module = getattr(self.pipe, slot)
             original = module.forward
+            if others is not None:
+                for name in self._other_encoders(slot):
+                    other = getattr(self.pipe, name)
+                    stack.enter_context(_patched(
+                        other, "forward", lambda *a, _n=name, _f=other.forward, **k: others(_n, _f, *a, **k)))
             stack.enter_context(_patched(module, "forward", lambda *a, **k: encoder(original, *a, **k)))
             if hasattr(module, "generate"):
                 stack.enter_context(_patched(module, "generate", self._refuse_generate))
-            names = self.report.denoisers if hasattr(self, "report") else self._denoiser_candidates()
+            names = self.report.denoisers if hasattr(self, "report") else self._denoisers
             for name in names:
                 target = getattr(self.pipe, name)
                 forward = target.forward
@@ -360,14 +408,21 @@ class TracedAdapter(PipelineAdapter):
                     target, "forward", lambda *a, _n=name, _f=forward, **k: denoiser(_n, _f, *a, **k)))
             if on_step is not None:
                 scheduler = self.pipe.scheduler
-                scheduler_step = scheduler.step
 
-                def counted(*args, **kwargs):
-                    on_step()
-                    return scheduler_step(*args, **kwargs)
+                # A method bound to the scheduler: a pipeline that deep-copies it (LTX-2 steps its audio latents
+                # with a copy) gets a copy bound to the copy, which steps itself and is not counted.
+                def counted(bound, *args, **kwargs):
+                    if bound is scheduler:
+                        on_step()
+                    return type(bound).step(bound, *args, **kwargs)
 
-                stack.enter_context(_patched(scheduler, "step", counted))
+                stack.enter_context(_patched(scheduler, "step", types.MethodType(counted, scheduler)))
             yield
+
+    def _other_encoders(self, slot: str) -> list[str]:
+        """The pipeline's frozen text encoders other than `slot` (their outputs do not change during training)."""
+        return [name for name, module in self.pipe.components.items()
+                if name != slot and name.startswith("text_encoder") and isinstance(module, torch.nn.Module)]
 
     def _refuse_generate(self, *args, **kwargs):
         raise _Refused(
@@ -414,7 +469,7 @@ class TracedAdapter(PipelineAdapter):
                 "trace distils text-to-image and text-to-video pipelines only: distil on the text-only pipeline "
                 "of the family and load the student into this one."
             )
-        denoisers = self._denoiser_candidates()
+        denoisers = self._denoisers = self._denoiser_candidates()
         if not denoisers:
             raise IncompatibleModelError(f"{name} has no denoiser (transformer or unet) the trace can hook.")
         tokenizer_slot = "tokenizer" + slot[len("text_encoder"):]
@@ -425,6 +480,12 @@ class TracedAdapter(PipelineAdapter):
         encoder_calls, denoiser_calls, steps = first["encoder"], first["denoiser"], first["steps"]
         if not encoder_calls:
             raise IncompatibleModelError(f"{name} never called {slot} in __call__; pass the slot it encodes with.")
+        # The denoisers are the models called at every scheduler step; one called only before the loop (LTX-2's
+        # text connectors) is prompt code, and runs as such.
+        in_loop = [m for m in dict.fromkeys(c["module"] for c in denoiser_calls)
+                   if {c["step"] for c in denoiser_calls if c["module"] == m} == set(range(steps))]
+        denoiser_calls = [c for c in denoiser_calls if c["module"] in in_loop]
+        self._denoisers = in_loop
         if not denoiser_calls or steps == 0 or len(denoiser_calls) % steps:
             raise IncompatibleModelError(
                 f"{name} called its denoiser {len(denoiser_calls)} times over {steps} scheduler steps; the trace "
@@ -437,11 +498,12 @@ class TracedAdapter(PipelineAdapter):
                 f"{name} calls {slot} at lengths {sorted(lengths)} (prompts and negatives differently); the trace "
                 "needs one call length: a family file can serve it.")
 
-        # 2. Which encoder calls carry negatives: those whose tokens change with the negative prompt.
+        # 2. Which encoder calls carry negatives: those whose tokens change with the negative prompt, or do not
+        # change with the prompt (a pipeline's own fixed negative, as FLUX.2 [klein] encodes "" without taking one).
         other = self._probe_tokens(list(PROBE_PROMPTS), [PROBE_NEGATIVES[1]] * len(PROBE_PROMPTS))
-        layout = tuple("prompt" if torch.equal(a[0], b[0]) else "negative"
-                       for a, b in zip(encoder_calls, other, strict=True))
         short = self._probe_tokens([PROBE_PROMPTS[0]] * 2, [PROBE_NEGATIVES[0]] * 2)
+        layout = tuple("prompt" if _equal(a[0], b[0]) and not _equal(a[0], c[0]) else "negative"
+                       for a, b, c in zip(encoder_calls, other, short, strict=True))
         if {ids.shape[1] for ids, _, _ in short} != lengths:
             raise IncompatibleModelError(
                 f"{name} pads prompts to the batch's longest, not to a fixed length; the trace needs a fixed call "
@@ -516,8 +578,11 @@ class TracedAdapter(PipelineAdapter):
         if model_type in ("t5", "umt5"):
             return model_type
         text_type = getattr(config.get_text_config(), "model_type", "")
+        # The language half of a VL model loaded alone (HunyuanVideo-1.5's `Qwen2_5_VLTextModel`) is "<vl>_text".
+        vl_half = model_type.endswith("_text") and (
+            model_type.removesuffix("_text") in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
         if text_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
-                model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES):
+                model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES) or vl_half:
             return "llm"
         raise IncompatibleModelError(
             f"{self.pipeline_class}.{self._slot} is a {type(teacher).__name__} ({model_type}); encoder-shrink shrinks "
@@ -528,7 +593,7 @@ class TracedAdapter(PipelineAdapter):
         seen: dict[str, Any] = {"encoder": [], "denoiser": [], "steps": 0}
 
         def encoder(original, *args, **kwargs):
-            if seen["denoiser"]:
+            if seen["steps"]:
                 raise _Refused(
                     f"{self.pipeline_class} calls {self._slot} inside its denoising loop; the trace needs the prompt "
                     "encoded before the loop: a family file can serve it.")
@@ -540,7 +605,8 @@ class TracedAdapter(PipelineAdapter):
 
         def denoiser(name, original, *args, **kwargs):
             output = original(*args, **kwargs)
-            seen["denoiser"].append({"module": name, "inputs": _detached((args, kwargs)), "output": _detached(output)})
+            seen["denoiser"].append({"module": name, "inputs": _detached((args, kwargs)), "output": _detached(output),
+                                     "step": seen["steps"]})
             return output
 
         def count():
@@ -610,7 +676,7 @@ class TracedAdapter(PipelineAdapter):
                 return None
             made = x.detach().clone().float().requires_grad_(True)
             fields.setdefault(key, []).append(made)
-            return made.to(x.dtype)
+            return made.to(x.dtype) * 1  # not the leaf itself: prompt code may write into it (Cosmos zeroes padding)
 
         def transform(output):
             updated = copy.copy(output)
@@ -757,8 +823,18 @@ class TracedAdapter(PipelineAdapter):
             record.append({"module": name, "inputs": _detached((args, kwargs)), "output": _detached(output)})
             return output
 
+        # The other (frozen) text encoders' outputs, in call order: the student's passes replay them rather than
+        # re-encode the same prompts at every training step.
+        others_record: list[tuple] = []
+
+        def others(name, original, *args, **kwargs):
+            output = original(*args, **kwargs)
+            others_record.append((name, _detached((args, kwargs)), _detached(output)))
+            return output
+
         prompts, negatives = self._split(extras["texts"])
-        with torch.no_grad(), self._hooked(encoder, denoiser):
+        extras["other_encoder_outputs"] = others_record
+        with torch.no_grad(), self._hooked(encoder, denoiser, others=others):
             result = self._call(prompts, negatives, guidance_scale, extras["steps"], extras["generator"],
                                 extras["resolution"], extras["num_frames"])
         per_step = self.report.calls_per_step
@@ -784,8 +860,17 @@ class TracedAdapter(PipelineAdapter):
             captured.append((args, kwargs))
             return reference[len(captured) - 1]["output"]
 
+        replays = iter(extras.get("other_encoder_outputs", ()))
+
+        def others(name, original, *args, **kwargs):
+            # The sampling run's output for the same call (same encoder, equal inputs), else a real forward.
+            recorded = next(replays, None)
+            if recorded is not None and recorded[0] == name and _equal(recorded[1], (args, kwargs)):
+                return _detached(recorded[2])  # a copy: prompt code may change what it gets in place
+            return original(*args, **kwargs)
+
         prompts, negatives = self._split(extras["texts"])
-        with self._hooked(encoder, denoiser):
+        with self._hooked(encoder, denoiser, others=others):
             self._call(prompts, negatives, guidance_scale, extras["steps"], extras["generator"],
                        extras["resolution"], extras["num_frames"], grad=True)
         leaves = [[pytree.tree_leaves(call)[i] for i in positions]

@@ -24,6 +24,7 @@ def bench(tmp_path_factory):
     return run_bench(config, root / "out"), root
 
 
+@pytest.mark.slow
 def test_each_variant_is_measured_in_its_own_process(bench):
     results, _ = bench
     assert set(results["encoders"]) == {"original", "student torch", "student onnx-int8"}
@@ -34,6 +35,7 @@ def test_each_variant_is_measured_in_its_own_process(bench):
     assert len(set(pids)) == len(pids) and os.getpid() not in pids
 
 
+@pytest.mark.slow
 def test_encoder_figures_are_real_and_ratios_come_from_the_same_run(bench):
     results, root = bench
     encoders = results["encoders"]
@@ -56,6 +58,7 @@ def test_encoder_figures_are_real_and_ratios_come_from_the_same_run(bench):
     assert encoders["student onnx-int8"]["device"] == "cpu" and student["output_width"] == original["output_width"]
 
 
+@pytest.mark.slow
 def test_pipeline_generations_and_reports(bench):
     results, root = bench
     for f in results["pipelines"].values():
@@ -68,6 +71,7 @@ def test_pipeline_generations_and_reports(bench):
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_cli_bench_reuses_exports_and_reports_skipped_backends(bench, capsys):
     _, root = bench
     code = main(

@@ -21,6 +21,8 @@ SMOKE_ARGS = {
     "family_sizes": ["--families", "bria", "pixart-sigma"],
     # flux-dev (the reference) and one video family, two timed steps each.
     "step_cost": ["--families", "ltx", "--steps", "2", "--warmup", "1"],
+    # One family, registered against traced, one alternating round of two timed steps.
+    "traced_step_cost": ["--families", "flux-dev", "--steps", "2", "--warmup", "1", "--rounds", "1"],
     # A tiny teacher (the real ones take a minute to build), timed on one layer at 16 tokens, a process per variant.
     "llm_encoders": ["--teachers", "tiny", "--tokens", "16", "--repeats", "1", "--teacher-layers", "1"],
     # A tiny UNet; the SD 2.1 count and FLOPs are checked on meta by tests/tiue/test_cost.py.
@@ -37,6 +39,7 @@ def test_every_script_has_a_smoke_run():
     assert scripts == set(SMOKE_ARGS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SMOKE_ARGS))
 def test_script_runs_at_tiny_size(script, tmp_path):
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
@@ -58,6 +61,7 @@ def test_script_runs_at_tiny_size(script, tmp_path):
     assert rows and all(isinstance(figures, dict) for figures in rows.values())
 
 
+@pytest.mark.slow
 def test_gpu_accelerator_tier_script_runs_on_the_cpu(tmp_path):
     """benchmarks/gpu/accelerator_tier.sh end to end without a GPU: its tests skip with their reason, its report is
     written (on a GPU machine the same script installs the carried wheels and runs them)."""

@@ -66,6 +66,7 @@ def test_every_registered_family_with_an_architecture_is_a_synthetic_name():
         build_parser().parse_args(["bench", "--synthetic", "pixart"])
 
 
+@pytest.mark.slow
 def test_materialized_models_are_random_finite_and_in_the_requested_dtype():
     model = synthetic_t5("t5-small", dtype=torch.bfloat16)
     assert not any(p.is_meta for p in model.parameters())

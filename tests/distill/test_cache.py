@@ -16,6 +16,7 @@ def flux(tiny_pipeline_dirs):
     return testing.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
 
 
+@pytest.mark.slow
 def test_training_encodes_each_prompt_once_not_per_step(flux):
     shrinker = EncoderShrinker(flux)
     prompts = ["a red circle", "a blue square", "a green star", "two cats"]

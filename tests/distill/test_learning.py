@@ -23,7 +23,9 @@ STEPS = 160
 MAX_TOKENS = 128
 
 
-@pytest.mark.parametrize("family", testing.TINY_FAMILIES)
+# The cheapest family stays in the default tier as the fast sibling; the others are the learning suite (`-m slow`).
+@pytest.mark.parametrize("family", [f if f == "cogview3plus" else pytest.param(f, marks=pytest.mark.slow)
+                                    for f in testing.TINY_FAMILIES])
 def test_short_run_cuts_held_out_denoiser_error(family, tiny_pipeline_dirs, tmp_path):
     pipe = testing.load_tiny_pipeline(family, tiny_pipeline_dirs[family])
     shrinker = EncoderShrinker(pipe)
@@ -48,6 +50,7 @@ def test_short_run_cuts_held_out_denoiser_error(family, tiny_pipeline_dirs, tmp_
     assert np.isfinite(images).all()
 
 
+@pytest.mark.slow
 def test_embedding_baseline_learns_its_own_objective(tiny_pipeline_dirs, tmp_path):
     pipe = testing.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
     shrinker = EncoderShrinker(pipe)

@@ -59,6 +59,7 @@ def uninterrupted(tiny_pipeline_dirs, tmp_path_factory) -> Path:
     return output
 
 
+@pytest.mark.slow
 def test_the_same_command_twice_gives_bit_identical_students(uninterrupted, tiny_pipeline_dirs, tmp_path):
     _run(_command(tiny_pipeline_dirs["flux-dev"], tmp_path / "second"))
     _assert_same_bits(uninterrupted, tmp_path / "second")
@@ -69,6 +70,7 @@ def test_the_same_command_twice_gives_bit_identical_students(uninterrupted, tiny
     )
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_ends_bit_identical_to_the_uninterrupted_run(uninterrupted, tiny_pipeline_dirs, tmp_path):
     output = tmp_path / "killed"
     process = subprocess.Popen(_command(tiny_pipeline_dirs["flux-dev"], output), env=_env(),
@@ -109,6 +111,7 @@ def _accelerate(args: list[str], cwd: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_processes_resume_equals_uninterrupted(tiny_pipeline_dirs, tmp_path):
     pipeline = str(tiny_pipeline_dirs["flux-dev"])
@@ -130,7 +133,8 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("family", ["wan", "ltx"])  # a UMT5 student with zeroed padding; packed 5-D latents
+# wan: a UMT5 student with zeroed padding; ltx: packed 5-D latents (the fast sibling of the slow wan case)
+@pytest.mark.parametrize("family", [pytest.param("wan", marks=pytest.mark.slow), "ltx"])
 def test_video_family_run_with_cache_resumes_bit_identical(family, tiny_pipeline_dirs, tmp_path):
     """The loop, the teacher cache and resume work unchanged on video latents (crash after the step-6 checkpoint)."""
     from encoder_shrink import EncoderShrinker, testing

@@ -136,6 +136,7 @@ def test_unsupported_pipeline_lists_families():
         EncoderShrinker(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
 
 
+@pytest.mark.slow
 def test_cfg_pipelines_train_on_the_negative_prompt(tiny_pipeline_dirs):
     pipe = testing.load_tiny_pipeline("sd3", tiny_pipeline_dirs["sd3"])
     shrinker = EncoderShrinker(pipe)
@@ -162,6 +163,7 @@ def test_the_same_recipe_builds_the_same_student_whatever_the_global_rng(flux):
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left untouched
 
 
+@pytest.mark.slow
 def test_stages_can_set_their_own_loss_and_learning_rate(flux):
     # Stage "align" (embedding loss, the recipe's rate) then stage "follow" (vision loss, a rate of ~0): the denoiser
     # runs only in "follow" (teacher + student pass per step), and the weights move only in "align".

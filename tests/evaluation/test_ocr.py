@@ -47,6 +47,7 @@ def words() -> list[str]:
     return [quoted_text(p) for p in generate_commontext(10, split="val", seed=3)]
 
 
+@pytest.mark.slow
 @needs_ocr
 @pytest.mark.parametrize("font", ["pillow", "dejavu-serif"])
 def test_clean_text_is_read_and_noise_defeats_it(words, font):

@@ -87,6 +87,7 @@ def test_bf16_parity_failure_writes_nothing(pixart_student, tmp_path, monkeypatc
     assert not (tmp_path / "bf16").exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_onnx_optimize_fuses_t5_norms_and_gelu(pixart_student, tmp_path):
     # On the int8 graph; the fp32 one fuses the same norms and GELU (not quantized), checked through the CLI below.
     int8 = "dynamic"
@@ -121,6 +122,7 @@ def test_config_errors_name_the_bad_value():
         BestCPUExportConfig(repeats=0)
 
 
+@pytest.mark.slow
 @needs_openvino
 @pytest.mark.parametrize("int8", [False, pytest.param(True, marks=INT8_STATIC_DRIFT)])
 def test_openvino_export_matches_torch_and_loads(pixart_student, tmp_path, int8):
@@ -141,6 +143,7 @@ def test_openvino_export_matches_torch_and_loads(pixart_student, tmp_path, int8)
     assert torch.isfinite(encoder(ids, attention_mask=mask)[0]).all()
 
 
+@pytest.mark.slow
 def test_best_cpu_keeps_the_fastest_candidate_that_passes_parity(pixart_student, tmp_path, monkeypatch):
     # bf16 made to fail its parity check: it is reported as such and never chosen.
     monkeypatch.setitem(parity_module.TOLERANCES, "bf16", {"min_cosine": 1.0, "max_relative_l2": 0.0})
@@ -162,6 +165,7 @@ def test_best_cpu_keeps_the_fastest_candidate_that_passes_parity(pixart_student,
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "export_report.json", "model.onnx"]
 
 
+@pytest.mark.slow
 def test_cli_exports_bf16_and_fused_onnx(pixart_student, tmp_path, capsys):
     assert cli_main(["export", str(pixart_student), "--format", "torch-bf16", "--output", str(tmp_path / "a")]) == 0
     assert "bf16" in capsys.readouterr().out and isinstance(load_encoder(tmp_path / "a"), TorchBF16ShrunkT5Encoder)
@@ -223,6 +227,7 @@ def test_masked_pipelines_encode_only_real_tokens(family, tiny_pipeline_dirs, tm
     np.testing.assert_allclose(images[True], images[False], atol=2e-3 * scale)
 
 
+@pytest.mark.slow
 def test_onnx_encoder_trims_to_the_real_tokens_exactly(pixart_student, tmp_path):
     folder = export(pixart_student, tmp_path / "fp32", OnnxExportConfig(), tokenizer=TOKENIZER)
     encoder = load_encoder(folder)
@@ -237,7 +242,7 @@ def test_onnx_encoder_trims_to_the_real_tokens_exactly(pixart_student, tmp_path)
 
 
 @pytest.mark.parametrize("backend", [
-    "torch-bf16", pytest.param("openvino", marks=[needs_openvino, INT8_STATIC_DRIFT])])
+    "torch-bf16", pytest.param("openvino", marks=[needs_openvino, INT8_STATIC_DRIFT, pytest.mark.slow])])
 def test_cpu_backends_drop_into_a_pipeline_and_reload_with_it(backend, tiny_pipeline_dirs, tmp_path):
     pipe, adapter, student = _student_for("pixart-alpha", tiny_pipeline_dirs)
     student.save_pretrained(tmp_path / "student")

@@ -118,6 +118,7 @@ def test_int8_auto_quantizes_sensitive_layers_only_when_measured_harmless(export
     assert report["bytes"]["onnx"] < load_report(exports["int8"])["bytes"]["onnx"]
 
 
+@pytest.mark.slow
 def test_int8_auto_keeps_a_harmful_wo_in_fp32(tmp_path):
     student = testing.tiny_student(teacher_dim=32, max_sequence_length=64)
     with torch.no_grad():
@@ -136,6 +137,7 @@ def test_int8_auto_keeps_a_harmful_wo_in_fp32(tmp_path):
         export_onnx(student, tmp_path / "bad", int8="dynamic", quantize_wo="yes")
 
 
+@pytest.mark.slow
 def test_int8_auto_keeps_harmful_attention_in_fp32(tmp_path):
     student = testing.tiny_student(teacher_dim=32, max_sequence_length=64)
     with torch.no_grad():
@@ -155,6 +157,7 @@ def test_int8_auto_keeps_harmful_attention_in_fp32(tmp_path):
     assert "attention" in load_report(folder)["int8"]["kept_fp32"]
 
 
+@pytest.mark.slow
 @INT8_STATIC_DRIFT
 def test_int8_static_is_a_calibrated_qdq_graph(student_dir, tmp_path):
     folder = export_onnx(student_dir, tmp_path / "static", int8="static", tokenizer=TOKENIZER, quantize_attention=True)
@@ -175,6 +178,7 @@ def test_int8_static_is_a_calibrated_qdq_graph(student_dir, tmp_path):
     assert torch.isfinite(encoder(ids, attention_mask=mask)[0]).all()
 
 
+@pytest.mark.slow
 def test_int8_can_include_wo_and_embeddings(student_dir, exports, tmp_path):
     folder = export_onnx(student_dir, tmp_path / "all", int8="dynamic", tokenizer=TOKENIZER, quantize_wo=True,
                          quantize_embeddings=True, quantize_attention=False)
@@ -200,6 +204,7 @@ def test_export_refuses_bad_input_and_leaves_nothing(student_dir, tmp_path, expo
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_parity_failure_raises_and_writes_nothing(student_dir, tmp_path, monkeypatch):
     from encoder_shrink.exporters import parity
 
@@ -209,6 +214,7 @@ def test_parity_failure_raises_and_writes_nothing(student_dir, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_large_graphs_keep_weights_in_external_data(student_dir, tmp_path, monkeypatch):
     from encoder_shrink.exporters import onnx_export
 
@@ -221,6 +227,7 @@ def test_large_graphs_keep_weights_in_external_data(student_dir, tmp_path, monke
     assert torch.isfinite(load_encoder(folder)(ids, attention_mask=mask)[0]).all()
 
 
+@pytest.mark.slow
 def test_reference_checkpoint_exports(tmp_path):
     write_reference_checkpoint(tmp_path / "ref")
     folder = export_onnx(tmp_path / "ref", tmp_path / "onnx")
@@ -228,6 +235,7 @@ def test_reference_checkpoint_exports(tmp_path):
     assert json.loads((folder / "config.json").read_text())["teacher_dim"] == 64
 
 
+@pytest.mark.slow
 def test_sequence_longer_than_the_export_is_refused(student_dir, tmp_path):
     folder = export_onnx(student_dir, tmp_path / "short", max_tokens=64)
     encoder = load_encoder(folder)
@@ -251,6 +259,7 @@ def test_encoder_returns_on_the_device_and_dtype_it_was_moved_to(exports):
     assert out.dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_report_gives_denoiser_error_with_a_pipeline(tiny_pipeline_dirs, tmp_path):
     pipe = testing.load_tiny_pipeline("sd3", tiny_pipeline_dirs["sd3"])
     student = testing.tiny_student(teacher_dim=32, max_sequence_length=256)
@@ -265,6 +274,7 @@ def test_report_gives_denoiser_error_with_a_pipeline(tiny_pipeline_dirs, tmp_pat
 
 
 # wan: a UMT5 student; flux2: an LLM student (three of Mistral's layers, read through `hidden_states`).
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["flux-dev", "sd3", "pixart-alpha", "wan", "flux2"])
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("int8", 0.05)])
 def test_pipelines_generate_with_onnx_encoders(family, precision, atol, tiny_pipeline_dirs, tmp_path):
@@ -306,6 +316,7 @@ def _overflowing_student():
     return student
 
 
+@pytest.mark.slow
 def test_fp16_export_keeps_wo_norms_and_residual_in_fp32(tmp_path):
     student = _overflowing_student()
     folder = export_onnx(student, tmp_path / "fp16", fp16=True, tokenizer=TOKENIZER)

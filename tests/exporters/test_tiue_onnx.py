@@ -22,6 +22,7 @@ def _pipe(folder):
     return pipe
 
 
+@pytest.mark.slow
 def test_export_matches_torch_and_runs_inside_the_pipeline(tiue_dir, tmp_path, capsys):
     assert main(["tiue", "export", str(tiue_dir), "--output", str(tmp_path / "onnx"), "--batch-size", "2"]) == 0
     assert "parity with torch" in capsys.readouterr().out
@@ -51,6 +52,7 @@ def test_export_matches_torch_and_runs_inside_the_pipeline(tiue_dir, tmp_path, c
         export_tiue_onnx(pipe, tmp_path / "onnx")
 
 
+@pytest.mark.slow
 def test_an_export_with_nan_outputs_writes_nothing(tiue_dir, tmp_path):
     pipe = _pipe(tiue_dir)
     with torch.no_grad():

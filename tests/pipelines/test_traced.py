@@ -85,6 +85,7 @@ def test_trace_of_a_registered_family_samples_as_its_family_file(family):
         torch.testing.assert_close(latents, _sample(registered, call, guidance, length=length), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["flux-dev", "flux2", "wan"])
 def test_traced_distillation_learns_and_drops_in(family, tiny_pipeline_dirs, tmp_path):
     # One family per kind of student and per denoiser call pattern: T5 with an embedded guidance, an LLM's three
@@ -202,3 +203,23 @@ def test_inspect_command_prints_a_table_and_writes_json(tiny_pipeline_dirs, tmp_
     assert data["text_derived_inputs"] == [["encoder_hidden_states"]] and data["guidance"] == "embedded"
     printed = capsys.readouterr().out
     assert "layers_read" in printed and "last_hidden_state" in printed
+
+
+def test_traced_release_teacher_frees_its_weights_and_trains_the_same_student(tiny_pipeline_dirs, tmp_path):
+    from encoder_shrink.distill import TeacherEmbeddingCache
+
+    call = get_adapter("flux2").tiny_call_kwargs()
+    students = {}
+    for release in (False, True):
+        pipe = testing.load_tiny_pipeline("flux2", tiny_pipeline_dirs["flux2"])
+        shrinker = EncoderShrinker(pipe, trace=True, call_kwargs=call)
+        students[release] = shrinker.distill(recipe="tiny", prompts=PROMPTS, eval_prompts=["a blue star"],
+                                             max_steps=4, max_sequence_length=64, release_teacher=release)
+    # the slot keeps a module (the prompt code reads its dtype and device) whose weights are empty
+    assert pipe.text_encoder is not None and sum(p.numel() for p in pipe.text_encoder.parameters()) == 0
+    assert shrinker.summary["teacher_parameters"] > 0
+    for (name, kept), released in zip(students[False].state_dict().items(), students[True].state_dict().values(),
+                                      strict=True):
+        torch.testing.assert_close(released, kept, atol=0, rtol=0, msg=name)
+    with pytest.raises(IncompatibleModelError, match="was released"):
+        TeacherEmbeddingCache(shrinker.adapter, 64).rows(["an unseen prompt"])

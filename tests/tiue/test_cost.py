@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from encoder_shrink.benchmarks.tiue_cost import UNETS, build_unet, count_flops
 
 
+@pytest.mark.slow
 def test_sd21_unet_is_the_published_one_and_tiue_needs_15x_fewer_flops():
     with torch.device("meta"):
         unet = build_unet("sd2.1-base", device="meta")

@@ -122,6 +122,7 @@ def test_student_gradients_reach_the_encoder_and_every_decoder_pass_and_not_the_
     assert all(p.grad is None for p in teacher.parameters())
 
 
+@pytest.mark.slow
 def test_distill_writes_a_pipeline_leaves_the_teacher_as_it_was_and_the_fake_score_learns(trained_sd_dir, tmp_path):
     sd_dir = trained_sd_dir  # a teacher with a distribution: the LoRA has something to learn about the student
     pipe = _pipe(sd_dir)
@@ -217,6 +218,7 @@ def _unet(output: Path) -> dict[str, torch.Tensor]:
     return load_file(output / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
 
 
+@pytest.mark.slow
 def test_cli_kill_9_then_resume_ends_bit_identical_and_generates(sd_dir, tmp_path, capsys):
     # The uninterrupted run and the generation run in this process (the CLI's own entry); the killed run and its
     # resume are processes of their own.
@@ -251,6 +253,7 @@ def test_cli_kill_9_then_resume_ends_bit_identical_and_generates(sd_dir, tmp_pat
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_short_run_brings_the_students_samples_closer_to_the_teachers(trained_sd_dir):
     """
     The distance: the energy distance between the student's z_0 and the teacher's (DDIM, 25 steps, CFG 4.5) on 8
@@ -269,6 +272,7 @@ def test_a_short_run_brings_the_students_samples_closer_to_the_teachers(trained_
     assert abs(after["student_std"] - after["teacher_std"]) < abs(before["student_std"] - before["teacher_std"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_processes_train_one_student(sd_dir, tmp_path):
     from tests.tiue import two_process_run

@@ -16,6 +16,7 @@ def degrade(image: np.ndarray, rng: np.random.Generator, radius: float = 0.6, st
     return np.clip(blurred + rng.normal(0.0, std, blurred.shape), 0, 255).round().astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_every_clean_render_passes_every_attribute():
     failures = []
     for prompt in all_prompts():
@@ -27,6 +28,7 @@ def test_every_clean_render_passes_every_attribute():
     assert not failures, failures[:5]
 
 
+@pytest.mark.slow
 def test_degraded_renders_pass_at_least_99_percent():
     rng = np.random.default_rng(0)
     prompts = all_prompts()

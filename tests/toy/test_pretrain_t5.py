@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from transformers import T5EncoderModel
 
@@ -27,6 +28,7 @@ def test_corruption_hides_about_15_percent_in_spans_and_keeps_the_end_token():
         assert all(t in it for t in kept)  # what is kept stays in order
 
 
+@pytest.mark.slow
 def test_pretraining_learns_to_rebuild_prompts(tmp_path):
     short, history_short = pretrain_toy_t5(STUDENT_T5, steps=2, batch_size=16)
     encoder, history = pretrain_toy_t5(STUDENT_T5, steps=150, batch_size=32)

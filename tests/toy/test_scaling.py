@@ -43,6 +43,7 @@ def test_the_first_ability_lost_is_the_one_that_falls_below_90_percent_at_the_la
     assert results["sizes"]["mid"]["figures"]["count"]["kept"] is None
 
 
+@pytest.mark.slow
 def test_scaling_smoke_run_writes_its_table_chart_and_resumes(tmp_path):
     results = run_scaling(tmp_path, sizes=["1x16", "2x64"], seeds=(0,), steps=3, pretrain_steps=3, eval_prompts=4)
     assert results["order"] == ["1x16", "2x64"]
@@ -61,6 +62,7 @@ def test_scaling_smoke_run_writes_its_table_chart_and_resumes(tmp_path):
     assert json.loads(record.read_text())["settings"]["steps"] == 2
 
 
+@pytest.mark.slow
 def test_time_to_quality_smoke_run_scores_each_arm_along_the_way(tmp_path):
     results = run_time_to_quality(tmp_path, steps=4, every=2, eval_prompts=4)
     assert list(results["arms"]) == ["vision", "align-then-follow", "naive"]

@@ -24,6 +24,7 @@ def _weights(folder, parts=("unet", "text_encoder")):
             for k, v in load_file(next((folder / part).glob("*.safetensors"))).items()}
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     main(["--output", str(tmp_path / "straight"), "--work-dir", str(tmp_path / "w1"), "--steps", "4", *FAST])
     main(["--output", str(tmp_path / "resumed"), "--work-dir", str(tmp_path / "w2"), "--steps", "2", *FAST])
@@ -56,6 +57,7 @@ def teacher():
     return load_toy_sd_teacher()
 
 
+@pytest.mark.slow
 def test_the_bundled_teacher_draws_held_out_prompts(teacher):
     files = [f for f in BUNDLED_SD_TEACHER.rglob("*") if f.is_file()]
     assert sum(f.stat().st_size for f in files if f.suffix == ".safetensors") <= 20e6  # the budget of the teacher

@@ -29,6 +29,7 @@ def test_bundled_teacher_is_a_small_real_flux_pipeline():
     assert teacher_t5 >= 4 * sum(p.numel() for p in student_t5.parameters())
 
 
+@pytest.mark.slow
 def test_bundled_teacher_draws_held_out_prompts():
     pipe = load_toy_teacher()
     prompts = sample_prompts(48, "heldout", seed=5)

@@ -32,6 +32,7 @@ def test_diversity_is_zero_for_copies_and_measures_the_layout_spread():
     assert spread["position"] > 0.5 and spread["appearance"] > 0.05
 
 
+@pytest.mark.slow
 def test_demo_compares_teacher_students_and_propagation(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli(["demo", "--tiue", "--output", str(out), "--eval-prompts", "4", "--seeds", "2"]) == 0
@@ -61,6 +62,7 @@ def test_demo_refusals(tmp_path, capsys):
     assert not (tmp_path / "out" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_students_are_remade_by_the_recipe_and_load_with_their_schedule(tmp_path):
     make_students(["--students", "k1", "--max-steps", "2", "--output", str(tmp_path / "students"),
                    "--work-dir", str(tmp_path / "work")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -35,6 +36,7 @@ def _weights(folder, parts=("transformer", "text_encoder_2")):
     }
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     main(
         ["--output", str(tmp_path / "straight"), "--work-dir", str(tmp_path / "work-straight"), "--steps", "4", *FAST]
