@@ -44,9 +44,9 @@ def _student(size: str):
 
     base, teacher_dim = SIZES[size]
     if base is None:
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
-        student = testing.tiny_student(teacher_dim=teacher_dim, max_sequence_length=MASKED_LENGTH)
+        student = tiny.tiny_student(teacher_dim=teacher_dim, max_sequence_length=MASKED_LENGTH)
     else:
         student = synthetic_student(base, teacher_dim, MASKED_LENGTH)
     # A PixArt student: it attends with the mask and its denoiser reads the real tokens only.

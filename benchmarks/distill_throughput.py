@@ -52,22 +52,22 @@ def scaled_flux_pipeline(directory: Path) -> Path:
     )
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-    from encoder_shrink import testing
+    from encoder_shrink import tiny
 
     torch.manual_seed(0)
-    tokenizer_2 = testing.tiny_t5_tokenizer(512)
+    tokenizer_2 = tiny.tiny_t5_tokenizer(512)
     t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=256, d_kv=64, d_ff=640, num_layers=6,
                                  num_heads=4, feed_forward_proj="gated-gelu")).eval()
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=64, num_attention_heads=3,
-        joint_attention_dim=256, pooled_projection_dim=testing.CLIP_TINY_DIM, guidance_embeds=True,
+        joint_attention_dim=256, pooled_projection_dim=tiny.CLIP_TINY_DIM, guidance_embeds=True,
         axes_dims_rope=(16, 24, 24),
     )
     vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16, norm_num_groups=4,
                         layers_per_block=1)
-    pipe = FluxPipeline(transformer=transformer, text_encoder=CLIPTextModel(testing.tiny_clip_text_config()).eval(),
-                        text_encoder_2=t5, tokenizer=testing.tiny_clip_tokenizer(), tokenizer_2=tokenizer_2, vae=vae,
+    pipe = FluxPipeline(transformer=transformer, text_encoder=CLIPTextModel(tiny.tiny_clip_text_config()).eval(),
+                        text_encoder_2=t5, tokenizer=tiny.tiny_clip_tokenizer(), tokenizer_2=tokenizer_2, vae=vae,
                         scheduler=FlowMatchEulerDiscreteScheduler())
     pipe.save_pretrained(directory)
     return directory

@@ -1,7 +1,7 @@
 """Cost of one distillation step per pipeline family at tiny size, as a ratio to FLUX-dev's, measured in one run.
 
-Every registered family's tiny offline pipeline (`encoder_shrink.testing`) is distilled with the `tiny` recipe (video
-families on their tiny clip, `testing.tiny_recipe_overrides`) for a few optimizer steps; each step is one vision-loss
+Every registered family's tiny offline pipeline (`encoder_shrink.tiny`) is distilled with the `tiny` recipe (video
+families on their tiny clip, `tiny.tiny_recipe_overrides`) for a few optimizer steps; each step is one vision-loss
 step (the frozen denoiser run with teacher and student embeddings, backward through the student). The median wall time
 of the steps after the warm-up is divided by FLUX-dev's: CPU times are only comparable side by side (absolute times
 belong to a GPU). At tiny size a step costs what its text length and fixed overheads cost; what makes a real video
@@ -31,11 +31,11 @@ def _family_cost(family: str, steps: int, warmup: int, root: Path) -> dict:
     """Median seconds per distillation step of `family`'s tiny pipeline, and its latent shape."""
     import torch
 
-    from encoder_shrink import EncoderShrinker, testing
+    from encoder_shrink import EncoderShrinker, tiny
 
-    pipe = testing.load_tiny_pipeline(family, root / family)
+    pipe = tiny.load_tiny_pipeline(family, root / family)
     shrinker = EncoderShrinker(pipe)
-    overrides = testing.tiny_recipe_overrides(family)
+    overrides = tiny.tiny_recipe_overrides(family)
     stamps = []
     shrinker.distill(recipe="tiny", max_steps=warmup + steps, eval_prompts=["a cat"],
                      callback=lambda step, loss: stamps.append(time.perf_counter()), **overrides)

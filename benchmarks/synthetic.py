@@ -185,21 +185,21 @@ class Builder:
 
     @staticmethod
     def clip_tokenizer(model_max_length: int = 77):
-        from encoder_shrink.testing import tiny_clip_tokenizer
+        from encoder_shrink.tiny import tiny_clip_tokenizer
 
         return tiny_clip_tokenizer(model_max_length)
 
     @staticmethod
     def llm_tokenizer(model_max_length: int = 512, chat_template: str | None = None):
         """An in-memory LLM tokenizer whose ids stay inside any LLM's vocabulary."""
-        from encoder_shrink.testing import tiny_llm_tokenizer
+        from encoder_shrink.tiny import tiny_llm_tokenizer
 
         return tiny_llm_tokenizer(model_max_length, chat_template)
 
     @staticmethod
     def t5_tokenizer(model_max_length: int = 512):
         """An in-memory T5 tokenizer whose ids stay inside T5's vocabulary."""
-        from encoder_shrink.testing import tiny_t5_tokenizer
+        from encoder_shrink.tiny import tiny_t5_tokenizer
 
         return tiny_t5_tokenizer(model_max_length)
 

@@ -1,6 +1,6 @@
 """Benchmark: a traced distillation step's cost against the family file's step on the same family, side by side.
 
-For each family, the same tiny offline pipeline (`encoder_shrink.testing`) is distilled with the `tiny` recipe twice
+For each family, the same tiny offline pipeline (`encoder_shrink.tiny`) is distilled with the `tiny` recipe twice
 in one process: through its registered family adapter and through the traced adapter (`EncoderShrinker(pipe,
 trace=True)`), which runs the pipeline's own `__call__`. The two runs alternate in rounds (registered, traced,
 registered, traced, ...) so that drift in the machine's speed falls on both; the ratio is the median traced step over
@@ -32,7 +32,7 @@ DEFAULT_FAMILIES = ("flux-dev", "pixart-sigma", "flux2", "wan")
 
 def _step_seconds(pipe, family: str, trace: bool, steps: int, warmup: int) -> list[float]:
     """Wall seconds of each optimizer step after `warmup`, distilling `pipe` with or without the trace."""
-    from encoder_shrink import EncoderShrinker, testing
+    from encoder_shrink import EncoderShrinker, tiny
     from encoder_shrink.pipelines import get_adapter
 
     call = get_adapter(family).tiny_call_kwargs() if trace else None
@@ -41,7 +41,7 @@ def _step_seconds(pipe, family: str, trace: bool, steps: int, warmup: int) -> li
     with tempfile.TemporaryDirectory() as output:
         shrinker.distill(recipe="tiny", max_steps=warmup + steps, eval_prompts=["a cat"], output_dir=output,
                          callback=lambda step, loss: stamps.append(time.perf_counter()),
-                         **testing.tiny_recipe_overrides(family))
+                         **tiny.tiny_recipe_overrides(family))
     return [b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:])]
 
 
@@ -49,12 +49,12 @@ def measure(families: list[str] | None = None, steps: int = 8, warmup: int = 2, 
     """Median step seconds, registered and traced, per family (rounds alternate the two), and their ratio."""
     from tqdm.auto import tqdm
 
-    from encoder_shrink import testing
+    from encoder_shrink import tiny
 
     rows = {}
     with tempfile.TemporaryDirectory() as root:
         for family in tqdm(list(families or DEFAULT_FAMILIES), desc="families", unit="family"):
-            pipe = testing.load_tiny_pipeline(family, Path(root) / family)
+            pipe = tiny.load_tiny_pipeline(family, Path(root) / family)
             times = {"registered": [], "traced": []}
             for _ in range(rounds):
                 for variant in times:

@@ -57,14 +57,15 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     from encoder_shrink.demo import results_table, run_drop_in_demo
 
-    results = run_drop_in_demo(args.output, families=tuple(args.families), seed=args.seed)
+    families = tuple(args.families or _families())
+    results = run_drop_in_demo(args.output, families=families, seed=args.seed)
     print(results_table(results))
     print(f"\nWrote {args.output}/results.json, report.md and grid.png")
     return 0 if all(r["reload_identical"] and r["images_finite"] for r in results["families"].values()) else 1
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from encoder_shrink.reference import convert_reference_checkpoint
+    from encoder_shrink.convert import convert_reference_checkpoint
 
     student = convert_reference_checkpoint(args.source, args.output, overwrite=args.overwrite)
     config = student.config
@@ -453,16 +454,122 @@ def _tiue_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from encoder_shrink.benchmarks.synthetic import synthetic_names
-    from encoder_shrink.distill import registered_losses
-    from encoder_shrink.exporters import EXPORT_FORMATS
-    from encoder_shrink.testing import TINY_FAMILIES
+class _Names:
+    """
+    The names of a registry, read when a help text or a choice check first needs them: building the parser imports
+    no registry, so `--help` costs only what the help shown names. Help texts name the set as `%(names)s`.
+    """
 
-    parser = argparse.ArgumentParser(
+    def __init__(self, names, describe=None):
+        self._names, self._describe = names, describe
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __str__(self) -> str:
+        if self._describe is None:
+            return ", ".join(self)
+        return "; ".join(f"{name} ({self._describe(name)})" if self._describe(name) else name for name in self)
+
+
+def _families():
+    from encoder_shrink.pipelines import registered_families
+
+    return registered_families()
+
+
+def _losses():
+    from encoder_shrink.distill.losses import registered_losses
+
+    return registered_losses()
+
+
+def _recipe_names():
+    from encoder_shrink.recipes import available_recipes
+
+    return list(available_recipes())
+
+
+def _tiue_recipe_names():
+    from encoder_shrink.tiue.recipe import available_tiue_recipes
+
+    return list(available_tiue_recipes())
+
+
+def _sources():
+    from encoder_shrink.data import registered_prompt_sources
+
+    return registered_prompt_sources()
+
+
+def _formats():
+    from encoder_shrink.exporters import registered_formats
+
+    return registered_formats()
+
+
+def _format_description(name: str) -> str:
+    from encoder_shrink.exporters import get_format
+
+    return get_format(name).description
+
+
+def _metrics():
+    from encoder_shrink.evaluation import registered_metrics
+
+    return registered_metrics()
+
+
+def _metric_description(name: str) -> str:
+    from encoder_shrink.evaluation import get_metric
+
+    return get_metric(name).description
+
+
+def _backends():
+    from encoder_shrink.benchmarks.bench import BACKENDS
+
+    return list(BACKENDS)
+
+
+def _synthetic_names():
+    from encoder_shrink.benchmarks.synthetic import synthetic_names
+
+    return synthetic_names()
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose description may be a callable, read only when its help is shown."""
+
+    @property
+    def description(self):
+        return self._description() if callable(self._description) else self._description
+
+    @description.setter
+    def description(self, value):
+        self._description = value
+
+
+def _named(action: argparse.Action, names: _Names) -> argparse.Action:
+    """Give `action` the registry its help names as `%(names)s`."""
+    action.names = names
+    return action
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `encoder-shrink` parser. Registries (families, recipes, formats, ...) are read only by the help that shows
+    them or the choice that checks them, so `encoder-shrink --help` imports neither torch nor diffusers."""
+    families = _Names(_families)
+    parser = _Parser(
         prog="encoder-shrink",
-        description="Shrink the big text encoder of a diffusers pipeline (FLUX, SD3, PixArt, ...: "
-                    f"{', '.join(TINY_FAMILIES)}) into a small drop-in student.",
+        description="Shrink the big text encoder of any diffusers text-to-image or text-to-video pipeline into a "
+                    "small drop-in student (`encoder-shrink inspect` tells what it would do with yours).",
     )
     parser.add_argument("--version", action="version", version=f"encoder-shrink {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -489,33 +596,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, help="distillation steps per student (default: the toy recipe's)")
     demo.add_argument("--drop-in", action="store_true",
                       help="instead: the drop-in round trip on tiny random pipelines of every family (--families)")
-    demo.add_argument("--families", nargs="+", default=list(TINY_FAMILIES), choices=TINY_FAMILIES, metavar="FAMILY",
-                      help=f"pipeline families to run (default: all of {', '.join(TINY_FAMILIES)})")
+    demo.add_argument("--families", nargs="+", choices=families, metavar="FAMILY",
+                      help="pipeline families to run (default: all of %(choices)s)")
     demo.add_argument("--seed", type=int, default=0)
     _register(demo, _demo, inputs=("teacher", "students"), output="output")
 
     distill = commands.add_parser(
         "distill",
         help="distil a pipeline's T5 encoder into a student (vision-based step-following loss)",
-        description=f"Distil the text encoder of a pipeline of a registered family ({', '.join(TINY_FAMILIES)}) "
-                    "into a small student.",
+        description=lambda: f"Distil the text encoder of a pipeline into a small student: a registered family "
+                            f"({families}), or any other pipeline, traced from its own __call__.",
     )
     distill.add_argument("--pipeline", required=True, help="pipeline id or local folder (model_index.json)")
-    distill.add_argument(
-        "--recipe", default="flux-t5base", help="recipe name (see `encoder-shrink recipes`) or YAML path"
-    )
-    distill.add_argument(
+    _named(distill.add_argument(
+        "--recipe", default="flux-t5base", help="recipe name (%(names)s; see `encoder-shrink recipes`) or YAML path "
+                                                "(default: %(default)s)"
+    ), _Names(_recipe_names))
+    _named(distill.add_argument(
         "--prompts",
         nargs="+",
         metavar="[KIND=]PATH",
-        help="one prompt file replacing the recipe's sources, or KIND=PATH per source (compbench, laion, commontext)",
-    )
+        help="one prompt file replacing the recipe's sources, or KIND=PATH per source (KIND: %(names)s)",
+    ), _Names(_sources))
     distill.add_argument("--output", default="encoder-shrink-student", help="output folder (default: %(default)s)")
     distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     distill.add_argument("--overwrite", action="store_true", help="delete an earlier run in --output and start over")
-    distill.add_argument("--loss", choices=registered_losses(),
-                         help="in every stage: vision (the paper's step-following loss), embedding (naive MSE "
-                              "baseline) or another registered loss; default: the recipe's (vision, or per stage)")
+    distill.add_argument("--loss", choices=_Names(_losses), metavar="LOSS",
+                         help="the loss in every stage, one of %(choices)s (vision: the paper's step-following loss; "
+                              "embedding: the naive MSE baseline); default: the recipe's (vision, or per stage)")
     distill.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                          help="dtype the pipeline is loaded in (the student trains in fp32 regardless)")
     distill.add_argument("--cache-dir", help="persist the teacher's embeddings here (safetensors shards)")
@@ -542,11 +650,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "TiUEPipeline folder to OUTPUT/pipeline, checkpoints and training_summary.json.",
     )
     tiue_distill.add_argument("--pipeline", required=True, help="pipeline id or local folder (model_index.json)")
-    tiue_distill.add_argument("--recipe", default="sd21-tiue", help="TiUE recipe name or YAML path (default: "
-                              "%(default)s; also sd15-tiue, tiny-tiue)")
-    tiue_distill.add_argument("--prompts", nargs="+", metavar="PATH",
-                              help="one prompt file (replaces the recipe's sources), or KIND=PATH per source "
-                                   "(e.g. journeydb=captions.parquet)")
+    _named(tiue_distill.add_argument("--recipe", default="sd21-tiue",
+                                     help="TiUE recipe name (%(names)s) or YAML path (default: %(default)s)"),
+           _Names(_tiue_recipe_names))
+    _named(tiue_distill.add_argument("--prompts", nargs="+", metavar="[KIND=]PATH",
+                                     help="one prompt file (replaces the recipe's sources), or KIND=PATH per source "
+                                          "(KIND: %(names)s)"), _Names(_sources))
     tiue_distill.add_argument("--output", default="encoder-shrink-tiue", help="output folder (default: %(default)s)")
     tiue_distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     tiue_distill.add_argument("--overwrite", action="store_true",
@@ -603,15 +712,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dtype the teacher is loaded in")
     _register(cache, _cache, inputs=("pipeline", "prompts"), output="cache_dir")
 
-    formats = "; ".join(f"{name}: {EXPORT_FORMATS.get(name).description}" for name in EXPORT_FORMATS.names())
+    formats = _Names(_formats, _format_description)
     export = commands.add_parser(
         "export",
         help="export a student to a registered format (ONNX fp32/fp16/int8, TensorRT, distillt5 one-file layout)",
-        description="Export a saved student (our format or the reference's) to a folder that load_encoder and the "
-                    f"pipelines load drop-in, checked against the torch student. Formats: {formats}.",
+        description=lambda: "Export a saved student (our format or the reference's) to a folder that load_encoder and "
+                            f"the pipelines load drop-in, checked against the torch student. Formats: {formats}.",
     )
     export.add_argument("student", help="folder of a saved student")
-    export.add_argument("--format", choices=EXPORT_FORMATS.names(), help="the export format")
+    export.add_argument("--format", choices=_Names(_formats), metavar="FORMAT", help="the export format: %(choices)s")
     export.add_argument(
         "--onnx", action="store_true", help="shorthand for --format onnx (T5 + projector in one graph)"
     )
@@ -664,11 +773,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", help="prompt file (txt/json/jsonl/parquet; default: held-out toy or CommonText)"
     )
     evaluation.add_argument("--num-prompts", type=int, default=64)
-    evaluation.add_argument(
+    _named(evaluation.add_argument(
         "--metric", action="append", metavar="NAME",
-        help="score the images with a registered metric (repeatable): checker (the toy world's; default with "
-             "--pipeline toy), ocr (text rendering of the quoted text), clip (CLIP score, needs --clip)",
-    )
+        help="score the images with a registered metric (repeatable; checker is the default with --pipeline toy): "
+             "%(names)s",
+    ), _Names(_metrics, _metric_description))
     evaluation.add_argument("--clip", help="local CLIP checkpoint folder (CLIPModel + processor) for --metric clip")
     evaluation.add_argument("--num-inference-steps", type=int)
     evaluation.add_argument("--resolution", type=int)
@@ -687,20 +796,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = bench.add_mutually_exclusive_group(required=True)
     source.add_argument("--pipeline", help="pipeline id or folder whose encoder slot holds the original encoder")
-    source.add_argument("--synthetic", choices=synthetic_names(), metavar="NAME",
+    source.add_argument("--synthetic", choices=_Names(_synthetic_names), metavar="NAME",
                         help="real architecture with random weights (no download): a T5 encoder size or a registered "
-                             f"family's published pipeline, its teacher included ({', '.join(synthetic_names())})")
+                             "family's published pipeline, its teacher included (%(choices)s)")
     bench.add_argument("--student", help="saved student folder (default with --synthetic: a random student)")
     bench.add_argument(
         "--synthetic-student",
         help="size of the random student (default: the family's recipe student, T5-base or UMT5-base)",
     )
-    bench.add_argument(
+    _named(bench.add_argument(
         "--backends",
         default="torch,onnx,onnx-int8",
-        help="comma list of torch,onnx,onnx-int8,trt and the CPU backends onnx-fused,onnx-int8-fused,torch-bf16,"
-             "torch-bf16-compiled,openvino,openvino-fp32,best-cpu (default: %(default)s)",
-    )
+        help="comma list of backends: %(names)s (default: %(default)s)",
+    ), _Names(_backends))
     bench.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     bench.add_argument(
         "--dtype",

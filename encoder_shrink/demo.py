@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from encoder_shrink.files import atomic_write_text
 from encoder_shrink.shrinker import EncoderShrinker
 from encoder_shrink.student import load_student
-from encoder_shrink.testing import TINY_FAMILIES, load_tiny_pipeline, tiny_call_kwargs, tiny_pipeline_class
+from encoder_shrink.tiny import TINY_FAMILIES, load_tiny_pipeline, tiny_call_kwargs, tiny_pipeline_class
 
 logger = logging.getLogger(__name__)
 

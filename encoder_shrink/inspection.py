@@ -32,9 +32,9 @@ def student_parameters(kind: str, teacher_dim: int, vocab_size: int | None = Non
     from transformers import T5EncoderModel, UMT5EncoderModel
 
     from encoder_shrink.benchmarks.synthetic import t5_config
-    from encoder_shrink.pipelines.traced import STUDENT_SIZE
+    from encoder_shrink.student_kinds import get_student_kind
 
-    config = t5_config(size or STUDENT_SIZE[kind])
+    config = t5_config(size or get_student_kind(kind).recipe_size)
     with torch.device("meta"):
         encoder = (UMT5EncoderModel if kind == "umt5" else T5EncoderModel)(config)
     count = sum(p.numel() for p in encoder.parameters())
@@ -64,7 +64,8 @@ def inspect_pipeline(pipe: Any, slot: str | None = None, trace: bool = False,
     ```
     """
     from encoder_shrink.pipelines import adapter_for
-    from encoder_shrink.pipelines.traced import STUDENT_SIZE, TracedAdapter
+    from encoder_shrink.pipelines.traced import TracedAdapter
+    from encoder_shrink.student_kinds import get_student_kind
 
     adapter = TracedAdapter(pipe, slot=slot, call_kwargs=call_kwargs) if trace else adapter_for(
         pipe, slot=slot, call_kwargs=call_kwargs)
@@ -75,9 +76,8 @@ def inspect_pipeline(pipe: Any, slot: str | None = None, trace: bool = False,
         except IncompatibleModelError as error:
             trace_error = str(error)
     teacher = adapter.teacher
-    student_class = adapter.student_class_name
-    kind = {"ShrunkT5EncoderModel": "t5", "ShrunkUMT5EncoderModel": "umt5", "ShrunkLLMEncoderModel": "llm"}[
-        student_class]
+    kind = adapter.student_kind
+    student_class = get_student_kind(kind).student_class.__name__
     layers = getattr(adapter, "hidden_state_layers", None)
     if layers is not None and kind == "llm":
         count = adapter.teacher_layout()["teacher_num_hidden_states"]
@@ -100,7 +100,8 @@ def inspect_pipeline(pipe: Any, slot: str | None = None, trace: bool = False,
         "teacher": type(teacher).__name__,
         "teacher_parameters": teacher_parameters,
         "student": student_class,
-        "student_size": STUDENT_SIZE[kind] + (f" (rank-{LLM_EMBEDDING_RANK} table)" if kind == "llm" else ""),
+        "student_size": get_student_kind(kind).recipe_size + (
+            f" (rank-{LLM_EMBEDDING_RANK} table)" if kind == "llm" else ""),
         "student_parameters": student,
         "weights_ratio": float(f"{teacher_parameters / student:.4g}"),
         "call_length": adapter.max_sequence_length,

@@ -15,7 +15,8 @@ from transformers.models.t5.modeling_t5 import T5PreTrainedModel, T5Stack
 
 from encoder_shrink.configuration import ShrunkLLMConfig
 from encoder_shrink.errors import IncompatibleModelError
-from encoder_shrink.student import STUDENT_CLASSES, StudentMixin
+from encoder_shrink.student import StudentMixin
+from encoder_shrink.student_kinds import register_student_kind
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     Example:
 
     ```python
-    >>> from encoder_shrink.testing import tiny_llm_tokenizer
+    >>> from encoder_shrink.tiny import tiny_llm_tokenizer
     >>> tokenizer_fingerprint(tiny_llm_tokenizer()) == tokenizer_fingerprint(tiny_llm_tokenizer())
     True
     ```
@@ -261,6 +262,23 @@ class ShrunkLLMEncoderModel(StudentMixin, T5PreTrainedModel):
         return BaseModelOutput(last_hidden_state=features, hidden_states=hidden_states)
 
 
-STUDENT_CLASSES[ShrunkLLMConfig.model_type] = ShrunkLLMEncoderModel
+def _is_llm_teacher(config) -> bool:
+    """A decoder LLM, a VL model, or the language half of one loaded alone (`Qwen2_5_VLTextModel`: "<vl>_text")."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", "")
+    text_type = getattr(config.get_text_config(), "model_type", "")
+    vl_half = model_type.endswith("_text") and (
+        model_type.removesuffix("_text") in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+    return model_type == ShrunkLLMConfig.model_type or vl_half or text_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+
+
+register_student_kind("llm", ShrunkLLMEncoderModel, _is_llm_teacher,
+                      description="T5 blocks over a factorised embedding of the teacher's vocabulary, for decoder-LLM "
+                                  "and VL teachers (hidden states of the layers the pipeline reads)")
 AutoConfig.register(ShrunkLLMConfig.model_type, ShrunkLLMConfig)
 AutoModel.register(ShrunkLLMConfig, ShrunkLLMEncoderModel)

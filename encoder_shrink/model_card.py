@@ -26,7 +26,7 @@ def write_model_card(folder: str | Path, summary: dict) -> Path:
     losses = list(dict.fromkeys(s.get("loss") or recipe["loss"] for s in recipe["stages"]))
     # A traced pipeline has no family file: the summary names its slot and student class.
     family = get_adapter(summary["family"]) if "slot" not in summary else None
-    student_class = summary.get("student_class") or family.student_class_name
+    student_class = summary.get("student_class") or family.student_class().__name__
     slot = summary.get("slot") or family.encoder_slot
     before, after = summary["fidelity_before"], summary["fidelity_after"]
     data = ModelCardData(

@@ -1,14 +1,12 @@
-"""The DistillT5 reference checkpoint format (`T5EncoderWithProjection`) and its translation into a student."""
+"""The DistillT5 reference checkpoint format (`T5EncoderWithProjection`): its key names and its student config."""
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 from encoder_shrink.configuration import NON_FIELD_KEYS, T5_XXL_DIM, ShrunkT5Config
-from encoder_shrink.errors import IncompatibleModelError, OutputExistsError
+from encoder_shrink.errors import IncompatibleModelError
 
 REFERENCE_ARCHITECTURE = "T5EncoderWithProjection"
 # The reference wraps a whole T5EncoderModel as `encoder`, so its T5 keys carry one extra `encoder.` prefix
@@ -88,57 +86,3 @@ def config_from_reference_weights(shapes: dict[str, tuple[int, ...]]) -> ShrunkT
         relative_attention_num_buckets=buckets, feed_forward_proj="gated-gelu" if gated else "relu",
         teacher_dim=teacher_dim, pipeline_family=REFERENCE_FAMILY, component=REFERENCE_COMPONENT,
     )
-
-
-def load_reference_file(path: str | os.PathLike):
-    """A student from one reference-layout safetensors file (config read off the tensor shapes)."""
-    from safetensors import safe_open
-
-    from encoder_shrink.student import ShrunkT5EncoderModel
-    from encoder_shrink.weights import WeightsError, safetensors_file
-
-    safetensors_file(path)
-    with safe_open(str(path), framework="pt") as weights:
-        tensors = {name: weights.get_tensor(name) for name in weights.keys()}
-    student = ShrunkT5EncoderModel(config_from_reference_weights({k: tuple(v.shape) for k, v in tensors.items()}))
-    renamed = {}
-    for name, tensor in tensors.items():
-        for pattern, replacement in REFERENCE_KEY_MAPPING.items():
-            name = re.sub(pattern, replacement, name)
-        renamed[name] = tensor
-    renamed.setdefault("encoder.embed_tokens.weight", renamed.get("shared.weight"))
-    missing, unexpected = student.load_state_dict(renamed, strict=False)
-    if missing or unexpected:
-        raise WeightsError(
-            f"{path} does not hold a complete reference-layout student: missing {', '.join(missing[:3]) or 'none'}, "
-            f"unexpected {', '.join(unexpected[:3]) or 'none'}."
-        )
-    student.tie_weights()
-    return student.eval()
-
-
-def convert_reference_checkpoint(source: str | os.PathLike, destination: str | os.PathLike, overwrite: bool = False):
-    """
-    Load a reference checkpoint (folder, hub id, or one reference-layout safetensors file) and save it as a student
-    (`config.json` + `model.safetensors`).
-
-    Example:
-
-    ```python
-    >>> convert_reference_checkpoint("LifuWang/DistillT5", "out/distillt5-student")  # doctest: +SKIP
-    ```
-    """
-    # Imported here: the student module itself imports this one for the format's key mapping.
-    from encoder_shrink.student import ShrunkT5EncoderModel
-
-    destination = Path(destination)
-    if destination.exists() and any(destination.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"{destination} exists and is not empty; choose another folder or pass overwrite=True."
-        )
-    if Path(source).is_file():
-        student = load_reference_file(source)
-    else:
-        student = ShrunkT5EncoderModel.from_pretrained(source)
-    student.save_pretrained(destination)
-    return student

@@ -221,7 +221,7 @@ class EncoderShrinker:
                 pipeline=type(self.pipe).__name__,
                 family=self.adapter.name,
                 slot=self.adapter.encoder_slot,
-                student_class=self.adapter.student_class_name,
+                student_class=self.adapter.student_class().__name__,
                 teacher=self.teacher_id,
                 device=str(accelerator.device),
                 fidelity_before=before,
@@ -266,7 +266,7 @@ class EncoderShrinker:
                 f"recipe {recipe.name!r} sets use_attention_mask={recipe.use_attention_mask} but {adapter.name} "
                 f"pipelines call their T5 {'with' if adapter.uses_attention_mask else 'without'} a mask."
             )
-        if recipe.embedding_rank is not None and adapter.student_class_name != "ShrunkLLMEncoderModel":
+        if recipe.embedding_rank is not None and adapter.student_kind != "llm":
             raise RecipeError(
                 f"recipe {recipe.name!r} sets embedding_rank, which only students of LLM teachers have; "
                 f"{adapter.name} students keep their T5's table: drop embedding_rank."

@@ -41,11 +41,12 @@ from encoder_shrink.configuration import (
 from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError, WrongModelTypeError
 from encoder_shrink.loading import require_folder_or_hub_id
 from encoder_shrink.reference import REFERENCE_KEY_MAPPING, is_reference_config, reference_to_student_config
+from encoder_shrink.student_kinds import kind_of_student, register_student_kind
 from encoder_shrink.weights import WeightsError, safetensors_files
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STUDENT_CLASSES", "PreTrainedModel", "ShrunkT5EncoderModel", "ShrunkUMT5EncoderModel", "StudentMixin",
+__all__ = ["PreTrainedModel", "ShrunkT5EncoderModel", "ShrunkUMT5EncoderModel", "StudentMixin",
            "load_student"]
 
 # Keys `from_pretrained` passes on to the hub when it reads a config (everything else is a loading option).
@@ -254,9 +255,8 @@ class StudentMixin:
             if cls.reads_reference_format and is_reference_config(config_dict):
                 kwargs["config"] = reference_to_student_config(config_dict)
                 kwargs["key_mapping"] = REFERENCE_KEY_MAPPING
-            elif config_dict.get("model_type") in STUDENT_CLASSES and cls is not STUDENT_CLASSES[
-                    config_dict["model_type"]]:
-                other = STUDENT_CLASSES[config_dict["model_type"]].__name__
+            elif (kind := kind_of_student(config_dict.get("model_type") or "")) and cls is not kind.student_class:
+                other = kind.student_class.__name__
                 raise IncompatibleModelError(
                     f"{path} holds a {other}, not a {cls.__name__}; load it with {other}.from_pretrained or "
                     "encoder_shrink.load_student."
@@ -414,11 +414,13 @@ class ShrunkUMT5EncoderModel(StudentMixin, UMT5EncoderModel):
         self.post_init()
 
 
-# The student class of each student config's model_type.
-STUDENT_CLASSES = {
-    ShrunkT5Config.model_type: ShrunkT5EncoderModel,
-    ShrunkUMT5Config.model_type: ShrunkUMT5EncoderModel,
-}
+register_student_kind("t5", ShrunkT5EncoderModel,
+                      lambda config: config.model_type in ("t5", ShrunkT5Config.model_type),
+                      description="T5 encoder blocks and a projector, for T5 teachers (T5-XXL, ...)")
+register_student_kind("umt5", ShrunkUMT5EncoderModel,
+                      lambda config: config.model_type in ("umt5", ShrunkUMT5Config.model_type),
+                      recipe_size="umt5-base",
+                      description="UMT5 encoder blocks and a projector, for UMT5 teachers (UMT5-XXL, Pile-T5)")
 
 
 def load_student(path: str | os.PathLike, **kwargs):
@@ -439,7 +441,8 @@ def load_student(path: str | os.PathLike, **kwargs):
         import json
 
         model_type = json.loads(config_file.read_text()).get("model_type")
-    return STUDENT_CLASSES.get(model_type, ShrunkT5EncoderModel).from_pretrained(path, **kwargs)
+    kind = kind_of_student(model_type) if model_type else None
+    return (kind.student_class if kind else ShrunkT5EncoderModel).from_pretrained(path, **kwargs)
 
 
 AutoConfig.register(ShrunkT5Config.model_type, ShrunkT5Config)

@@ -15,7 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import torch  # noqa: E402
 
-from encoder_shrink import testing  # noqa: E402
+from encoder_shrink import tiny  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -36,7 +36,7 @@ def _deterministic():
 def tiny_pipeline_dirs(tmp_path_factory) -> dict[str, Path]:
     """One saved tiny pipeline folder per family (FLUX dev/schnell, SD3, PixArt alpha/sigma)."""
     root = tmp_path_factory.mktemp("pipelines")
-    return {family: testing.save_tiny_pipeline(family, root / family) for family in testing.TINY_FAMILIES}
+    return {family: tiny.save_tiny_pipeline(family, root / family) for family in tiny.TINY_FAMILIES}
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +47,7 @@ def tiue_dir(tmp_path_factory) -> Path:
     from encoder_shrink.tiue import TiUEPipeline
 
     root = tmp_path_factory.mktemp("tiue")
-    sd = StableDiffusionPipeline.from_pretrained(testing.save_tiny_pipeline(testing.STABLE_DIFFUSION, root / "sd"))
+    sd = StableDiffusionPipeline.from_pretrained(tiny.save_tiny_pipeline(tiny.STABLE_DIFFUSION, root / "sd"))
     TiUEPipeline.from_sd_pipeline(sd).save_pretrained(root / "pipeline")
     return root / "pipeline"
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from encoder_shrink import ShrunkT5EncoderModel, testing
+from encoder_shrink import ShrunkT5EncoderModel, tiny
 from encoder_shrink.cli import main
 from encoder_shrink.demo import DISTILL_STEPS
 from tests.test_reference import write_reference_checkpoint
@@ -107,7 +107,7 @@ def test_distill_reports_bad_input_in_one_line(tiny_pipeline_dirs, tmp_path, cap
 @pytest.mark.slow
 def test_export_cli(tmp_path, capsys):
     student = tmp_path / "student"
-    ShrunkT5EncoderModel.from_t5(testing.tiny_t5_encoder(d_model=16, num_layers=1), teacher_dim=32,
+    ShrunkT5EncoderModel.from_t5(tiny.tiny_t5_encoder(d_model=16, num_layers=1), teacher_dim=32,
                                  max_sequence_length=32).save_pretrained(student)
     assert main(["export", str(student), "--onnx", "--int8", "dynamic", "--output", str(tmp_path / "int8")]) == 0
     out = capsys.readouterr().out
@@ -188,7 +188,7 @@ def test_eval_on_the_toy_teacher(tmp_path, capsys):
                      "--output", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
-    clip = testing.save_tiny_clip(tmp_path / "tiny-clip")
+    clip = tiny.save_tiny_clip(tmp_path / "tiny-clip")
     ocr = importlib.util.find_spec("rapidocr_onnxruntime") is not None  # encoder-shrink[eval]
     assert main(["eval", "--pipeline", "toy", "--student", str(tmp_path / "random-student"), "--num-prompts", "8",
                  "--metric", "checker", *(["--metric", "ocr"] if ocr else []), "--metric", "clip", "--clip", str(clip),

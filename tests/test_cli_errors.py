@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from diffusers import DiffusionPipeline
 
-from encoder_shrink import adapter_for, cli, testing
+from encoder_shrink import adapter_for, cli, tiny
 from encoder_shrink.cli import main
 from encoder_shrink.run_folder import LOCK, RUN_RECORD
 
@@ -118,8 +118,8 @@ def test_eval_uses_the_familys_default_guidance_and_checks_the_resolution_first(
     student = tmp_path / "student"
     for family in ("flux-dev", "sd3"):
         adapter = adapter_for(DiffusionPipeline.from_pretrained(tiny_pipeline_dirs[family]))
-        testing.tiny_student(teacher_dim=adapter.conditioning_width, pipeline_family=family,
-                             student_class=adapter.student_class_name,
+        tiny.tiny_student(teacher_dim=adapter.conditioning_width, pipeline_family=family,
+                             student_class=adapter.student_class(),
                              **adapter.student_fields()).save_pretrained(student / family)
         out = tmp_path / f"eval-{family}"
         assert main(["eval", "--pipeline", str(tiny_pipeline_dirs[family]), "--student", str(student / family),
@@ -232,7 +232,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_pipeline_d
     from encoder_shrink import ShrunkT5EncoderModel
 
     student = tmp_path / "student"
-    ShrunkT5EncoderModel.from_t5(testing.tiny_t5_encoder(d_model=64, num_layers=4), teacher_dim=64,
+    ShrunkT5EncoderModel.from_t5(tiny.tiny_t5_encoder(d_model=64, num_layers=4), teacher_dim=64,
                                  max_sequence_length=32).save_pretrained(student)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"a red circle number {i}" for i in range(64)) + "\n")

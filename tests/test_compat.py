@@ -6,22 +6,22 @@ import logging
 
 import pytest
 
-from encoder_shrink import ShrunkT5EncoderModel, check_compatible, swap_text_encoder, testing
+from encoder_shrink import ShrunkT5EncoderModel, check_compatible, swap_text_encoder, tiny
 
 
 @pytest.fixture
 def flux(tiny_pipeline_dirs):
-    return testing.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"])
+    return tiny.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"])
 
 
 def test_compatible_student_returns_adapter(flux):
-    adapter = check_compatible(flux, testing.tiny_student(teacher_dim=32))
+    adapter = check_compatible(flux, tiny.tiny_student(teacher_dim=32))
     assert adapter.name == "flux-dev" and adapter.encoder_slot == "text_encoder_2"
 
 
 def test_width_mismatch_is_one_line_with_the_fix(flux):
     with pytest.raises(ValueError) as error:
-        check_compatible(flux, testing.tiny_student(teacher_dim=48))
+        check_compatible(flux, tiny.tiny_student(teacher_dim=48))
     message = str(error.value)
     assert "\n" not in message
     assert "Student returns 48-dim embeddings but FluxPipeline.transformer expects joint_attention_dim=32" in message
@@ -29,7 +29,7 @@ def test_width_mismatch_is_one_line_with_the_fix(flux):
 
 
 def test_vocabulary_too_small_is_refused(flux):
-    t5 = testing.tiny_t5_encoder(d_model=16, num_layers=1, vocab_size=50)
+    t5 = tiny.tiny_t5_encoder(d_model=16, num_layers=1, vocab_size=50)
     student = ShrunkT5EncoderModel.from_t5(t5, teacher_dim=32)
     with pytest.raises(ValueError, match=r"tokenizer_2 has \d+ tokens but the student's embedding table has 50 rows"):
         check_compatible(flux, student)
@@ -41,7 +41,7 @@ def test_non_student_is_refused(flux):
 
 
 def test_warns_on_other_family_or_masking(flux, caplog):
-    student = testing.tiny_student(teacher_dim=32, pipeline_family="pixart-alpha", use_attention_mask=True)
+    student = tiny.tiny_student(teacher_dim=32, pipeline_family="pixart-alpha", use_attention_mask=True)
     with caplog.at_level(logging.WARNING, logger="encoder_shrink"):
         check_compatible(flux, student)
     assert "distilled for 'pixart-alpha' but is used in a 'flux-dev' pipeline" in caplog.text
@@ -49,7 +49,7 @@ def test_warns_on_other_family_or_masking(flux, caplog):
 
 
 def test_swap_updates_pipeline_and_saves_the_student(flux, tmp_path):
-    student = testing.tiny_student(teacher_dim=32)
+    student = tiny.tiny_student(teacher_dim=32)
     teacher = swap_text_encoder(flux, student)
     assert type(teacher).__name__ == "T5EncoderModel"
     assert flux.text_encoder_2 is student

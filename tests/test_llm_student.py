@@ -11,7 +11,7 @@ from encoder_shrink import (
     ShrunkT5EncoderModel,
     check_compatible,
     load_student,
-    testing,
+    tiny,
 )
 from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError
 from encoder_shrink.llm_student import tokenizer_fingerprint
@@ -113,7 +113,7 @@ def test_low_rank_init_keeps_what_the_teacher_embeds_alike():
 
 
 def test_from_t5_keeps_the_blocks_and_replaces_the_table():
-    t5 = testing.tiny_t5_encoder(d_model=32)
+    t5 = tiny.tiny_t5_encoder(d_model=32)
     student = ShrunkLLMEncoderModel.from_t5(t5, teacher_dim=48, vocab_size=500, embedding_rank=8,
                                             teacher_hidden_size=16, teacher_layers=[10, 20, 30],
                                             teacher_num_hidden_states=41)
@@ -139,15 +139,15 @@ def test_save_load_auto_and_the_wrong_class(tmp_path):
 
 def _llm_student(adapter, **overrides):
     fields = {**adapter.student_fields(), **overrides}
-    return testing.tiny_student(teacher_dim=adapter.conditioning_width, student_class="ShrunkLLMEncoderModel",
+    return tiny.tiny_student(teacher_dim=adapter.conditioning_width, student_class=ShrunkLLMEncoderModel,
                                 **fields)
 
 
 def test_a_student_of_another_layout_is_refused_in_one_line(tiny_pipeline_dirs):
     from encoder_shrink import adapter_for
 
-    flux2 = testing.load_tiny_pipeline("flux2", tiny_pipeline_dirs["flux2"])
-    qwen = testing.load_tiny_pipeline("qwenimage", tiny_pipeline_dirs["qwenimage"])
+    flux2 = tiny.load_tiny_pipeline("flux2", tiny_pipeline_dirs["flux2"])
+    qwen = tiny.load_tiny_pipeline("qwenimage", tiny_pipeline_dirs["qwenimage"])
     flux2_adapter, qwen_adapter = adapter_for(flux2), adapter_for(qwen)
     student = _llm_student(flux2_adapter)
     assert check_compatible(flux2, student).name == "flux2"
@@ -156,8 +156,8 @@ def test_a_student_of_another_layout_is_refused_in_one_line(tiny_pipeline_dirs):
                         r"\[2\] of a 3-state one"),
         (flux2, _llm_student(flux2_adapter, tokenizer_fingerprint="0" * 16),
          "not the tokenizer the student was distilled with"),
-        (flux2, testing.tiny_student(teacher_dim=48), "a ShrunkT5EncoderModel does not return them"),
-        (testing.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"]), _llm_student(qwen_adapter),
+        (flux2, tiny.tiny_student(teacher_dim=48), "a ShrunkT5EncoderModel does not return them"),
+        (tiny.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"]), _llm_student(qwen_adapter),
          "reproduces hidden states of an LLM .qwen2_5_vl. but FluxPipeline reads a T5's"),
     ]
     for pipe, other, message in checks:
@@ -166,7 +166,7 @@ def test_a_student_of_another_layout_is_refused_in_one_line(tiny_pipeline_dirs):
         assert "\n" not in str(error.value)
     # the width: a FLUX.2 student of the right layers but another width
     with pytest.raises(IncompatibleModelError, match="Student returns 96-dim embeddings but Flux2Pipeline"):
-        check_compatible(flux2, testing.tiny_student(
-            teacher_dim=96, student_class="ShrunkLLMEncoderModel",
+        check_compatible(flux2, tiny.tiny_student(
+            teacher_dim=96, student_class=ShrunkLLMEncoderModel,
             **{**flux2_adapter.student_fields(), "teacher_hidden_size": 32}))
     assert tokenizer_fingerprint(flux2_adapter.tokenizer) != tokenizer_fingerprint(qwen_adapter.tokenizer)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from encoder_shrink import ShrunkT5EncoderModel, WeightsError, testing
+from encoder_shrink import ShrunkT5EncoderModel, WeightsError, tiny
 
 IDS = torch.tensor([[3, 16, 42, 7, 1, 0, 0, 0], [5, 6, 1, 0, 0, 0, 0, 0]])
 
@@ -30,7 +30,7 @@ class ReferenceLayout(nn.Module):
 
 
 def write_reference_checkpoint(folder, out_dim=64, keep_tied_copy=False, seed=7):
-    t5 = testing.tiny_t5_encoder(d_model=24, num_layers=2, seed=seed)
+    t5 = tiny.tiny_t5_encoder(d_model=24, num_layers=2, seed=seed)
     reference = ReferenceLayout(t5, out_dim).eval()
     folder.mkdir(parents=True)
     config = t5.config.to_dict()
@@ -94,10 +94,10 @@ def test_reference_students_record_the_family_they_were_made_for(tmp_path, tiny_
     import logging
 
     from encoder_shrink import check_compatible
-    from encoder_shrink.reference import convert_reference_checkpoint
+    from encoder_shrink.convert import convert_reference_checkpoint
 
-    write_reference_checkpoint(tmp_path / "ref", out_dim=testing.T5_TINY_DIM)
-    pipe = testing.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
+    write_reference_checkpoint(tmp_path / "ref", out_dim=tiny.T5_TINY_DIM)
+    pipe = tiny.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
     for student in (ShrunkT5EncoderModel.from_pretrained(tmp_path / "ref"),
                     convert_reference_checkpoint(tmp_path / "ref", tmp_path / "converted")):
         caplog.clear()
@@ -143,7 +143,7 @@ def test_distillt5_export_is_one_file_the_reference_tools_read_and_convert_reads
 
     from encoder_shrink.cli import main
 
-    student = testing.tiny_student(teacher_dim=48, max_sequence_length=16, pipeline_family="sd3",
+    student = tiny.tiny_student(teacher_dim=48, max_sequence_length=16, pipeline_family="sd3",
                                    component="text_encoder_3", use_attention_mask=False)
     student.save_pretrained(tmp_path / "student")
     assert main(["export", str(tmp_path / "student"), "--format", "distillt5", "--output", str(tmp_path / "ref")]) == 0

@@ -11,13 +11,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, CLIPTextModel, T5Config, T5EncoderModel, T5ForConditionalGeneration
 
-from encoder_shrink import ShrunkT5Config, ShrunkT5EncoderModel, WeightsError, testing
+from encoder_shrink import ShrunkT5Config, ShrunkT5EncoderModel, WeightsError, tiny
 
 IDS = torch.tensor([[3, 16, 42, 7, 1, 0, 0, 0], [5, 6, 1, 0, 0, 0, 0, 0]])
 
 
 def _student(**config) -> ShrunkT5EncoderModel:
-    return testing.tiny_student(teacher_dim=48, **config)
+    return tiny.tiny_student(teacher_dim=48, **config)
 
 
 def test_projector_is_the_papers():
@@ -221,7 +221,7 @@ def test_projector_scale_does_not_follow_the_t5_initializer_factor():
 
 
 def test_from_t5_keeps_the_t5_weights():
-    t5 = testing.tiny_t5_encoder(d_model=16, num_layers=2, seed=3)
+    t5 = tiny.tiny_t5_encoder(d_model=16, num_layers=2, seed=3)
     student = ShrunkT5EncoderModel.from_t5(t5, teacher_dim=64, pipeline_family="sd3").eval()
     assert student.config.teacher_dim == 64 and student.config.pipeline_family == "sd3"
     assert student.config.num_layers == 2 and student.config.feed_forward_proj == "gated-gelu"
@@ -244,7 +244,7 @@ def test_from_t5_takes_the_encoder_of_a_full_t5():
 
 
 def test_from_t5_config_and_path(tmp_path):
-    t5 = testing.tiny_t5_encoder(d_model=16, num_layers=1, seed=4)
+    t5 = tiny.tiny_t5_encoder(d_model=16, num_layers=1, seed=4)
     from_config = ShrunkT5EncoderModel.from_t5(t5.config, teacher_dim=40)
     assert from_config.config.d_model == 16 and from_config.config.teacher_dim == 40
     t5.save_pretrained(tmp_path / "t5")
@@ -263,7 +263,7 @@ def test_from_t5_config_and_path(tmp_path):
     ],
 )
 def test_from_t5_refuses_non_t5(bad, message, tmp_path):
-    clip = CLIPTextModel(testing.tiny_clip_text_config())
+    clip = CLIPTextModel(tiny.tiny_clip_text_config())
     clip.save_pretrained(tmp_path / "clip")
     arg = {
         "clip-model": clip,
@@ -317,7 +317,7 @@ def test_refuses_absent_shard(tmp_path):
 
 
 def test_refuses_a_plain_t5_folder_and_unsafe_loading(tmp_path):
-    testing.tiny_t5_encoder().save_pretrained(tmp_path / "t5")
+    tiny.tiny_t5_encoder().save_pretrained(tmp_path / "t5")
     with pytest.raises(ValueError, match="holds a 't5' model, not a 'shrunk_t5' student encoder; build one with"):
         ShrunkT5EncoderModel.from_pretrained(tmp_path / "t5")
     # use_safetensors=False (what diffusers passes on) reads safetensors all the same; pickle is never read
@@ -337,7 +337,7 @@ def test_refuses_a_plain_t5_folder_and_unsafe_loading(tmp_path):
 def test_a_student_of_the_other_class_names_the_class_that_loads_it(tmp_path):
     from encoder_shrink import EncoderShrinkError, ShrunkUMT5EncoderModel, load_student
 
-    testing.tiny_student(student_class="ShrunkUMT5EncoderModel").save_pretrained(tmp_path / "umt5")
+    tiny.tiny_student(student_class=ShrunkUMT5EncoderModel).save_pretrained(tmp_path / "umt5")
     with pytest.raises(EncoderShrinkError, match="holds a ShrunkUMT5EncoderModel, not a ShrunkT5EncoderModel"):
         ShrunkT5EncoderModel.from_pretrained(tmp_path / "umt5")
     assert type(load_student(tmp_path / "umt5")) is ShrunkUMT5EncoderModel

@@ -81,13 +81,13 @@ class AllegroAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import AllegroTransformer3DModel, AutoencoderKLAllegro, EulerAncestralDiscreteScheduler
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = AllegroTransformer3DModel(
             num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, num_layers=1,
             cross_attention_dim=24, sample_width=8, sample_height=8, sample_frames=8,
-            caption_channels=testing.T5_TINY_DIM,
+            caption_channels=tiny.T5_TINY_DIM,
         )
         torch.manual_seed(seed)
         vae = AutoencoderKLAllegro(
@@ -99,8 +99,8 @@ class AllegroAdapter(PipelineAdapter):
             "transformer": transformer, "vae": vae,
             # rhymes-ai/Allegro samples with Euler-ancestral (it draws noise at every step from the generator).
             "scheduler": EulerAncestralDiscreteScheduler(),
-            "text_encoder": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
+            "text_encoder": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
         }
 
     @classmethod

@@ -18,7 +18,7 @@ class AuraFlowAdapter(PipelineAdapter):
     denoiser_class = "AuraFlowTransformer2DModel"
     encoder_slot = "text_encoder"
     tokenizer_slot = "tokenizer"
-    student_class_name = "ShrunkUMT5EncoderModel"
+    student_kind = "umt5"
     # AuraFlowPipeline.__call__'s default. The mask goes into the encoder and multiplies its output: the denoiser gets
     # zeros at the padding (no mask of its own), so only the real tokens' embeddings matter.
     max_sequence_length = 256
@@ -65,13 +65,13 @@ class AuraFlowAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import AuraFlowTransformer2DModel, FlowMatchEulerDiscreteScheduler
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = AuraFlowTransformer2DModel(
             sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=1,
             attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-            joint_attention_dim=testing.T5_TINY_DIM, out_channels=4, pos_embed_max_size=64,
+            joint_attention_dim=tiny.T5_TINY_DIM, out_channels=4, pos_embed_max_size=64,
         )
         # The text reaches the image tokens through two adaLN gates in a row (attention, then feed-forward), each
         # ~0.03 at diffusers' init of a 32-wide model: the prompt would move the prediction by 1e-10 (relative MSE).
@@ -82,9 +82,9 @@ class AuraFlowAdapter(PipelineAdapter):
                     parameter.mul_(30.0)
         return {
             "transformer": transformer,
-            "text_encoder": testing.tiny_umt5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
-            "vae": testing.tiny_vae(latent_channels=4),
+            "text_encoder": tiny.tiny_umt5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
+            "vae": tiny.tiny_vae(latent_channels=4),
             "scheduler": FlowMatchEulerDiscreteScheduler(),
         }
 

@@ -139,7 +139,7 @@ class PipelineAdapter:
     # (SD3, PixArt); None: no guidance (FLUX-schnell).
     guidance: ClassVar[str | None]
     # Name of the student class (in `encoder_shrink`) that drops into the slot.
-    student_class_name: ClassVar[str] = "ShrunkT5EncoderModel"
+    student_kind: ClassVar[str] = "t5"
     # Video families: the frame count trajectories have when a recipe does not set one (the pipeline's default), and
     # the name of the pipeline's frame-count argument (Latte's is `video_length`).
     default_num_frames: ClassVar[int | None] = None
@@ -165,10 +165,10 @@ class PipelineAdapter:
 
     @classmethod
     def student_class(cls) -> type:
-        """The student class that drops into this family's slot."""
-        import encoder_shrink
+        """The student class that drops into this family's slot (its `student_kind`'s, from the kind registry)."""
+        from encoder_shrink.student_kinds import get_student_kind
 
-        return getattr(encoder_shrink, cls.student_class_name)
+        return get_student_kind(cls.student_kind).student_class
 
     @classmethod
     def diffusers_pipeline_class(cls) -> type:

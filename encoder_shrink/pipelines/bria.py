@@ -110,12 +110,12 @@ class BriaAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import AutoencoderKL, BriaTransformer2DModel, FlowMatchEulerDiscreteScheduler
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = BriaTransformer2DModel(
             patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
-            num_attention_heads=2, joint_attention_dim=testing.T5_TINY_DIM, pooled_projection_dim=None,
+            num_attention_heads=2, joint_attention_dim=tiny.T5_TINY_DIM, pooled_projection_dim=None,
             axes_dims_rope=[0, 4, 4],
         )
         torch.manual_seed(seed)
@@ -127,8 +127,8 @@ class BriaAdapter(PipelineAdapter):
         )
         return {
             "transformer": transformer,
-            "text_encoder": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
+            "text_encoder": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
             "vae": vae,
             "scheduler": FlowMatchEulerDiscreteScheduler(**cls.scheduler_config),
             "image_encoder": None,

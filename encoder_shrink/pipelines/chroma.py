@@ -109,19 +109,19 @@ class ChromaAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = ChromaTransformer2DModel(
             patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=testing.T5_TINY_DIM, axes_dims_rope=(4, 4, 8),
+            num_attention_heads=2, joint_attention_dim=tiny.T5_TINY_DIM, axes_dims_rope=(4, 4, 8),
             approximator_hidden_dim=32, approximator_layers=1, approximator_num_channels=16,
         )
         return {
             "transformer": transformer,
-            "text_encoder": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
-            "vae": testing.tiny_vae(latent_channels=1),
+            "text_encoder": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
+            "vae": tiny.tiny_vae(latent_channels=1),
             "scheduler": FlowMatchEulerDiscreteScheduler(**cls.scheduler_config),
             "image_encoder": None,
             "feature_extractor": None,

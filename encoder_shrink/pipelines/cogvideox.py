@@ -79,12 +79,12 @@ class CogVideoXAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = CogVideoXTransformer3DModel(
             num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=2,
-            text_embed_dim=testing.T5_TINY_DIM, num_layers=1, sample_width=2, sample_height=2, sample_frames=9,
+            text_embed_dim=tiny.T5_TINY_DIM, num_layers=1, sample_width=2, sample_height=2, sample_frames=9,
             patch_size=2, temporal_compression_ratio=4, max_text_seq_length=cls.max_sequence_length,
             use_rotary_positional_embeddings=True,  # as CogVideoX-5b (rotary needs head_dim a multiple of 16)
         )
@@ -98,8 +98,8 @@ class CogVideoXAdapter(PipelineAdapter):
             "transformer": transformer, "vae": vae,
             # The published checkpoints' DDIM (v-prediction, zero terminal SNR).
             "scheduler": CogVideoXDDIMScheduler(),
-            "text_encoder": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
+            "text_encoder": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
         }
 
     @classmethod

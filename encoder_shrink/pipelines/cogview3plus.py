@@ -95,19 +95,19 @@ class CogView3PlusAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import CogVideoXDDIMScheduler, CogView3PlusTransformer2DModel
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = CogView3PlusTransformer2DModel(
             patch_size=2, in_channels=4, num_layers=1, attention_head_dim=4, num_attention_heads=2, out_channels=4,
-            text_embed_dim=testing.T5_TINY_DIM, time_embed_dim=8, condition_dim=2, pos_embed_max_size=8,
+            text_embed_dim=tiny.T5_TINY_DIM, time_embed_dim=8, condition_dim=2, pos_embed_max_size=8,
             sample_size=8,
         )
         return {
             "transformer": transformer,
-            "text_encoder": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
-            "vae": testing.tiny_vae(latent_channels=4, block_out_channels=(8, 8)),
+            "text_encoder": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
+            "vae": tiny.tiny_vae(latent_channels=4, block_out_channels=(8, 8)),
             # The DDIM scheduler of the CogVideoX/CogView3 family (v-prediction, zero terminal SNR).
             "scheduler": CogVideoXDDIMScheduler(),
         }

@@ -107,7 +107,7 @@ class _FluxAdapter(PipelineAdapter):
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import CLIPTextModel
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
@@ -117,18 +117,18 @@ class _FluxAdapter(PipelineAdapter):
             num_single_layers=1,
             attention_head_dim=16,
             num_attention_heads=2,
-            joint_attention_dim=testing.T5_TINY_DIM,
-            pooled_projection_dim=testing.CLIP_TINY_DIM,
+            joint_attention_dim=tiny.T5_TINY_DIM,
+            pooled_projection_dim=tiny.CLIP_TINY_DIM,
             guidance_embeds=cls.guidance_embeds,
             axes_dims_rope=(4, 4, 8),  # sums to attention_head_dim
         )
         return {
             "transformer": transformer,
-            "text_encoder": CLIPTextModel(testing.tiny_clip_text_config()).eval(),
-            "text_encoder_2": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_clip_tokenizer(),
-            "tokenizer_2": testing.tiny_t5_tokenizer(512),
-            "vae": testing.tiny_vae(latent_channels=1),
+            "text_encoder": CLIPTextModel(tiny.tiny_clip_text_config()).eval(),
+            "text_encoder_2": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_clip_tokenizer(),
+            "tokenizer_2": tiny.tiny_t5_tokenizer(512),
+            "vae": tiny.tiny_vae(latent_channels=1),
             # The published checkpoint's scheduler, so the tiny pipeline samples with the real schedule and shift.
             "scheduler": FlowMatchEulerDiscreteScheduler(**cls.scheduler_config),
         }
@@ -138,7 +138,7 @@ class _FluxAdapter(PipelineAdapter):
         from diffusers import FluxTransformer2DModel
         from PIL import Image
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         components = cls.tiny_components(seed)
         image = Image.new("RGB", (16, 16), (200, 40, 40))
@@ -153,7 +153,7 @@ class _FluxAdapter(PipelineAdapter):
         config = {k: v for k, v in components["transformer"].config.items() if not k.startswith("_")}
         config.update(in_channels=in_channels, out_channels=out_channels)
         components["transformer"] = FluxTransformer2DModel(**config)
-        components["vae"] = testing.tiny_vae(latent_channels=latent_channels)
+        components["vae"] = tiny.tiny_vae(latent_channels=latent_channels)
         if pipeline_class == "FluxKontextPipeline":
             components.update(image_encoder=None, feature_extractor=None)
         return components, {"height": 16, "width": 16, **call}

@@ -103,23 +103,23 @@ class HiDreamAdapter(PipelineAdapter):
         from diffusers import HiDreamImageTransformer2DModel, UniPCMultistepScheduler
         from transformers import CLIPTextModelWithProjection, LlamaConfig, LlamaForCausalLM
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = HiDreamImageTransformer2DModel(
             patch_size=8, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
-            num_attention_heads=4, caption_channels=[testing.T5_TINY_DIM, 16], text_emb_dim=2 * testing.CLIP_TINY_DIM,
+            num_attention_heads=4, caption_channels=[tiny.T5_TINY_DIM, 16], text_emb_dim=2 * tiny.CLIP_TINY_DIM,
             num_routed_experts=4, num_activated_experts=2, axes_dims_rope=(4, 2, 2), max_resolution=(128, 128),
             llama_layers=(0, 1),
         ).eval()
         # HiDream's CLIPs read up to min(length, 218) tokens (Long-CLIP): 128 positions here.
-        clip_config = testing.tiny_clip_text_config(max_position_embeddings=cls.max_sequence_length)
+        clip_config = tiny.tiny_clip_text_config(max_position_embeddings=cls.max_sequence_length)
         torch.manual_seed(seed + 1)
         clip_l, clip_g = (
             CLIPTextModelWithProjection(clip_config).eval(),
             CLIPTextModelWithProjection(clip_config).eval(),
         )
-        llm_tokenizer = testing.tiny_llm_tokenizer(cls.max_sequence_length)
+        llm_tokenizer = tiny.tiny_llm_tokenizer(cls.max_sequence_length)
         llama = LlamaForCausalLM(LlamaConfig(
             vocab_size=len(llm_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
@@ -127,12 +127,12 @@ class HiDreamAdapter(PipelineAdapter):
         )).eval()
         return {
             "transformer": transformer,
-            "text_encoder": clip_l, "tokenizer": testing.tiny_clip_tokenizer(cls.max_sequence_length),
-            "text_encoder_2": clip_g, "tokenizer_2": testing.tiny_clip_tokenizer(cls.max_sequence_length),
-            "text_encoder_3": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer_3": testing.tiny_t5_tokenizer(cls.max_sequence_length),
+            "text_encoder": clip_l, "tokenizer": tiny.tiny_clip_tokenizer(cls.max_sequence_length),
+            "text_encoder_2": clip_g, "tokenizer_2": tiny.tiny_clip_tokenizer(cls.max_sequence_length),
+            "text_encoder_3": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer_3": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
             "text_encoder_4": llama, "tokenizer_4": llm_tokenizer,
-            "vae": testing.tiny_vae(latent_channels=4),
+            "vae": tiny.tiny_vae(latent_channels=4),
             # HiDream-I1-Full samples with UniPC on flow predictions.
             "scheduler": UniPCMultistepScheduler(**cls.scheduler_config),
         }

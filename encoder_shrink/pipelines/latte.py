@@ -97,19 +97,19 @@ class LatteAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import DDIMScheduler, LatteTransformer3DModel
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = LatteTransformer3DModel(
             sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=3,
-            caption_channels=testing.T5_TINY_DIM, in_channels=4, cross_attention_dim=24, out_channels=8,
+            caption_channels=tiny.T5_TINY_DIM, in_channels=4, cross_attention_dim=24, out_channels=8,
             attention_bias=True, activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
             norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6, video_length=2,
         )
         return {
-            "transformer": transformer, "vae": testing.tiny_vae(latent_channels=4), "scheduler": DDIMScheduler(),
-            "text_encoder": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
+            "transformer": transformer, "vae": tiny.tiny_vae(latent_channels=4), "scheduler": DDIMScheduler(),
+            "text_encoder": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
         }
 
     @classmethod

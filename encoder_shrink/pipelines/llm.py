@@ -29,7 +29,7 @@ class LLMAdapter(PipelineAdapter):
     turns them into the denoiser's conditioning as the pipeline does (dropped template tokens, masks, selections).
     """
 
-    student_class_name = "ShrunkLLMEncoderModel"
+    student_kind = "llm"
     # `hidden_states` indices the pipeline reads, as it writes them (FLUX.2 (10, 20, 30); Z-Image (-2,)).
     hidden_state_layers: ClassVar[tuple[int, ...]]
     # Extra words of the family's templates, whole tokens of its tiny tokenizer (keeps tiny prompts short).
@@ -114,8 +114,8 @@ class LLMAdapter(PipelineAdapter):
     @classmethod
     def tiny_tokenizer(cls, chat_template: str | None = None, model_max_length: int = 2048, **kwargs):
         """The family's tiny in-memory tokenizer: the teacher's chat template, its template words as whole tokens."""
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         words = [*cls.template_words.split(), *kwargs.pop("extra_words", ())]
-        return testing.tiny_llm_tokenizer(model_max_length, chat_template=chat_template, extra_words=words, **kwargs)
+        return tiny.tiny_llm_tokenizer(model_max_length, chat_template=chat_template, extra_words=words, **kwargs)
 

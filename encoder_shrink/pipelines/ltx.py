@@ -93,12 +93,12 @@ class LTXAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = LTXVideoTransformer3DModel(
             in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
-            cross_attention_dim=32, num_layers=1, caption_channels=testing.T5_TINY_DIM,
+            cross_attention_dim=32, num_layers=1, caption_channels=tiny.T5_TINY_DIM,
         )
         torch.manual_seed(seed)
         # Spatial and temporal compression 4 (two scaling blocks), no timestep-conditioned decoding.
@@ -113,8 +113,8 @@ class LTXAdapter(PipelineAdapter):
         )
         return {
             "transformer": transformer, "vae": vae, "scheduler": FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
-            "text_encoder": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
+            "text_encoder": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
         }
 
     @classmethod

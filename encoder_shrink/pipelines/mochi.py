@@ -97,12 +97,12 @@ class MochiAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiTransformer3DModel
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = MochiTransformer3DModel(
             patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=1, pooled_projection_dim=16,
-            in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=testing.T5_TINY_DIM,
+            in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=tiny.T5_TINY_DIM,
             time_embed_dim=32, activation_fn="swiglu", max_sequence_length=cls.max_sequence_length,
         )
         torch.manual_seed(seed)
@@ -110,8 +110,8 @@ class MochiAdapter(PipelineAdapter):
                                  decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1))
         return {
             "transformer": transformer, "vae": vae, "scheduler": FlowMatchEulerDiscreteScheduler(),
-            "text_encoder": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
+            "text_encoder": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
         }
 
     @classmethod

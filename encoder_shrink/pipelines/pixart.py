@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.utils import is_bs4_available, is_ftfy_available
 
 from encoder_shrink.pipelines.base import CopiedLogic, PipelineAdapter, SyntheticSpec, register_adapter
 from encoder_shrink.pipelines.flux import T5_XXL_PARAMETERS
@@ -20,6 +19,8 @@ def preprocess_captions(pipe: Any, texts: list[str]) -> list[str]:
     The captions as the PixArt-derived pipelines (PixArt, Allegro, Latte) tokenize them: their `__call__` defaults to
     clean_caption=True, which falls back to lower-casing and stripping when bs4 or ftfy is missing.
     """
+    from diffusers.utils import is_bs4_available, is_ftfy_available
+
     return pipe._text_preprocessing(list(texts), clean_caption=is_bs4_available() and is_ftfy_available())
 
 
@@ -97,7 +98,7 @@ class _PixArtAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = PixArtTransformer2DModel(
@@ -106,7 +107,7 @@ class _PixArtAdapter(PipelineAdapter):
             patch_size=2,
             attention_head_dim=8,
             num_attention_heads=3,
-            caption_channels=testing.T5_TINY_DIM,
+            caption_channels=tiny.T5_TINY_DIM,
             in_channels=4,
             cross_attention_dim=24,
             out_channels=8,  # learned sigma: the pipeline keeps the first 4 channels
@@ -119,9 +120,9 @@ class _PixArtAdapter(PipelineAdapter):
         )
         return {
             "transformer": transformer,
-            "text_encoder": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
-            "vae": testing.tiny_vae(latent_channels=4),
+            "text_encoder": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
+            "vae": tiny.tiny_vae(latent_channels=4),
             # Both published checkpoints sample with DPM-Solver++ (2nd order) on SD's linear betas.
             "scheduler": DPMSolverMultistepScheduler(),
         }

@@ -111,7 +111,7 @@ class SD3Adapter(PipelineAdapter):
         from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
         from transformers import CLIPTextModelWithProjection
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         transformer = SD3Transformer2DModel(
@@ -122,24 +122,24 @@ class SD3Adapter(PipelineAdapter):
             attention_head_dim=8,
             num_attention_heads=4,
             caption_projection_dim=32,
-            joint_attention_dim=testing.T5_TINY_DIM,  # CLIP-L + CLIP-G (2 x 16) are padded to the T5 width
-            pooled_projection_dim=2 * testing.CLIP_TINY_DIM,  # pooled CLIP-L and CLIP-G, concatenated
+            joint_attention_dim=tiny.T5_TINY_DIM,  # CLIP-L + CLIP-G (2 x 16) are padded to the T5 width
+            pooled_projection_dim=2 * tiny.CLIP_TINY_DIM,  # pooled CLIP-L and CLIP-G, concatenated
             out_channels=4,
             qk_norm=cls.qk_norm,
             dual_attention_layers=tuple(i for i in cls.dual_attention_layers if i < 1),  # the tiny one has 1 layer
         )
         torch.manual_seed(seed + 1)
-        clip_l = CLIPTextModelWithProjection(testing.tiny_clip_text_config()).eval()
-        clip_g = CLIPTextModelWithProjection(testing.tiny_clip_text_config()).eval()
+        clip_l = CLIPTextModelWithProjection(tiny.tiny_clip_text_config()).eval()
+        clip_g = CLIPTextModelWithProjection(tiny.tiny_clip_text_config()).eval()
         return {
             "transformer": transformer,
             "text_encoder": clip_l,
             "text_encoder_2": clip_g,
-            "text_encoder_3": testing.tiny_t5_encoder(seed=seed),
-            "tokenizer": testing.tiny_clip_tokenizer(),
-            "tokenizer_2": testing.tiny_clip_tokenizer(),
-            "tokenizer_3": testing.tiny_t5_tokenizer(256),
-            "vae": testing.tiny_vae(latent_channels=4),
+            "text_encoder_3": tiny.tiny_t5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_clip_tokenizer(),
+            "tokenizer_2": tiny.tiny_clip_tokenizer(),
+            "tokenizer_3": tiny.tiny_t5_tokenizer(256),
+            "vae": tiny.tiny_vae(latent_channels=4),
             "scheduler": FlowMatchEulerDiscreteScheduler(**cls.scheduler_config),
         }
 

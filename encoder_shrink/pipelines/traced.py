@@ -28,11 +28,6 @@ PROBE_STEPS = 4
 PROBE_GUIDANCE = 3.0
 # Parameters of `__call__` a text-only call never needs, even when they have no default.
 _NOT_INPUTS = {"self", "prompt", "args", "kwargs"}
-# Students of each teacher kind (the class `encoder_shrink` exports).
-STUDENT_OF_KIND = {"t5": "ShrunkT5EncoderModel", "umt5": "ShrunkUMT5EncoderModel", "llm": "ShrunkLLMEncoderModel"}
-_STUDENT_KIND = {"shrunk_t5": "t5", "shrunk_umt5": "umt5", "shrunk_llm": "llm"}
-# What the `<family>-t5base` recipes start a student from (`encoder_shrink.benchmarks.synthetic.T5_CONFIGS` names).
-STUDENT_SIZE = {"t5": "t5-base", "umt5": "umt5-base", "llm": "t5-base"}
 
 
 class _Stop(Exception):
@@ -184,7 +179,7 @@ class TracedAdapter(PipelineAdapter):
         self.max_sequence_length = report.call_length
         self.uses_attention_mask = report.uses_attention_mask
         self.guidance = report.guidance
-        self.student_class_name = STUDENT_OF_KIND[report.kind]
+        self.student_kind = report.kind
         if report.hidden_state_layers is not None:
             self.hidden_state_layers = report.hidden_state_layers
 
@@ -209,9 +204,9 @@ class TracedAdapter(PipelineAdapter):
 
     def student_class(self) -> type:
         """The student class of the traced teacher's kind."""
-        import encoder_shrink
+        from encoder_shrink.student_kinds import get_student_kind
 
-        return getattr(encoder_shrink, self.student_class_name)
+        return get_student_kind(self.student_kind).student_class
 
     def record(self, max_sequence_length: int) -> dict[str, Any]:
         return {"pipeline_family": self.name, "component": self.encoder_slot,
@@ -231,11 +226,14 @@ class TracedAdapter(PipelineAdapter):
         if self.report.kind == "llm":
             LLMAdapter.check_student(self, student)
             return
-        model_type = getattr(student.config, "model_type", None)
-        if _STUDENT_KIND.get(model_type) != self.report.kind:
+        from encoder_shrink.student_kinds import kind_of_student
+
+        kind = kind_of_student(student)
+        if kind is None or kind.name != self.report.kind:
             raise IncompatibleModelError(
                 f"{self.pipeline_class}.{self.encoder_slot} holds a {self.report.kind.upper()} encoder but the "
-                f"student is a {type(student).__name__}; use a {self.student_class_name} distilled for this pipeline."
+                f"student is a {type(student).__name__}; use a {self.student_class().__name__} distilled for this "
+                "pipeline."
             )
 
     def encoder_texts(self, prompts: list[str], negative_prompt: str = "") -> list[str]:
@@ -452,7 +450,9 @@ class TracedAdapter(PipelineAdapter):
                 "(traced).")
         slots = {k: _parameter_count(v) for k, v in encoders.items()}
         if slot is None:
-            students = [k for k, v in encoders.items() if getattr(v.config, "model_type", "") in _STUDENT_KIND]
+            from encoder_shrink.student_kinds import kind_of_student
+
+            students = [k for k, v in encoders.items() if kind_of_student(v) is not None]
             slot = students[0] if students else max(slots, key=slots.get)
         elif slot not in encoders:
             raise IncompatibleModelError(
@@ -566,27 +566,15 @@ class TracedAdapter(PipelineAdapter):
         )
 
     def _kind(self, teacher: torch.nn.Module) -> str:
-        from transformers.models.auto.modeling_auto import (
-            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-            MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
-        )
+        from encoder_shrink.student_kinds import kind_of_teacher, registered_student_kinds
 
-        config = teacher.config
-        model_type = getattr(config, "model_type", "")
-        if model_type in _STUDENT_KIND:
-            return _STUDENT_KIND[model_type]
-        if model_type in ("t5", "umt5"):
-            return model_type
-        text_type = getattr(config.get_text_config(), "model_type", "")
-        # The language half of a VL model loaded alone (HunyuanVideo-1.5's `Qwen2_5_VLTextModel`) is "<vl>_text".
-        vl_half = model_type.endswith("_text") and (
-            model_type.removesuffix("_text") in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
-        if text_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
-                model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES) or vl_half:
-            return "llm"
-        raise IncompatibleModelError(
-            f"{self.pipeline_class}.{self._slot} is a {type(teacher).__name__} ({model_type}); encoder-shrink shrinks "
-            "T5, UMT5 and decoder-LLM text encoders, not this kind yet: nothing was written.")
+        kind = kind_of_teacher(teacher.config)
+        if kind is None:
+            raise IncompatibleModelError(
+                f"{self.pipeline_class}.{self._slot} is a {type(teacher).__name__} "
+                f"({getattr(teacher.config, 'model_type', '')}); encoder-shrink shrinks "
+                f"{', '.join(registered_student_kinds())} text encoders, not this kind yet: nothing was written.")
+        return kind.name
 
     def _observe_run(self, teacher, denoisers) -> dict[str, Any]:
         """The probe prompts sampled for 2 steps by `__call__`, every encoder and denoiser call recorded."""

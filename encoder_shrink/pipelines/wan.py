@@ -18,7 +18,7 @@ class WanAdapter(PipelineAdapter):
     denoiser_class = "WanTransformer3DModel"
     encoder_slot = "text_encoder"
     tokenizer_slot = "tokenizer"
-    student_class_name = "ShrunkUMT5EncoderModel"
+    student_kind = "umt5"
     # WanPipeline.__call__'s default (encode_prompt's own default is 226). The mask goes into UMT5, and the pipeline
     # sets every position past the real tokens to zero: the denoiser reads the real tokens' embeddings only.
     max_sequence_length = 512
@@ -107,7 +107,7 @@ class WanAdapter(PipelineAdapter):
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
-        from encoder_shrink import testing
+        from encoder_shrink import tiny
 
         torch.manual_seed(seed)
         vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
@@ -115,14 +115,14 @@ class WanAdapter(PipelineAdapter):
         torch.manual_seed(seed)
         transformer = WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-            text_dim=testing.T5_TINY_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            text_dim=tiny.T5_TINY_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
         )
         return {
             "transformer": transformer, "vae": vae,
             "scheduler": UniPCMultistepScheduler(**cls.scheduler_config),
-            "text_encoder": testing.tiny_umt5_encoder(seed=seed),
-            "tokenizer": testing.tiny_t5_tokenizer(cls.max_sequence_length),
+            "text_encoder": tiny.tiny_umt5_encoder(seed=seed),
+            "tokenizer": tiny.tiny_t5_tokenizer(cls.max_sequence_length),
             "transformer_2": None,
         }
 

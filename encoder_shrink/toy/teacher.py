@@ -49,8 +49,8 @@ def toy_t5_tokenizer():
 
 
 def toy_clip_tokenizer():
-    """CLIP's tokenizer slot: the character-level in-memory CLIP tokenizer of `encoder_shrink.testing`."""
-    from encoder_shrink.testing import tiny_clip_tokenizer
+    """CLIP's tokenizer slot: the character-level in-memory CLIP tokenizer of `encoder_shrink.tiny`."""
+    from encoder_shrink.tiny import tiny_clip_tokenizer
 
     return tiny_clip_tokenizer(77)
 
@@ -80,7 +80,7 @@ def toy_pipeline_components(seed: int = 0) -> dict:
     )
     from transformers import CLIPTextModel, T5EncoderModel
 
-    from encoder_shrink.testing import tiny_clip_text_config
+    from encoder_shrink.tiny import tiny_clip_text_config
 
     torch.manual_seed(seed)
     t5_tokenizer = toy_t5_tokenizer()

@@ -9,16 +9,16 @@ import pytest
 import torch
 from encoder_shrink.benchmarks import BenchConfig, run_bench
 
-from encoder_shrink import testing
+from encoder_shrink import tiny
 from encoder_shrink.cli import main
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    pipeline = testing.save_tiny_pipeline("flux-dev", root / "pipe")
+    pipeline = tiny.save_tiny_pipeline("flux-dev", root / "pipe")
     student = root / "student"
-    testing.tiny_student(teacher_dim=testing.T5_TINY_DIM, max_sequence_length=32).save_pretrained(student)
+    tiny.tiny_student(teacher_dim=tiny.T5_TINY_DIM, max_sequence_length=32).save_pretrained(student)
     config = BenchConfig(pipeline=str(pipeline), student=str(student), backends=["torch", "onnx-int8"],
                          dtype="float32", seq_len=32, repeats=3, pipeline_steps=2, pipeline_repeats=2, resolution=32)
     return run_bench(config, root / "out"), root
@@ -41,7 +41,7 @@ def test_encoder_figures_are_real_and_ratios_come_from_the_same_run(bench):
     encoders = results["encoders"]
     original, student = encoders["original"], encoders["student torch"]
     # weights: the tiny T5 teacher and the student as saved (fp32), counted from the modules themselves
-    teacher = testing.load_tiny_pipeline("flux-dev", root / "pipe").text_encoder_2
+    teacher = tiny.load_tiny_pipeline("flux-dev", root / "pipe").text_encoder_2
     assert original["weights_bytes"] == sum(p.numel() * 4 for p in teacher.parameters())
     assert encoders["student onnx-int8"]["weights_bytes"] == (root / "out/work/onnx-int8/model.onnx").stat().st_size
     for name, f in encoders.items():

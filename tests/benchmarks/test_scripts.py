@@ -28,6 +28,8 @@ SMOKE_ARGS = {
     # A tiny UNet; the SD 2.1 count and FLOPs are checked on meta by tests/tiue/test_cost.py.
     "tiue_cost": ["--size", "tiny", "--steps", "2"],
     # Two backends (the int8 one exported and parity-checked; each timed in its own process) and the masked section.
+    # Two helps, one process each: the top level and one subcommand.
+    "cli_startup": ["--commands", "", "recipes", "--repeats", "1"],
     "cpu_limit": ["--size", "tiny", "--lengths", "8", "16", "--repeats", "1", "--warmup", "0", "--gemm-seconds",
                   "0.05", "--backends", "torch-fp32", "onnx-int8"],
 }

@@ -6,7 +6,7 @@ the recipe's seed decides every random draw.
 
 import sys
 
-from encoder_shrink import EncoderShrinker, testing
+from encoder_shrink import EncoderShrinker, tiny
 
 STEPS, INTERRUPT_AT = 12, 6
 # Linear decay, dropout on and a resumed step in the middle of a 4-step trajectory: every piece of state matters.
@@ -19,7 +19,7 @@ def stop_at_six(step, loss):
 
 
 def main(pipeline_dir: str, output: str, mode: str) -> None:
-    pipe = testing.load_tiny_pipeline("flux-dev", pipeline_dir)
+    pipe = tiny.load_tiny_pipeline("flux-dev", pipeline_dir)
     shrinker = EncoderShrinker(pipe)
     try:
         shrinker.distill(recipe="tiny", output_dir=output, resume=mode == "resume",

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from encoder_shrink import EncoderShrinker, adapter_for, testing
+from encoder_shrink import EncoderShrinker, adapter_for, tiny
 from encoder_shrink.distill import TeacherEmbeddingCache
 
 
 @pytest.fixture
 def flux(tiny_pipeline_dirs):
-    return testing.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
+    return tiny.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
 
 
 @pytest.mark.slow

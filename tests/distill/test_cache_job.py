@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from encoder_shrink import EncoderShrinker, adapter_for, testing
+from encoder_shrink import EncoderShrinker, adapter_for, tiny
 from encoder_shrink.cli import main
 from encoder_shrink.distill import TeacherEmbeddingCache
 from encoder_shrink.distill.cache import _text_key
@@ -35,7 +35,7 @@ def test_two_processes_fill_one_cache_that_distillation_reads_without_the_teache
     # resumable: a rerun of either process encodes nothing
     assert build_teacher_cache(path, PROMPTS, tmp_path / "cache", process_index=1, num_processes=2)["encoded"] == 0
 
-    pipe = testing.load_tiny_pipeline("qwenimage", path)
+    pipe = tiny.load_tiny_pipeline("qwenimage", path)
     adapter = adapter_for(pipe)
     cache = TeacherEmbeddingCache(adapter, 512, directory=tmp_path / "cache", teacher_id=str(path))
     texts = adapter.encoder_texts(PROMPTS[:2])
@@ -74,7 +74,7 @@ def test_cache_command_reports_the_disk_cost_per_text(tiny_pipeline_dirs, tmp_pa
 def test_release_teacher_encodes_every_prompt_once_then_frees_it(tiny_pipeline_dirs, tmp_path):
     from encoder_shrink.errors import IncompatibleModelError
 
-    pipe = testing.load_tiny_pipeline("flux2", tiny_pipeline_dirs["flux2"])
+    pipe = tiny.load_tiny_pipeline("flux2", tiny_pipeline_dirs["flux2"])
     shrinker = EncoderShrinker(pipe)
     teacher = pipe.text_encoder
     student = shrinker.distill(recipe="tiny", prompts=PROMPTS[:4], eval_prompts=PROMPTS[4:], max_steps=8,
@@ -83,9 +83,9 @@ def test_release_teacher_encodes_every_prompt_once_then_frees_it(tiny_pipeline_d
         p.numel() for p in teacher.parameters())
     assert shrinker.summary["teacher_texts_encoded"] == len(PROMPTS)  # each prompt once, before training
     assert shrinker.summary["fidelity_after"]["relative_mse"] < shrinker.summary["fidelity_before"]["relative_mse"]
-    with_student = testing.tiny_pipeline_class("flux2").from_pretrained(tiny_pipeline_dirs["flux2"],
+    with_student = tiny.tiny_pipeline_class("flux2").from_pretrained(tiny_pipeline_dirs["flux2"],
                                                                         text_encoder=student)
-    assert with_student(prompt="a red circle", **testing.tiny_call_kwargs(with_student)).images is not None
+    assert with_student(prompt="a red circle", **tiny.tiny_call_kwargs(with_student)).images is not None
     # a prompt that was never cached cannot be encoded any more, and says so in one line
     cache = TeacherEmbeddingCache(adapter_for(pipe), 512)
     with pytest.raises(IncompatibleModelError, match="not in the teacher cache and the pipeline's text_encoder was "

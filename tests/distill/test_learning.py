@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_shrink import EncoderShrinker, testing
+from encoder_shrink import EncoderShrinker, tiny
 from encoder_shrink.pipelines import get_adapter
 
 # Measured on this configuration (tiny recipe, 160 steps, prompts at <= 128 tokens, 8 held-out CommonText validation
@@ -25,13 +25,13 @@ MAX_TOKENS = 128
 
 # The cheapest family stays in the default tier as the fast sibling; the others are the learning suite (`-m slow`).
 @pytest.mark.parametrize("family", [f if f == "cogview3plus" else pytest.param(f, marks=pytest.mark.slow)
-                                    for f in testing.TINY_FAMILIES])
+                                    for f in tiny.TINY_FAMILIES])
 def test_short_run_cuts_held_out_denoiser_error(family, tiny_pipeline_dirs, tmp_path):
-    pipe = testing.load_tiny_pipeline(family, tiny_pipeline_dirs[family])
+    pipe = tiny.load_tiny_pipeline(family, tiny_pipeline_dirs[family])
     shrinker = EncoderShrinker(pipe)
     length = min(MAX_TOKENS, shrinker.adapter.max_sequence_length)
     student = shrinker.distill(recipe="tiny", output_dir=tmp_path / "out", max_steps=STEPS, max_sequence_length=length,
-                               **testing.tiny_recipe_overrides(family))
+                               **tiny.tiny_recipe_overrides(family))
     before = shrinker.summary["fidelity_before"]["relative_mse"]
     after = shrinker.summary["fidelity_after"]["relative_mse"]
     print(f"{family}: held-out relative MSE {before:.4g} -> {after:.4g} (ratio {after / before:.3f})")
@@ -45,14 +45,14 @@ def test_short_run_cuts_held_out_denoiser_error(family, tiny_pipeline_dirs, tmp_
         torch.testing.assert_close(saved.state_dict()[name], tensor)
     slot = shrinker.adapter.encoder_slot
     assert saved.config.pipeline_family == family and saved.config.component == slot
-    with_student = testing.tiny_pipeline_class(family).from_pretrained(tiny_pipeline_dirs[family], **{slot: saved})
-    images = testing.generated(with_student(prompt="a red circle", **testing.tiny_call_kwargs(with_student)))
+    with_student = tiny.tiny_pipeline_class(family).from_pretrained(tiny_pipeline_dirs[family], **{slot: saved})
+    images = tiny.generated(with_student(prompt="a red circle", **tiny.tiny_call_kwargs(with_student)))
     assert np.isfinite(images).all()
 
 
 @pytest.mark.slow
 def test_embedding_baseline_learns_its_own_objective(tiny_pipeline_dirs, tmp_path):
-    pipe = testing.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
+    pipe = tiny.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
     shrinker = EncoderShrinker(pipe)
     shrinker.distill(recipe="tiny", loss="embedding", max_steps=80)
     losses = shrinker.summary["loss_per_trajectory"]

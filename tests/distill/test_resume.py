@@ -92,9 +92,9 @@ def test_kill_9_then_resume_ends_bit_identical_to_the_uninterrupted_run(uninterr
 
 
 def test_resume_without_checkpoint_starts_fresh_and_checkpoints_are_safetensors(tiny_pipeline_dirs, tmp_path):
-    from encoder_shrink import EncoderShrinker, testing
+    from encoder_shrink import EncoderShrinker, tiny
 
-    pipe = testing.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
+    pipe = tiny.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
     EncoderShrinker(pipe).distill(recipe="tiny", output_dir=tmp_path, resume=True, max_steps=8, checkpoint_every=4,
                                   eval_prompts=["a cat"])
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
@@ -137,11 +137,11 @@ class _Crash(Exception):
 @pytest.mark.parametrize("family", [pytest.param("wan", marks=pytest.mark.slow), "ltx"])
 def test_video_family_run_with_cache_resumes_bit_identical(family, tiny_pipeline_dirs, tmp_path):
     """The loop, the teacher cache and resume work unchanged on video latents (crash after the step-6 checkpoint)."""
-    from encoder_shrink import EncoderShrinker, testing
+    from encoder_shrink import EncoderShrinker, tiny
 
-    pipe = testing.load_tiny_pipeline(family, tiny_pipeline_dirs[family])
+    pipe = tiny.load_tiny_pipeline(family, tiny_pipeline_dirs[family])
     kwargs = {"recipe": "tiny", "max_steps": 12, "checkpoint_every": EVERY, "eval_prompts": ["a cat"],
-              "cache_dir": tmp_path / "cache", **testing.tiny_recipe_overrides(family)}
+              "cache_dir": tmp_path / "cache", **tiny.tiny_recipe_overrides(family)}
     EncoderShrinker(pipe).distill(output_dir=tmp_path / "full", **kwargs)
 
     def crash(step, loss):

@@ -8,13 +8,13 @@ import pytest
 import torch
 from encoder_shrink.recipes import RecipeError
 
-from encoder_shrink import EncoderShrinker, ShrunkT5EncoderModel, load_recipe, testing
+from encoder_shrink import EncoderShrinker, ShrunkT5EncoderModel, load_recipe, tiny
 from encoder_shrink.distill import DistillationDiverged, latest_checkpoint
 
 
 @pytest.fixture
 def flux(tiny_pipeline_dirs):
-    return testing.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
+    return tiny.load_tiny_pipeline("flux-dev", tiny_pipeline_dirs["flux-dev"])
 
 
 def _change_norm(student, before):
@@ -23,7 +23,7 @@ def _change_norm(student, before):
 
 
 def test_student_starts_from_the_recipes_pretrained_t5(flux, tmp_path):
-    t5 = testing.tiny_t5_encoder(d_model=16, num_layers=1, seed=9)
+    t5 = tiny.tiny_t5_encoder(d_model=16, num_layers=1, seed=9)
     t5.save_pretrained(tmp_path / "t5")
     recipe = dataclasses.replace(load_recipe("tiny"), student_t5=str(tmp_path / "t5"), student_config=None)
     student = EncoderShrinker(flux).build_student(recipe)
@@ -35,7 +35,7 @@ def test_student_starts_from_the_recipes_pretrained_t5(flux, tmp_path):
 
 
 def test_a_given_student_records_the_distillation(flux):
-    student = testing.tiny_student(teacher_dim=32)
+    student = tiny.tiny_student(teacher_dim=32)
     assert student.config.pipeline_family is None
     EncoderShrinker(flux, teacher_id="tiny-flux").distill(recipe="tiny", student=student, max_steps=4,
                                                           max_sequence_length=128, eval_prompts=["a cat"])
@@ -49,7 +49,7 @@ def test_a_given_student_records_the_distillation(flux):
 
 
 def test_fp32_master_weights_with_a_bfloat16_pipeline(tiny_pipeline_dirs):
-    pipe = testing.tiny_pipeline_class("flux-dev").from_pretrained(
+    pipe = tiny.tiny_pipeline_class("flux-dev").from_pretrained(
         tiny_pipeline_dirs["flux-dev"], dtype=torch.bfloat16
     )
     shrinker = EncoderShrinker(pipe)
@@ -120,7 +120,7 @@ def test_clear_errors_before_training(flux, tmp_path):
     with pytest.raises(ValueError, match="resume=True needs the output_dir"):
         shrinker.distill(recipe="tiny", resume=True)
     with pytest.raises(ValueError, match="Student returns 48-dim embeddings"):
-        shrinker.distill(recipe="tiny", student=testing.tiny_student(teacher_dim=48))
+        shrinker.distill(recipe="tiny", student=tiny.tiny_student(teacher_dim=48))
 
 
 def test_unsupported_pipeline_lists_families():
@@ -138,7 +138,7 @@ def test_unsupported_pipeline_lists_families():
 
 @pytest.mark.slow
 def test_cfg_pipelines_train_on_the_negative_prompt(tiny_pipeline_dirs):
-    pipe = testing.load_tiny_pipeline("sd3", tiny_pipeline_dirs["sd3"])
+    pipe = tiny.load_tiny_pipeline("sd3", tiny_pipeline_dirs["sd3"])
     shrinker = EncoderShrinker(pipe)
     # 2 training prompts, 1 held out, and the empty negative prompt are the texts the teacher encodes
     shrinker.distill(recipe="tiny", prompts=["a red circle", "a blue square", "held out"], max_steps=40)

@@ -8,7 +8,7 @@ import torch
 
 from encoder_shrink import EncoderShrinkError
 from encoder_shrink.evaluation import CLIPScoreConfig, clip_score, score_images
-from encoder_shrink.testing import save_tiny_clip
+from encoder_shrink.tiny import save_tiny_clip
 from encoder_shrink.toy import render
 
 PROMPTS = ["a red circle", "two blue squares", "a sign that says 'cat'"]

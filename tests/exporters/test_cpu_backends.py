@@ -25,23 +25,23 @@ from encoder_shrink.exporters import (
 )
 from encoder_shrink.exporters import parity as parity_module
 
-from encoder_shrink import adapter_for, testing
+from encoder_shrink import adapter_for, tiny
 from encoder_shrink.cli import main as cli_main
 from encoder_shrink.errors import InvalidArgumentError, UnknownNameError
 from encoder_shrink.student import load_student
 from tests.exporters import INT8_STATIC_DRIFT
 
-TOKENIZER = testing.tiny_t5_tokenizer()
+TOKENIZER = tiny.tiny_t5_tokenizer()
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                     reason="openvino is not installed (pip install 'encoder-shrink[openvino]')")
 
 
 def _student_for(family: str, tiny_pipeline_dirs, **config):
-    pipeline_class = testing.tiny_pipeline_class(family)
+    pipeline_class = tiny.tiny_pipeline_class(family)
     pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family])
     adapter = adapter_for(pipe)
-    student = testing.tiny_student(teacher_dim=adapter.conditioning_width, pipeline_family=family,
-                                   student_class=adapter.student_class_name, max_sequence_length=64,
+    student = tiny.tiny_student(teacher_dim=adapter.conditioning_width, pipeline_family=family,
+                                   student_class=adapter.student_class(), max_sequence_length=64,
                                    use_attention_mask=adapter.uses_attention_mask, **adapter.student_fields(),
                                    **config)
     return pipe, adapter, student
@@ -51,7 +51,7 @@ def _student_for(family: str, tiny_pipeline_dirs, **config):
 def pixart_student(tmp_path_factory):
     """A tiny student of the masked PixArt family (its denoiser reads the real tokens only)."""
     folder = tmp_path_factory.mktemp("pixart") / "student"
-    testing.tiny_student(teacher_dim=32, max_sequence_length=64, pipeline_family="pixart-alpha",
+    tiny.tiny_student(teacher_dim=32, max_sequence_length=64, pipeline_family="pixart-alpha",
                          use_attention_mask=True).save_pretrained(folder)
     return folder
 
@@ -180,13 +180,13 @@ def test_cli_exports_bf16_and_fused_onnx(pixart_student, tmp_path, capsys):
 
 # Masked pipelines: the runtime encoders encode the real tokens only where the denoiser reads only those (the
 # family's denoiser_positions == "tokens"); Chroma (its denoiser reads the padding too), Latte and FLUX do not trim.
-@pytest.mark.parametrize("family", testing.TINY_FAMILIES)
+@pytest.mark.parametrize("family", tiny.TINY_FAMILIES)
 def test_masked_pipelines_encode_only_real_tokens(family, tiny_pipeline_dirs, tmp_path):
     pipe, adapter, student = _student_for(family, tiny_pipeline_dirs)
     student.save_pretrained(tmp_path / "student")
     folder = export(tmp_path / "student", tmp_path / "bf16", TorchBF16ExportConfig(), tokenizer=adapter.tokenizer)
     encoder = load_encoder(folder)
-    if adapter.student_class_name == "ShrunkUMT5EncoderModel":
+    if adapter.student_kind == "umt5":
         assert isinstance(encoder, TorchBF16ShrunkUMT5Encoder)
     trims = adapter.uses_attention_mask and adapter.denoiser_positions == "tokens"
     assert encoder.trims_padding == trims
@@ -218,7 +218,7 @@ def test_masked_pipelines_encode_only_real_tokens(family, tiny_pipeline_dirs, tm
     images = {}
     for trim in (True, False):
         encoder.trim_padding, given[:], encoded[:] = trim, [], []
-        images[trim] = testing.generated(pipe(prompt="a red circle", **testing.tiny_call_kwargs(pipe)))
+        images[trim] = tiny.generated(pipe(prompt="a red circle", **tiny.tiny_call_kwargs(pipe)))
         assert given and encoded == [needed if trim else padded_to for padded_to, needed in given], (given, encoded)
         if adapter.fixed_call_length:  # a pipeline that pads to a fixed length: trimming saved positions
             assert sum(needed for _, needed in given) < sum(padded_to for padded_to, _ in given) / 2, given
@@ -254,8 +254,8 @@ def test_cpu_backends_drop_into_a_pipeline_and_reload_with_it(backend, tiny_pipe
     slot = adapter.encoder_slot
     torch_pipe = type(pipe).from_pretrained(tiny_pipeline_dirs["pixart-alpha"], **{slot: student})
     cpu_pipe = type(pipe).from_pretrained(tiny_pipeline_dirs["pixart-alpha"], **{slot: load_encoder(folder)})
-    expected = testing.generated(torch_pipe(prompt="a red circle", **testing.tiny_call_kwargs(torch_pipe)))
-    images = testing.generated(cpu_pipe(prompt="a red circle", **testing.tiny_call_kwargs(cpu_pipe)))
+    expected = tiny.generated(torch_pipe(prompt="a red circle", **tiny.tiny_call_kwargs(torch_pipe)))
+    images = tiny.generated(cpu_pipe(prompt="a red circle", **tiny.tiny_call_kwargs(cpu_pipe)))
     assert np.isfinite(images).all()
     np.testing.assert_allclose(images, expected, atol=0.05)
     # The report carries the denoiser error the export causes, as the ONNX one does.
@@ -265,5 +265,5 @@ def test_cpu_backends_drop_into_a_pipeline_and_reload_with_it(backend, tiny_pipe
     cpu_pipe.save_pretrained(tmp_path / "saved")
     reloaded = type(pipe).from_pretrained(tmp_path / "saved")
     assert type(getattr(reloaded, slot)) is runtime_class
-    again = testing.generated(reloaded(prompt="a red circle", **testing.tiny_call_kwargs(reloaded)))
+    again = tiny.generated(reloaded(prompt="a red circle", **tiny.tiny_call_kwargs(reloaded)))
     np.testing.assert_array_equal(again, images)

@@ -19,17 +19,17 @@ from encoder_shrink.exporters import (
     load_report,
 )
 
-from encoder_shrink import ShrunkT5EncoderModel, adapter_for, testing
+from encoder_shrink import ShrunkT5EncoderModel, adapter_for, tiny
 from tests.exporters import INT8_STATIC_DRIFT
 from tests.test_reference import write_reference_checkpoint
 
-TOKENIZER = testing.tiny_t5_tokenizer()
+TOKENIZER = tiny.tiny_t5_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("student") / "student"
-    testing.tiny_student(teacher_dim=32, max_sequence_length=64, pipeline_family="flux-dev").save_pretrained(folder)
+    tiny.tiny_student(teacher_dim=32, max_sequence_length=64, pipeline_family="flux-dev").save_pretrained(folder)
     return folder
 
 
@@ -120,7 +120,7 @@ def test_int8_auto_quantizes_sensitive_layers_only_when_measured_harmless(export
 
 @pytest.mark.slow
 def test_int8_auto_keeps_a_harmful_wo_in_fp32(tmp_path):
-    student = testing.tiny_student(teacher_dim=32, max_sequence_length=64)
+    student = tiny.tiny_student(teacher_dim=32, max_sequence_length=64)
     with torch.no_grad():
         for block in student.encoder.block:
             ff = block.layer[1].DenseReluDense
@@ -139,7 +139,7 @@ def test_int8_auto_keeps_a_harmful_wo_in_fp32(tmp_path):
 
 @pytest.mark.slow
 def test_int8_auto_keeps_harmful_attention_in_fp32(tmp_path):
-    student = testing.tiny_student(teacher_dim=32, max_sequence_length=64)
+    student = tiny.tiny_student(teacher_dim=32, max_sequence_length=64)
     with torch.no_grad():
         for block in student.encoder.block:
             attention = block.layer[0]
@@ -196,7 +196,7 @@ def test_export_refuses_bad_input_and_leaves_nothing(student_dir, tmp_path, expo
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         export_onnx(student_dir, exports["fp32"])
     with pytest.raises(ValueError, match="holds a 't5' model, not a 'shrunk_t5' student encoder"):
-        testing.tiny_t5_encoder().save_pretrained(tmp_path / "t5")
+        tiny.tiny_t5_encoder().save_pretrained(tmp_path / "t5")
         export_onnx(tmp_path / "t5", tmp_path / "out")
     with pytest.raises(ValueError, match="int8='weights' is not supported"):
         export_onnx(student_dir, tmp_path / "out", int8="weights")
@@ -261,8 +261,8 @@ def test_encoder_returns_on_the_device_and_dtype_it_was_moved_to(exports):
 
 @pytest.mark.slow
 def test_report_gives_denoiser_error_with_a_pipeline(tiny_pipeline_dirs, tmp_path):
-    pipe = testing.load_tiny_pipeline("sd3", tiny_pipeline_dirs["sd3"])
-    student = testing.tiny_student(teacher_dim=32, max_sequence_length=256)
+    pipe = tiny.load_tiny_pipeline("sd3", tiny_pipeline_dirs["sd3"])
+    student = tiny.tiny_student(teacher_dim=32, max_sequence_length=256)
     errors = {}
     for name, options in (("fp32", {}), ("int8", {"int8": "dynamic"})):
         folder = export_onnx(student, tmp_path / name, pipeline=pipe, resolution=16, **options)
@@ -278,35 +278,35 @@ def test_report_gives_denoiser_error_with_a_pipeline(tiny_pipeline_dirs, tmp_pat
 @pytest.mark.parametrize("family", ["flux-dev", "sd3", "pixart-alpha", "wan", "flux2"])
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("int8", 0.05)])
 def test_pipelines_generate_with_onnx_encoders(family, precision, atol, tiny_pipeline_dirs, tmp_path):
-    pipeline_class = testing.tiny_pipeline_class(family)
+    pipeline_class = tiny.tiny_pipeline_class(family)
     adapter = adapter_for(pipeline_class.from_pretrained(tiny_pipeline_dirs[family]))
     slot = adapter.encoder_slot
-    student = testing.tiny_student(teacher_dim=adapter.conditioning_width, pipeline_family=family,
-                                   student_class=adapter.student_class_name, **adapter.student_fields())
+    student = tiny.tiny_student(teacher_dim=adapter.conditioning_width, pipeline_family=family,
+                                   student_class=adapter.student_class(), **adapter.student_fields())
     student.save_pretrained(tmp_path / "student")
     tokenizer = adapter.tokenizer if adapter.student_fields() else TOKENIZER
     folder = export_onnx(tmp_path / "student", tmp_path / precision, int8="dynamic" if precision == "int8" else None,
                          tokenizer=tokenizer)
-    runtimes = {"ShrunkUMT5EncoderModel": OnnxShrunkUMT5Encoder, "ShrunkLLMEncoderModel": OnnxShrunkLLMEncoder}
-    runtime_class = runtimes.get(adapter.student_class_name, OnnxShrunkT5Encoder)
+    runtimes = {"umt5": OnnxShrunkUMT5Encoder, "llm": OnnxShrunkLLMEncoder}
+    runtime_class = runtimes.get(adapter.student_kind, OnnxShrunkT5Encoder)
     assert type(load_encoder(folder)) is runtime_class and load_report(folder)["parity"]["passed"]
     torch_pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: student})
     onnx_pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: load_encoder(folder)})
-    expected = testing.generated(torch_pipe(prompt="a red circle", **testing.tiny_call_kwargs(torch_pipe)))
-    images = testing.generated(onnx_pipe(prompt="a red circle", **testing.tiny_call_kwargs(onnx_pipe)))
+    expected = tiny.generated(torch_pipe(prompt="a red circle", **tiny.tiny_call_kwargs(torch_pipe)))
+    images = tiny.generated(onnx_pipe(prompt="a red circle", **tiny.tiny_call_kwargs(onnx_pipe)))
     assert np.isfinite(images).all()
     np.testing.assert_allclose(images, expected, atol=atol)
     if precision == "fp32":  # a pipeline saved with the ONNX encoder inside reloads with plain from_pretrained
         onnx_pipe.save_pretrained(tmp_path / "saved")
         reloaded = pipeline_class.from_pretrained(tmp_path / "saved")
         assert type(getattr(reloaded, slot)) is runtime_class
-        again = testing.generated(reloaded(prompt="a red circle", **testing.tiny_call_kwargs(reloaded)))
+        again = tiny.generated(reloaded(prompt="a red circle", **tiny.tiny_call_kwargs(reloaded)))
         np.testing.assert_array_equal(again, images)
 
 
 def _overflowing_student():
     """A student whose feed-forward output exceeds fp16's range (65504), as T5 activations do at scale."""
-    student = testing.tiny_student(teacher_dim=32, max_sequence_length=64)
+    student = tiny.tiny_student(teacher_dim=32, max_sequence_length=64)
     with torch.no_grad():
         wo = student.encoder.block[0].layer[1].DenseReluDense.wo.weight
         wo.mul_(3e4 / wo.abs().max())  # weights still representable in fp16; their sums are not
@@ -354,11 +354,11 @@ def test_fp16_and_int8_are_exclusive(student_dir, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for the denoiser")
 def test_cpu_resident_onnx_encoder_feeds_a_gpu_pipeline(tiny_pipeline_dirs, exports, student_dir):
     encoder = load_encoder(exports["fp32"], providers=["CPUExecutionProvider"])
-    pipe = testing.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"],
+    pipe = tiny.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"],
                                                                    text_encoder_2=encoder).to("cuda")
     embeds, _, _ = pipe.encode_prompt(prompt="a red circle", prompt_2=None, max_sequence_length=64)
     assert embeds.device.type == "cuda" and encoder.session.get_providers() == ["CPUExecutionProvider"]
-    images = pipe("a red circle", **testing.tiny_call_kwargs(pipe)).images
+    images = pipe("a red circle", **tiny.tiny_call_kwargs(pipe)).images
     assert np.isfinite(images).all()
 
 

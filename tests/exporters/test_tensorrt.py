@@ -9,18 +9,18 @@ import pytest
 import torch
 from encoder_shrink.exporters import TensorRTShrunkT5Encoder, build_engine, export_onnx, load_encoder
 
-from encoder_shrink import testing
+from encoder_shrink import ShrunkLLMEncoderModel, tiny
 from encoder_shrink.cli import main
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 gpu = pytest.mark.skipif(not HAS_TRT, reason="TensorRT engines need the tensorrt package and an NVIDIA GPU")
-TOKENIZER = testing.tiny_t5_tokenizer()
+TOKENIZER = tiny.tiny_t5_tokenizer()
 
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the error on machines without TensorRT/GPU")
 def test_without_tensorrt_or_gpu_the_error_is_one_line(tmp_path, capsys):
     student = tmp_path / "student"
-    testing.tiny_student(teacher_dim=32, max_sequence_length=32).save_pretrained(student)
+    tiny.tiny_student(teacher_dim=32, max_sequence_length=32).save_pretrained(student)
     capsys.readouterr()  # drop the save's progress bar
     assert main(["export", str(student), "--onnx", "--trt", "--output", str(tmp_path / "trt")]) == 2
     err = capsys.readouterr().err
@@ -30,7 +30,7 @@ def test_without_tensorrt_or_gpu_the_error_is_one_line(tmp_path, capsys):
 
 @pytest.fixture
 def student(tmp_path):
-    model = testing.tiny_student(teacher_dim=32, max_sequence_length=64)
+    model = tiny.tiny_student(teacher_dim=32, max_sequence_length=64)
     model.save_pretrained(tmp_path / "student")
     return model
 
@@ -75,15 +75,15 @@ def test_engine_refuses_other_versions_and_long_inputs(student, tmp_path):
 @pytest.mark.accelerator
 @gpu
 def test_flux_generates_with_a_tensorrt_encoder(tiny_pipeline_dirs, tmp_path):
-    student = testing.tiny_student(teacher_dim=32)
+    student = tiny.tiny_student(teacher_dim=32)
     student.save_pretrained(tmp_path / "student")
     folder = build_engine(export_onnx(tmp_path / "student", tmp_path / "onnx", fp16=True), tmp_path / "trt")
-    pipe = testing.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"],
+    pipe = tiny.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"],
                                                                    text_encoder_2=load_encoder(folder)).to("cuda")
-    reference = testing.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"],
+    reference = tiny.tiny_pipeline_class("flux-dev").from_pretrained(tiny_pipeline_dirs["flux-dev"],
                                                                         text_encoder_2=student).to("cuda")
-    images = pipe("a red circle", **testing.tiny_call_kwargs(pipe)).images
-    expected = reference("a red circle", **testing.tiny_call_kwargs(reference)).images
+    images = pipe("a red circle", **tiny.tiny_call_kwargs(pipe)).images
+    expected = reference("a red circle", **tiny.tiny_call_kwargs(reference)).images
     assert abs(images - expected).max() < 0.05
 
 
@@ -94,9 +94,9 @@ def test_flux2_generates_with_a_tensorrt_encoder_of_an_llm_student(tiny_pipeline
 
     from encoder_shrink import adapter_for
 
-    pipeline_class = testing.tiny_pipeline_class("flux2")
+    pipeline_class = tiny.tiny_pipeline_class("flux2")
     adapter = adapter_for(pipeline_class.from_pretrained(tiny_pipeline_dirs["flux2"]))
-    student = testing.tiny_student(teacher_dim=adapter.conditioning_width, student_class="ShrunkLLMEncoderModel",
+    student = tiny.tiny_student(teacher_dim=adapter.conditioning_width, student_class=ShrunkLLMEncoderModel,
                                    **adapter.student_fields())
     student.save_pretrained(tmp_path / "student")
     onnx = export_onnx(tmp_path / "student", tmp_path / "onnx", fp16=True, tokenizer=adapter.tokenizer)
@@ -104,6 +104,6 @@ def test_flux2_generates_with_a_tensorrt_encoder_of_an_llm_student(tiny_pipeline
     assert type(encoder) is TensorRTShrunkLLMEncoder
     pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs["flux2"], text_encoder=encoder).to("cuda")
     reference = pipeline_class.from_pretrained(tiny_pipeline_dirs["flux2"], text_encoder=student).to("cuda")
-    images = pipe(prompt="a red circle", **testing.tiny_call_kwargs(pipe)).images
-    expected = reference(prompt="a red circle", **testing.tiny_call_kwargs(reference)).images
+    images = pipe(prompt="a red circle", **tiny.tiny_call_kwargs(pipe)).images
+    expected = reference(prompt="a red circle", **tiny.tiny_call_kwargs(reference)).images
     assert abs(images - expected).max() < 0.05

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from encoder_shrink import EncoderShrinkError, adapter_for, register_adapter, registered_families, testing
+from encoder_shrink import EncoderShrinkError, adapter_for, register_adapter, registered_families, tiny
 from encoder_shrink.pipelines import FAMILIES, PipelineAdapter, get_adapter
 
 
@@ -14,7 +14,7 @@ def test_every_family_registers_itself_from_its_own_file():
     import encoder_shrink.pipelines as package
 
     names = registered_families()
-    assert names == sorted(names) and set(testing.TINY_FAMILIES) == set(names)
+    assert names == sorted(names) and set(tiny.TINY_FAMILIES) == set(names)
     for name in names:
         adapter = get_adapter(name)
         assert adapter.__module__.startswith(package.__name__ + ".") and not adapter.__module__.endswith(".base")
@@ -66,10 +66,10 @@ def test_a_registered_family_is_picked_up_by_lookups(monkeypatch):
     assert "flux-copy" in registered_families() and get_adapter("flux-copy").pipeline_class == "FluxPipeline"
 
 
-def test_readme_family_table_lists_every_family_with_its_call():
+def test_docs_family_table_lists_every_family_with_its_call():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "pipelines.md").read_text()
     for name in registered_families():
         adapter = get_adapter(name)
         rows = [line for line in readme.splitlines() if line.startswith(f"| `{name}` |")]

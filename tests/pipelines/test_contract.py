@@ -12,7 +12,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 
-from encoder_shrink import adapter_for, testing
+from encoder_shrink import adapter_for, tiny
 from encoder_shrink.weights import PICKLE_SUFFIXES
 from tests.pipelines.test_families import FAMILIES, PROMPT, _load, _student
 
@@ -140,10 +140,10 @@ def test_model_cpu_offload_with_a_student_gives_the_same_images(family, tiny_pip
     """`enable_model_cpu_offload`'s hooks, on the CPU as execution device (the CUDA run is the accelerator tier)."""
     adapter = adapter_for(_load(family, tiny_pipeline_dirs))
     pipe = _load(family, tiny_pipeline_dirs, **{adapter.encoder_slot: _student(adapter)})
-    expected = testing.generated(pipe(prompt=PROMPT, **testing.tiny_call_kwargs(pipe)))
+    expected = tiny.generated(pipe(prompt=PROMPT, **tiny.tiny_call_kwargs(pipe)))
     pipe.enable_model_cpu_offload(device="cpu")
     assert hasattr(getattr(pipe, adapter.encoder_slot), "_hf_hook")  # the student is one of the offloaded models
-    images = testing.generated(pipe(prompt=PROMPT, **testing.tiny_call_kwargs(pipe)))
+    images = tiny.generated(pipe(prompt=PROMPT, **tiny.tiny_call_kwargs(pipe)))
     np.testing.assert_allclose(images, expected, atol=1e-5)
 
 
@@ -155,10 +155,10 @@ def test_cpu_offload_to_cuda_with_student(family, offload, tiny_pipeline_dirs):
     adapter = adapter_for(_load(family, tiny_pipeline_dirs))
     slot = adapter.encoder_slot
     on_gpu = _load(family, tiny_pipeline_dirs, **{slot: _student(adapter)}).to("cuda")
-    expected = testing.generated(on_gpu(prompt=PROMPT, **testing.tiny_call_kwargs(on_gpu)))
+    expected = tiny.generated(on_gpu(prompt=PROMPT, **tiny.tiny_call_kwargs(on_gpu)))
     offloaded = _load(family, tiny_pipeline_dirs, **{slot: _student(adapter)})
     getattr(offloaded, offload)()
     assert offloaded._execution_device.type == "cuda"
-    images = testing.generated(offloaded(prompt=PROMPT, **testing.tiny_call_kwargs(offloaded)))
+    images = tiny.generated(offloaded(prompt=PROMPT, **tiny.tiny_call_kwargs(offloaded)))
     assert getattr(offloaded, slot).device.type in ("cpu", "meta")  # moved back (or kept off the GPU) by the hooks
     np.testing.assert_allclose(images, expected, atol=1e-3)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from diffusers.utils import logging as diffusers_logging
 
-from encoder_shrink import adapter_for, testing
+from encoder_shrink import adapter_for, tiny
 from encoder_shrink.pipelines import get_adapter
 
-FAMILIES = testing.TINY_FAMILIES
+FAMILIES = tiny.TINY_FAMILIES
 PROMPTS = ["two red circles left of a blue square", "A Cat holding a sign that says 'hello'"]
 PROMPT = PROMPTS[0]
 # CPU kernels are not bit-reproducible across calls with different batch layouts; 1e-4 is far below any real change.
@@ -27,7 +27,7 @@ TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 def _load(family, path_or_dirs, **kwargs):
     path = path_or_dirs[family] if isinstance(path_or_dirs, dict) else path_or_dirs
-    pipe = testing.tiny_pipeline_class(family).from_pretrained(path, **kwargs)
+    pipe = tiny.tiny_pipeline_class(family).from_pretrained(path, **kwargs)
     adapter_for(pipe).prepare_for_sampling()  # what the family's documentation has users do (Allegro: VAE tiling)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -38,8 +38,8 @@ def _guidance(adapter) -> float | None:
 
 
 def _student(adapter, **config):
-    student = testing.tiny_student(teacher_dim=adapter.conditioning_width, pipeline_family=adapter.name,
-                                   student_class=adapter.student_class_name, **adapter.student_fields(), **config)
+    student = tiny.tiny_student(teacher_dim=adapter.conditioning_width, pipeline_family=adapter.name,
+                                   student_class=adapter.student_class(), **adapter.student_fields(), **config)
     assert isinstance(student, adapter.student_class())
     return student
 
@@ -87,12 +87,12 @@ def test_the_student_sees_the_teachers_tokens(family, tiny_pipeline_dirs):
 def test_teacher_trajectory_reproduces_pipeline_sampling(family, tiny_pipeline_dirs):
     pipe = _load(family, tiny_pipeline_dirs)
     adapter = adapter_for(pipe)
-    kwargs = testing.tiny_call_kwargs(pipe, num_inference_steps=3, seed=11)
+    kwargs = tiny.tiny_call_kwargs(pipe, num_inference_steps=3, seed=11)
     kwargs["output_type"] = "latent"
     guidance = _guidance(adapter)
     if guidance is not None:
         kwargs.update(adapter.guidance_call_kwargs(guidance))
-    expected = testing.generated(pipe(prompt=list(PROMPTS), **kwargs))  # a copy: ZImagePipeline rewrites its list
+    expected = tiny.generated(pipe(prompt=list(PROMPTS), **kwargs))  # a copy: ZImagePipeline rewrites its list
 
     length = adapter.max_sequence_length
     texts = adapter.encoder_texts(PROMPTS)
@@ -170,7 +170,7 @@ def test_pipeline_from_pretrained_with_student_uses_it_without_type_warnings(fam
         # diffusers names the mismatch, and loads the student all the same.
         assert f"Expected types for {slot}" in caplog.text and type(student).__name__ in caplog.text
     assert getattr(pipe, slot) is student
-    control = testing.tiny_student().encoder  # a T5Stack: no T5EncoderModel, no LLM class
+    control = tiny.tiny_student().encoder  # a T5Stack: no T5EncoderModel, no LLM class
     if not _admits(annotation, control):  # Z-Image's slot takes any PreTrainedModel
         load_with(control)  # control: the capture does see the warning for an encoder of another class
         assert f"Expected types for {slot}" in caplog.text
@@ -179,11 +179,11 @@ def test_pipeline_from_pretrained_with_student_uses_it_without_type_warnings(fam
     seen = []
     hook = student.register_forward_hook(lambda module, args, output: seen.append(output[0]))
     try:
-        images = testing.generated(pipe(prompt=PROMPT, **testing.tiny_call_kwargs(pipe)))
+        images = tiny.generated(pipe(prompt=PROMPT, **tiny.tiny_call_kwargs(pipe)))
     finally:
         hook.remove()
     assert seen and seen[0].shape[-1] == adapter.conditioning_width
-    teacher_images = testing.generated(teacher_pipe(prompt=PROMPT, **testing.tiny_call_kwargs(teacher_pipe)))
+    teacher_images = tiny.generated(teacher_pipe(prompt=PROMPT, **tiny.tiny_call_kwargs(teacher_pipe)))
     assert images.shape == teacher_images.shape and np.isfinite(images).all()
     assert not np.allclose(images, teacher_images)
 
@@ -197,8 +197,8 @@ def test_pipeline_saved_with_the_student_reloads_to_identical_images(family, tin
     assert sorted(p.name for p in (tmp_path / "plain" / slot).iterdir()) == ["config.json", "model.safetensors"]
     reloaded = _load(family, tmp_path / "plain")
     assert type(getattr(reloaded, slot)) is adapter.student_class()
-    expected = testing.generated(pipe(prompt=PROMPT, **testing.tiny_call_kwargs(pipe)))
-    images = testing.generated(reloaded(prompt=PROMPT, **testing.tiny_call_kwargs(reloaded)))
+    expected = tiny.generated(pipe(prompt=PROMPT, **tiny.tiny_call_kwargs(pipe)))
+    images = tiny.generated(reloaded(prompt=PROMPT, **tiny.tiny_call_kwargs(reloaded)))
     np.testing.assert_array_equal(images, expected)
 
     # diffusers' serialization with a variant: every component, the student included, writes its variant file
@@ -208,7 +208,7 @@ def test_pipeline_saved_with_the_student_reloads_to_identical_images(family, tin
             "diffusion_pytorch_model.fp16.safetensors" if component == "transformer" else "model.fp16.safetensors"]
     again = _load(family, tmp_path / "variant", variant="fp16")
     assert type(getattr(again, slot)) is adapter.student_class()
-    np.testing.assert_array_equal(testing.generated(again(prompt=PROMPT, **testing.tiny_call_kwargs(again))), expected)
+    np.testing.assert_array_equal(tiny.generated(again(prompt=PROMPT, **tiny.tiny_call_kwargs(again))), expected)
 
 
 DROP_IN = [(family, name) for family in FAMILIES for name in get_adapter(family).drop_in_pipelines]
@@ -263,8 +263,8 @@ def test_derivative_pipelines_take_the_familys_student(family, pipeline_class, t
 
 def test_bfloat16_pipeline_with_bfloat16_student(tiny_pipeline_dirs):
     """FLUX casts prompt embeddings to text_encoder_2.dtype: the student's dtype must be its output dtype."""
-    student = testing.tiny_student(teacher_dim=testing.T5_TINY_DIM, pipeline_family="flux-dev").to(torch.bfloat16)
+    student = tiny.tiny_student(teacher_dim=tiny.T5_TINY_DIM, pipeline_family="flux-dev").to(torch.bfloat16)
     pipe = _load("flux-dev", tiny_pipeline_dirs, text_encoder_2=student, dtype=torch.bfloat16)
     embeds, pooled, _ = pipe.encode_prompt(prompt=PROMPT, prompt_2=None, max_sequence_length=512)
     assert embeds.dtype == torch.bfloat16
-    assert np.isfinite(testing.generated(pipe(prompt=PROMPT, **testing.tiny_call_kwargs(pipe)))).all()
+    assert np.isfinite(tiny.generated(pipe(prompt=PROMPT, **tiny.tiny_call_kwargs(pipe)))).all()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_shrink import EncoderShrinker, testing
+from encoder_shrink import EncoderShrinker, tiny
 from encoder_shrink.errors import IncompatibleModelError
 from encoder_shrink.inspection import inspect_pipeline
 from encoder_shrink.pipelines import adapter_for, get_adapter
@@ -26,7 +26,7 @@ NEGATIVE_AS_ZEROS = {"cogview3plus"}
 
 def _tiny(family):
     adapter = get_adapter(family)
-    pipe = testing.tiny_pipeline_class(family)(**testing.tiny_pipeline_components(family))
+    pipe = tiny.tiny_pipeline_class(family)(**tiny.tiny_pipeline_components(family))
     adapter(pipe).prepare_for_sampling()
     pipe.set_progress_bar_config(disable=True)
     return pipe, adapter.tiny_call_kwargs()
@@ -47,7 +47,7 @@ def _sample(adapter, call, guidance, steps=3, seed=5, length=None):
     return trajectory.latents
 
 
-@pytest.mark.parametrize("family", testing.TINY_FAMILIES)
+@pytest.mark.parametrize("family", tiny.TINY_FAMILIES)
 def test_trace_of_a_registered_family_samples_as_its_family_file(family):
     pipe, call = _tiny(family)
     if family in REFUSED:
@@ -61,7 +61,7 @@ def test_trace_of_a_registered_family_samples_as_its_family_file(family):
     report = traced.report
     assert (traced.encoder_slot, traced.uses_attention_mask) == (registered.encoder_slot,
                                                                  registered.uses_attention_mask)
-    assert traced.student_class_name == registered.student_class_name
+    assert traced.student_class() is registered.student_class()
     assert (traced.guidance is None) == (registered.guidance is None)
     if report.kind == "llm":
         assert traced.teacher_layout()["teacher_layers"] == registered.teacher_layout()["teacher_layers"]
@@ -90,36 +90,36 @@ def test_trace_of_a_registered_family_samples_as_its_family_file(family):
 def test_traced_distillation_learns_and_drops_in(family, tiny_pipeline_dirs, tmp_path):
     # One family per kind of student and per denoiser call pattern: T5 with an embedded guidance, an LLM's three
     # layers, UMT5 with separate conditional and unconditional calls.
-    pipe = testing.load_tiny_pipeline(family, tiny_pipeline_dirs[family])
+    pipe = tiny.load_tiny_pipeline(family, tiny_pipeline_dirs[family])
     call = get_adapter(family).tiny_call_kwargs()
     shrinker = EncoderShrinker(pipe, trace=True, call_kwargs=call)
     assert shrinker.adapter.name == f"traced:{type(pipe).__name__}"
     length = min(128, shrinker.adapter.max_sequence_length)
     student = shrinker.distill(recipe="tiny", output_dir=tmp_path / "out", max_steps=160, max_sequence_length=length,
-                               **testing.tiny_recipe_overrides(family))
+                               **tiny.tiny_recipe_overrides(family))
     before = shrinker.summary["fidelity_before"]["relative_mse"]
     after = shrinker.summary["fidelity_after"]["relative_mse"]
     assert after < 0.3 * before
     assert shrinker.summary["family"] == f"traced:{type(pipe).__name__}"
 
     slot = shrinker.adapter.encoder_slot
-    pipeline_class = testing.tiny_pipeline_class(family)
+    pipeline_class = tiny.tiny_pipeline_class(family)
     saved = type(student).from_pretrained(tmp_path / "out" / "student")
     with_student = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: saved})
-    run = {**testing.tiny_call_kwargs(with_student), "max_sequence_length": length}
-    first = testing.generated(with_student(prompt="a red circle", **run))
+    run = {**tiny.tiny_call_kwargs(with_student), "max_sequence_length": length}
+    first = tiny.generated(with_student(prompt="a red circle", **run))
     assert np.isfinite(first).all()
     with_student.save_pretrained(tmp_path / "saved")
     reloaded = pipeline_class.from_pretrained(tmp_path / "saved")
     assert type(getattr(reloaded, slot)) is type(student)
     run["generator"] = torch.Generator().manual_seed(0)
-    np.testing.assert_array_equal(testing.generated(reloaded(prompt="a red circle", **run)), first)
+    np.testing.assert_array_equal(tiny.generated(reloaded(prompt="a red circle", **run)), first)
 
 
 def test_trace_refuses_an_encoder_it_cannot_shrink_in_one_line():
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(**testing.tiny_sd_components())
+    pipe = StableDiffusionPipeline(**tiny.tiny_sd_components())
     with pytest.raises(IncompatibleModelError, match="CLIPTextModel") as refused:
         adapter_for(pipe, call_kwargs={"height": 16, "width": 16})
     assert "\n" not in str(refused.value) and "nothing was written" in str(refused.value)
@@ -140,7 +140,7 @@ def test_trace_refuses_prompt_upsampling_through_generate():
             self.text_encoder_2.generate(torch.zeros(1, 1, dtype=torch.long))
             return super()._get_t5_prompt_embeds(prompt, *args, **kwargs)
 
-    pipe = UpsamplingFlux(**testing.tiny_pipeline_components("flux-dev"))
+    pipe = UpsamplingFlux(**tiny.tiny_pipeline_components("flux-dev"))
     pipe.text_encoder_2.generate = lambda *a, **k: None  # a T5 encoder has no generate; this one says it does
     with pytest.raises(IncompatibleModelError, match="generate"):
         TracedAdapter(pipe, call_kwargs={"height": 16, "width": 16})
@@ -152,7 +152,7 @@ def test_trace_refuses_an_encoder_called_inside_the_loop():
     class LoopEncodingFlux(FluxPipeline):
         pass
 
-    pipe = LoopEncodingFlux(**testing.tiny_pipeline_components("flux-dev"))
+    pipe = LoopEncodingFlux(**tiny.tiny_pipeline_components("flux-dev"))
     denoiser = pipe.transformer.forward
 
     def forward(*args, **kwargs):  # the denoiser re-encodes a prompt at every call, as an in-loop encoder would
@@ -171,7 +171,7 @@ def test_trace_refuses_a_required_image_input():
         def __call__(self, image, prompt=None, **kwargs):
             return super().__call__(prompt=prompt, **kwargs)
 
-    pipe = ImageFlux(**testing.tiny_pipeline_components("flux-dev"))
+    pipe = ImageFlux(**tiny.tiny_pipeline_components("flux-dev"))
     with pytest.raises(IncompatibleModelError, match="requires image"):
         TracedAdapter(pipe, call_kwargs={"height": 16, "width": 16})
 
@@ -211,7 +211,7 @@ def test_traced_release_teacher_frees_its_weights_and_trains_the_same_student(ti
     call = get_adapter("flux2").tiny_call_kwargs()
     students = {}
     for release in (False, True):
-        pipe = testing.load_tiny_pipeline("flux2", tiny_pipeline_dirs["flux2"])
+        pipe = tiny.load_tiny_pipeline("flux2", tiny_pipeline_dirs["flux2"])
         shrinker = EncoderShrinker(pipe, trace=True, call_kwargs=call)
         students[release] = shrinker.distill(recipe="tiny", prompts=PROMPTS, eval_prompts=["a blue star"],
                                              max_steps=4, max_sequence_length=64, release_teacher=release)

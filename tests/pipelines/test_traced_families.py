@@ -54,7 +54,7 @@ def test_trace_of_a_new_family_samples_as_the_pipeline_does_and_inspect_reports_
 
     report = inspect_pipeline(pipe, call_kwargs=call)
     assert report["family"] == f"traced:{type(pipe).__name__}"
-    assert report["slot"] == traced.encoder_slot and report["student"] == traced.student_class_name
+    assert report["slot"] == traced.encoder_slot and report["student"] == traced.student_class().__name__
     assert report["call_length"] == traced.max_sequence_length
     assert report["text_derived_inputs"] and report["denoiser_calls_per_step"] == traced.report.calls_per_step
     assert report["weights_ratio"] > 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from encoder_shrink import adapter_for, testing
+from encoder_shrink import adapter_for, tiny
 from encoder_shrink.pipelines import get_adapter
 
 PROMPTS = ["two red circles left of a blue square", "a cat"]
@@ -33,7 +33,7 @@ def _assert_trajectory_reproduces_sampling(pipe, prompts, steps=4, guidance=4.5,
     adapter = adapter_for(pipe)
     kwargs = {**adapter.tiny_call_kwargs(), "num_inference_steps": steps, "guidance_scale": guidance,
               "output_type": "latent", **({"max_sequence_length": length} if length else {})}
-    expected = testing.generated(pipe(prompts, generator=torch.Generator().manual_seed(3), **kwargs))
+    expected = tiny.generated(pipe(prompts, generator=torch.Generator().manual_seed(3), **kwargs))
     length = length or adapter.max_sequence_length
     texts = adapter.encoder_texts(prompts)  # the negatives ("") first, as the pipeline encodes them
     rows = adapter.encode_teacher(texts, length)

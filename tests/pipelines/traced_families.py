@@ -10,7 +10,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
-from encoder_shrink import testing
+from encoder_shrink import tiny
 from encoder_shrink.pipelines.z_image import QWEN3_CHAT_TEMPLATE
 
 # Qwen2's byte-level BPE chat markers, whole tokens as in the real vocabulary.
@@ -49,7 +49,7 @@ def build_flux2_klein(seed: int = 0, distilled: bool = False) -> tuple[Any, dict
     )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    tokenizer = testing.tiny_llm_tokenizer(512, chat_template=QWEN3_CHAT_TEMPLATE, spaced_words=True,
+    tokenizer = tiny.tiny_llm_tokenizer(512, chat_template=QWEN3_CHAT_TEMPLATE, spaced_words=True,
                                            special_tokens=(*QWEN_SPECIALS, "<think>", "</think>", "\n\n"),
                                            extra_words=("user", "assistant"), add_bos=False)
     hidden = 16
@@ -92,7 +92,7 @@ def build_cogview4(seed: int = 0) -> tuple[Any, dict[str, Any]]:
     from transformers import GlmConfig, GlmModel
 
     # GLM-4's tokenizer starts every text with `[gMASK]<sop>` and pads on the left.
-    tokenizer = testing.tiny_llm_tokenizer(1024, special_tokens=("[gMASK]", "<sop>"), add_bos=False)
+    tokenizer = tiny.tiny_llm_tokenizer(1024, special_tokens=("[gMASK]", "<sop>"), add_bos=False)
     prefix = [(token, tokenizer.convert_tokens_to_ids(token)) for token in ("[gMASK]", "<sop>")]
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="[gMASK] <sop> $A", pair="[gMASK] <sop> $A $B", special_tokens=prefix)
@@ -109,7 +109,7 @@ def build_cogview4(seed: int = 0) -> tuple[Any, dict[str, Any]]:
         text_embed_dim=hidden, time_embed_dim=8, condition_dim=4,
     )
     torch.manual_seed(seed)
-    vae = testing.tiny_vae(latent_channels=4)
+    vae = tiny.tiny_vae(latent_channels=4)
     # CogView4-6B's scheduler config: dynamic linear shift.
     scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
                                                 use_dynamic_shifting=True, time_shift_type="linear")
@@ -156,13 +156,13 @@ def build_cosmos2(seed: int = 0) -> tuple[Any, dict[str, Any]]:
     torch.manual_seed(seed)
     transformer = CosmosTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1, mlp_ratio=2,
-        text_embed_dim=testing.T5_TINY_DIM, adaln_lora_dim=4, max_size=(4, 16, 16), patch_size=(1, 2, 2),
+        text_embed_dim=tiny.T5_TINY_DIM, adaln_lora_dim=4, max_size=(4, 16, 16), patch_size=(1, 2, 2),
         rope_scale=(1.0, 4.0, 4.0),
         # The checkpoint concatenates a (zero) padding-mask channel; resizing it needs torchvision.
         concat_padding_mask=False, extra_pos_embed_type=None,
     )
     pipe = Cosmos2TextToImagePipeline(
-        text_encoder=testing.tiny_t5_encoder(seed=seed), tokenizer=testing.tiny_t5_tokenizer(),
+        text_encoder=tiny.tiny_t5_encoder(seed=seed), tokenizer=tiny.tiny_t5_tokenizer(),
         transformer=transformer, vae=_tiny_wan_vae(seed),
         scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True),
         safety_checker=PassThroughSafetyChecker(),
@@ -231,7 +231,7 @@ def build_hunyuan_video15(seed: int = 0) -> tuple[Any, dict[str, Any]]:
              "color shape size texture quantity text spatial relationships objects Actions events behaviors "
              "temporal physical movement changes background environment light style atmosphere camera angles "
              "movements transitions used system user").split()
-    tokenizer = testing.tiny_llm_tokenizer(2048, chat_template=QWEN2_5_VL_CHAT_TEMPLATE, extra_words=words,
+    tokenizer = tiny.tiny_llm_tokenizer(2048, chat_template=QWEN2_5_VL_CHAT_TEMPLATE, extra_words=words,
                                            spaced_words=True, special_tokens=QWEN_SPECIALS, add_bos=False)
     hidden = 16
     # Three layers, so hidden_states[-3] is an inner layer's output as in the 28-layer Qwen2.5-VL-7B.
@@ -276,13 +276,13 @@ def _kandinsky5_encoders(seed: int, words: str, hidden: int = 16) -> dict[str, A
     """
     from transformers import CLIPTextModel
 
-    tokenizer = testing.tiny_llm_tokenizer(2048, chat_template=QWEN2_5_VL_CHAT_TEMPLATE, extra_words=words.split(),
+    tokenizer = tiny.tiny_llm_tokenizer(2048, chat_template=QWEN2_5_VL_CHAT_TEMPLATE, extra_words=words.split(),
                                            spaced_words=True, special_tokens=QWEN_SPECIALS, add_bos=False)
     text_encoder = _qwen2_5_vl(len(tokenizer), num_hidden_layers=2, seed=seed, hidden=hidden)
     torch.manual_seed(seed)
-    text_encoder_2 = CLIPTextModel(testing.tiny_clip_text_config()).eval()
+    text_encoder_2 = CLIPTextModel(tiny.tiny_clip_text_config()).eval()
     return {"text_encoder": text_encoder, "tokenizer": tokenizer, "text_encoder_2": text_encoder_2,
-            "tokenizer_2": testing.tiny_clip_tokenizer()}
+            "tokenizer_2": tiny.tiny_clip_tokenizer()}
 
 
 def _kandinsky5_transformer(seed: int, visual_cond: bool, hidden: int = 16):
@@ -290,7 +290,7 @@ def _kandinsky5_transformer(seed: int, visual_cond: bool, hidden: int = 16):
 
     torch.manual_seed(seed)
     return Kandinsky5Transformer3DModel(
-        in_visual_dim=4, in_text_dim=hidden, in_text_dim2=testing.CLIP_TINY_DIM, time_dim=16, out_visual_dim=4,
+        in_visual_dim=4, in_text_dim=hidden, in_text_dim2=tiny.CLIP_TINY_DIM, time_dim=16, out_visual_dim=4,
         patch_size=(1, 2, 2), model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=1, axes_dims=(2, 2, 4),
         visual_cond=visual_cond, attention_type="regular",
     )
@@ -367,7 +367,7 @@ def build_ltx2(seed: int = 0) -> tuple[Any, dict[str, Any]]:
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     # Gemma: a BOS, words with their leading space (SentencePiece), left padding (the pipeline sets it).
-    tokenizer = testing.tiny_llm_tokenizer(1024, spaced_words=True)
+    tokenizer = tiny.tiny_llm_tokenizer(1024, spaced_words=True)
     vocab = len(tokenizer)
     hidden, layers = 16, 2
     config = Gemma3Config(
@@ -452,7 +452,7 @@ def build_hunyuan_video(seed: int = 0) -> tuple[Any, dict[str, Any]]:
 
     template = DEFAULT_PROMPT_TEMPLATE["template"]
     words = "".join(c if c.isalpha() else " " for c in template).split()
-    tokenizer = testing.tiny_llm_tokenizer(2048, extra_words=words, spaced_words=True, special_tokens=LLAMA3_SPECIALS)
+    tokenizer = tiny.tiny_llm_tokenizer(2048, extra_words=words, spaced_words=True, special_tokens=LLAMA3_SPECIALS)
     hidden = 16
     torch.manual_seed(seed)
     text_encoder = LlamaModel(LlamaConfig(
@@ -461,18 +461,18 @@ def build_hunyuan_video(seed: int = 0) -> tuple[Any, dict[str, Any]]:
         eos_token_id=2, pad_token_id=0,
     )).eval()
     torch.manual_seed(seed)
-    text_encoder_2 = CLIPTextModel(testing.tiny_clip_text_config()).eval()
+    text_encoder_2 = CLIPTextModel(tiny.tiny_clip_text_config()).eval()
     torch.manual_seed(seed)
     transformer = HunyuanVideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
         num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
-        text_embed_dim=hidden, pooled_projection_dim=testing.CLIP_TINY_DIM, rope_axes_dim=(2, 2, 4),
+        text_embed_dim=hidden, pooled_projection_dim=tiny.CLIP_TINY_DIM, rope_axes_dim=(2, 2, 4),
     )
     vae = _tiny_hunyuan_video_vae(seed)
     pipe = HunyuanVideoPipeline(
         text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
-        tokenizer_2=testing.tiny_clip_tokenizer(),
+        tokenizer_2=tiny.tiny_clip_tokenizer(),
     )
     # The template is a call argument; its `crop_start` (the system part with the BOS) counted by the tiny tokenizer.
     crop = len(tokenizer(template[: template.index("{}")]).input_ids)
@@ -492,7 +492,7 @@ def build_easyanimate(seed: int = 0) -> tuple[Any, dict[str, Any]]:
         FlowMatchEulerDiscreteScheduler,
     )
 
-    tokenizer = testing.tiny_llm_tokenizer(2048, chat_template=QWEN2_5_VL_CHAT_TEMPLATE, spaced_words=True,
+    tokenizer = tiny.tiny_llm_tokenizer(2048, chat_template=QWEN2_5_VL_CHAT_TEMPLATE, spaced_words=True,
                                            extra_words=("You", "are", "helpful", "assistant", "system", "user"),
                                            special_tokens=QWEN_SPECIALS, add_bos=False)
     hidden = 16
@@ -524,7 +524,7 @@ def build_ovis_image(seed: int = 0) -> tuple[Any, dict[str, Any]]:
     from transformers import Qwen3Config, Qwen3Model
 
     words = "Describe the image by detailing color quantity text shape size texture spatial relationships objects "
-    tokenizer = testing.tiny_llm_tokenizer(2048, chat_template=QWEN3_CHAT_TEMPLATE, spaced_words=True,
+    tokenizer = tiny.tiny_llm_tokenizer(2048, chat_template=QWEN3_CHAT_TEMPLATE, spaced_words=True,
                                            special_tokens=(*QWEN_SPECIALS, "<think>", "</think>", "\n\n"),
                                            extra_words=(*words.split(), "background", "user", "assistant"),
                                            add_bos=False)
@@ -541,7 +541,7 @@ def build_ovis_image(seed: int = 0) -> tuple[Any, dict[str, Any]]:
         num_attention_heads=2, joint_attention_dim=hidden, axes_dims_rope=(4, 4, 8),
     )
     torch.manual_seed(seed)
-    vae = testing.tiny_vae(latent_channels=4)
+    vae = tiny.tiny_vae(latent_channels=4)
     pipe = OvisImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                              tokenizer=tokenizer, transformer=transformer)
     # The tokens before the prompt (28 with Qwen3's tokenizer): the user turn's header and the instruction.
@@ -561,7 +561,7 @@ def build_longcat_image(seed: int = 0) -> tuple[Any, dict[str, Any]]:
 
     words = ("As an image captioning expert generate descriptive text prompt based on content suitable for input to "
              "model system user assistant").split()
-    tokenizer = testing.tiny_llm_tokenizer(2048, chat_template=QWEN2_5_VL_CHAT_TEMPLATE, extra_words=words,
+    tokenizer = tiny.tiny_llm_tokenizer(2048, chat_template=QWEN2_5_VL_CHAT_TEMPLATE, extra_words=words,
                                            spaced_words=True, special_tokens=QWEN_SPECIALS, add_bos=False)
     hidden = 16
     text_encoder = _qwen2_5_vl(len(tokenizer), num_hidden_layers=2, seed=seed, hidden=hidden)
@@ -571,7 +571,7 @@ def build_longcat_image(seed: int = 0) -> tuple[Any, dict[str, Any]]:
         num_attention_heads=2, joint_attention_dim=hidden, pooled_projection_dim=hidden, axes_dims_rope=[4, 4, 8],
     )
     torch.manual_seed(seed)
-    vae = testing.tiny_vae(latent_channels=16, block_out_channels=(16,))
+    vae = tiny.tiny_vae(latent_channels=16, block_out_channels=(16,))
     # `text_processor` (Qwen2-VL's processor) only serves the prompt rewrite; the tokenizer takes its calls (the
     # processor's video half needs torchvision).
     pipe = LongCatImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
@@ -597,7 +597,7 @@ def build_hunyuan_image21(seed: int = 0) -> tuple[Any, dict[str, Any]]:
 
     words = ("Describe the image by detailing color shape size texture quantity text spatial relationships objects "
              "and background system user").split()
-    tokenizer = testing.tiny_llm_tokenizer(2048, extra_words=words, spaced_words=True, special_tokens=QWEN_SPECIALS,
+    tokenizer = tiny.tiny_llm_tokenizer(2048, extra_words=words, spaced_words=True, special_tokens=QWEN_SPECIALS,
                                            add_bos=False)
     hidden = 16
     text_encoder = _qwen2_5_vl(len(tokenizer), num_hidden_layers=3, seed=seed, hidden=hidden)
@@ -641,7 +641,7 @@ def build_sana_video(seed: int = 0) -> tuple[Any, dict[str, Any]]:
     call = inspect.signature(SanaVideoPipeline.__call__)
     instruction = " ".join(call.parameters["complex_human_instruction"].default)
     words = "".join(c if c.isalpha() else " " for c in instruction).split()
-    tokenizer = testing.tiny_llm_tokenizer(4096, extra_words=words, spaced_words=True)
+    tokenizer = tiny.tiny_llm_tokenizer(4096, extra_words=words, spaced_words=True)
     hidden = 16
     torch.manual_seed(seed)
     text_encoder = Gemma2Model(Gemma2Config(
@@ -673,11 +673,11 @@ def build_helios(seed: int = 0) -> tuple[Any, dict[str, Any]]:
     torch.manual_seed(seed)
     transformer = HeliosTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-        text_dim=testing.T5_TINY_DIM, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
+        text_dim=tiny.T5_TINY_DIM, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_dim=(4, 4, 4), has_multi_term_memory_patch=True,
         guidance_cross_attn=True, zero_history_timestep=True, is_amplify_history=False,
     )
-    pipe = HeliosPipeline(tokenizer=testing.tiny_t5_tokenizer(), text_encoder=testing.tiny_umt5_encoder(seed=seed),
+    pipe = HeliosPipeline(tokenizer=tiny.tiny_t5_tokenizer(), text_encoder=tiny.tiny_umt5_encoder(seed=seed),
                           vae=_tiny_wan_vae(seed), scheduler=HeliosScheduler(stage_range=[0, 1], stages=1),
                           transformer=transformer)
     # One chunk of 9 latent frames (the pipeline's chunk size) at 16 px.

@@ -152,7 +152,7 @@ def test_every_family_has_a_recipe_at_its_deployment_length_and_mask(family, cap
 
     import torch
 
-    from encoder_shrink import testing
+    from encoder_shrink import tiny
     from encoder_shrink.pipelines import get_adapter
 
     adapter = get_adapter(family)
@@ -164,7 +164,7 @@ def test_every_family_has_a_recipe_at_its_deployment_length_and_mask(family, cap
     for recipe in mine:
         assert recipe.max_sequence_length in (None, adapter.max_sequence_length), recipe.name
         assert recipe.use_attention_mask == adapter.uses_attention_mask, recipe.name
-        if adapter.student_class_name == "ShrunkLLMEncoderModel":  # T5 blocks under the teacher's own vocabulary
+        if adapter.student_kind == "llm":  # T5 blocks under the teacher's own vocabulary
             assert recipe.student_t5 == STUDENT_T5["t5-base"] and recipe.embedding_rank, recipe.name
         else:
             assert recipe.student_t5 == STUDENT_T5[adapter.synthetic.student] or recipe.name.startswith("flux-t5")
@@ -173,9 +173,9 @@ def test_every_family_has_a_recipe_at_its_deployment_length_and_mask(family, cap
     record = adapter.record(mine[0].max_sequence_length or adapter.max_sequence_length)
     assert record["pipeline_family"] == family and record["component"] == adapter.encoder_slot
     assert record["use_attention_mask"] == adapter.uses_attention_mask
-    pipe_adapter = adapter(testing.load_tiny_pipeline(family, tiny_pipeline_dirs[family]))
-    student = testing.tiny_student(teacher_dim=pipe_adapter.conditioning_width,
-                                   student_class=adapter.student_class_name, **record, **pipe_adapter.student_fields())
+    pipe_adapter = adapter(tiny.load_tiny_pipeline(family, tiny_pipeline_dirs[family]))
+    student = tiny.tiny_student(teacher_dim=pipe_adapter.conditioning_width,
+                                   student_class=adapter.student_class(), **record, **pipe_adapter.student_fields())
     length = record["max_sequence_length"]
     with caplog.at_level(logging.WARNING, logger="encoder_shrink"):
         student(torch.ones(1, length or 7, dtype=torch.long), attention_mask=None)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-from encoder_shrink import testing
+from encoder_shrink import tiny
 
 # The teacher's data: latents with these per-channel means and a 0.5 spread, whatever the prompt. A random UNet's
 # DDIM samples explode (std ~12), so no student can be "closer" to them; a trained one's are a distribution.
@@ -19,7 +19,7 @@ TRAIN_STEPS, BATCH = 300, 16
 @pytest.fixture(scope="session")
 def trained_sd_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("trained-sd") / "sd"
-    pipe = StableDiffusionPipeline.from_pretrained(testing.save_tiny_pipeline(testing.STABLE_DIFFUSION, directory))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny.save_tiny_pipeline(tiny.STABLE_DIFFUSION, directory))
     unet, scheduler = pipe.unet.train(), DDPMScheduler.from_config(pipe.scheduler.config)
     generator = torch.Generator().manual_seed(0)
     tokens = pipe.tokenizer(["a red circle", "a blue square", "two green triangles", "a yellow star", ""],

@@ -17,7 +17,7 @@ from encoder_shrink.recipes import RecipeError, load_recipe
 from peft import LoraConfig
 from safetensors.torch import load_file
 
-from encoder_shrink import testing
+from encoder_shrink import tiny
 from encoder_shrink.cli import main
 from encoder_shrink.distill import DistillationDiverged, latest_checkpoint
 from encoder_shrink.errors import IncompatibleModelError
@@ -33,7 +33,7 @@ PROMPTS = ["a red circle", "a blue square", "two green triangles", "a yellow sta
 
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory):
-    return testing.save_tiny_pipeline(testing.STABLE_DIFFUSION, tmp_path_factory.mktemp("sd") / "sd")
+    return tiny.save_tiny_pipeline(tiny.STABLE_DIFFUSION, tmp_path_factory.mktemp("sd") / "sd")
 
 
 def _pipe(sd_dir):
@@ -197,7 +197,7 @@ def test_a_non_finite_loss_saves_the_last_good_state_and_stops(sd_dir, tmp_path)
 
 
 def test_refuses_what_it_cannot_distil(sd_dir):
-    flux = testing.load_tiny_pipeline("flux-dev", sd_dir.parent / "flux")
+    flux = tiny.load_tiny_pipeline("flux-dev", sd_dir.parent / "flux")
     with pytest.raises(IncompatibleModelError, match="has no .*unet"):
         TiUEDistiller(flux)
     pipe = _pipe(sd_dir)
@@ -261,7 +261,7 @@ def test_a_short_run_brings_the_students_samples_closer_to_the_teachers(trained_
     from a fresh random UNet, so it starts far; the teacher is trained on a known distribution.
     """
     pipe = _pipe(trained_sd_dir)
-    start = testing.tiny_sd_components(seed=1)["unet"]
+    start = tiny.tiny_sd_components(seed=1)["unet"]
     distiller = TiUEDistiller(pipe)
     distiller.distill(recipe="tiny-tiue", student=start, max_steps=60, learning_rate=1e-3, eval_prompt_count=8,
                       eval_images_per_prompt=8)

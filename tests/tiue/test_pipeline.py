@@ -9,14 +9,14 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from encoder_shrink import testing
+from encoder_shrink import tiny
 from encoder_shrink.errors import InvalidArgumentError
 from encoder_shrink.tiue import DDIMCombine, TiUEPipeline, UNetSplit
 
 
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory):
-    return testing.save_tiny_pipeline(testing.STABLE_DIFFUSION, tmp_path_factory.mktemp("sd") / "sd")
+    return tiny.save_tiny_pipeline(tiny.STABLE_DIFFUSION, tmp_path_factory.mktemp("sd") / "sd")
 
 
 @pytest.fixture

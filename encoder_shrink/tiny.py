@@ -138,12 +138,13 @@ def tiny_umt5_encoder(d_model: int = T5_TINY_DIM, num_layers: int = 2, vocab_siz
 
 
 def tiny_student(teacher_dim: int = T5_TINY_DIM, d_model: int = 16, num_layers: int = 1, seed: int = 1,
-                 student_class: str = "ShrunkT5EncoderModel", **config):
-    """A random student (T5, or UMT5 with `student_class="ShrunkUMT5EncoderModel"`) projected to `teacher_dim`."""
-    import encoder_shrink
+                 student_class: type | None = None, **config):
+    """A random student of `student_class` (default: `ShrunkT5EncoderModel`; a UMT5 or LLM student class too)
+    projected to `teacher_dim`."""
+    from encoder_shrink.student import ShrunkT5EncoderModel
 
     torch.manual_seed(seed)
-    cls = getattr(encoder_shrink, student_class)
+    cls = student_class or ShrunkT5EncoderModel
     build = tiny_umt5_encoder if cls.base_model_type == "umt5" else tiny_t5_encoder
     encoder = build(d_model=d_model, num_layers=num_layers, seed=seed)
     return cls.from_t5(encoder, teacher_dim=teacher_dim, **config).eval()

@@ -1,0 +1,79 @@
+"""The CLI's help texts name exactly what the registries hold, and showing them imports no heavy library."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from encoder_shrink.cli import build_parser
+
+
+def _help(argv: list[str], capsys, monkeypatch) -> str:
+    monkeypatch.setenv("COLUMNS", "100000")  # one line per option: no name is split across a line break
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+def _registries():
+    from encoder_shrink.benchmarks.bench import BACKENDS
+    from encoder_shrink.benchmarks.synthetic import synthetic_names
+    from encoder_shrink.exporters import registered_formats
+    from encoder_shrink.recipes import available_recipes
+
+    from encoder_shrink.data import registered_prompt_sources
+    from encoder_shrink.distill import registered_losses
+    from encoder_shrink.evaluation import registered_metrics
+    from encoder_shrink.pipelines import registered_families
+    from encoder_shrink.tiue import available_tiue_recipes
+
+    return [
+        (["demo"], "families", registered_families()),
+        (["distill"], "families", registered_families()),
+        (["distill"], "recipes", list(available_recipes())),
+        (["distill"], "sources", registered_prompt_sources()),
+        (["distill"], "losses", registered_losses()),
+        (["tiue", "distill"], "TiUE recipes", list(available_tiue_recipes())),
+        (["tiue", "distill"], "sources", registered_prompt_sources()),
+        (["export"], "formats", registered_formats()),
+        (["eval"], "metrics", registered_metrics()),
+        (["bench"], "backends", list(BACKENDS)),
+        (["bench"], "synthetic models", synthetic_names()),
+    ]
+
+
+@pytest.mark.parametrize("index", range(11))
+def test_help_names_every_member_of_its_registry(index, capsys, monkeypatch):
+    argv, what, names = _registries()[index]
+    text = _help(argv, capsys, monkeypatch)
+    missing = [name for name in names if name not in text]
+    assert names and not missing, f"`{' '.join(argv)} --help` does not name the {what} {missing}"
+
+
+def test_a_name_added_to_a_registry_appears_in_the_help(capsys, monkeypatch):
+    from encoder_shrink.data import register_prompt_source
+    from encoder_shrink.data.sources import PROMPT_SOURCES
+
+    register_prompt_source("my-captions", lambda source, where, seed: [])
+    try:
+        assert "my-captions" in _help(["distill"], capsys, monkeypatch)
+    finally:
+        PROMPT_SOURCES._items.pop("my-captions")
+
+
+def test_choices_come_from_the_registry(capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["distill", "--pipeline", "p", "--loss", "no-such-loss"])
+    assert "invalid choice: 'no-such-loss'" in capsys.readouterr().err
+    assert parser.parse_args(["distill", "--pipeline", "p", "--loss", "embedding"]).loss == "embedding"
+
+
+def test_top_level_help_imports_neither_torch_nor_diffusers():
+    code = ("import sys; from encoder_shrink.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    assert done.stderr == ""
