@@ -11,9 +11,10 @@ from encoder_shrink.pipelines import PipelineAdapter, adapter_for
 logger = logging.getLogger(__name__)
 
 
-def check_compatible(pipe: Any, student: Any) -> PipelineAdapter:
+def check_compatible(pipe: Any, student: Any, adapter: PipelineAdapter | None = None) -> PipelineAdapter:
     r"""
-    Check that `student` can replace the T5 encoder of `pipe`, and return the pipeline's adapter.
+    Check that `student` can replace the T5 encoder of `pipe`, and return the pipeline's adapter (`adapter`, when
+    given: e.g. the `EncoderShrinker`'s, so that a traced pipeline is not traced again at its default size).
 
     Raises a one-line `IncompatibleModelError` / `WrongModelTypeError` when the pipeline family is unsupported, when
     the student is not an
@@ -29,7 +30,7 @@ def check_compatible(pipe: Any, student: Any) -> PipelineAdapter:
     'text_encoder_2'
     ```
     """
-    adapter = adapter_for(pipe)
+    adapter = adapter if adapter is not None else adapter_for(pipe)
     config = getattr(student, "config", None)
     width = getattr(config, "teacher_dim", None)
     if width is None:

@@ -156,7 +156,7 @@ class EncoderShrinker:
         length = recipe.max_sequence_length or self.adapter.max_sequence_length
         if student is None:
             student = self.build_student(recipe)
-        check_compatible(self.pipe, student)
+        check_compatible(self.pipe, student, adapter=self.adapter)
         for key, value in self._record(recipe).items():  # a given student now records this distillation
             setattr(student.config, key, value)
         train_prompts, held_out = self._split_prompts(prompts, eval_prompts, recipe.eval_prompt_count, recipe.seed)

@@ -869,7 +869,9 @@ class TracedAdapter(PipelineAdapter):
     def _blocks(self, texts: list[str], features: torch.Tensor) -> list[torch.Tensor]:
         """`features` (one row per text, in `encoder_texts` order) split into the pipeline's encoder calls."""
         batch = len(texts) // len(self.report.encoder_calls)
-        return list(features.split(batch))
+        # Copies, not `split`'s views: prompt code may write into the embeddings (Cosmos zeroes the padding), which
+        # autograd refuses on the views of a multi-output function.
+        return [block.clone() for block in features.split(batch)]
 
     @staticmethod
     def _split(texts: list[str]) -> tuple[list[str], list[str] | None]:
