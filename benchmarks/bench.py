@@ -21,11 +21,8 @@ from encoder_shrink.files import atomic_write_text, pyplot, save_figure
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "trt", "onnx-fused", "onnx-int8-fused", "torch-bf16", "torch-bf16-compiled",
-            "openvino", "openvino-fp32", "best-cpu")
-# Backends that run on the CPU whatever the device: their output goes to the device (a CPU-resident encoder).
-CPU_BACKENDS = ("onnx-int8", "onnx-fused", "onnx-int8-fused", "torch-bf16", "torch-bf16-compiled", "openvino",
-                "openvino-fp32", "best-cpu")
+# The torch student itself; every other backend is a registered export format's (`encoder_shrink.exporters.BACKENDS`).
+TORCH = "torch"
 DTYPES = ("float32", "bfloat16", "float16")
 RESULTS = "results.json"
 
@@ -44,11 +41,12 @@ class BenchConfig:
             its teacher included), with real architectures and random weights (`synthetic_names()` lists them).
         synthetic_student: the size of the synthetic student (default: the family's recipe student, T5-base or
             UMT5-base; T5-base for an encoder alone).
-        backends: student backends among `torch`, `onnx` (fp32; fp16 on CUDA), `onnx-int8` (ONNX Runtime dynamic
-            int8 on the CPU), `trt` (TensorRT engine; needs tensorrt and a GPU) and the other CPU backends
-            (`encoder_shrink.exporters.cpu_candidates`: `onnx-fused`, `onnx-int8-fused` with ONNX Runtime's
-            transformer fusions, `torch-bf16`, `torch-bf16-compiled`, `openvino` (int8), `openvino-fp32`), and
-            `best-cpu`: the fastest of those measured on this machine at `seq_len`.
+        backends: student backends among `bench_backends()`: `torch` (the student itself) and every backend the
+            export formats register (`encoder_shrink.exporters.registered_backends()`): `onnx` (fp32; fp16 on
+            CUDA), `onnx-int8` (ONNX Runtime dynamic int8 on the CPU), `onnx-fused`, `onnx-int8-fused` (with ONNX
+            Runtime's transformer fusions), `trt` (TensorRT engine; needs tensorrt and a GPU), `torch-bf16`,
+            `torch-bf16-compiled`, `openvino` (int8), `openvino-fp32`, and `best-cpu`: the fastest of the CPU
+            candidates measured on this machine at `seq_len`.
         device / dtype: where and in which dtype the torch encoders and the pipeline run.
         seq_len / batch: the encode input (every position a real token, as FLUX and SD3 run T5).
         repeats / warmup: timed encodes per variant after `warmup` untimed ones.
@@ -103,9 +101,10 @@ class BenchConfig:
             )
         if self.student is None and self.synthetic is None:
             raise InvalidArgumentError("a real pipeline needs student=PATH (a saved student folder).")
-        unknown = [b for b in self.backends if b not in BACKENDS]
+        known = bench_backends()
+        unknown = [b for b in self.backends if b not in known]
         if unknown or not self.backends:
-            raise InvalidArgumentError(f"backends={self.backends!r}: choose among {', '.join(BACKENDS)}.")
+            raise InvalidArgumentError(f"backends={self.backends!r}: choose among {', '.join(known)}.")
         if self.dtype not in DTYPES:
             raise InvalidArgumentError(f"dtype={self.dtype!r} is not supported; choose one of {', '.join(DTYPES)}.")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -165,43 +164,27 @@ def _prepare_student(config: BenchConfig, work: Path, teacher_dim: int) -> Path:
     return folder
 
 
-def _cpu_exports(tokens: int) -> dict:
-    """The CPU backends beyond onnx-int8, as their export configs (best-cpu times them at `tokens`)."""
-    import dataclasses
+def bench_backends() -> list[str]:
+    """The backends `bench` measures: the torch student and every registered export backend."""
+    from encoder_shrink.exporters import registered_backends
 
-    from encoder_shrink.exporters import BestCPUExportConfig, cpu_candidates
-
-    names = {"onnx-fused": "onnx-fp32-fused", "onnx-int8-fused": "onnx-int8-fused", "torch-bf16": "torch-bf16",
-             "torch-bf16-compiled": "torch-bf16-compiled", "openvino": "openvino-int8",
-             "openvino-fp32": "openvino-fp32"}
-    candidates = cpu_candidates()
-    exports = {}
-    for backend, candidate in names.items():
-        config = candidates[candidate]
-        if hasattr(config, "max_tokens"):
-            config = dataclasses.replace(config, max_tokens=tokens)
-        elif hasattr(config, "onnx"):
-            config = dataclasses.replace(config, onnx=dataclasses.replace(config.onnx, max_tokens=tokens))
-        exports[backend] = config
-    exports["best-cpu"] = BestCPUExportConfig(tokens=tokens)
-    return exports
+    return [TORCH, *registered_backends()]
 
 
-def _backend_exports(config: BenchConfig, work: Path) -> dict:
-    """Each student backend but torch as (folder under `work`, export config); every one a registered format."""
-    from encoder_shrink.exporters import OnnxExportConfig, TensorRTExportConfig
+def _backend_options(config: BenchConfig, work: Path):
+    from encoder_shrink.exporters import BackendOptions
 
-    tokens = max(config.seq_len, 64)
-    gpu = config.device.startswith("cuda")
-    return {
-        # On a GPU the fp16 graph (fp32 wo/norms) is the one worth running; on a CPU fp32.
-        "onnx": ("onnx-fp16" if gpu else "onnx-fp32", OnnxExportConfig(fp16=gpu, max_tokens=tokens)),
-        "onnx-int8": ("onnx-int8", OnnxExportConfig(int8="dynamic", max_tokens=tokens)),
-        **{name: (name, config) for name, config in _cpu_exports(tokens).items()},
-        "trt": ("trt-fp16", TensorRTExportConfig(
-            onnx=OnnxExportConfig(fp16=True, max_tokens=tokens), max_batch=config.batch, max_tokens=config.seq_len,
-            timing_cache=str(work / "trt.cache"), onnx_dir=str(work / "onnx-fp16-trt-source"))),
-    }
+    return BackendOptions(tokens=config.seq_len, batch=config.batch, device=config.device, work=work)
+
+
+def _backend_export(config: BenchConfig, backend: str, work: Path) -> tuple[str, object]:
+    """A student backend's (folder under `work`, export config): the registered backend's config for this run."""
+    from encoder_shrink.exporters import get_backend
+
+    entry = get_backend(backend)
+    # A backend whose config follows the device (ONNX: fp16 on a GPU) keeps one folder per device type.
+    folder = backend if entry.on_cpu else f"{backend}-{config.device.split(':')[0]}"
+    return folder, entry.config(_backend_options(config, work))
 
 
 def _prepare_exports(config: BenchConfig, backends: list[str], student: Path, work: Path) -> dict[str, Path]:
@@ -210,9 +193,9 @@ def _prepare_exports(config: BenchConfig, backends: list[str], student: Path, wo
 
     exports = {}
     for backend in backends:
-        if backend == "torch":
+        if backend == TORCH:
             continue
-        folder, export_config = _backend_exports(config, work)[backend]
+        folder, export_config = _backend_export(config, backend, work)
         exports[backend] = work / folder
         if not (exports[backend] / "config.json").is_file():
             export(student, exports[backend], export_config, overwrite=True)
@@ -223,9 +206,9 @@ def _skip_reason(backend: str, config: BenchConfig, work: Path) -> str | None:
     """Why a backend cannot be measured here (its export format's missing package or GPU), or None."""
     from encoder_shrink.exporters import format_of
 
-    if backend == "torch":
+    if backend == TORCH:
         return None
-    entry = format_of(_backend_exports(config, work)[backend][1])
+    entry = format_of(_backend_export(config, backend, work)[1])
     reason = entry.unavailable() if entry.unavailable else None
     if reason is None and entry.name == "tensorrt" and not config.device.startswith("cuda"):
         reason = "TensorRT needs device='cuda'"
@@ -247,6 +230,7 @@ def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str 
     """
     # Imported here: `python -m encoder_shrink.benchmarks.measure` must not find itself imported by the package.
     from encoder_shrink.benchmarks.measure import run_isolated
+    from encoder_shrink.exporters import get_backend
     from tqdm.auto import tqdm
 
     if config.pipeline is not None and Path(config.pipeline).exists():
@@ -290,7 +274,7 @@ def run_bench(config: BenchConfig, output_dir: str | os.PathLike, work_dir: str 
     for backend in backends:
         source = {"kind": "folder", "path": str(exports.get(backend, student))}
         run_device = config.device
-        if backend in CPU_BACKENDS:
+        if backend != TORCH and get_backend(backend).on_cpu:
             # CPU kernels (ONNX Runtime int8, torch bf16, OpenVINO): the encoder runs on the CPU, its output goes to
             # the device.
             source["providers"], run_device = ["CPUExecutionProvider"], "cpu"
@@ -412,4 +396,4 @@ def chart(results: dict, path: Path) -> None:
     save_figure(fig, path, dpi=110)
 
 
-__all__ = ["BACKENDS", "BenchConfig", "chart", "markdown", "run_bench"]
+__all__ = ["BenchConfig", "bench_backends", "chart", "markdown", "run_bench"]

@@ -438,7 +438,7 @@ def _tiue_generate(args: argparse.Namespace) -> int:
 
 
 def _tiue_export(args: argparse.Namespace) -> int:
-    from encoder_shrink.exporters.runtime import REPORT
+    from encoder_shrink.exporters.formats import REPORT
     from encoder_shrink.exporters.tiue_onnx import export_tiue_onnx
     from encoder_shrink.loading import load_pipeline
     from encoder_shrink.tiue import TiUEPipeline
@@ -533,9 +533,9 @@ def _metric_description(name: str) -> str:
 
 
 def _backends():
-    from encoder_shrink.benchmarks.bench import BACKENDS
+    from encoder_shrink.benchmarks.bench import bench_backends
 
-    return list(BACKENDS)
+    return bench_backends()
 
 
 def _synthetic_names():

@@ -20,7 +20,8 @@ from encoder_shrink.student_kinds import register_student_kind
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FactorisedEmbedding", "LayerFeatures", "ShrunkLLMEncoderModel", "layer_features", "tokenizer_fingerprint"]
+__all__ = ["FactorisedEmbedding", "LLMRuntimeOutputs", "LayerFeatures", "ShrunkLLMEncoderModel", "layer_features",
+           "tokenizer_fingerprint"]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -277,7 +278,27 @@ def _is_llm_teacher(config) -> bool:
         model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
 
 
+class LLMRuntimeOutputs:
+    """
+    What a runtime encoder (an exported student run outside torch) of a student of an LLM teacher adds to its
+    format's runtime: like the torch student, `hidden_states` (when asked for) holds the teacher's layers at their
+    indices, and a bool mask (Z-Image) is taken.
+    """
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_hidden_states=None,
+                output_attentions=None, return_dict=None, **kwargs):
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(torch.long)
+        features = super().forward(input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                   return_dict=True).last_hidden_state
+        hidden_states = layer_features(self.config, features) if output_hidden_states else None
+        if return_dict is False:
+            return (features,) if hidden_states is None else (features, hidden_states)
+        return BaseModelOutput(last_hidden_state=features, hidden_states=hidden_states)
+
+
 register_student_kind("llm", ShrunkLLMEncoderModel, _is_llm_teacher,
+                      runtime_mixin=LLMRuntimeOutputs,
                       description="T5 blocks over a factorised embedding of the teacher's vocabulary, for decoder-LLM "
                                   "and VL teachers (hidden states of the layers the pipeline reads)")
 AutoConfig.register(ShrunkLLMConfig.model_type, ShrunkLLMConfig)

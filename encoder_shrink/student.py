@@ -419,7 +419,7 @@ register_student_kind("t5", ShrunkT5EncoderModel,
                       description="T5 encoder blocks and a projector, for T5 teachers (T5-XXL, ...)")
 register_student_kind("umt5", ShrunkUMT5EncoderModel,
                       lambda config: config.model_type in ("umt5", ShrunkUMT5Config.model_type),
-                      recipe_size="umt5-base",
+                      recipe_size="umt5-base", runtime_model=UMT5EncoderModel,
                       description="UMT5 encoder blocks and a projector, for UMT5 teachers (UMT5-XXL, Pile-T5)")
 
 

@@ -23,6 +23,10 @@ class StudentKind:
         recipe_size: the T5 configuration (`encoder_shrink.benchmarks.synthetic.T5_CONFIGS`) the `<family>-t5base`
             recipes start this kind's student from.
         description: one line for docs and `inspect`.
+        runtime_mixin: a class placed first in the bases of this kind's runtime encoders (an exported student run
+            outside torch), for what the kind's outputs add (the LLM students' `hidden_states`).
+        runtime_model: the transformers class diffusers expects in this kind's slot, placed last in those bases
+            (`UMT5EncoderModel`; T5's is the runtime encoders' own base).
     """
 
     name: str
@@ -30,6 +34,8 @@ class StudentKind:
     teaches: Callable[[Any], bool]
     recipe_size: str = "t5-base"
     description: str = ""
+    runtime_mixin: type | None = None
+    runtime_model: type | None = None
 
     def __post_init__(self):
         if not isinstance(self.student_class, type):
@@ -49,7 +55,8 @@ _BUILT_IN = ("encoder_shrink.student", "encoder_shrink.llm_student")
 
 
 def register_student_kind(name: str, student_class: type, teaches: Callable[[Any], bool], *,
-                          recipe_size: str = "t5-base", description: str = "") -> StudentKind:
+                          recipe_size: str = "t5-base", description: str = "", runtime_mixin: type | None = None,
+                          runtime_model: type | None = None) -> StudentKind:
     """
     Register a student kind next to its student class. A taken name raises.
 
@@ -59,7 +66,8 @@ def register_student_kind(name: str, student_class: type, teaches: Callable[[Any
     >>> register_student_kind("t5", ShrunkT5EncoderModel, lambda config: config.model_type == "t5")  # doctest: +SKIP
     ```
     """
-    return STUDENT_KINDS.register(name, StudentKind(name, student_class, teaches, recipe_size, description))
+    return STUDENT_KINDS.register(name, StudentKind(name, student_class, teaches, recipe_size, description,
+                                                    runtime_mixin, runtime_model))
 
 
 def _load_built_in() -> None:

@@ -9,42 +9,22 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from encoder_shrink.exporters.formats import export, format_of, register_export_format
-from encoder_shrink.exporters.onnx_export import OnnxExportConfig
-from encoder_shrink.exporters.openvino import OpenVINOExportConfig
+from encoder_shrink.exporters.formats import (
+    EXPORT_KEY,
+    REPORT,
+    Backend,
+    cpu_candidates,
+    export,
+    format_of,
+    read_config,
+    register_export_format,
+)
 from encoder_shrink.exporters.parity import ExportParityError
-from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, read_config
-from encoder_shrink.exporters.torch_bf16 import TorchBF16ExportConfig
 
 from encoder_shrink.errors import InvalidArgumentError, UnknownNameError
 from encoder_shrink.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
-
-
-def cpu_candidates() -> dict[str, object]:
-    r"""
-    The CPU backends `best-cpu` chooses among, by name, each a registered format's config: ONNX Runtime fp32 and
-    dynamic int8, each plain and with the transformer fusions; torch bf16, eager and compiled; OpenVINO int8 and fp32.
-
-    Example:
-
-    ```python
-    >>> sorted(cpu_candidates())[:2]
-    ['onnx-fp32', 'onnx-fp32-fused']
-    ```
-    """
-    return {
-        "onnx-fp32": OnnxExportConfig(),
-        "onnx-fp32-fused": OnnxExportConfig(optimize=True),
-        "onnx-int8": OnnxExportConfig(int8="dynamic"),
-        "onnx-int8-fused": OnnxExportConfig(int8="dynamic", optimize=True),
-        "torch-bf16": TorchBF16ExportConfig(),
-        "torch-bf16-compiled": TorchBF16ExportConfig(compile=True),
-        "openvino-int8": OpenVINOExportConfig(),
-        "openvino-fp32": OpenVINOExportConfig(int8=False),
-    }
 
 
 @dataclass
@@ -58,8 +38,8 @@ class BestCPUExportConfig:
     CPUs differ (AMX, AVX-512 VNNI/BF16, AVX2), so the best backend is measured where it will run, not assumed.
 
     Args:
-        candidates: names from `cpu_candidates()` (default: all of them; those whose package is missing are skipped
-            with the reason).
+        candidates: names from `cpu_candidates()`, the backends registered as candidates (default: all of them;
+            those whose package is missing are skipped with the reason).
         tokens: the encode length timed (default: the student's `max_sequence_length`, its pipeline's padded length;
             128 when it records none).
         batch / repeats / warmup: the timed encode: `batch` x `tokens` ids, median of `repeats` after `warmup`.
@@ -67,7 +47,7 @@ class BestCPUExportConfig:
     Example:
 
     ```python
-    >>> BestCPUExportConfig(candidates=("onnx-int8", "openvino-int8")).repeats
+    >>> BestCPUExportConfig(candidates=("onnx-int8", "openvino")).repeats
     5
     ```
     """
@@ -108,6 +88,7 @@ def _measure(folder: Path, name: str, config: BestCPUExportConfig, tokens: int, 
 
 def _export_best_cpu(student, staging: Path, config: BestCPUExportConfig, context) -> None:
     """The `best-cpu` format's handler: export and time each candidate, move the fastest into `staging`."""
+    import torch
     from encoder_shrink.benchmarks.measure import cpu_info
 
     tokens = config.tokens or student.config.max_sequence_length or 128
@@ -167,6 +148,7 @@ def _export_best_cpu(student, staging: Path, config: BestCPUExportConfig, contex
 register_export_format(
     "best-cpu", BestCPUExportConfig, _export_best_cpu,
     description="every installed CPU backend exported, parity-checked and timed here; the fastest is kept",
+    backends=(Backend("best-cpu", lambda options: BestCPUExportConfig(tokens=options.tokens), candidate=False),),
 )
 
-__all__ = ["BestCPUExportConfig", "cpu_candidates"]
+__all__ = ["BestCPUExportConfig"]

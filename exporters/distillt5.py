@@ -11,21 +11,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from encoder_shrink.exporters.formats import register_export_format
+from encoder_shrink.exporters.formats import EXPORT_KEY, REPORT, register_export_format
 from encoder_shrink.exporters.parity import ExportParityError, compare
-from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT
-from safetensors.torch import load_file, save_file
-from torch import nn
 
-from encoder_shrink.configuration import NON_FIELD_KEYS
 from encoder_shrink.errors import InvalidArgumentError, WrongModelTypeError
 from encoder_shrink.files import atomic_write_text
-from encoder_shrink.reference import REFERENCE_ARCHITECTURE
 
 WEIGHTS_FILE = "model.safetensors"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The dtypes the file may hold, by their torch names.
+DTYPES = ("float32", "bfloat16", "float16")
 # The tolerance an export in each dtype is held to against the fp32 student (fp32: the same numbers, bit for bit).
 PRECISIONS = {"float32": "fp32", "bfloat16": "fp16", "float16": "fp16"}
 # Our config keys that are not T5 fields; they stay out of the reference config except the record of what the
@@ -57,7 +51,7 @@ class DistillT5ExportConfig:
             raise InvalidArgumentError(f"dtype={self.dtype!r} is not supported; use one of {', '.join(DTYPES)}.")
 
 
-def reference_state_dict(student) -> dict[str, torch.Tensor]:
+def reference_state_dict(student) -> dict:
     """The student's weights under the reference's keys (`encoder.shared.weight`, `encoder.encoder.*`, projector)."""
     state = {}
     for name, tensor in student.state_dict().items():
@@ -71,6 +65,9 @@ def reference_state_dict(student) -> dict[str, torch.Tensor]:
 def reference_config(student) -> dict:
     """The reference's config.json: the T5 fields, `project_in_dim`/`project_out_dim` (and `out_dim`, the key the
     reference's config class reads the output width from), and our record of what the student replaces."""
+    from encoder_shrink.configuration import NON_FIELD_KEYS
+    from encoder_shrink.reference import REFERENCE_ARCHITECTURE
+
     config = {k: v for k, v in student.config.to_dict().items() if k not in (*NON_FIELD_KEYS, *_OURS, EXPORT_KEY)}
     width = student.config.teacher_dim
     config.update(architectures=[REFERENCE_ARCHITECTURE], model_type="t5", project_in_dim=student.config.d_model,
@@ -78,27 +75,34 @@ def reference_config(student) -> dict:
     return config
 
 
-class ReferenceLayout(nn.Module):
+def reference_layout(config: dict):
     """The reference's module layout from its config: a whole `T5EncoderModel` as `encoder`, then the projector."""
+    from torch import nn
+    from transformers import T5Config, T5EncoderModel
 
-    def __init__(self, config: dict):
-        from transformers import T5Config, T5EncoderModel
+    class ReferenceLayout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type", EXPORT_KEY)}
+            self.encoder = T5EncoderModel(T5Config(**fields))
+            width, out = config["project_in_dim"], config["project_out_dim"]
+            self.final_projection = nn.Sequential(nn.Linear(width, out, bias=False), nn.ReLU(), nn.Dropout(0.1),
+                                                  nn.Linear(out, out, bias=False))
 
-        super().__init__()
-        fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type", EXPORT_KEY)}
-        self.encoder = T5EncoderModel(T5Config(**fields))
-        width, out = config["project_in_dim"], config["project_out_dim"]
-        self.final_projection = nn.Sequential(nn.Linear(width, out, bias=False), nn.ReLU(), nn.Dropout(0.1),
-                                              nn.Linear(out, out, bias=False))
+        def forward(self, input_ids, attention_mask=None):
+            return self.final_projection(self.encoder(input_ids, attention_mask=attention_mask).last_hidden_state)
 
-    def forward(self, input_ids, attention_mask=None):
-        return self.final_projection(self.encoder(input_ids, attention_mask=attention_mask).last_hidden_state)
+    return ReferenceLayout()
 
 
 def _check(student, folder: Path, dtype: str) -> dict:
     """The written file read back into the reference's layout (strictly) and run next to the student."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
     config = json.loads((folder / "config.json").read_text())
-    reference = ReferenceLayout(config).eval()
+    reference = reference_layout(config).eval()
     state = {k: v.float() for k, v in load_file(folder / WEIGHTS_FILE).items()}
     state["encoder.encoder.embed_tokens.weight"] = state["encoder.shared.weight"]
     reference.load_state_dict(state, strict=True)
@@ -117,12 +121,17 @@ def _check(student, folder: Path, dtype: str) -> dict:
 
 def _export_distillt5(student, staging: Path, config: DistillT5ExportConfig, context) -> None:
     """The `distillt5` format's handler: one safetensors file, its config, checked through the reference layout."""
+    import torch
+    from safetensors.torch import save_file
+
+    from encoder_shrink.reference import REFERENCE_ARCHITECTURE
+
     if student.config.model_type != "shrunk_t5":
         raise WrongModelTypeError(
             f"the distillt5 layout holds T5 students; this is a {type(student).__name__}: export it with "
             "--format onnx."
         )
-    state = {k: v.to(DTYPES[config.dtype]) for k, v in reference_state_dict(student).items()}
+    state = {k: v.to(getattr(torch, config.dtype)) for k, v in reference_state_dict(student).items()}
     save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
     record = {"format": "distillt5", "file": WEIGHTS_FILE, "dtype": config.dtype}
     atomic_write_text(staging / "config.json", json.dumps({**reference_config(student), EXPORT_KEY: record}, indent=2))
@@ -142,4 +151,4 @@ register_export_format(
     description="one safetensors file in the reference (DistillT5 / ComfyUI node) layout, read back and checked",
 )
 
-__all__ = ["DistillT5ExportConfig", "ReferenceLayout", "reference_config", "reference_state_dict"]
+__all__ = ["DistillT5ExportConfig", "reference_config", "reference_layout", "reference_state_dict"]

@@ -1,4 +1,9 @@
-"""Export formats: the registry (a public config and a private handler per format), `export` and `load_encoder`."""
+"""Export formats: the registry (a public config, a private handler, a runtime and named backends per format),
+`export` and `load_encoder`.
+
+This module and the format modules import no torch, transformers or runtime package at import time, so the CLI can
+list the formats, backends and their descriptions cheaply; each format imports what it runs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from encoder_shrink.exporters.runtime import EXPORT_KEY, read_config
-
 from encoder_shrink.errors import (
     BackendUnavailableError,
+    InputNotFoundError,
     InvalidArgumentError,
     OutputExistsError,
     UnknownNameError,
     WrongModelTypeError,
 )
 from encoder_shrink.files import atomic_dir
-from encoder_shrink.registry import ConfigRegistry
+from encoder_shrink.registry import ConfigRegistry, Registry
 
 logger = logging.getLogger(__name__)
+
+# The config.json record of an export (`{"format": ..., "file": ..., ...}`) and the report written beside it.
+EXPORT_KEY = "export"
+REPORT = "export_report.json"
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """The `config.json` of a student or export folder, or a one-line error naming what is wrong with it."""
+    import json
+
+    config_file = Path(folder) / "config.json"
+    if not Path(folder).exists():
+        raise InputNotFoundError(f"{folder} does not exist; pass a folder written by save_pretrained or "
+                                 "encoder-shrink export.")
+    if not config_file.is_file():
+        raise InvalidArgumentError(f"{folder} is not a student folder (no config.json); pass a folder written by "
+                                   "save_pretrained or encoder-shrink export.")
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise InvalidArgumentError(
+            f"{config_file} is not valid JSON ({error.msg}); re-save or re-export the student."
+        ) from None
 
 
 @dataclass
@@ -47,6 +74,42 @@ class ExportContext:
 
 
 @dataclass(frozen=True)
+class BackendOptions:
+    """
+    What a named backend's export config is made for: the encode length it serves (`tokens`; None: the format's
+    defaults), the batch, the device the pipeline runs on, and a work folder for caches (TensorRT's timing cache).
+    """
+
+    tokens: int | None = None
+    batch: int = 1
+    device: str = "cpu"
+    work: Path | None = None
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+@dataclass(frozen=True)
+class Backend:
+    r"""
+    One named way to run a student, as `bench --backends`, `best-cpu` and `cpu_limit` name it: a registered format's
+    config made for the [`BackendOptions`] at hand.
+
+    Args:
+        name: the backend's name (`"onnx-int8"`); unique across formats.
+        config: `config(options) -> export config` of its format.
+        on_cpu: it runs on the CPU whatever the pipeline's device (its output goes to the device).
+        candidate: `best-cpu` and the CPU sweep choose among it.
+    """
+
+    name: str
+    config: Callable[[BackendOptions], Any]
+    on_cpu: bool = True
+    candidate: bool = True
+
+
+@dataclass(frozen=True)
 class ExportFormat:
     r"""
     One registered export format.
@@ -57,39 +120,60 @@ class ExportFormat:
         handler: `handler(student, staging, config, context)` writes the export into the folder `staging` (renamed
             onto the output folder when it returns; removed when it raises), `config.json` with an `export` record
             `{"format": name, ...}` included, and checks it against the torch student.
-        encoder_class: the runtime encoder `load_encoder` returns for its folders (an `ExportedEncoder` subclass), or
-            None when the torch student loads them.
+        runtime: the class that runs its folders outside torch's student: `_load(folder, config, info, **kwargs)`
+            and `_run(input_ids, attention_mask)` over [`~encoder_shrink.exporters.runtime.ExportedEncoder`], one
+            class for every student kind (`encoder_class(kind)` combines them); None when the torch student loads
+            the folders.
         description: one line for `--help` and the docs.
         unavailable: `() -> str | None`, why the format cannot run here (a missing package or GPU), checked before
             anything is written.
+        backends: the named backends of the format ([`Backend`]).
     """
 
     name: str
     config_class: type
     handler: Callable[..., None]
-    encoder_class: type | None = None
+    runtime: type | None = None
     description: str = ""
     unavailable: Callable[[], str | None] | None = None
+    backends: tuple[Backend, ...] = ()
+
+    def encoder_class(self, kind) -> type | None:
+        """The runtime encoder class for students of `kind` (a student kind or its name), or None (torch student)."""
+        if self.runtime is None:
+            return None
+        from encoder_shrink.exporters.runtime import encoder_class
+
+        return encoder_class(self.runtime, kind)
 
 
 EXPORT_FORMATS: ConfigRegistry[ExportFormat] = ConfigRegistry("export format")
+BACKENDS: Registry[Backend] = Registry("backend")
 
 
 def register_export_format(name: str, config_class: type, handler: Callable[..., None], *,
-                           encoder_class: type | None = None, description: str = "",
-                           unavailable: Callable[[], str | None] | None = None) -> ExportFormat:
+                           runtime: type | None = None, description: str = "",
+                           unavailable: Callable[[], str | None] | None = None,
+                           backends: tuple[Backend, ...] = ()) -> ExportFormat:
     r"""
-    Register an export format: its config class and its handler, one call next to their definition. A taken name or
-    config class raises.
+    Register an export format: its config class, its handler, its runtime and its named backends, one call next to
+    their definition. A taken name, config class or backend name raises.
 
     Example:
 
     ```python
-    >>> register_export_format("my-format", MyExportConfig, _export_my_format, description="...")  # doctest: +SKIP
+    >>> register_export_format("my-format", MyExportConfig, _export_my_format, runtime=MyRuntime,
+    ...                        backends=(Backend("my-format", lambda options: MyExportConfig()),))  # doctest: +SKIP
     ```
     """
-    return EXPORT_FORMATS.register(name, ExportFormat(name, config_class, handler, encoder_class, description,
-                                                      unavailable))
+    taken = [backend.name for backend in backends if backend.name in BACKENDS]
+    if taken:
+        raise InvalidArgumentError(f"export format {name!r}: backend {taken[0]!r} is already registered.")
+    entry = EXPORT_FORMATS.register(name, ExportFormat(name, config_class, handler, runtime, description,
+                                                       unavailable, tuple(backends)))
+    for backend in backends:
+        BACKENDS.register(backend.name, backend)
+    return entry
 
 
 def get_format(name: str) -> ExportFormat:
@@ -105,6 +189,39 @@ def format_of(config) -> ExportFormat:
 def registered_formats() -> list[str]:
     """Names of the registered export formats, e.g. `['distillt5', 'onnx', 'tensorrt']`."""
     return EXPORT_FORMATS.names()
+
+
+def registered_backends() -> list[str]:
+    """Names of the registered backends, in registration order (`['onnx', 'onnx-int8', ...]`)."""
+    return BACKENDS.names()
+
+
+def get_backend(name: str) -> Backend:
+    """The registered backend `name`."""
+    return BACKENDS.get(name)
+
+
+def backend_format(name: str) -> ExportFormat:
+    """The export format the backend `name` belongs to."""
+    backend = BACKENDS.get(name)
+    return next(entry for entry in EXPORT_FORMATS.values() if backend in entry.backends)
+
+
+def cpu_candidates(options: BackendOptions | None = None) -> dict[str, Any]:
+    r"""
+    The CPU backends `best-cpu` chooses among, by name, each a registered format's config (made for `options`; default:
+    the formats' own defaults): every backend registered with `candidate=True`.
+
+    Example:
+
+    ```python
+    >>> from encoder_shrink.exporters import cpu_candidates
+    >>> sorted(cpu_candidates())[:2]
+    ['onnx', 'onnx-fused']
+    ```
+    """
+    options = options or BackendOptions()
+    return {backend.name: backend.config(options) for backend in BACKENDS.values() if backend.candidate}
 
 
 def config_from_options(name: str, options: dict[str, Any], flags: dict[str, str] | None = None):
@@ -211,20 +328,34 @@ def load_encoder(path: str | os.PathLike, **kwargs):
             f"{folder} holds a {record.get('format')!r} export, which this version cannot run (registered formats: "
             f"{', '.join(registered_formats())})."
         )
-    encoder_class = get_format(record["format"]).encoder_class
-    return encoder_class.from_pretrained(folder, **kwargs) if encoder_class else load_student(folder, **kwargs)
+    entry = get_format(record["format"])
+    if entry.runtime is None:
+        return load_student(folder, **kwargs)
+    from encoder_shrink.exporters.runtime import ExportedEncoder
+
+    return ExportedEncoder.load(folder, entry.runtime, **kwargs)
 
 
 __all__ = [
+    "BACKENDS",
     "EXPORT_FORMATS",
+    "EXPORT_KEY",
+    "REPORT",
+    "Backend",
+    "BackendOptions",
     "ExportContext",
     "ExportFormat",
     "as_student",
+    "backend_format",
     "config_from_options",
+    "cpu_candidates",
     "export",
     "format_of",
+    "get_backend",
     "get_format",
     "load_encoder",
+    "read_config",
     "register_export_format",
+    "registered_backends",
     "registered_formats",
 ]

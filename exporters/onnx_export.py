@@ -1,4 +1,5 @@
-"""The `onnx` export format: a student as one ONNX graph (fp32, fp16 or int8), checked against the torch model."""
+"""The `onnx` export format: a student as one ONNX graph (fp32, fp16 or int8), checked against the torch model, and
+the ONNX Runtime encoder that runs it."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from encoder_shrink.exporters.formats import export, register_export_format
+from encoder_shrink.exporters.formats import EXPORT_KEY, REPORT, Backend, export, register_export_format
 from encoder_shrink.exporters.parity import ExportParityError, ParityCheck, raise_unless_passed, token_batches
-from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, OnnxShrunkT5Encoder
 
 from encoder_shrink.errors import InvalidArgumentError
 from encoder_shrink.files import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +47,91 @@ DEFAULT_PROMPTS = (
 )
 
 
-class _Graph(torch.nn.Module):
-    """The exported signature: (input_ids, attention_mask) -> last_hidden_state."""
+class OnnxEncoder:
+    r"""
+    The `onnx` format's runtime: an exported student run by ONNX Runtime, usable wherever the torch student is
+    (`load_encoder` returns it combined with [`ExportedEncoder`] for the student's kind). The session runs where its
+    execution provider runs (CPU, or CUDA with IO binding), so a CPU-resident encoder can feed a denoiser on a GPU.
 
-    def __init__(self, student):
-        super().__init__()
-        self.student = student
+    Example:
 
-    def forward(self, input_ids, attention_mask):
-        return self.student(input_ids, attention_mask=attention_mask, return_dict=False)[0]
+    ```python
+    >>> encoder = load_encoder("out/student-onnx-int8")  # doctest: +SKIP
+    >>> isinstance(encoder, OnnxEncoder)  # doctest: +SKIP
+    True
+    >>> pipe = FluxPipeline.from_pretrained(repo, text_encoder_2=encoder)  # doctest: +SKIP
+    ```
+    """
+
+    format = "onnx"
+
+    def __init__(self, config, session=None, folder: str | os.PathLike | None = None):
+        super().__init__(config, folder=folder)
+        self.session = session
+
+    @classmethod
+    def from_file(cls, graph: str | os.PathLike, config, providers: list[str] | None = None,
+                  folder: str | os.PathLike | None = None):
+        """An encoder running the ONNX graph `graph` (an export's `model.onnx`) for a student with `config`."""
+        import onnxruntime as ort
+        import torch
+        from encoder_shrink.exporters.runtime import ExportedEncoder, encoder_class
+
+        from encoder_shrink.student_kinds import kind_of_student
+
+        if not issubclass(cls, ExportedEncoder):
+            cls = encoder_class(cls, kind_of_student(config.model_type))
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if (
+                "CUDAExecutionProvider" in available and torch.cuda.is_available()) else ["CPUExecutionProvider"]
+        return cls(config, session=ort.InferenceSession(str(graph), providers=providers), folder=folder)
+
+    @classmethod
+    def _load(cls, folder, config, info, providers: list[str] | None = None, **kwargs):
+        """`providers` defaults to CUDA when onnxruntime-gpu and a GPU are present, else CPU."""
+        return cls.from_file(folder / info["file"], config, providers=providers, folder=folder)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+        import torch
+
+        if self.session.get_providers()[0] == "CUDAExecutionProvider":
+            return self._run_cuda(input_ids, attention_mask)
+        feeds = {"input_ids": input_ids.detach().cpu().numpy().astype(np.int64),
+                 "attention_mask": attention_mask.detach().cpu().numpy().astype(np.int64)}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
+
+    def _run_cuda(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run on the CUDA execution provider with IO binding: inputs and output stay on the GPU."""
+        import numpy as np
+        import torch
+
+        device = torch.device("cuda", torch.cuda.current_device())
+        ids = input_ids.to(device=device, dtype=torch.int64).contiguous()
+        mask = attention_mask.to(device=device, dtype=torch.int64).contiguous()
+        out = torch.empty((ids.shape[0], ids.shape[1], self.config.teacher_dim), device=device, dtype=torch.float32)
+        binding = self.session.io_binding()
+        for name, tensor in (("input_ids", ids), ("attention_mask", mask)):
+            binding.bind_input(name, "cuda", device.index, np.int64, list(tensor.shape), tensor.data_ptr())
+        binding.bind_output("last_hidden_state", "cuda", device.index, np.float32, list(out.shape), out.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return out
+
+
+def _graph(student):
+    """The exported signature as a module: (input_ids, attention_mask) -> last_hidden_state."""
+    import torch
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = student
+
+        def forward(self, input_ids, attention_mask):
+            return self.student(input_ids, attention_mask=attention_mask, return_dict=False)[0]
+
+    return Graph()
 
 
 def _scope(node) -> list[str]:
@@ -117,6 +196,8 @@ def denoiser_error(adapter, student, exported, prompts, length: int, resolution:
     Relative MSE of the denoiser's predictions with the `exported` runtime encoder's vs the torch student's
     embeddings along teacher trajectories (what an export costs the images, not only the embeddings).
     """
+    import torch
+
     from encoder_shrink.fidelity import denoiser_fidelity
 
     exported.to(adapter.device)
@@ -270,6 +351,8 @@ class OnnxExportConfig:
 
 def _export_graph(student, graph_file: Path, max_tokens: int) -> int:
     """Step 1: the fp32 graph of T5 + projector (external data past the protobuf limit); returns the weight bytes."""
+    import torch
+
     example = torch.tensor([[5, 6, 7, 1, 0, 0], [5, 6, 1, 0, 0, 0]])
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", min=2, max=max_tokens)
@@ -278,7 +361,7 @@ def _export_graph(student, graph_file: Path, max_tokens: int) -> int:
     student.set_attn_implementation("eager")
     try:
         program = torch.onnx.export(
-            _Graph(student).eval(), (example, (example != 0).long()), dynamo=True, opset_version=OPSET,
+            _graph(student).eval(), (example, (example != 0).long()), dynamo=True, opset_version=OPSET,
             input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
             dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
             verbose=False,
@@ -403,8 +486,7 @@ def _export_onnx(student, staging: Path, config: OnnxExportConfig, context) -> N
     checked = parity.check(graph_file)
     raise_unless_passed(checked, config.precision)
     if adapter is not None:
-        runtime = OnnxShrunkT5Encoder._for_student(student.config.model_type)
-        exported = runtime.from_file(graph_file, student.config, providers=["CPUExecutionProvider"])
+        exported = OnnxEncoder.from_file(graph_file, student.config, providers=["CPUExecutionProvider"])
         report["denoiser"] = denoiser_error(adapter, student, exported, config.prompts, length, config.resolution,
                                              config.denoiser_steps)
     # 4. package: the report and config.json with the export record
@@ -432,9 +514,23 @@ def _onnx_unavailable() -> str | None:
     return f"{', '.join(missing)} not installed (pip install 'encoder-shrink[onnx]')" if missing else None
 
 
+def _onnx_config(options, **fields) -> OnnxExportConfig:
+    """An ONNX config for a backend: graphs accept at least 64 tokens (or the format's limit without a length)."""
+    if options.tokens is not None:
+        fields["max_tokens"] = max(options.tokens, 64)
+    return OnnxExportConfig(**fields)
+
+
 register_export_format(
-    "onnx", OnnxExportConfig, _export_onnx, encoder_class=OnnxShrunkT5Encoder, unavailable=_onnx_unavailable,
+    "onnx", OnnxExportConfig, _export_onnx, runtime=OnnxEncoder, unavailable=_onnx_unavailable,
     description="one ONNX graph (fp32, fp16 or int8) run by ONNX Runtime, parity-checked against the torch student",
+    backends=(
+        # On a GPU the fp16 graph (fp32 wo/norms) is the one worth running; on a CPU fp32.
+        Backend("onnx", lambda options: _onnx_config(options, fp16=options.gpu), on_cpu=False),
+        Backend("onnx-int8", lambda options: _onnx_config(options, int8="dynamic")),
+        Backend("onnx-fused", lambda options: _onnx_config(options, optimize=True)),
+        Backend("onnx-int8-fused", lambda options: _onnx_config(options, int8="dynamic", optimize=True)),
+    ),
 )
 
 
@@ -464,4 +560,4 @@ def load_report(folder: str | os.PathLike) -> dict:
     return json.loads((Path(folder) / REPORT).read_text())
 
 
-__all__ = ["ExportParityError", "OnnxExportConfig", "OnnxShrunkT5Encoder", "export_onnx", "load_report"]
+__all__ = ["ExportParityError", "OnnxEncoder", "OnnxExportConfig", "export_onnx", "load_report"]

@@ -9,21 +9,17 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from encoder_shrink.exporters.formats import export, register_export_format
+from encoder_shrink.exporters.formats import EXPORT_KEY, REPORT, Backend, export, read_config, register_export_format
 from encoder_shrink.exporters.onnx_export import OnnxExportConfig, denoiser_error, load_report
 from encoder_shrink.exporters.parity import ParityCheck, raise_unless_passed, token_batches
-from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, ExportedEncoder, LLMOutputs, read_config
 
-# `PreTrainedModel` must be a name of this module: diffusers looks up `<module>.PreTrainedModel` to reload a
-# pipeline saved with this encoder inside (see encoder_shrink.exporters.runtime).
-from transformers import PreTrainedModel, UMT5EncoderModel
-
-from encoder_shrink.configuration import ShrunkLLMConfig, ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import InvalidArgumentError
 from encoder_shrink.files import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +43,10 @@ def _compile(xml: Path, hint: str | None):
     return ov.Core().compile_model(str(xml), "CPU", properties)
 
 
-class OpenVINOShrunkT5Encoder(ExportedEncoder):
+class OpenVINOEncoder:
     r"""
-    A student run by OpenVINO's CPU plugin, usable wherever the torch student is (a `T5EncoderModel` to diffusers, no
-    torch weights). It runs on the CPU and returns embeddings on the device and in the dtype set with `.to()`.
+    The `openvino` format's runtime: a student run by OpenVINO's CPU plugin, usable wherever the torch student is
+    (no torch weights). It runs on the CPU and returns embeddings on the device and in the dtype set with `.to()`.
 
     Example:
 
@@ -62,32 +58,23 @@ class OpenVINOShrunkT5Encoder(ExportedEncoder):
 
     format = "openvino"
 
-    def __init__(self, config: ShrunkT5Config, compiled=None, folder=None):
+    def __init__(self, config, compiled=None, folder=None):
         super().__init__(config, folder=folder)
         self.compiled = compiled
         self.request = compiled.create_infer_request() if compiled is not None else None
 
     @classmethod
-    def _load(cls, folder, config, info, **kwargs) -> OpenVINOShrunkT5Encoder:
+    def _load(cls, folder, config, info, **kwargs):
         return cls(config, compiled=_compile(folder / info["file"], info.get("inference_precision")), folder=folder)
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+        import torch
+
         feeds = {"input_ids": input_ids.detach().cpu().numpy().astype(np.int64),
                  "attention_mask": attention_mask.detach().cpu().numpy().astype(np.int64)}
         output = self.request.infer(feeds)
         return torch.from_numpy(np.array(output[self.compiled.output(0)], dtype=np.float32))
-
-
-class OpenVINOShrunkUMT5Encoder(OpenVINOShrunkT5Encoder, UMT5EncoderModel):
-    """The OpenVINO encoder of a UMT5 student: a `UMT5EncoderModel` to diffusers."""
-
-    config_class = ShrunkUMT5Config
-
-
-class OpenVINOShrunkLLMEncoder(LLMOutputs, OpenVINOShrunkT5Encoder):
-    """The OpenVINO encoder of a student of an LLM teacher: `hidden_states` holds the teacher's layers."""
-
-    config_class = ShrunkLLMConfig
 
 
 @dataclass
@@ -154,6 +141,10 @@ class OpenVINOExportConfig:
 def _export_openvino(student, staging: Path, config: OpenVINOExportConfig, context) -> None:
     """The `openvino` format's handler: the ONNX export in a temporary folder, its IR into `staging`, parity."""
     import openvino as ov
+    import torch
+    from encoder_shrink.exporters.runtime import encoder_class
+
+    from encoder_shrink.student_kinds import kind_of_student
 
     length = student.config.max_sequence_length or 128
     adapter, tokenizer = context.resolve(student)
@@ -165,7 +156,7 @@ def _export_openvino(student, staging: Path, config: OpenVINOExportConfig, conte
         # Weights stay as the graph has them (fp32, or int8 with their scales): no fp16 compression of the IR.
         ov.save_model(ov.convert_model(str(onnx_dir / onnx_record["file"])), str(staging / IR_FILE),
                       compress_to_fp16=False)
-    runtime = OpenVINOShrunkT5Encoder._for_student(student.config.model_type)
+    runtime = encoder_class(OpenVINOEncoder, kind_of_student(student))
     compiled = _compile(staging / IR_FILE, config.inference_precision)
     encoder = runtime(student.config, compiled=compiled)
     encoder.trim_padding = False  # the parity batches compare every position the torch student encodes
@@ -192,11 +183,17 @@ def _export_openvino(student, staging: Path, config: OpenVINOExportConfig, conte
     logger.info("OpenVINO export (%s): %s", config.precision, checked)
 
 
+def _openvino_config(options, int8: bool) -> OpenVINOExportConfig:
+    """An OpenVINO config for a backend: the ONNX graph it converts accepts at least 64 tokens."""
+    onnx = OnnxExportConfig() if options.tokens is None else OnnxExportConfig(max_tokens=max(options.tokens, 64))
+    return OpenVINOExportConfig(int8=int8, onnx=onnx)
+
+
 register_export_format(
-    "openvino", OpenVINOExportConfig, _export_openvino, encoder_class=OpenVINOShrunkT5Encoder,
-    unavailable=_openvino_unavailable,
+    "openvino", OpenVINOExportConfig, _export_openvino, runtime=OpenVINOEncoder, unavailable=_openvino_unavailable,
     description="OpenVINO IR (int8 or fp32) converted from the ONNX export, run by OpenVINO's CPU plugin",
+    backends=(Backend("openvino", lambda options: _openvino_config(options, int8=True)),
+              Backend("openvino-fp32", lambda options: _openvino_config(options, int8=False))),
 )
 
-__all__ = ["OpenVINOExportConfig", "OpenVINOShrunkLLMEncoder", "OpenVINOShrunkT5Encoder", "OpenVINOShrunkUMT5Encoder",
-           "PreTrainedModel"]
+__all__ = ["OpenVINOEncoder", "OpenVINOExportConfig"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from encoder_shrink.errors import EncoderShrinkError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Tolerances per precision. fp32 graphs differ from torch only by kernel order; int8 weights cost ~1% of the
 # embedding direction on T5 (measured on the tiny tests' students and on random T5-base-sized weights).
@@ -57,10 +58,13 @@ def compare(reference: np.ndarray, exported: np.ndarray, precision: str, mask: n
     Example:
 
     ```python
+    >>> import numpy as np
     >>> compare(np.ones((1, 2, 4)), np.ones((1, 2, 4)), "fp32").passed
     True
     ```
     """
+    import numpy as np
+
     tolerance = TOLERANCES[precision]
     keep = np.ones(reference.shape[:2], dtype=bool) if mask is None else mask.astype(bool)
     ref = reference[keep].astype(np.float64)
@@ -92,6 +96,8 @@ def compare(reference: np.ndarray, exported: np.ndarray, precision: str, mask: n
 
 def token_batches(student, tokenizer, prompts, length: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Token batches for the parity check: real prompts when a tokenizer is known, else seeded random ids."""
+    import numpy as np
+
     if tokenizer is not None:
         tokens = tokenizer(
             list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="np"
@@ -112,6 +118,9 @@ class ParityCheck:
     """
 
     def __init__(self, student, batches, precision: str):
+        import numpy as np
+        import torch
+
         self.masked = bool(student.config.use_attention_mask)
         if not self.masked:
             # Called as its pipeline calls it: every token attended (the runtime encoders pass an all-ones mask then).
@@ -125,6 +134,8 @@ class ParityCheck:
             ]
 
     def check_run(self, run: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> dict:
+        import numpy as np
+
         results = []
         for (ids, mask), reference in zip(self.batches, self.references, strict=True):
             exported = np.asarray(run(ids, mask), dtype=np.float32)

@@ -1,65 +1,48 @@
-"""Runtime encoders of exported students: the exported-encoder base and the ONNX Runtime encoder."""
+"""Runtime encoders of exported students: the exported-encoder base, and one class per (format runtime, student
+kind) pair, made on first use."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
+from encoder_shrink.exporters.formats import EXPORT_KEY, REPORT, read_config
 
 # `PreTrainedModel` must be a name of this module: diffusers looks up `<module>.PreTrainedModel` to reload a
-# pipeline saved with this encoder inside (see encoder_shrink.student).
-from transformers import PreTrainedModel, T5EncoderModel, UMT5EncoderModel
+# pipeline saved with a runtime encoder inside (every runtime encoder class lives in this module).
+from transformers import PreTrainedModel, T5EncoderModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from encoder_shrink.configuration import ShrunkLLMConfig, ShrunkT5Config, ShrunkUMT5Config
-from encoder_shrink.errors import InputNotFoundError, InvalidArgumentError, WrongModelTypeError
+from encoder_shrink.configuration import ShrunkT5Config
+from encoder_shrink.errors import InputNotFoundError, InvalidArgumentError, UnknownNameError, WrongModelTypeError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_KEY", "REPORT", "ExportedEncoder", "LLMOutputs", "OnnxShrunkLLMEncoder", "OnnxShrunkT5Encoder",
-           "OnnxShrunkUMT5Encoder", "PreTrainedModel", "read_config"]
-
-EXPORT_KEY = "export"
-REPORT = "export_report.json"
-
-
-def read_config(folder: str | os.PathLike) -> dict:
-    """The `config.json` of a student or export folder, or a one-line error naming what is wrong with it."""
-    config_file = Path(folder) / "config.json"
-    if not Path(folder).exists():
-        raise InputNotFoundError(f"{folder} does not exist; pass a folder written by save_pretrained or "
-                                 "encoder-shrink export.")
-    if not config_file.is_file():
-        raise InvalidArgumentError(f"{folder} is not a student folder (no config.json); pass a folder written by "
-                                   "save_pretrained or encoder-shrink export.")
-    try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidArgumentError(
-            f"{config_file} is not valid JSON ({error.msg}); re-save or re-export the student."
-        ) from None
-
+__all__ = ["EXPORT_KEY", "REPORT", "ExportedEncoder", "PreTrainedModel", "encoder_class", "read_config"]
 
 class ExportedEncoder(T5EncoderModel):
     r"""
-    Base of the encoders that run an exported student outside torch (ONNX Runtime, TensorRT). Each *is a*
-    [`~transformers.T5EncoderModel`] (so diffusers accepts it in the T5 slot without warnings) but holds no torch
-    weights; it returns torch tensors on the device and in the dtype it was moved to with `.to()`, wherever its
-    runtime runs. Subclasses set `format` and implement `_load` and `_run`; a subclass that also derives from
-    [`~transformers.UMT5EncoderModel`] with `config_class = ShrunkUMT5Config` runs the exports of UMT5 students, and
-    `from_pretrained` picks it from the folder's config.
+    Base of the encoders that run an exported student outside torch (ONNX Runtime, TensorRT, OpenVINO, torch bf16).
+    Each *is a* [`~transformers.T5EncoderModel`] (so diffusers accepts it in the T5 slot without warnings) but holds
+    no torch weights; it returns torch tensors on the device and in the dtype it was moved to with `.to()`, wherever
+    its runtime runs.
+
+    A format contributes one runtime class (`format`, `_load`, `_run`); [`encoder_class`] combines it with this base
+    and the student kind's own bases (`UMT5EncoderModel` for UMT5 students, the layer outputs of LLM students), so
+    a format is written once for every kind, those registered later included.
     """
 
     config_class = ShrunkT5Config
     _no_split_modules: list[str] = []
-    # The `export.format` of the folders this class runs (config.json).
+    # The `export.format` of the folders this class runs (config.json): the format runtime's.
     format: str
+    # The format's runtime class this one combines (set by `encoder_class`).
+    _runtime: type | None = None
 
     def __init__(self, config: ShrunkT5Config, folder: str | os.PathLike | None = None):
         # No T5 modules are built: the exported file holds the weights.
@@ -151,12 +134,29 @@ class ExportedEncoder(T5EncoderModel):
     @classmethod
     def from_pretrained(cls, folder, *args, **kwargs) -> ExportedEncoder:
         r"""
-        Load an exported folder of this class's format. Loading options diffusers passes (`dtype`, ...) set the dtype
-        of the returned embeddings or are ignored; format-specific ones (ONNX `providers`) go to `_load`.
+        Load an exported folder of this class's format (diffusers calls it to reload a pipeline saved with this
+        encoder inside). Loading options diffusers passes (`dtype`, ...) set the dtype of the returned embeddings or
+        are ignored; format-specific ones (ONNX `providers`) go to `_load`.
         """
+        if cls._runtime is None:
+            raise InvalidArgumentError(
+                f"{cls.__name__} runs no format; load an export with encoder_shrink.load_encoder.")
+        return cls.load(folder, cls._runtime, **kwargs)
+
+    @classmethod
+    def load(cls, folder, runtime: type, **kwargs) -> ExportedEncoder:
+        """The encoder of format runtime `runtime` for the exported folder `folder`, of its student's kind."""
+        from encoder_shrink.student_kinds import kind_of_student
+
         folder = Path(folder)
         config = read_config(folder)
-        cls = cls._for_student(config.get("model_type"))
+        kind = kind_of_student(config.get("model_type"))
+        if kind is None:
+            raise WrongModelTypeError(
+                f"{folder} holds an export of a {config.get('model_type')!r} model, which is no registered student "
+                "kind; export a student of this library."
+            )
+        cls = encoder_class(runtime, kind)
         info = config.get(EXPORT_KEY) or {}
         if info.get("format") != cls.format:
             raise WrongModelTypeError(
@@ -170,14 +170,6 @@ class ExportedEncoder(T5EncoderModel):
         if isinstance(dtype, torch.dtype):
             encoder.to(dtype)
         return encoder
-
-    @classmethod
-    def _for_student(cls, model_type: str | None) -> type[ExportedEncoder]:
-        """This class or its subclass for the student kind (`shrunk_t5`, `shrunk_umt5`) an export was made from."""
-        for candidate in (cls, *cls.__subclasses__()):
-            if candidate.config_class.model_type == model_type:
-                return candidate
-        return cls
 
     @classmethod
     def _load(cls, folder: Path, config: ShrunkT5Config, info: dict, **kwargs) -> ExportedEncoder:
@@ -204,92 +196,54 @@ class ExportedEncoder(T5EncoderModel):
                 os.replace(tmp, target / file.name)
 
 
-class OnnxShrunkT5Encoder(ExportedEncoder):
+
+_CLASSES: dict[tuple[type, str], type] = {}
+_NAME = re.compile(r"^(?P<runtime>\w+)For(?P<kind>[A-Z0-9_]+)$")
+
+
+def encoder_class(runtime: type, kind) -> type[ExportedEncoder]:
     r"""
-    An exported student run by ONNX Runtime, usable wherever the torch student is. The session runs where its
-    execution provider runs (CPU, or CUDA with IO binding), so a CPU-resident encoder can feed a denoiser on a GPU.
+    The runtime encoder class of a format's `runtime` for students of `kind` (a student kind or its name): the kind's
+    `runtime_mixin`, then `runtime`, [`ExportedEncoder`] and the kind's `runtime_model`, named
+    `<runtime>For<KIND>` (`OnnxEncoderForUMT5`) in this module, where diffusers finds it to reload a saved pipeline.
+    Made once per pair.
 
     Example:
 
     ```python
-    >>> encoder = load_encoder("out/student-onnx-int8")  # doctest: +SKIP
-    >>> pipe = FluxPipeline.from_pretrained(repo, text_encoder_2=encoder)  # doctest: +SKIP
+    >>> from encoder_shrink.exporters import OnnxEncoder
+    >>> encoder_class(OnnxEncoder, "umt5").__name__
+    'OnnxEncoderForUMT5'
     ```
     """
+    from encoder_shrink.student_kinds import StudentKind, get_student_kind
 
-    format = "onnx"
-
-    def __init__(self, config: ShrunkT5Config, session=None, folder: str | os.PathLike | None = None):
-        super().__init__(config, folder=folder)
-        self.session = session
-
-    @classmethod
-    def from_file(cls, graph: str | os.PathLike, config: ShrunkT5Config, providers: list[str] | None = None,
-                  folder: str | os.PathLike | None = None) -> OnnxShrunkT5Encoder:
-        """An encoder running the ONNX graph `graph` (an export's `model.onnx`) for a student with `config`."""
-        import onnxruntime as ort
-
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if (
-                "CUDAExecutionProvider" in available and torch.cuda.is_available()) else ["CPUExecutionProvider"]
-        return cls(config, session=ort.InferenceSession(str(graph), providers=providers), folder=folder)
-
-    @classmethod
-    def _load(cls, folder, config, info, providers: list[str] | None = None, **kwargs) -> OnnxShrunkT5Encoder:
-        """`providers` defaults to CUDA when onnxruntime-gpu and a GPU are present, else CPU."""
-        return cls.from_file(folder / info["file"], config, providers=providers, folder=folder)
-
-    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.session.get_providers()[0] == "CUDAExecutionProvider":
-            return self._run_cuda(input_ids, attention_mask)
-        feeds = {"input_ids": input_ids.detach().cpu().numpy().astype(np.int64),
-                 "attention_mask": attention_mask.detach().cpu().numpy().astype(np.int64)}
-        return torch.from_numpy(self.session.run(None, feeds)[0])
-
-    def _run_cuda(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Run on the CUDA execution provider with IO binding: inputs and output stay on the GPU."""
-        device = torch.device("cuda", torch.cuda.current_device())
-        ids = input_ids.to(device=device, dtype=torch.int64).contiguous()
-        mask = attention_mask.to(device=device, dtype=torch.int64).contiguous()
-        out = torch.empty((ids.shape[0], ids.shape[1], self.config.teacher_dim), device=device, dtype=torch.float32)
-        binding = self.session.io_binding()
-        for name, tensor in (("input_ids", ids), ("attention_mask", mask)):
-            binding.bind_input(name, "cuda", device.index, np.int64, list(tensor.shape), tensor.data_ptr())
-        binding.bind_output("last_hidden_state", "cuda", device.index, np.float32, list(out.shape), out.data_ptr())
-        self.session.run_with_iobinding(binding)
-        return out
+    kind = kind if isinstance(kind, StudentKind) else get_student_kind(kind)
+    key = (runtime, kind.name)
+    if key not in _CLASSES:
+        bases = (*filter(None, (kind.runtime_mixin,)), runtime, ExportedEncoder,
+                 *filter(None, (kind.runtime_model,)))
+        name = f"{runtime.__name__}For{kind.name.upper()}"
+        _CLASSES[key] = type(name, bases, {
+            "__module__": __name__, "__qualname__": name, "config_class": kind.student_class.config_class,
+            "_runtime": runtime, "__doc__": f"{runtime.__name__} for {kind.name} students ({kind.description}).",
+        })
+    return _CLASSES[key]
 
 
-class OnnxShrunkUMT5Encoder(OnnxShrunkT5Encoder, UMT5EncoderModel):
-    """The ONNX Runtime encoder of a UMT5 student: a `UMT5EncoderModel` to diffusers (Wan, SkyReels-V2, AuraFlow)."""
+def __getattr__(name: str):
+    """`<runtime>For<KIND>` classes, made on first lookup (diffusers reloads saved pipelines by class name)."""
+    match = _NAME.match(name)
+    if match:
+        import encoder_shrink.exporters  # noqa: F401  (registers the built-in formats)
+        from encoder_shrink.exporters.formats import EXPORT_FORMATS
 
-    config_class = ShrunkUMT5Config
+        from encoder_shrink.student_kinds import registered_student_kinds
 
-
-class LLMOutputs:
-    """
-    What the runtime encoder of a student of an LLM teacher adds to its format's class: like the torch student,
-    `hidden_states` (when asked for) holds the teacher's layers at their indices, and a bool mask (Z-Image) is taken.
-    """
-
-    config_class = ShrunkLLMConfig
-
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_hidden_states=None,
-                output_attentions=None, return_dict=None, **kwargs):
-        from encoder_shrink.llm_student import layer_features
-
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(torch.long)
-        features = super().forward(input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                                   return_dict=True).last_hidden_state
-        hidden_states = layer_features(self.config, features) if output_hidden_states else None
-        if return_dict is False:
-            return (features,) if hidden_states is None else (features, hidden_states)
-        return BaseModelOutput(last_hidden_state=features, hidden_states=hidden_states)
-
-
-class OnnxShrunkLLMEncoder(LLMOutputs, OnnxShrunkT5Encoder):
-    """The ONNX Runtime encoder of a student of an LLM teacher (FLUX.2, Qwen-Image, Z-Image, Sana, Lumina2)."""
-
-    config_class = ShrunkLLMConfig
+        runtimes = {entry.runtime.__name__: entry.runtime for entry in EXPORT_FORMATS.values() if entry.runtime}
+        kinds = {kind.upper(): kind for kind in registered_student_kinds()}
+        if match["runtime"] in runtimes and match["kind"] in kinds:
+            return encoder_class(runtimes[match["runtime"]], kinds[match["kind"]])
+        if match["runtime"] in runtimes:
+            raise UnknownNameError(f"{name}: no registered student kind {match['kind'].lower()!r}.")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,16 +9,18 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from encoder_shrink.exporters.formats import export, register_export_format
+from encoder_shrink.exporters.formats import (
+    EXPORT_KEY,
+    REPORT,
+    Backend,
+    export,
+    read_config,
+    register_export_format,
+)
 from encoder_shrink.exporters.onnx_export import OnnxExportConfig
-from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, ExportedEncoder, LLMOutputs, read_config
 
-# `PreTrainedModel` must be a name of this module, for diffusers to reload a pipeline saved with this encoder inside.
-from transformers import PreTrainedModel, UMT5EncoderModel  # noqa: F401
-
-from encoder_shrink.configuration import ShrunkLLMConfig, ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import (
     BackendUnavailableError,
     IncompatibleModelError,
@@ -27,6 +29,9 @@ from encoder_shrink.errors import (
     WrongModelTypeError,
 )
 from encoder_shrink.files import atomic_dir, atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ def _tensorrt_unavailable() -> str | None:
 
     if importlib.util.find_spec("tensorrt") is None:
         return "tensorrt is not installed (pip install 'encoder-shrink[tensorrt]' on a machine with an NVIDIA GPU)"
+    import torch
+
     if not torch.cuda.is_available():
         return "TensorRT needs an NVIDIA GPU, and torch sees none (torch.cuda.is_available() is False)"
     return None
@@ -57,6 +64,8 @@ def require_tensorrt():
 
 
 def _gpu() -> dict:
+    import torch
+
     major, minor = torch.cuda.get_device_capability()
     return {"gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
 
@@ -146,23 +155,25 @@ def _build(trt, onnx_folder: Path, config: dict, staging: Path, max_batch: int, 
         shutil.copyfile(onnx_folder / REPORT, staging / "onnx_export_report.json")
 
 
-class TensorRTShrunkT5Encoder(ExportedEncoder):
+class TensorRTEncoder:
     r"""
-    A student compiled to a TensorRT engine, usable wherever the torch student is (a `T5EncoderModel` to diffusers,
-    no torch weights). Inputs and outputs stay on the GPU; embeddings are returned in the device and dtype set with
+    The `tensorrt` format's runtime: a student compiled to a TensorRT engine, usable wherever the torch student is
+    (no torch weights). Inputs and outputs stay on the GPU; embeddings are returned in the device and dtype set with
     `.to()`. An engine built with another TensorRT version or on another GPU is refused.
     """
 
     format = "tensorrt"
 
-    def __init__(self, config: ShrunkT5Config, engine=None, folder=None):
+    def __init__(self, config, engine=None, folder=None):
+        import torch
+
         super().__init__(config, folder=folder)
         self.engine = engine
         self.context = engine.create_execution_context() if engine is not None else None
         self._target_device = torch.device("cuda")
 
     @classmethod
-    def _load(cls, folder, config, info, **kwargs) -> TensorRTShrunkT5Encoder:
+    def _load(cls, folder, config, info, **kwargs):
         trt = require_tensorrt()
         here = {"tensorrt_version": trt.__version__, **_gpu()}
         built = {key: info.get(key) for key in here}
@@ -184,6 +195,7 @@ class TensorRTShrunkT5Encoder(ExportedEncoder):
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         import tensorrt as trt
+        import torch
 
         info = self.export_info
         batch, tokens = input_ids.shape
@@ -210,18 +222,6 @@ class TensorRTShrunkT5Encoder(ExportedEncoder):
         if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise BackendUnavailableError("TensorRT execution failed.")
         return out
-
-
-class TensorRTShrunkUMT5Encoder(TensorRTShrunkT5Encoder, UMT5EncoderModel):
-    """The TensorRT encoder of a UMT5 student: a `UMT5EncoderModel` to diffusers."""
-
-    config_class = ShrunkUMT5Config
-
-
-class TensorRTShrunkLLMEncoder(LLMOutputs, TensorRTShrunkT5Encoder):
-    """The TensorRT encoder of a student of an LLM teacher: `hidden_states` holds the teacher's layers."""
-
-    config_class = ShrunkLLMConfig
 
 
 @dataclass
@@ -277,11 +277,21 @@ def _export_tensorrt(student, staging: Path, config: TensorRTExportConfig, conte
     _build(trt, onnx_dir, read_config(onnx_dir), staging, config.max_batch, config.max_tokens, config.timing_cache)
 
 
+def _trt_config(options) -> TensorRTExportConfig:
+    """The engine of a backend: built from the fp16 ONNX graph, for `options`' batch and length."""
+    work = options.work
+    tokens = max(options.tokens, 64) if options.tokens is not None else None
+    return TensorRTExportConfig(
+        onnx=OnnxExportConfig(fp16=True) if tokens is None else OnnxExportConfig(fp16=True, max_tokens=tokens),
+        max_batch=options.batch, max_tokens=options.tokens,
+        timing_cache=str(work / "trt.cache") if work else None,
+        onnx_dir=str(work / "onnx-fp16-trt-source") if work else None)
+
+
 register_export_format(
-    "tensorrt", TensorRTExportConfig, _export_tensorrt, encoder_class=TensorRTShrunkT5Encoder,
-    unavailable=_tensorrt_unavailable,
+    "tensorrt", TensorRTExportConfig, _export_tensorrt, runtime=TensorRTEncoder, unavailable=_tensorrt_unavailable,
     description="a TensorRT engine built from the ONNX export (NVIDIA GPU), parity-checked through its ONNX graph",
+    backends=(Backend("trt", _trt_config, on_cpu=False, candidate=False),),
 )
 
-__all__ = ["PreTrainedModel", "TensorRTExportConfig", "TensorRTShrunkLLMEncoder", "TensorRTShrunkT5Encoder",
-           "TensorRTShrunkUMT5Encoder", "build_engine", "require_tensorrt"]
+__all__ = ["TensorRTEncoder", "TensorRTExportConfig", "build_engine", "require_tensorrt"]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from encoder_shrink.exporters.formats import REPORT, read_config
 from encoder_shrink.exporters.onnx_export import DEFAULT_PROMPTS, OPSET
 from encoder_shrink.exporters.parity import ExportParityError, compare
-from encoder_shrink.exporters.runtime import REPORT, read_config
 
 from encoder_shrink.errors import InvalidArgumentError, OutputExistsError
 from encoder_shrink.files import atomic_dir, atomic_write_text

@@ -7,30 +7,28 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from encoder_shrink.exporters.formats import register_export_format
+from encoder_shrink.exporters.formats import EXPORT_KEY, REPORT, Backend, register_export_format
 from encoder_shrink.exporters.parity import ParityCheck, raise_unless_passed, token_batches
-from encoder_shrink.exporters.runtime import EXPORT_KEY, REPORT, ExportedEncoder, LLMOutputs
 
-# `PreTrainedModel` must be a name of this module: diffusers looks up `<module>.PreTrainedModel` to reload a
-# pipeline saved with this encoder inside (see encoder_shrink.exporters.runtime).
-from transformers import PreTrainedModel, UMT5EncoderModel
-
-from encoder_shrink.configuration import ShrunkLLMConfig, ShrunkT5Config, ShrunkUMT5Config
 from encoder_shrink.errors import InvalidArgumentError
 from encoder_shrink.files import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 
 
-class TorchBF16ShrunkT5Encoder(ExportedEncoder):
+class TorchBF16Encoder:
     r"""
-    A student run by torch in bf16 on the CPU (compiled with `torch.compile` when its export says so), usable wherever
-    the torch student is. Like the other runtime encoders it stays where it is (a CPU-resident encoder) and returns
-    embeddings on the device and in the dtype set with `.to()`, so an fp32 or GPU pipeline takes it as it is.
+    The `torch-bf16` format's runtime: a student run by torch in bf16 on the CPU (compiled with `torch.compile` when
+    its export says so), usable wherever the torch student is. Like the other runtime encoders it stays where it is
+    (a CPU-resident encoder) and returns embeddings on the device and in the dtype set with `.to()`, so an fp32 or
+    GPU pipeline takes it as it is.
 
     Example:
 
@@ -42,8 +40,9 @@ class TorchBF16ShrunkT5Encoder(ExportedEncoder):
 
     format = "torch-bf16"
 
-    def __init__(self, config: ShrunkT5Config, module: torch.nn.Module | None = None, folder=None,
-                 compiled: bool = False):
+    def __init__(self, config, module: torch.nn.Module | None = None, folder=None, compiled: bool = False):
+        import torch
+
         super().__init__(config, folder=folder)
         # Kept out of the module tree: the runtime encoder has no parameters of its own to move or count, like an
         # ONNX or TensorRT encoder.
@@ -51,28 +50,20 @@ class TorchBF16ShrunkT5Encoder(ExportedEncoder):
         self.__dict__["_call"] = torch.compile(module, dynamic=True) if compiled and module is not None else module
 
     @classmethod
-    def _load(cls, folder, config, info, **kwargs) -> TorchBF16ShrunkT5Encoder:
+    def _load(cls, folder, config, info, **kwargs):
+        import torch
+
         from encoder_shrink.student import load_student
 
         module = load_student(folder, dtype=torch.bfloat16).eval()
         return cls(config, module=module, folder=folder, compiled=bool(info.get("compiled")))
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        import torch
+
         mask = attention_mask.cpu() if self.config.use_attention_mask else None
         with torch.inference_mode():
             return self._call(input_ids.cpu(), attention_mask=mask)[0].float()
-
-
-class TorchBF16ShrunkUMT5Encoder(TorchBF16ShrunkT5Encoder, UMT5EncoderModel):
-    """The bf16 torch encoder of a UMT5 student: a `UMT5EncoderModel` to diffusers."""
-
-    config_class = ShrunkUMT5Config
-
-
-class TorchBF16ShrunkLLMEncoder(LLMOutputs, TorchBF16ShrunkT5Encoder):
-    """The bf16 torch encoder of a student of an LLM teacher: `hidden_states` holds the teacher's layers."""
-
-    config_class = ShrunkLLMConfig
 
 
 @dataclass
@@ -109,7 +100,11 @@ class TorchBF16ExportConfig:
 
 def _export_torch_bf16(student, staging: Path, config: TorchBF16ExportConfig, context) -> None:
     """The `torch-bf16` format's handler: bf16 weights, a parity check of the runtime encoder, the export record."""
+    import torch
     from encoder_shrink.exporters.onnx_export import DEFAULT_PROMPTS, denoiser_error
+    from encoder_shrink.exporters.runtime import encoder_class
+
+    from encoder_shrink.student_kinds import kind_of_student
 
     length = student.config.max_sequence_length or 128
     adapter, tokenizer = context.resolve(student)
@@ -119,7 +114,7 @@ def _export_torch_bf16(student, staging: Path, config: TorchBF16ExportConfig, co
     record = {"format": "torch-bf16", "file": WEIGHTS_FILE, "precision": "bf16", "compiled": config.compile}
     student_config = json.loads((staging / "config.json").read_text())
     student_config[EXPORT_KEY] = record
-    runtime = TorchBF16ShrunkT5Encoder._for_student(student.config.model_type)
+    runtime = encoder_class(TorchBF16Encoder, kind_of_student(student))
     encoder = runtime(runtime.config_class.from_dict(student_config), module=module, compiled=config.compile)
     encoder.trim_padding = False  # the parity batches compare every position the torch student encodes
     checked = parity.check_run(lambda ids, mask: encoder(torch.from_numpy(ids),
@@ -139,9 +134,10 @@ def _export_torch_bf16(student, staging: Path, config: TorchBF16ExportConfig, co
 
 
 register_export_format(
-    "torch-bf16", TorchBF16ExportConfig, _export_torch_bf16, encoder_class=TorchBF16ShrunkT5Encoder,
+    "torch-bf16", TorchBF16ExportConfig, _export_torch_bf16, runtime=TorchBF16Encoder,
     description="the torch student in bf16 on the CPU (optionally torch.compile'd), parity-checked",
+    backends=(Backend("torch-bf16", lambda options: TorchBF16ExportConfig()),
+              Backend("torch-bf16-compiled", lambda options: TorchBF16ExportConfig(compile=True))),
 )
 
-__all__ = ["PreTrainedModel", "TorchBF16ExportConfig", "TorchBF16ShrunkLLMEncoder", "TorchBF16ShrunkT5Encoder",
-           "TorchBF16ShrunkUMT5Encoder"]
+__all__ = ["TorchBF16Encoder", "TorchBF16ExportConfig"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ def _help(argv: list[str], capsys, monkeypatch) -> str:
 
 
 def _registries():
-    from encoder_shrink.benchmarks.bench import BACKENDS
+    from encoder_shrink.benchmarks.bench import bench_backends
     from encoder_shrink.benchmarks.synthetic import synthetic_names
     from encoder_shrink.exporters import registered_formats
     from encoder_shrink.recipes import available_recipes
@@ -39,7 +40,7 @@ def _registries():
         (["tiue", "distill"], "sources", registered_prompt_sources()),
         (["export"], "formats", registered_formats()),
         (["eval"], "metrics", registered_metrics()),
-        (["bench"], "backends", list(BACKENDS)),
+        (["bench"], "backends", bench_backends()),
         (["bench"], "synthetic models", synthetic_names()),
     ]
 
@@ -77,3 +78,24 @@ def test_top_level_help_imports_neither_torch_nor_diffusers():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
     assert done.stderr == ""
+
+
+
+@pytest.mark.parametrize(("words", "shown", "heavy"), [
+    (("export",), "torch-bf16", ("torch", "transformers", "diffusers", "onnx", "onnxruntime")),
+    (("bench",), "openvino-fp32", ("transformers", "diffusers", "onnxruntime")),
+])
+def test_help_listing_the_export_registry_imports_no_heavy_library(words, shown, heavy):
+    # The format registry (formats, their backends and descriptions) is read without transformers (nor torch for
+    # `export`): the format files import them inside the functions that run an export or an encoder.
+    code = (
+        "import sys\n"
+        "from encoder_shrink.cli import build_parser\n"
+        f"try:\n    build_parser().parse_args({[*words, '--help']!r})\n"
+        "except SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "COLUMNS": "100000"})
+    assert shown in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "[]", f"`{' '.join(words)} --help` imports {done.stderr}"

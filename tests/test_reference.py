@@ -139,7 +139,7 @@ def _comfyui_layout(path, config):
 
 def test_distillt5_export_is_one_file_the_reference_tools_read_and_convert_reads_back(tmp_path, capsys):
     from encoder_shrink.exporters import load_encoder, load_report
-    from encoder_shrink.exporters.distillt5 import ReferenceLayout
+    from encoder_shrink.exporters.distillt5 import reference_layout
 
     from encoder_shrink.cli import main
 
@@ -162,7 +162,7 @@ def test_distillt5_export_is_one_file_the_reference_tools_read_and_convert_reads
     with torch.no_grad():
         expected = student(IDS, attention_mask=mask)[0]
         # the reference's module layout (a T5EncoderModel as `encoder`, then final_projection) loads it strictly
-        reference = ReferenceLayout(config).eval()
+        reference = reference_layout(config).eval()
         state = load_file(tmp_path / "ref" / "model.safetensors")
         reference.load_state_dict({**state, "encoder.encoder.embed_tokens.weight": state["encoder.shared.weight"]})
         torch.testing.assert_close(reference(IDS, attention_mask=mask), expected)

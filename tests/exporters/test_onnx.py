@@ -11,9 +11,8 @@ import pytest
 import torch
 from encoder_shrink.exporters import (
     ExportParityError,
-    OnnxShrunkLLMEncoder,
-    OnnxShrunkT5Encoder,
-    OnnxShrunkUMT5Encoder,
+    OnnxEncoder,
+    encoder_class,
     export_onnx,
     load_encoder,
     load_report,
@@ -58,7 +57,7 @@ def test_fp32_export_matches_torch_at_any_batch_and_length(student_dir, exports)
     model = onnx.load(str(folder / "model.onnx"))
     assert model.opset_import[0].version >= 17
     encoder, student = load_encoder(folder), ShrunkT5EncoderModel.from_pretrained(student_dir).eval()
-    assert isinstance(encoder, OnnxShrunkT5Encoder)
+    assert isinstance(encoder, OnnxEncoder)
     for batch, length in ((1, 8), (3, 64), (2, 300)):
         ids, mask = _ids(["a red circle left of a blue square"] * batch, length)
         with torch.no_grad():
@@ -245,7 +244,7 @@ def test_sequence_longer_than_the_export_is_refused(student_dir, tmp_path):
 
 def test_load_encoder_picks_the_right_runtime(student_dir, exports, tmp_path):
     assert type(load_encoder(student_dir)) is ShrunkT5EncoderModel
-    assert type(load_encoder(exports["int8"])) is OnnxShrunkT5Encoder
+    assert type(load_encoder(exports["int8"])) is encoder_class(OnnxEncoder, "t5")
     with pytest.raises(ValueError, match="is not a student folder \\(no config.json\\)"):
         load_encoder(tmp_path)
     with pytest.raises(ValueError, match="no model.safetensors"):
@@ -287,8 +286,7 @@ def test_pipelines_generate_with_onnx_encoders(family, precision, atol, tiny_pip
     tokenizer = adapter.tokenizer if adapter.student_fields() else TOKENIZER
     folder = export_onnx(tmp_path / "student", tmp_path / precision, int8="dynamic" if precision == "int8" else None,
                          tokenizer=tokenizer)
-    runtimes = {"umt5": OnnxShrunkUMT5Encoder, "llm": OnnxShrunkLLMEncoder}
-    runtime_class = runtimes.get(adapter.student_kind, OnnxShrunkT5Encoder)
+    runtime_class = encoder_class(OnnxEncoder, adapter.student_kind)
     assert type(load_encoder(folder)) is runtime_class and load_report(folder)["parity"]["passed"]
     torch_pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: student})
     onnx_pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs[family], **{slot: load_encoder(folder)})

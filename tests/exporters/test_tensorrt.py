@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from encoder_shrink.exporters import TensorRTShrunkT5Encoder, build_engine, export_onnx, load_encoder
+from encoder_shrink.exporters import TensorRTEncoder, build_engine, encoder_class, export_onnx, load_encoder
 
 from encoder_shrink import ShrunkLLMEncoderModel, tiny
 from encoder_shrink.cli import main
@@ -46,7 +46,7 @@ def test_engine_matches_torch_student(student, tmp_path, precision, options, cos
     assert info["format"] == "tensorrt" and info["precision"] == precision and info["tensorrt_version"]
     assert (tmp_path / "timing.cache").stat().st_size > 0
     encoder = load_encoder(folder)
-    assert isinstance(encoder, TensorRTShrunkT5Encoder) and encoder.device.type == "cuda"
+    assert isinstance(encoder, TensorRTEncoder) and encoder.device.type == "cuda"
     tokens = TOKENIZER(["a red circle", "two cats"], padding="max_length", max_length=64, return_tensors="pt")
     with torch.no_grad():
         expected = student(tokens.input_ids, attention_mask=tokens.attention_mask)[0].cuda()
@@ -90,8 +90,6 @@ def test_flux_generates_with_a_tensorrt_encoder(tiny_pipeline_dirs, tmp_path):
 @pytest.mark.accelerator
 @gpu
 def test_flux2_generates_with_a_tensorrt_encoder_of_an_llm_student(tiny_pipeline_dirs, tmp_path):
-    from encoder_shrink.exporters import TensorRTShrunkLLMEncoder
-
     from encoder_shrink import adapter_for
 
     pipeline_class = tiny.tiny_pipeline_class("flux2")
@@ -101,7 +99,7 @@ def test_flux2_generates_with_a_tensorrt_encoder_of_an_llm_student(tiny_pipeline
     student.save_pretrained(tmp_path / "student")
     onnx = export_onnx(tmp_path / "student", tmp_path / "onnx", fp16=True, tokenizer=adapter.tokenizer)
     encoder = load_encoder(build_engine(onnx, tmp_path / "trt"))
-    assert type(encoder) is TensorRTShrunkLLMEncoder
+    assert type(encoder) is encoder_class(TensorRTEncoder, "llm")
     pipe = pipeline_class.from_pretrained(tiny_pipeline_dirs["flux2"], text_encoder=encoder).to("cuda")
     reference = pipeline_class.from_pretrained(tiny_pipeline_dirs["flux2"], text_encoder=student).to("cuda")
     images = pipe(prompt="a red circle", **tiny.tiny_call_kwargs(pipe)).images

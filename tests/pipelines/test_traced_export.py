@@ -5,19 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from encoder_shrink.exporters import (
-    OnnxShrunkLLMEncoder,
-    OnnxShrunkT5Encoder,
-    OnnxShrunkUMT5Encoder,
-    export_onnx,
-    load_report,
-)
+from encoder_shrink.exporters import OnnxEncoder, encoder_class, export_onnx, load_report
 
 from encoder_shrink import load_encoder, tiny
 from encoder_shrink.pipelines.traced import TracedAdapter
 from tests.pipelines.traced_families import TRACED_FAMILIES, reload_kwargs
-
-RUNTIMES = {"t5": OnnxShrunkT5Encoder, "umt5": OnnxShrunkUMT5Encoder, "llm": OnnxShrunkLLMEncoder}
 
 
 def _images(pipeline_class, folder, slot, encoder, call, family):
@@ -44,7 +36,7 @@ def test_a_traced_student_exports_to_onnx_and_drops_in(family, kind, precision, 
     report = load_report(folder)
     assert report["parity"]["passed"] and report["parity"]["nan"] == 0 and report["parity"]["inf"] == 0
     encoder = load_encoder(folder)
-    assert type(encoder) is RUNTIMES[kind]
+    assert type(encoder) is encoder_class(OnnxEncoder, kind)
 
     pipeline_class, slot = type(pipe), adapter.encoder_slot
     expected, _ = _images(pipeline_class, tmp_path / "teacher", slot, student, call, family)
@@ -55,7 +47,7 @@ def test_a_traced_student_exports_to_onnx_and_drops_in(family, kind, precision, 
         onnx_pipe.save_pretrained(tmp_path / "saved")
         reloaded = pipeline_class.from_pretrained(tmp_path / "saved", **reload_kwargs(family))
         reloaded.set_progress_bar_config(disable=True)
-        assert type(getattr(reloaded, slot)) is RUNTIMES[kind]
+        assert type(getattr(reloaded, slot)) is encoder_class(OnnxEncoder, kind)
         run = {**call, "num_inference_steps": 2, "output_type": "np"}
         again = np.asarray(reloaded(prompt="a red circle", generator=torch.Generator().manual_seed(0), **run)[0])
         np.testing.assert_array_equal(again, images)
