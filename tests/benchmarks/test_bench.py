@@ -104,7 +104,7 @@ def test_cli_bench_reuses_exports_and_reports_skipped_backends(bench, capsys):
 @pytest.mark.parametrize("kwargs, message", [
     ({}, "nothing to measure"),
     ({"synthetic": "t5-xxxl"}, "synthetic='t5-xxxl' is not known"),
-    ({"synthetic": "t5-xxl", "backends": ["tensorrt"]}, "choose among torch, onnx, onnx-int8, onnx-fused"),
+    ({"synthetic": "t5-xxl", "backends": ["tensorrt"]}, "choose among torch, best-cpu, onnx, onnx-fused"),
     ({"synthetic": "t5-xxl", "offload": True}, "offload=True needs device='cuda'"),
     ({"synthetic": "t5-xxl", "pipeline_steps": 4}, "needs a pipeline"),
     ({"pipeline": "some/pipe"}, "needs student=PATH"),
