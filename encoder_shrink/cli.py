@@ -115,7 +115,8 @@ def _distill(args: argparse.Namespace) -> int:
     import torch
 
     from encoder_shrink.loading import load_pipeline
-    from encoder_shrink.shrinker import SUMMARY, EncoderShrinker
+    from encoder_shrink.shrinker import EncoderShrinker
+    from encoder_shrink.training.setup import SUMMARY
 
     overrides = {
         key: value
@@ -376,9 +377,9 @@ def _tiue_distill(args: argparse.Namespace) -> int:
     import torch
 
     from encoder_shrink.loading import load_pipeline
-    from encoder_shrink.shrinker import SUMMARY
     from encoder_shrink.tiue.distiller import PIPELINE, TiUEDistiller
     from encoder_shrink.tiue.recipe import load_tiue_recipe
+    from encoder_shrink.training.setup import SUMMARY
 
     overrides = {
         key: value

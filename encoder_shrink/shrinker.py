@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -11,21 +10,20 @@ from typing import Any
 import torch
 
 from encoder_shrink.compat import check_compatible
-from encoder_shrink.data import build_mixture, generate_commontext
+from encoder_shrink.data import build_mixture
 from encoder_shrink.distill.cache import TeacherEmbeddingCache
 from encoder_shrink.distill.loop import distill_loop
 from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError
 from encoder_shrink.fidelity import denoiser_fidelity
-from encoder_shrink.files import atomic_write_text
 from encoder_shrink.model_card import write_model_card
 from encoder_shrink.pipelines import adapter_for
 from encoder_shrink.recipes import Recipe, RecipeError, load_recipe, resolve_student_t5
 from encoder_shrink.run_folder import check_run_folder, claim_for_run
 from encoder_shrink.student import ShrunkT5EncoderModel
+from encoder_shrink.training.setup import finish_run, make_accelerator, split_held_out, start_tracking
 
 logger = logging.getLogger(__name__)
 
-SUMMARY = "training_summary.json"
 STUDENT = "student"  # the folder of the final student in a run's output_dir
 
 
@@ -143,8 +141,6 @@ class EncoderShrinker:
                 `output_dir` holding a run is refused; a run another live process is writing to always is).
             overrides: recipe fields, e.g. `max_steps=1000, batch_size=8, learning_rate=5e-5, resolution=1024`.
         """
-        from accelerate import Accelerator
-
         recipe = load_recipe(recipe)
         recipe = recipe.with_overrides(**overrides, **({"loss": loss} if loss is not None else {}))
         self._check_recipe(recipe)
@@ -159,7 +155,7 @@ class EncoderShrinker:
         check_compatible(self.pipe, student, adapter=self.adapter)
         for key, value in self._record(recipe).items():  # a given student now records this distillation
             setattr(student.config, key, value)
-        train_prompts, held_out = self._split_prompts(prompts, eval_prompts, recipe.eval_prompt_count, recipe.seed)
+        train_prompts, held_out = split_held_out(prompts, eval_prompts, recipe.eval_prompt_count, recipe.seed)
 
         mixtures: dict[int, Any] = {}
 
@@ -171,20 +167,12 @@ class EncoderShrinker:
         for index in range(len(recipe.stages)):  # read every source now: a missing file fails before training
             mixture_for_stage(index)
 
-        on_accelerator = torch.cuda.is_available()
         project = Path(output_dir) if output_dir is not None else None
-        log_with = "tensorboard" if project is not None and _has_tensorboard() else None
-        accelerator = Accelerator(
-            mixed_precision=recipe.mixed_precision if on_accelerator else "no",
-            cpu=not on_accelerator,
-            log_with=log_with,
-            project_dir=str(project / "logs") if project is not None else None,
-        )
+        accelerator = make_accelerator(recipe.mixed_precision, project)
         # The folder is locked and its record written from here; a failure before the first checkpoint leaves it as
         # it was found.
         with claim_for_run(accelerator, project, record, resume=resume, overwrite=overwrite, outputs=(STUDENT,)):
-            if log_with is not None:
-                accelerator.init_trackers("encoder-shrink", config=_scalars(recipe.to_dict()))
+            start_tracking(accelerator, "encoder-shrink", recipe.to_dict())
             for name, module in self.pipe.components.items():
                 if isinstance(module, torch.nn.Module) and name != self.adapter.encoder_slot:
                     module.to(accelerator.device)
@@ -229,11 +217,7 @@ class EncoderShrinker:
                 student_parameters=sum(p.numel() for p in student.parameters()),
                 teacher_parameters=teacher_parameters,
             )
-            accelerator.end_training()
-            if project is not None and accelerator.is_main_process:
-                student.save_pretrained(project / STUDENT)
-                write_model_card(project / STUDENT, summary)
-                atomic_write_text(project / SUMMARY, json.dumps(summary, indent=2))
+            finish_run(accelerator, project, STUDENT, student.save_pretrained, write_model_card, summary)
             logger.info("Held-out denoiser relative MSE: %.4g -> %.4g", before["relative_mse"], after["relative_mse"])
             self.summary = summary
             return student
@@ -276,32 +260,3 @@ class EncoderShrinker:
                 f"{adapter.name} applies classifier-free guidance only above 1; recipe {recipe.name!r} has "
                 f"guidance_scales={recipe.guidance_scales}."
             )
-
-    @staticmethod
-    def _split_prompts(prompts, eval_prompts, count: int, seed: int):
-        """Training prompts and held-out prompts for the fidelity check (never trained on)."""
-        if eval_prompts is not None:
-            return prompts, list(eval_prompts)
-        if isinstance(prompts, (list, tuple)) and len(prompts) >= 2:
-            held = max(1, min(count, len(prompts) // 5))  # at most a fifth of a small list is held out
-            return list(prompts[:-held]), list(prompts[-held:])
-        return prompts, generate_commontext(count, split="val", seed=seed)
-
-
-def _has_tensorboard() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _scalars(data: dict, prefix: str = "") -> dict:
-    """Flatten a recipe dict to the scalar values trackers accept."""
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, (int, float, str, bool)):
-            flat[prefix + key] = value
-        elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-            flat[prefix + key] = ",".join(map(str, value))
-    return flat

@@ -1,4 +1,5 @@
-"""Distillation: the step-following loop, its losses, the teacher-embedding cache, full-state checkpoints."""
+"""Text-encoder distillation: the step-following loop, its losses and the teacher-embedding cache (the run scaffold
+it shares with TiUE, checkpoints included, is `encoder_shrink.training`)."""
 
 from typing import TYPE_CHECKING
 
@@ -19,8 +20,8 @@ __all__ = [
 # Each name is imported from its module on first use, so importing this package imports none of them.
 _EXPORTS = {
     "TeacherEmbeddingCache": "encoder_shrink.distill.cache",
-    "latest_checkpoint": "encoder_shrink.distill.checkpoint",
-    "DistillationDiverged": "encoder_shrink.distill.loop",
+    "latest_checkpoint": "encoder_shrink.training.checkpoint",
+    "DistillationDiverged": "encoder_shrink.training.run",
     "distill_loop": "encoder_shrink.distill.loop",
     "DistillationLoss": "encoder_shrink.distill.losses",
     "LossInputs": "encoder_shrink.distill.losses",
@@ -32,6 +33,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from encoder_shrink.distill.cache import TeacherEmbeddingCache
-    from encoder_shrink.distill.checkpoint import latest_checkpoint
-    from encoder_shrink.distill.loop import DistillationDiverged, distill_loop
+    from encoder_shrink.distill.loop import distill_loop
     from encoder_shrink.distill.losses import DistillationLoss, LossInputs, get_loss, register_loss, registered_losses
+    from encoder_shrink.training.checkpoint import latest_checkpoint
+    from encoder_shrink.training.run import DistillationDiverged

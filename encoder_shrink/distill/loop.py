@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,34 +10,15 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
-from tqdm.auto import tqdm
 
 from encoder_shrink.data import PromptMixture
 from encoder_shrink.distill.cache import TeacherEmbeddingCache
-from encoder_shrink.distill.checkpoint import (
-    checkpoint_dir,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
 from encoder_shrink.distill.losses import LossInputs, get_loss
-from encoder_shrink.errors import EncoderShrinkError
 from encoder_shrink.pipelines import PipelineAdapter
+from encoder_shrink.training.checkpoint import TrainingState
+from encoder_shrink.training.run import TrainingRun, step_seed
 
 logger = logging.getLogger(__name__)
-
-# Full-state checkpoints kept on disk; older ones are deleted (each holds the student and 2x its size of Adam state).
-KEEP_CHECKPOINTS = 2
-
-
-class DistillationDiverged(EncoderShrinkError, FloatingPointError):
-    """The loss became NaN or infinite; a checkpoint of the last good state was saved."""
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of optimizer step `step` on process `rank`: the student's dropout draws of that step come from it."""
-    return int(np.random.default_rng([seed, step, rank]).integers(2**62))
 
 
 def _stage_scaled(schedule, recipe):
@@ -77,12 +57,12 @@ def distill_loop(
     Every random draw is a function of `(recipe.seed, step or trajectory, process)`: latents, guidance and prompts per
     trajectory, the student's dropout per optimizer step (seeded inside `torch.random.fork_rng`, so the caller's RNG
     is left as it was). Two runs of the same recipe give the same bits, and a run that is interrupted (even killed)
-    and resumed from a checkpoint ends with the same weights as one that is not. Returns a summary dict.
+    and resumed from a checkpoint ends with the same weights as one that is not ([`TrainingRun`] owns checkpoints,
+    resume, the divergence check and interrupts). Returns a summary dict.
     """
     length = recipe.max_sequence_length or adapter.max_sequence_length
     steps_per_trajectory = recipe.num_inference_steps
-    total = recipe.total_steps
-    rank, main = accelerator.process_index, accelerator.is_main_process
+    rank = accelerator.process_index
 
     # The denoisers are frozen: no gradients for their weights, eval mode, but gradients flow *through* them.
     denoisers = adapter.denoisers
@@ -98,7 +78,7 @@ def distill_loop(
         weight_decay=recipe.weight_decay,
     )
     lr_scheduler = get_scheduler(recipe.lr_scheduler, optimizer, num_warmup_steps=recipe.lr_warmup_steps,
-                                 num_training_steps=total)
+                                 num_training_steps=recipe.total_steps)
     if any(s.learning_rate is not None for s in recipe.stages):
         # The schedule's shape over the whole run, times the stage's peak rate relative to the recipe's.
         # (The optimizer keeps `initial_lr` from the first scheduler, so the new one starts from the same base.)
@@ -106,126 +86,81 @@ def distill_loop(
             optimizer, [_stage_scaled(f, recipe) for f in lr_scheduler.lr_lambdas])
     # Only the student is wrapped (DDP across processes); the frozen denoiser and encoders are not prepared.
     model, optimizer = accelerator.prepare(student, optimizer)
-
-    step = 0
-    if resume and output_dir is not None and (found := latest_checkpoint(output_dir)) is not None:
-        step = load_checkpoint(found, student=accelerator.unwrap_model(model), optimizer=optimizer,
-                               lr_scheduler=lr_scheduler, processes=accelerator.num_processes)["step"]
-        logger.info("Resumed from %s at step %d.", found, step)
-    elif resume:
-        logger.info("No checkpoint under %s; starting from step 0.", output_dir)
-
-    def save(at_step: int) -> Path | None:
-        if output_dir is None:
-            return None
-        target = checkpoint_dir(output_dir, at_step)
-        save_checkpoint(
-            target,
-            student=accelerator.unwrap_model(model),
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            state={
-                "step": at_step,
-                "recipe": recipe.name,
-                "loss": recipe.loss,
-                "processes": accelerator.num_processes,
-            },
-            is_main=main,
-            barrier=accelerator.wait_for_everyone,
-        )
-        if main:
-            prune_checkpoints(output_dir, KEEP_CHECKPOINTS)
-        return target
-
-    losses: list[float] = []
+    state = TrainingState({"student": accelerator.unwrap_model(model)}, {"optimizer": optimizer},
+                          {"student": lr_scheduler}, scaler=accelerator.scaler)
+    run = TrainingRun(state, accelerator, total=recipe.total_steps, output_dir=output_dir,
+                      record={"recipe": recipe.name, "loss": recipe.loss, "method": "distill"},
+                      checkpoint_every=recipe.checkpoint_every, desc=f"distill ({' then '.join(recipe.losses)})",
+                      callback=(lambda step, figures: callback(step, figures["loss"])) if callback else None)
     # The RNG streams a step's dropout may draw from: the CPU's, and the current GPU's when there is one.
     rng_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    started, first_step = time.perf_counter(), step
-    progress = tqdm(total=total, initial=step, desc=f"distill ({' then '.join(recipe.losses)})", unit="step",
-                    disable=not main)
+    current: dict = {}
+
+    def trajectory_of(step: int) -> dict:
+        """The trajectory `step` belongs to: `steps_per_trajectory` consecutive optimizer steps on one batch of
+        prompts. Built at its first step, or, when a run resumes in its middle, rebuilt by replaying the teacher's
+        steps (the latents follow the teacher only)."""
+        index, offset = divmod(step, steps_per_trajectory)
+        if current.get("index") == index:
+            return current
+        stage_index, stage = recipe.stage_at(index * steps_per_trajectory)
+        prompts = mixture_for_stage(stage_index).batch(index, recipe.batch_size, stream=rank)
+        rng = np.random.default_rng([recipe.seed, index, rank])
+        guidance = float(rng.choice(recipe.guidance_scales)) if adapter.guidance else None
+        generator = torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
+        texts = adapter.encoder_texts(prompts, recipe.negative_prompt)
+        rows = cache.rows(texts)  # the teacher encodes each prompt once, never per step
+        input_ids, mask = adapter.tokenize(texts, length)
+        loss_fn = get_loss(recipe.loss_at(index * steps_per_trajectory))
+        trajectory = None
+        if loss_fn.uses_denoiser:
+            trajectory = adapter.start_trajectory(len(prompts), stage.resolution or recipe.resolution,
+                                                  steps_per_trajectory, generator,
+                                                  num_frames=stage.num_frames or recipe.num_frames, texts=texts)
+            for i in range(offset):
+                with torch.no_grad(), accelerator.autocast():
+                    t = trajectory.timesteps[i]
+                    replay = LossInputs(adapter, rows["t5"], rows, mask, trajectory, t, guidance)
+                    adapter.step(trajectory, replay.teacher_prediction(), t)
+        current.clear()
+        current.update(index=index, stage=stage, rows=rows, input_ids=input_ids, mask=mask, loss_fn=loss_fn,
+                       trajectory=trajectory, guidance=guidance)
+        return current
+
+    def step(at: int) -> dict:
+        c = trajectory_of(at)
+        trajectory = c["trajectory"]
+        t = trajectory.timesteps[at % steps_per_trajectory] if trajectory is not None else None
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(step_seed(recipe.seed, at, rank))  # this step's dropout, whatever ran before
+            with accelerator.autocast():
+                student_t5 = model(c["input_ids"], attention_mask=adapter.encoder_mask(c["mask"]))[0]
+                inputs = LossInputs(adapter, student_t5, c["rows"], c["mask"], trajectory, t, c["guidance"])
+                loss = c["loss_fn"](inputs)
+            run.guard(loss, "loss")
+            accelerator.backward(loss)
+        with run.updating():
+            accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if trajectory is not None:
+            adapter.step(trajectory, inputs.teacher_prediction(), t)
+        return {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0], "stage": c["stage"].name}
+
     try:
-        while step < total:
-            # A trajectory is `steps_per_trajectory` consecutive optimizer steps on one batch of prompts.
-            trajectory_index, offset = divmod(step, steps_per_trajectory)
-            stage_index, stage = recipe.stage_at(trajectory_index * steps_per_trajectory)
-            prompts = mixture_for_stage(stage_index).batch(trajectory_index, recipe.batch_size, stream=rank)
-            rng = np.random.default_rng([recipe.seed, trajectory_index, rank])
-            guidance = float(rng.choice(recipe.guidance_scales)) if adapter.guidance else None
-            generator = torch.Generator("cpu").manual_seed(int(rng.integers(2**62)))
-
-            texts = adapter.encoder_texts(prompts, recipe.negative_prompt)
-            rows = cache.rows(texts)  # the teacher encodes each prompt once, never per step
-            input_ids, mask = adapter.tokenize(texts, length)
-            loss_fn = get_loss(recipe.loss_at(trajectory_index * steps_per_trajectory))
-            trajectory = None
-            if loss_fn.uses_denoiser:
-                trajectory = adapter.start_trajectory(len(prompts), stage.resolution or recipe.resolution,
-                                                      steps_per_trajectory, generator,
-                                                      num_frames=stage.num_frames or recipe.num_frames, texts=texts)
-            for i in range(steps_per_trajectory):
-                t = trajectory.timesteps[i] if trajectory is not None else None
-                if i < offset:
-                    # Resuming mid-trajectory: the latents follow the teacher only, so replaying its steps rebuilds
-                    # them.
-                    if trajectory is not None:
-                        with torch.no_grad(), accelerator.autocast():
-                            replay = LossInputs(adapter, rows["t5"], rows, mask, trajectory, t, guidance)
-                            adapter.step(trajectory, replay.teacher_prediction(), t)
-                    continue
-                with torch.random.fork_rng(devices=rng_devices):
-                    torch.manual_seed(step_seed(recipe.seed, step, rank))  # this step's dropout, whatever ran before
-                    with accelerator.autocast():
-                        student_t5 = model(input_ids, attention_mask=adapter.encoder_mask(mask))[0]
-                        inputs = LossInputs(adapter, student_t5, rows, mask, trajectory, t, guidance)
-                        loss = loss_fn(inputs)
-
-                    # Every process checks every process's loss, so all stop (and checkpoint) together.
-                    if not torch.isfinite(accelerator.gather(loss.detach()[None])).all():
-                        saved = save(step)
-                        raise DistillationDiverged(
-                            f"loss became {loss.item()} at step {step}; last good state saved to {saved}. "
-                            "Lower learning_rate or max_grad_norm, or train in bf16/fp32 instead of fp16."
-                        )
-                    accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if trajectory is not None:
-                    adapter.step(trajectory, inputs.teacher_prediction(), t)
-
-                step += 1
-                losses.append(loss.item())
-                progress.update(1)
-                progress.set_postfix(loss=f"{losses[-1]:.4g}", stage=stage.name)
-                accelerator.log({"loss": losses[-1], "lr": lr_scheduler.get_last_lr()[0]}, step=step)
-                if recipe.checkpoint_every and step % recipe.checkpoint_every == 0 and step < total:
-                    save(step)
-                if callback is not None:
-                    callback(step, losses[-1])
-                if step >= total:
-                    break
-    except KeyboardInterrupt:
-        saved = save(step)
-        logger.warning("Interrupted at step %d; state saved to %s. Resume with resume=True.", step, saved)
-        raise
+        summary = run.train(step, resume=resume and output_dir is not None)
     finally:
-        progress.close()
         for denoiser, was_on in zip(denoisers, checkpointing_was_on, strict=True):
             if recipe.gradient_checkpointing and not was_on:
                 denoiser.disable_gradient_checkpointing()  # leave the user's pipeline as it was for inference
-    seconds = time.perf_counter() - started
-    trained = step - first_step
+    losses = summary.pop("history").get("loss", [])
     return {
-        "steps": step,
-        "steps_this_run": trained,
-        "seconds": round(seconds, 3),
-        "steps_per_second": round(trained / seconds, 4) if seconds > 0 else None,
+        **summary,
         "loss_first": losses[0] if losses else None,
         "loss_last": float(np.mean(losses[-steps_per_trajectory:])) if losses else None,
         # One value per trajectory (mean of its steps) keeps the summary small for 320k-step runs.
         "loss_per_trajectory": [round(float(np.mean(losses[i:i + steps_per_trajectory])), 6)
                                 for i in range(0, len(losses), steps_per_trajectory)],
         "teacher_texts_encoded": cache.encoded,
-        "processes": accelerator.num_processes,
     }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from pathlib import Path
@@ -13,15 +12,14 @@ import torch
 
 from encoder_shrink.data import build_mixture
 from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError
-from encoder_shrink.files import atomic_write_text
 from encoder_shrink.model_card import write_tiue_model_card
 from encoder_shrink.run_folder import check_run_folder, claim_for_run
-from encoder_shrink.shrinker import SUMMARY, EncoderShrinker, _has_tensorboard, _scalars
 from encoder_shrink.tiue.evaluation import sample_distance
 from encoder_shrink.tiue.loop import FAKE_SCORE, TiUEParts, tiue_loop
 from encoder_shrink.tiue.pipeline import TiUEPipeline
 from encoder_shrink.tiue.recipe import TiUERecipe, load_tiue_recipe
 from encoder_shrink.tiue.schedule import DDIMCombine
+from encoder_shrink.training.setup import finish_run, make_accelerator, split_held_out, start_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +125,6 @@ class TiUEDistiller:
                 `output_dir` holding a run is refused; a run another live process is writing to always is).
             overrides: recipe fields, e.g. `max_steps=1000, batch_size=4, resolution=256`.
         """
-        from accelerate import Accelerator
         from peft import LoraConfig
 
         recipe = load_tiue_recipe(recipe).with_overrides(**overrides)
@@ -142,21 +139,15 @@ class TiUEDistiller:
             raise InvalidArgumentError(
                 f"resolution {recipe.resolution} is not a multiple of the VAE's factor {vae_scale}; pick one that is."
             )
-        train_prompts, held_out = EncoderShrinker._split_prompts(prompts, eval_prompts, recipe.eval_prompt_count,
-                                                                 recipe.seed)
+        train_prompts, held_out = split_held_out(prompts, eval_prompts, recipe.eval_prompt_count, recipe.seed)
         mixture = build_mixture(recipe.stage, train_prompts, seed=recipe.seed)  # a missing file fails now
 
-        on_accelerator = torch.cuda.is_available()
         project = Path(output_dir) if output_dir is not None else None
-        log_with = "tensorboard" if project is not None and _has_tensorboard() else None
-        accelerator = Accelerator(mixed_precision=recipe.mixed_precision if on_accelerator else "no",
-                                  cpu=not on_accelerator, log_with=log_with,
-                                  project_dir=str(project / "logs") if project is not None else None)
+        accelerator = make_accelerator(recipe.mixed_precision, project)
         # The folder is locked and its record written from here; a failure before the first checkpoint leaves it as
         # it was found.
         with claim_for_run(accelerator, project, record, resume=resume, overwrite=overwrite, outputs=(PIPELINE,)):
-            if log_with is not None:
-                accelerator.init_trackers("encoder-shrink-tiue", config=_scalars(recipe.to_dict()))
+            start_tracking(accelerator, "encoder-shrink-tiue", recipe.to_dict())
             device = accelerator.device
             for module in (pipe.vae, pipe.text_encoder, pipe.unet):
                 module.to(device).requires_grad_(False).eval()
@@ -213,7 +204,6 @@ class TiUEDistiller:
                 ema.copy_to(student.parameters())  # the pipeline holds the EMA weights (the paper's)
             student.eval().requires_grad_(False)
             after = sample_distance(teacher, tiue, held_out, **distance)
-            accelerator.end_training()
 
             summary.update(
                 method="tiue",
@@ -227,10 +217,7 @@ class TiUEDistiller:
                 distance_after=after,
                 unet_parameters=sum(p.numel() for p in student.parameters()),
             )
-            if project is not None and accelerator.is_main_process:
-                tiue.save_pretrained(project / PIPELINE)
-                write_tiue_model_card(project / PIPELINE, summary)
-                atomic_write_text(project / SUMMARY, json.dumps(summary, indent=2))
+            finish_run(accelerator, project, PIPELINE, tiue.save_pretrained, write_tiue_model_card, summary)
             logger.info("Energy distance to the teacher's samples: %.4g -> %.4g", before["energy_distance"],
                         after["energy_distance"])
             self.summary = summary

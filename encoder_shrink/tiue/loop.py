@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,24 +11,12 @@ import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from encoder_shrink.distill.checkpoint import (
-    check_processes,
-    checkpoint_dir,
-    latest_checkpoint,
-    load_optimizer,
-    prune_checkpoints,
-    save_optimizer,
-    write_checkpoint,
-)
-from encoder_shrink.distill.loop import KEEP_CHECKPOINTS, DistillationDiverged, step_seed
-from encoder_shrink.errors import InvalidArgumentError
-from encoder_shrink.files import atomic_write_text
 from encoder_shrink.tiue.losses import fake_score_loss, kl_loss, vsd_loss
 from encoder_shrink.tiue.sampler import TiUESampler
 from encoder_shrink.tiue.schedule import DDIMCombine
+from encoder_shrink.training.checkpoint import TrainingState
+from encoder_shrink.training.run import TrainingRun, step_seed
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +90,7 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
     """
     student, fake_score, scheduler = parts.student, parts.fake_score, parts.scheduler
     prediction_type = scheduler.config.prediction_type
-    rank, main = accelerator.process_index, accelerator.is_main_process
+    rank = accelerator.process_index
     device = accelerator.device
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
 
@@ -137,117 +123,72 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
     sampler, fake_model, student_optimizer, fake_optimizer = accelerator.prepare(
         TiUESampler(student, parts.combine), fake_score, student_optimizer, fake_optimizer)
 
-    step = 0
-    if resume and output_dir is not None and (found := latest_checkpoint(output_dir)) is not None:
-        step = _load(found, parts, student_optimizer, fake_optimizer, student_schedule, fake_schedule, ema,
-                     accelerator)
-        logger.info("Resumed from %s at step %d.", found, step)
-    elif resume:
-        logger.info("No checkpoint under %s; starting from step 0.", output_dir)
-
-    def save(at_step: int) -> Path | None:
-        if output_dir is None:
-            return None
-        target = checkpoint_dir(output_dir, at_step)
-        state = {"step": at_step, "recipe": recipe.name, "processes": accelerator.num_processes, "method": "tiue"}
-
-        def write(folder: Path) -> None:
-            student.save_pretrained(folder / "student")
-            save_file({n: p.detach().cpu().contiguous() for n, p in fake_score.named_parameters() if p.requires_grad},
-                      folder / "fake_score_lora.safetensors")
-            save_optimizer(folder, student_optimizer, "optimizer")
-            save_optimizer(folder, fake_optimizer, "fake_score_optimizer")
-            atomic_write_text(folder / "lr_schedulers.json", json.dumps(
-                {"student": student_schedule.state_dict(), "fake_score": fake_schedule.state_dict()}))
-            if accelerator.scaler is not None:  # fp16: the loss scale decides which steps are skipped
-                atomic_write_text(folder / "grad_scaler.json", json.dumps(accelerator.scaler.state_dict()))
-            if ema is not None:
-                saved = ema.state_dict()
-                save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(saved.pop("shadow_params"))},
-                          folder / "ema.safetensors")
-                atomic_write_text(folder / "ema.json", json.dumps(saved))
-
-        write_checkpoint(target, write, state, is_main=main, barrier=accelerator.wait_for_everyone)
-        if main:
-            prune_checkpoints(output_dir, KEEP_CHECKPOINTS)
-        return target
-
-    def guard(value: torch.Tensor | None, what: str, save_state: bool = True) -> None:
-        # Every process checks every process's value, so all stop together. Before the step's first update the state
-        # is the last good one and is saved; after it, the newest checkpoint is.
-        if value is None:  # (a backend whose clipping returns no norm)
-            return
-        values = accelerator.gather(value.detach().float().reshape(1))
-        if not torch.isfinite(values).all():
-            saved = save(step) if save_state else (latest_checkpoint(output_dir) if output_dir is not None else None)
-            raise DistillationDiverged(
-                f"the {what} became {values.tolist()} at step {step}; last good state saved to {saved}. Lower "
-                "learning_rate / lora_learning_rate or max_grad_norm, or train in bf16/fp32 instead of fp16."
-            )
-
-    history: dict[str, list[float]] = {"vsd": [], "kl": [], "fake_score": []}
-    updating = False
-    started, first_step = time.perf_counter(), step
+    state = TrainingState({"student": student, "fake_score_lora": fake_score},
+                          {"optimizer": student_optimizer, "fake_score_optimizer": fake_optimizer},
+                          {"student": student_schedule, "fake_score": fake_schedule}, ema=ema,
+                          scaler=accelerator.scaler, trainable_only=("fake_score_lora",), ema_of="student")
+    run = TrainingRun(state, accelerator, total=recipe.max_steps, output_dir=output_dir,
+                      record={"recipe": recipe.name, "method": "tiue"}, checkpoint_every=recipe.checkpoint_every,
+                      desc="tiue distill", callback=callback)
     channels, height, width = parts.latent_shape
-    progress = tqdm(total=recipe.max_steps, initial=step, desc="tiue distill", unit="step", disable=not main)
-    try:
-        while step < recipe.max_steps:
-            # This step's draws, on the CPU so they are the same on any device.
-            generator = torch.Generator("cpu").manual_seed(step_seed(recipe.seed, step, rank))
-            batch = recipe.batch_size
-            prompts = mixture.batch(step, batch, stream=rank)
-            shape = (batch, channels, height, width)
-            noise = torch.randn(shape, generator=generator).to(device)
-            vsd_t = torch.randint(recipe.min_timestep, recipe.max_timestep + 1, (batch,), generator=generator)
-            vsd_noise = torch.randn(shape, generator=generator).to(device)
-            fake_t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)
-            fake_noise = torch.randn(shape, generator=generator).to(device)
-            dropped = (torch.rand(batch, generator=generator) < recipe.uncond_probability).to(device)
-            vsd_t, fake_t = vsd_t.to(device), fake_t.to(device)
-            with torch.no_grad():
-                cond = parts.encode(prompts).to(device)
-            uncond = parts.uncond.to(device=device, dtype=cond.dtype).expand_as(cond)
 
-            # 1. the student samples z_0 loop-free, keeping the K x B predictions for the KL term
-            with accelerator.autocast():
-                sample, outputs = sampler(noise * scheduler.init_noise_sigma, cond, return_outputs=True)
+    def step(at: int) -> dict:
+        # This step's draws, on the CPU so they are the same on any device.
+        generator = torch.Generator("cpu").manual_seed(step_seed(recipe.seed, at, rank))
+        batch = recipe.batch_size
+        prompts = mixture.batch(at, batch, stream=rank)
+        shape = (batch, channels, height, width)
+        noise = torch.randn(shape, generator=generator).to(device)
+        vsd_t = torch.randint(recipe.min_timestep, recipe.max_timestep + 1, (batch,), generator=generator)
+        vsd_noise = torch.randn(shape, generator=generator).to(device)
+        fake_t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)
+        fake_noise = torch.randn(shape, generator=generator).to(device)
+        dropped = (torch.rand(batch, generator=generator) < recipe.uncond_probability).to(device)
+        vsd_t, fake_t = vsd_t.to(device), fake_t.to(device)
+        with torch.no_grad():
+            cond = parts.encode(prompts).to(device)
+        uncond = parts.uncond.to(device=device, dtype=cond.dtype).expand_as(cond)
 
-            # 2. VSD: the teacher's and the fake score's guided noise predictions on the noised sample
-            noisy = scheduler.add_noise(sample.detach(), vsd_noise, vsd_t)
-            alphas = alphas_cumprod[vsd_t]
-            base = accelerator.unwrap_model(fake_model)
-            with torch.no_grad(), accelerator.autocast():
-                args = (noisy.to(teacher_dtype), vsd_t, cond.to(teacher_dtype), uncond.to(teacher_dtype))
-                base.disable_adapters()
-                teacher_eps = _guided(base, *args, recipe.guidance_scale)
-                base.enable_adapters()
-                fake_eps = _guided(base, *args, recipe.guidance_scale)
-            teacher_eps = _epsilon(teacher_eps.float(), noisy.float(), alphas, prediction_type)
-            fake_eps = _epsilon(fake_eps.float(), noisy.float(), alphas, prediction_type)
-            loss_vsd = vsd_loss(sample, teacher_eps, fake_eps, 1 - alphas)
-            # (For a v-prediction UNet the decoder's outputs are v, which is also unit-variance: the KL reads them.)
-            loss_kl = kl_loss(outputs, recipe.kl_reduction)
-            loss = loss_vsd + recipe.kl_weight * loss_kl
-            guard(loss, "student loss")
+        # 1. the student samples z_0 loop-free, keeping the K x B predictions for the KL term
+        with accelerator.autocast():
+            sample, outputs = sampler(noise * scheduler.init_noise_sigma, cond, return_outputs=True)
 
-            # 3. the fake score's loss on the student's current samples (LoRA only; the teacher's weights are frozen)
-            fake_noisy = scheduler.add_noise(sample.detach(), fake_noise, fake_t)
-            conditioning = torch.where(dropped[:, None, None], uncond, cond)
-            with accelerator.autocast():
-                prediction = fake_model(fake_noisy.to(teacher_dtype), fake_t, conditioning.to(teacher_dtype)).sample
-            fake_alphas = alphas_cumprod[fake_t]
-            loss_fake = fake_score_loss(_epsilon(prediction.float(), fake_noisy.float(), fake_alphas, prediction_type),
-                                        fake_noise.float(), fake_alphas)
-            guard(loss_fake, "fake-score loss")
+        # 2. VSD: the teacher's and the fake score's guided noise predictions on the noised sample
+        noisy = scheduler.add_noise(sample.detach(), vsd_noise, vsd_t)
+        alphas = alphas_cumprod[vsd_t]
+        base = accelerator.unwrap_model(fake_model)
+        with torch.no_grad(), accelerator.autocast():
+            args = (noisy.to(teacher_dtype), vsd_t, cond.to(teacher_dtype), uncond.to(teacher_dtype))
+            base.disable_adapters()
+            teacher_eps = _guided(base, *args, recipe.guidance_scale)
+            base.enable_adapters()
+            fake_eps = _guided(base, *args, recipe.guidance_scale)
+        teacher_eps = _epsilon(teacher_eps.float(), noisy.float(), alphas, prediction_type)
+        fake_eps = _epsilon(fake_eps.float(), noisy.float(), alphas, prediction_type)
+        loss_vsd = vsd_loss(sample, teacher_eps, fake_eps, 1 - alphas)
+        # (For a v-prediction UNet the decoder's outputs are v, which is also unit-variance: the KL reads them.)
+        loss_kl = kl_loss(outputs, recipe.kl_reduction)
+        loss = loss_vsd + recipe.kl_weight * loss_kl
+        run.guard(loss, "student loss")
 
-            # 4. the two updates, one model after the other (they share fp16's loss scaler). Gradient norms are checked
-            # too, except under fp16, whose scaler skips steps with overflowing gradients on purpose.
-            check_norms = accelerator.scaler is None
-            accelerator.backward(loss)
-            norm = accelerator.clip_grad_norm_(sampler.parameters(), recipe.max_grad_norm)
-            if check_norms:
-                guard(norm, "student gradient norm")
-            updating = True  # from here to the step's end a checkpoint would hold half a step
+        # 3. the fake score's loss on the student's current samples (LoRA only; the teacher's weights are frozen)
+        fake_noisy = scheduler.add_noise(sample.detach(), fake_noise, fake_t)
+        conditioning = torch.where(dropped[:, None, None], uncond, cond)
+        with accelerator.autocast():
+            prediction = fake_model(fake_noisy.to(teacher_dtype), fake_t, conditioning.to(teacher_dtype)).sample
+        fake_alphas = alphas_cumprod[fake_t]
+        loss_fake = fake_score_loss(_epsilon(prediction.float(), fake_noisy.float(), fake_alphas, prediction_type),
+                                    fake_noise.float(), fake_alphas)
+        run.guard(loss_fake, "fake-score loss")
+
+        # 4. the two updates, one model after the other (they share fp16's loss scaler). Gradient norms are checked
+        # too, except under fp16, whose scaler skips steps with overflowing gradients on purpose.
+        check_norms = accelerator.scaler is None
+        accelerator.backward(loss)
+        norm = accelerator.clip_grad_norm_(sampler.parameters(), recipe.max_grad_norm)
+        if check_norms:
+            run.guard(norm, "student gradient norm")
+        with run.updating():  # from here to the step's end a checkpoint would hold half a step
             student_optimizer.step()
             student_schedule.step()
             student_optimizer.zero_grad(set_to_none=True)
@@ -256,33 +197,16 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
             accelerator.backward(loss_fake)
             norm = accelerator.clip_grad_norm_(lora, recipe.max_grad_norm)
             if check_norms:
-                guard(norm, "fake-score gradient norm", save_state=False)
+                run.guard(norm, "fake-score gradient norm")
             fake_optimizer.step()
             fake_schedule.step()
             fake_optimizer.zero_grad(set_to_none=True)
+        return {"vsd": loss_vsd.item(), "kl": loss_kl.item(), "fake_score": loss_fake.item(),
+                "lr": student_schedule.get_last_lr()[0]}
 
-            step += 1
-            updating = False
-            figures = {"vsd": loss_vsd.item(), "kl": loss_kl.item(), "fake_score": loss_fake.item()}
-            for name, value in figures.items():
-                history[name].append(value)
-            progress.update(1)
-            progress.set_postfix({name: f"{value:.4g}" for name, value in figures.items()})
-            accelerator.log({**figures, "lr": student_schedule.get_last_lr()[0]}, step=step)
-            if recipe.checkpoint_every and step % recipe.checkpoint_every == 0 and step < recipe.max_steps:
-                save(step)
-            if callback is not None:
-                callback(step, figures)
-    except KeyboardInterrupt:
-        if updating:  # mid-update: the newest checkpoint is the consistent state to resume from
-            logger.warning("Interrupted during the updates of step %d; resume from %s.", step,
-                           latest_checkpoint(output_dir) if output_dir is not None else None)
-        else:
-            saved = save(step)
-            logger.warning("Interrupted at step %d; state saved to %s. Resume with resume=True.", step, saved)
-        raise
+    try:
+        summary = run.train(step, resume=resume and output_dir is not None)
     finally:
-        progress.close()
         # Leave the user's UNet as it came: no accelerate forward wrapper, its mode and checkpointing flag.
         accelerator.unwrap_model(fake_model, keep_fp32_wrapper=False)
         accelerator.unwrap_model(sampler, keep_fp32_wrapper=False)
@@ -291,51 +215,12 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
             student.disable_gradient_checkpointing()
             if not checkpointing_was_on:
                 fake_score.disable_gradient_checkpointing()
-    seconds = time.perf_counter() - started
-    trained = step - first_step
+    history = summary.pop("history")
 
     def summary_of(values: list[float]) -> dict:
         tenth = max(1, len(values) // 10)  # the first and last tenth of the run, so one noisy step does not decide
         return {"first": float(np.mean(values[:tenth])), "last": float(np.mean(values[-tenth:])),
                 "per_step": [round(v, 6) for v in values]} if values else {}
 
-    return {
-        "steps": step,
-        "steps_this_run": trained,
-        "seconds": round(seconds, 3),
-        "steps_per_second": round(trained / seconds, 4) if seconds > 0 else None,
-        "losses": {name: summary_of(values) for name, values in history.items()},
-        "processes": accelerator.num_processes,
-    }, ema
-
-
-def _load(folder: Path, parts: TiUEParts, student_optimizer, fake_optimizer, student_schedule, fake_schedule, ema,
-          accelerator) -> int:
-    """Restore a checkpoint written by the loop's `save` into the training objects; return its step."""
-    from diffusers import UNet2DConditionModel
-
-    state = check_processes(folder, accelerator.num_processes)
-    parts.student.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "student").state_dict())
-    lora = load_file(folder / "fake_score_lora.safetensors")
-    missing = set(n for n, p in parts.fake_score.named_parameters() if p.requires_grad) - set(lora)
-    if missing:
-        raise InvalidArgumentError(
-            f"{folder} holds no fake-score LoRA for {sorted(missing)[0]} (and {len(missing) - 1} more); resume with "
-            "the recipe (lora_rank, lora_target_modules) the run started with.")
-    parts.fake_score.load_state_dict(lora, strict=False)
-    load_optimizer(folder, student_optimizer, "optimizer")
-    load_optimizer(folder, fake_optimizer, "fake_score_optimizer")
-    schedules = json.loads((folder / "lr_schedulers.json").read_text())
-    student_schedule.load_state_dict(schedules["student"])
-    fake_schedule.load_state_dict(schedules["fake_score"])
-    if accelerator.scaler is not None and (folder / "grad_scaler.json").is_file():
-        accelerator.scaler.load_state_dict(json.loads((folder / "grad_scaler.json").read_text()))
-    if ema is not None:
-        if not (folder / "ema.safetensors").is_file():
-            raise InvalidArgumentError(f"{folder} holds no EMA of the student; resume with the recipe's ema_decay the "
-                                       "run started with (null there: no EMA).")
-        shadow = load_file(folder / "ema.safetensors")
-        ema.load_state_dict({**json.loads((folder / "ema.json").read_text()),
-                             "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
-        ema.to(parts.student.device)
-    return state["step"]
+    summary["losses"] = {name: summary_of(history.get(name, [])) for name in ("vsd", "kl", "fake_score")}
+    return summary, ema

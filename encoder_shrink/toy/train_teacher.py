@@ -181,7 +181,7 @@ def save_training_state(state_dir: Path, params, ema, optimizer, schedule, step:
     """Live and EMA weights, optimizer and schedule: what `--resume` needs (written to a temp folder, renamed)."""
     from safetensors.torch import save_file
 
-    from encoder_shrink.distill.checkpoint import _optimizer_to_files
+    from encoder_shrink.training.checkpoint import _optimizer_to_files
 
     with atomic_dir(state_dir) as tmp:
         save_file({**{f"live.{i}": p.detach().contiguous() for i, p in enumerate(params)},
@@ -197,7 +197,7 @@ def load_training_state(state_dir: Path, params, ema, optimizer, schedule) -> tu
     step and the evaluation history."""
     from safetensors.torch import load_file
 
-    from encoder_shrink.distill.checkpoint import _optimizer_from_files
+    from encoder_shrink.training.checkpoint import _optimizer_from_files
 
     saved = json.loads((state_dir / "state.json").read_text())
     weights = load_file(state_dir / "weights.safetensors")

@@ -100,7 +100,7 @@ def test_resume_without_checkpoint_starts_fresh_and_checkpoints_are_safetensors(
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert checkpoints == ["step-00000004"]  # the final state is the student itself, not a checkpoint
     files = sorted(p.name for p in (tmp_path / "checkpoints" / "step-00000004").iterdir())
-    assert files == ["lr_scheduler.json", "optimizer.json", "optimizer.safetensors", "state.json", "student"]
+    assert files == ["lr_schedulers.json", "optimizer.json", "optimizer.safetensors", "state.json", "student"]
     assert not [p for p in (tmp_path / "checkpoints").rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
 
 
