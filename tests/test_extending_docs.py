@@ -49,6 +49,15 @@ def _members(section: str) -> list[tuple[str, str]]:
         from encoder_shrink.evaluation.metrics import METRICS
 
         return [(name, _source(metric.scorer)) for name, metric in METRICS.items()]
+    if section == "A training method":
+        from encoder_shrink.recipes import Recipe
+
+        from encoder_shrink.distill.loop import distill_loop
+        from encoder_shrink.tiue.loop import tiue_loop
+        from encoder_shrink.tiue.recipe import TiUERecipe
+
+        return [("distill", _source(distill_loop)), ("tiue", _source(tiue_loop)),
+                ("distill recipe", _source(Recipe)), ("tiue recipe", _source(TiUERecipe))]
     if section == "A command":
         return [(" ".join(words), _source(parser.get_default("func"))) for words, parser in _commands()]
     raise AssertionError(section)
@@ -69,7 +78,8 @@ def _commands(parser=None, words=()):
     return found or ([(words, parser)] if words else [])
 
 
-SECTIONS = ["A pipeline family", "A loss", "An export format", "A prompt source", "A metric", "A command"]
+SECTIONS = ["A pipeline family", "A loss", "An export format", "A prompt source", "A metric", "A training method",
+            "A command"]
 
 
 @pytest.mark.parametrize("section", SECTIONS)
