@@ -111,49 +111,28 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _distill(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace) -> int:
+    """Any registered training method's command: its recipe with the flags' overrides, the run folder, the run."""
     import torch
 
     from encoder_shrink.loading import load_pipeline
-    from encoder_shrink.shrinker import EncoderShrinker
-    from encoder_shrink.training.setup import SUMMARY
-
-    overrides = {
-        key: value
-        for key, value in {
-            "max_steps": args.max_steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-            "resolution": args.resolution, "num_inference_steps": args.num_inference_steps,
-            "checkpoint_every": args.checkpoint_every, "max_sequence_length": args.max_sequence_length,
-            "gradient_checkpointing": args.gradient_checkpointing or None,
-        }.items()
-        if value is not None
-    }
-    from encoder_shrink.loading import check_resolution
     from encoder_shrink.recipes import load_recipe
     from encoder_shrink.run_folder import check_run_folder
+    from encoder_shrink.training.methods import get_training_method, resolve
 
-    # A misspelt recipe or field, a resolution the pipeline cannot take, or an output folder holding another run
-    # fails here, before minutes of pipeline loading.
-    recipe = load_recipe(args.recipe).with_overrides(**overrides, **({"loss": args.loss} if args.loss else {}))
-    if args.resolution is not None:
-        check_resolution(args.pipeline, args.resolution)
-    check_run_folder(args.output, {"method": "distill", "recipe": recipe.to_dict()}, resume=args.resume,
+    method = get_training_method(args.method)
+    command = method.command
+    overrides = {name: (True if kind is bool else value) for name, kind in command.overrides
+                 if (value := getattr(args, name)) not in (None, False)}
+    extra = resolve(command.recipe_overrides)(args) if command.recipe_overrides else {}
+    # A misspelt recipe or field, a value the pipeline cannot take, or an output folder holding another run fails
+    # here, before minutes of pipeline loading.
+    recipe = load_recipe(args.recipe, method=method.name).with_overrides(**overrides, **extra)
+    check_run_folder(args.output, {"method": method.name, "recipe": recipe.to_dict()}, resume=args.resume,
                      overwrite=args.overwrite)
     pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
     pipe.set_progress_bar_config(disable=True)
-    shrinker = EncoderShrinker(pipe, teacher_id=args.pipeline, slot=args.slot)
-    shrinker.distill(
-        recipe=args.recipe, prompts=_parse_prompts(args.prompts), output_dir=args.output, resume=args.resume,
-        loss=args.loss, cache_dir=args.cache_dir, release_teacher=args.release_teacher, overwrite=args.overwrite,
-        **overrides,
-    )
-    summary = shrinker.summary
-    print(
-        f"Student written to {args.output}/student ({summary['student_parameters']:,} parameters vs the teacher's "
-        f"{summary['teacher_parameters']:,}); held-out denoiser relative MSE "
-        f"{summary['fidelity_before']['relative_mse']:.4g} -> {summary['fidelity_after']['relative_mse']:.4g}; "
-        f"summary in {args.output}/{SUMMARY}"
-    )
+    print(resolve(command.run)(args, pipe, recipe, overrides, _parse_prompts(args.prompts)))
     return 0
 
 
@@ -355,59 +334,15 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _recipes(args: argparse.Namespace) -> int:
-    from encoder_shrink.recipes import available_recipes, load_recipe
+    from encoder_shrink.recipes import load_recipe
+    from encoder_shrink.training.methods import get_training_method, registered_training_methods
 
-    for name in available_recipes():
-        recipe = load_recipe(name)
-        student = recipe.student_t5 or "T5 config"
-        print(
-            f"{name:22} v{recipe.version}  {recipe.family or 'any':13} {student:24} {recipe.total_steps:>7} steps  "
-            f"{recipe.description}"
-        )
-    from encoder_shrink.tiue.recipe import available_tiue_recipes, load_tiue_recipe
-
-    for name in available_tiue_recipes():  # `encoder-shrink tiue distill --recipe NAME`
-        recipe = load_tiue_recipe(name)
-        print(f"{name:22} v{recipe.version}  {'tiue':13} {'K = ' + str(recipe.num_steps):24} {recipe.max_steps:>7} "
-              f"steps  {recipe.description}")
-    return 0
-
-
-def _tiue_distill(args: argparse.Namespace) -> int:
-    import torch
-
-    from encoder_shrink.loading import load_pipeline
-    from encoder_shrink.tiue.distiller import PIPELINE, TiUEDistiller
-    from encoder_shrink.tiue.recipe import load_tiue_recipe
-    from encoder_shrink.training.setup import SUMMARY
-
-    overrides = {
-        key: value
-        for key, value in {
-            "max_steps": args.max_steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-            "lora_learning_rate": args.lora_learning_rate, "resolution": args.resolution,
-            "checkpoint_every": args.checkpoint_every,
-        }.items()
-        if value is not None
-    }
-    from encoder_shrink.run_folder import check_run_folder
-
-    # A misspelt recipe or field, or an output folder holding another run, fails before loading.
-    recipe = load_tiue_recipe(args.recipe).with_overrides(**overrides)
-    check_run_folder(args.output, {"method": "tiue", "recipe": recipe.to_dict()}, resume=args.resume,
-                     overwrite=args.overwrite)
-    pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
-    pipe.set_progress_bar_config(disable=True)
-    distiller = TiUEDistiller(pipe, teacher_id=args.pipeline)
-    distiller.distill(recipe=args.recipe, prompts=_parse_prompts(args.prompts), output_dir=args.output,
-                      resume=args.resume, overwrite=args.overwrite, **overrides)
-    summary = distiller.summary
-    before, after = summary["distance_before"], summary["distance_after"]
-    print(
-        f"TiUE pipeline written to {args.output}/{PIPELINE} (K = {len(summary['timesteps'])}: "
-        f"{summary['timesteps']}); energy distance to the teacher's samples {before['energy_distance']:.4g} -> "
-        f"{after['energy_distance']:.4g}; summary in {args.output}/{SUMMARY}"
-    )
+    for method in registered_training_methods():  # each method's, as `--recipe NAME` of its command takes them
+        for name in get_training_method(method).bundled_recipes():
+            recipe = load_recipe(name, method=method)
+            target, student = recipe.listing()
+            print(f"{name:22} v{recipe.version}  {target:13} {student:24} {recipe.total_steps:>7} steps  "
+                  f"{recipe.description}")
     return 0
 
 
@@ -491,16 +426,14 @@ def _losses():
     return registered_losses()
 
 
-def _recipe_names():
-    from encoder_shrink.recipes import available_recipes
+def _recipe_names(method: str):
+    from encoder_shrink.training.methods import get_training_method
 
-    return list(available_recipes())
+    return lambda: list(get_training_method(method).bundled_recipes())
 
 
-def _tiue_recipe_names():
-    from encoder_shrink.tiue.recipe import available_tiue_recipes
-
-    return list(available_tiue_recipes())
+# The registries a training method's own options may name (`MethodCommand.arguments`).
+_REGISTRY_NAMES = {"losses": lambda: _losses(), "sources": lambda: _sources(), "families": lambda: _families()}
 
 
 def _sources():
@@ -602,41 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     _register(demo, _demo, inputs=("teacher", "students"), output="output")
 
-    distill = commands.add_parser(
-        "distill",
-        help="distil a pipeline's T5 encoder into a student (vision-based step-following loss)",
-        description=lambda: f"Distil the text encoder of a pipeline into a small student: a registered family "
-                            f"({families}), or any other pipeline, traced from its own __call__.",
-    )
-    distill.add_argument("--pipeline", required=True, help="pipeline id or local folder (model_index.json)")
-    _named(distill.add_argument(
-        "--recipe", default="flux-t5base", help="recipe name (%(names)s; see `encoder-shrink recipes`) or YAML path "
-                                                "(default: %(default)s)"
-    ), _Names(_recipe_names))
-    _named(distill.add_argument(
-        "--prompts",
-        nargs="+",
-        metavar="[KIND=]PATH",
-        help="one prompt file replacing the recipe's sources, or KIND=PATH per source (KIND: %(names)s)",
-    ), _Names(_sources))
-    distill.add_argument("--output", default="encoder-shrink-student", help="output folder (default: %(default)s)")
-    distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    distill.add_argument("--overwrite", action="store_true", help="delete an earlier run in --output and start over")
-    distill.add_argument("--loss", choices=_Names(_losses), metavar="LOSS",
-                         help="the loss in every stage, one of %(choices)s (vision: the paper's step-following loss; "
-                              "embedding: the naive MSE baseline); default: the recipe's (vision, or per stage)")
-    distill.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                         help="dtype the pipeline is loaded in (the student trains in fp32 regardless)")
-    distill.add_argument("--cache-dir", help="persist the teacher's embeddings here (safetensors shards)")
-    distill.add_argument("--release-teacher", action="store_true",
-                         help="encode every prompt the run can draw first, then free the teacher before training")
-    for flag, kind in (("--max-steps", int), ("--batch-size", int), ("--learning-rate", float), ("--resolution", int),
-                       ("--num-inference-steps", int), ("--checkpoint-every", int), ("--max-sequence-length", int)):
-        distill.add_argument(flag, type=kind, help="override the recipe's value")
-    distill.add_argument("--gradient-checkpointing", action="store_true", help="recompute the denoiser's activations")
-    distill.add_argument("--slot", help="the text encoder to shrink (default: the family's, or for a pipeline no "
-                                        "family file describes, the largest; see `encoder-shrink inspect`)")
-    _register(distill, _distill, inputs=("pipeline", "prompts"), output="output")
+    # The training methods' commands (`distill`, `tiue distill`), each built from its registration.
+    groups, added = {(): commands}, set()
+    _add_training_commands(groups, added)
 
     tiue = commands.add_parser(
         "tiue",
@@ -645,28 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "timesteps in one batch, distilled with variational score distillation and a KL term.",
     )
     tiue_commands = tiue.add_subparsers(dest="tiue_command", required=True, metavar="TIUE_COMMAND")
-    tiue_distill = tiue_commands.add_parser(
-        "distill", help="distil a Stable Diffusion pipeline's UNet into a TiUE student",
-        description="Distil the UNet of a Stable Diffusion (1.5 / 2.1) pipeline into a TiUE student; write the "
-                    "TiUEPipeline folder to OUTPUT/pipeline, checkpoints and training_summary.json.",
-    )
-    tiue_distill.add_argument("--pipeline", required=True, help="pipeline id or local folder (model_index.json)")
-    _named(tiue_distill.add_argument("--recipe", default="sd21-tiue",
-                                     help="TiUE recipe name (%(names)s) or YAML path (default: %(default)s)"),
-           _Names(_tiue_recipe_names))
-    _named(tiue_distill.add_argument("--prompts", nargs="+", metavar="[KIND=]PATH",
-                                     help="one prompt file (replaces the recipe's sources), or KIND=PATH per source "
-                                          "(KIND: %(names)s)"), _Names(_sources))
-    tiue_distill.add_argument("--output", default="encoder-shrink-tiue", help="output folder (default: %(default)s)")
-    tiue_distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    tiue_distill.add_argument("--overwrite", action="store_true",
-                              help="delete an earlier run in --output and start over")
-    tiue_distill.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                              help="dtype of the frozen teacher (the student trains in fp32)")
-    for flag, kind in (("--max-steps", int), ("--batch-size", int), ("--learning-rate", float),
-                       ("--lora-learning-rate", float), ("--resolution", int), ("--checkpoint-every", int)):
-        tiue_distill.add_argument(flag, type=kind, help="override the recipe's value")
-    _register(tiue_distill, _tiue_distill, inputs=("pipeline", "prompts"), output="output")
+    groups[("tiue",)] = tiue_commands
+    _add_training_commands(groups, added)
     tiue_generate = tiue_commands.add_parser(
         "generate", help="sample images with a TiUE pipeline folder",
         description="Sample with a TiUEPipeline (one encoder pass, one batched decoder pass); PNGs go to OUTPUT.",
@@ -866,7 +747,58 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--output", required=True, help="folder to write the student to")
     convert.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     _register(convert, _convert, inputs=("source",), output="output")
+    _add_training_commands(groups, added, create_groups=True)
     return parser
+
+
+def _add_training_commands(groups: dict, added: set, create_groups: bool = False) -> None:
+    """
+    One command per registered training method whose group (`tiue` for `tiue distill`) is in `groups`; with
+    `create_groups`, a missing group is made. Each gets every method's options, a flag per recipe override, and its
+    own (`MethodCommand`); all run `_train`.
+    """
+    from encoder_shrink.training.methods import TRAINING_METHODS, registered_training_methods, resolve
+
+    registered_training_methods()  # the built-in methods register on this first lookup
+    for name, method in TRAINING_METHODS.items():
+        command = method.command
+        if command is None or name in added:
+            continue
+        group = command.words[:-1]
+        if group not in groups:
+            if not create_groups:
+                continue
+            parent = groups[group[:-1]] if group[:-1] in groups else groups[()]
+            holder = parent.add_parser(group[-1], help=f"{group[-1]} commands")
+            groups[group] = holder.add_subparsers(dest=f"{'_'.join(group)}_command", required=True,
+                                                  metavar="COMMAND")
+        parser = groups[group].add_parser(command.words[-1], help=command.help, description=command.description)
+        parser.add_argument("--pipeline", required=True, help="pipeline id or local folder (model_index.json)")
+        _named(parser.add_argument(
+            "--recipe", default=command.default_recipe,
+            help="recipe name (%(names)s; see `encoder-shrink recipes`) or YAML path (default: %(default)s)"),
+            _Names(_recipe_names(name)))
+        _named(parser.add_argument(
+            "--prompts", nargs="+", metavar="[KIND=]PATH",
+            help="one prompt file replacing the recipe's sources, or KIND=PATH per source (KIND: %(names)s)"),
+            _Names(_sources))
+        parser.add_argument("--output", default=command.default_output, help="output folder (default: %(default)s)")
+        parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="delete an earlier run in --output and start over")
+        parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                            help=command.dtype_help)
+        for field_name, kind in command.overrides:
+            flag = "--" + field_name.replace("_", "-")
+            if kind is bool:
+                parser.add_argument(flag, action="store_true", help=f"set the recipe's {field_name}")
+            else:
+                parser.add_argument(flag, type=kind, help="override the recipe's value")
+        if command.arguments is not None:
+            resolve(command.arguments)(parser, lambda kind: _Names(_REGISTRY_NAMES[kind]))
+        parser.set_defaults(method=name)
+        _register(parser, _train, inputs=("pipeline", "prompts"), output="output")
+        added.add(name)
 
 
 def _register(parser: argparse.ArgumentParser, func, inputs: tuple[str, ...] = (), output: str | None = None) -> None:

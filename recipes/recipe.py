@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -156,13 +156,114 @@ class StageConfig:
                 raise RecipeError(f"stage {self.name!r}: {name} must be positive, got {value!r}.")
 
 
-@dataclass
-class Recipe:
+@dataclass(kw_only=True)
+class RecipeBase:
     r"""
-    A named, versioned distillation recipe (see `recipes/*.yaml`). Every field can be overridden at distill time.
+    What every training method's recipe has: its identity, the optimizer and schedule, precision, checkpoints, the seed
+    and the held-out evaluation size. A method's recipe class (text-encoder distillation's [`Recipe`], TiUE's
+    `TiUERecipe`) adds its own fields and may change these defaults; [`load_recipe`] loads any of them.
 
     Args:
-        name / version / description: identity of the recipe, recorded in the student's model card.
+        name / version / description: identity of the recipe, recorded in the model card.
+        max_steps: optimizer steps of the run (a method may require it, or derive it).
+        batch_size: prompts per optimizer step (or trajectory) and process.
+        resolution: image size in pixels.
+        learning_rate / weight_decay / adam_betas / adam_epsilon: AdamW.
+        lr_scheduler / lr_warmup_steps: learning-rate schedule (diffusers' get_scheduler names).
+        max_grad_norm: gradient clipping.
+        checkpoint_every: full-state checkpoint interval in optimizer steps (0: only at the end, or on interrupt).
+        mixed_precision: `"bf16"`/`"fp16"` autocast on accelerators (master weights stay fp32); CPU runs use fp32.
+        gradient_checkpointing: recompute activations in the backward pass.
+        seed: every random draw of the run derives from it.
+        eval_prompt_count: held-out prompts for the figure measured before and after.
+
+    Example:
+
+    ```python
+    >>> recipe = load_recipe("tiny")
+    >>> isinstance(recipe, RecipeBase), recipe.seed
+    (True, 0)
+    ```
+    """
+
+    # The method the class is the recipe of, and how errors name it.
+    method: ClassVar[str] = ""
+    describes: ClassVar[str] = "recipe"
+
+    name: str
+    version: int = 1
+    description: str = ""
+    max_steps: int | None = None
+    batch_size: int = 32
+    resolution: int = 512
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = "linear"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 1000
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    eval_prompt_count: int = 16
+
+    def __post_init__(self):
+        for name in ("batch_size", "resolution", "learning_rate", "max_grad_norm", "eval_prompt_count"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {value!r}.")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not self.max_steps > 0):
+            raise RecipeError(f"recipe {self.name!r}: max_steps must be positive, got {self.max_steps!r}.")
+        if self.checkpoint_every < 0 or self.lr_warmup_steps < 0 or self.weight_decay < 0:
+            raise RecipeError(
+                f"recipe {self.name!r}: checkpoint_every, lr_warmup_steps and weight_decay must be >= 0."
+            )
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise RecipeError(
+                f"recipe {self.name!r}: adam_betas must be two values in [0, 1), got {self.adam_betas!r}."
+            )
+        self._check_choices(("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISIONS))
+
+    def _check_choices(self, *choices: tuple[str, tuple[str, ...] | list[str]]) -> None:
+        """Refuse a field whose value is not among its allowed ones, naming the nearest."""
+        for name, allowed in choices:
+            value = getattr(self, name)
+            if value not in allowed:
+                raise RecipeError(
+                    f"recipe {self.name!r}: {name} {value!r} is not one of {', '.join(allowed)}."
+                    f"{_nearest(str(value), allowed)}"
+                )
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps the run makes."""
+        return self.max_steps
+
+    def listing(self) -> tuple[str, str]:
+        """The `encoder-shrink recipes` columns after the version: what the recipe is for, and its student."""
+        return self.method, ""
+
+    def with_overrides(self, **overrides):
+        """A copy with fields replaced (and validated again); unknown names raise with the nearest field."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key in overrides:
+            if key not in names:
+                raise RecipeError(f"unknown {self.describes} field {key!r} in overrides.{_nearest(key, names)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(kw_only=True)
+class Recipe(RecipeBase):
+    r"""
+    A named, versioned text-encoder distillation recipe (see `recipes/*.yaml`), on [`RecipeBase`]'s shared fields.
+    Every field can be overridden at distill time.
+
+    Args:
         family: pipeline family the recipe is made for (`flux-dev`, `sd3`, ...); `None` for any.
         student_t5: id or path of the T5 the student starts from (its pretrained weights are kept); `package:PATH`
             is a folder inside the installed package (`resolve_student_t5`).
@@ -179,12 +280,7 @@ class Recipe:
             PixArt (applied as the pipeline applies it). Ignored for pipelines without guidance.
         negative_prompt: the negative prompt CFG pipelines use (the student learns to reproduce it too).
         batch_size: prompts per trajectory.
-        learning_rate / weight_decay / adam_betas / adam_epsilon: AdamW.
-        lr_scheduler / lr_warmup_steps: learning-rate schedule (diffusers' get_scheduler names).
-        max_grad_norm: gradient clipping of the student.
         stages: the curriculum; `max_steps` defaults to the sum of their steps and may cut it short.
-        checkpoint_every: full-state checkpoint interval in optimizer steps (0: only at the end).
-        mixed_precision: `"bf16"` autocast on accelerators (master weights stay fp32); CPU runs use fp32.
         gradient_checkpointing: recompute the frozen denoiser's activations in the backward pass.
         loss: `"vision"` (the paper's step-following loss), `"embedding"` (naive baseline) or any registered loss
             (`encoder_shrink.distill.register_loss`), for the stages that do not set their own; overriding it
@@ -201,10 +297,9 @@ class Recipe:
     ```
     """
 
-    name: str
+    method: ClassVar[str] = "distill"
+
     stages: list[StageConfig]
-    version: int = 1
-    description: str = ""
     family: str | None = None
     student_t5: str | None = None
     student_config: dict[str, Any] | None = None
@@ -212,25 +307,10 @@ class Recipe:
     max_sequence_length: int | None = None
     use_attention_mask: bool | None = None
     num_inference_steps: int = 20
-    resolution: int = 512
     num_frames: int | None = None
     guidance_scales: list[float] = field(default_factory=lambda: [3.5])
     negative_prompt: str = ""
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_epsilon: float = 1e-8
-    lr_scheduler: str = "linear"
-    lr_warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    max_steps: int | None = None
-    checkpoint_every: int = 1000
-    mixed_precision: str = "bf16"
-    gradient_checkpointing: bool = False
     loss: str = "vision"
-    seed: int = 0
-    eval_prompt_count: int = 16
 
     def __post_init__(self):
         self.stages = [
@@ -239,6 +319,7 @@ class Recipe:
         ]
         if not self.stages:
             raise RecipeError(f"recipe {self.name!r}: needs at least one stage.")
+        super().__post_init__()
         if self.student_t5 is None and not self.student_config:
             raise RecipeError(
                 f"recipe {self.name!r}: set student_t5 (a T5 id/path) or student_config (T5Config fields)."
@@ -250,41 +331,18 @@ class Recipe:
                 f"recipe {self.name!r}: embedding_rank must be a positive integer or null, "
                 f"got {self.embedding_rank!r}."
             )
-        positive = (
-            "num_inference_steps",
-            "resolution",
-            "batch_size",
-            "learning_rate",
-            "max_grad_norm",
-            "eval_prompt_count",
-        )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {getattr(self, name)!r}.")
-        for name in ("max_steps", "max_sequence_length", "num_frames"):
+        if not self.num_inference_steps > 0:
+            raise RecipeError(f"recipe {self.name!r}: num_inference_steps must be positive, "
+                              f"got {self.num_inference_steps!r}.")
+        for name in ("max_sequence_length", "num_frames"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {value!r}.")
-        if self.checkpoint_every < 0 or self.lr_warmup_steps < 0 or self.weight_decay < 0:
-            raise RecipeError(
-                f"recipe {self.name!r}: checkpoint_every, lr_warmup_steps and weight_decay must be >= 0."
-            )
         if not self.guidance_scales or any(g <= 0 for g in self.guidance_scales):
             raise RecipeError(
                 f"recipe {self.name!r}: guidance_scales must be positive values, got {self.guidance_scales!r}."
             )
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise RecipeError(
-                f"recipe {self.name!r}: adam_betas must be two values in [0, 1), got {self.adam_betas!r}."
-            )
-        for name, allowed in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISIONS),
-                              ("loss", registered_losses())):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise RecipeError(
-                    f"recipe {self.name!r}: {name} {value!r} is not one of {', '.join(allowed)}."
-                    f"{_nearest(str(value), allowed)}"
-                )
+        self._check_choices(("loss", registered_losses()))
 
     @property
     def total_steps(self) -> int:
@@ -300,6 +358,10 @@ class Recipe:
                 return index, stage
         return len(self.stages) - 1, self.stages[-1]
 
+    def listing(self) -> tuple[str, str]:
+        """The `encoder-shrink recipes` columns after the version: the family, and the T5 the student starts from."""
+        return self.family or "any", self.student_t5 or "T5 config"
+
     def loss_at(self, step: int) -> str:
         """The loss of optimizer step `step` (0-based): its stage's own, or the recipe's."""
         return self.stage_at(step)[1].loss or self.loss
@@ -313,33 +375,30 @@ class Recipe:
         A copy with top-level fields replaced; unknown names raise with the nearest field. `loss` replaces the loss of
         every stage (`loss="embedding"` is the naive baseline of the whole recipe).
         """
-        names = {f.name for f in dataclasses.fields(self)}
-        for key in overrides:
-            if key not in names:
-                raise RecipeError(f"unknown recipe field {key!r} in overrides.{_nearest(key, names)}")
         if overrides.get("loss") is not None:
             overrides["stages"] = [dataclasses.replace(s, loss=None) for s in overrides.get("stages", self.stages)]
-        return dataclasses.replace(self, **overrides)
+        return super().with_overrides(**overrides)
 
     @property
     def losses(self) -> list[str]:
         """The losses the stages use, in order, each once."""
         return list(dict.fromkeys(s.loss or self.loss for s in self.stages))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+def available_recipes(method: str = "distill") -> dict[str, Path]:
+    """Names of the bundled recipes of training method `method` (text-encoder distillation by default), and files."""
+    from encoder_shrink.training.methods import get_training_method
+
+    return get_training_method(method).bundled_recipes()
 
 
-def available_recipes() -> dict[str, Path]:
-    """Names of the bundled recipes and their files."""
-    return {path.stem: path for path in sorted(RECIPES_DIR.glob("*.yaml"))}
-
-
-def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
+def load_recipe(name_or_path: str | Path | RecipeBase, method: str = "distill") -> RecipeBase:
     r"""
-    Load a bundled recipe by name (`"flux-t5base"`) or a recipe YAML by path, validated into a [`Recipe`].
+    Load a bundled recipe of training method `method` by name (`"flux-t5base"`; TiUE's `"sd21-tiue"` with
+    `method="tiue"`) or a recipe YAML by path, validated into the method's recipe class ([`Recipe`] for `"distill"`).
 
-    Raises [`RecipeError`] for an unknown name (suggesting the nearest), an unknown key or a bad value.
+    Raises [`RecipeError`] for an unknown name (suggesting the nearest), a recipe of another method (naming its
+    command), an unknown key or a bad value.
 
     Example:
 
@@ -347,26 +406,33 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
     >>> from encoder_shrink import load_recipe
     >>> load_recipe("flux-t5base").num_inference_steps
     20
+    >>> load_recipe("sd21-tiue", method="tiue").num_steps
+    4
     ```
     """
-    if isinstance(name_or_path, Recipe):
+    from encoder_shrink.training.methods import get_training_method, registered_training_methods
+
+    entry = get_training_method(method)
+    recipe_class = entry.resolved("recipe_class")
+    describes = recipe_class.describes
+    if isinstance(name_or_path, RecipeBase):
+        if not isinstance(name_or_path, recipe_class):
+            raise RecipeError(f"recipe {name_or_path.name!r} is a {type(name_or_path).describes}, not a {describes}; "
+                              f"load it with method={type(name_or_path).method!r}.")
         return name_or_path
-    path = Path(name_or_path)
-    recipes = available_recipes()
-    if str(name_or_path) in recipes:  # a bundled name (names may contain dots: sd3.5-large-t5base)
-        path = recipes[str(name_or_path)]
-    elif path.suffix not in (".yaml", ".yml") and not path.is_file():
-        if (RECIPES_DIR / "tiue" / f"{name_or_path}.yaml").is_file():
-            raise RecipeError(
-                f"{str(name_or_path)!r} is a TiUE recipe (a UNet student, not a text encoder); use "
-                "encoder_shrink.tiue.TiUEDistiller or `encoder-shrink tiue distill`."
-            )
-        if str(name_or_path) not in recipes:
-            raise RecipeError(
-                f"unknown recipe {str(name_or_path)!r}.{_nearest(str(name_or_path), recipes)} "
-                f"Bundled: {', '.join(recipes)}; or pass a path to a .yaml file."
-            )
-        path = recipes[str(name_or_path)]
+    name = str(name_or_path)
+    recipes = entry.bundled_recipes()
+    path = recipes.get(name, Path(name_or_path))  # a bundled name (names may contain dots: sd3.5-large-t5base)
+    if name not in recipes and path.suffix not in (".yaml", ".yml") and not path.is_file():
+        for other in registered_training_methods():
+            owner = get_training_method(other)
+            if other != method and name in owner.bundled_recipes():
+                words = " ".join(owner.command.words) if owner.command else other
+                raise RecipeError(f"{name!r} is a {owner.resolved('recipe_class').describes} (training method "
+                                  f"{other!r}), not a {describes}; use `encoder-shrink {words}` (or "
+                                  f"load_recipe({name!r}, method={other!r})).")
+        raise RecipeError(f"unknown {describes} {name!r}.{_nearest(name, recipes)} "
+                          f"Bundled: {', '.join(recipes)}; or pass a path to a .yaml file.")
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist.")
     try:
@@ -374,6 +440,6 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
     except yaml.YAMLError as error:
         raise RecipeError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     try:
-        return _from_dict(Recipe, data, str(path))
+        return _from_dict(recipe_class, data, str(path))
     except TypeError as error:  # a missing required key
         raise RecipeError(f"{path}: {error}") from None

@@ -141,10 +141,10 @@ def test_errors_on_purpose_are_one_line_and_verbose_shows_the_traceback(tmp_path
 def test_anything_else_is_a_bug_and_keeps_its_traceback(monkeypatch):
     from encoder_shrink.recipes import recipe
 
-    def broken():
+    def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(recipe, "available_recipes", broken)
+    monkeypatch.setattr(recipe, "load_recipe", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["recipes"])
 

@@ -24,7 +24,7 @@ def _files(section: str) -> list[str]:
 
 
 def _source(obj) -> str:
-    return Path(inspect.getsourcefile(obj)).resolve().relative_to(ROOT).as_posix()
+    return Path(inspect.getsourcefile(inspect.unwrap(obj))).resolve().relative_to(ROOT).as_posix()
 
 
 def _members(section: str) -> list[tuple[str, str]]:
@@ -50,14 +50,11 @@ def _members(section: str) -> list[tuple[str, str]]:
 
         return [(name, _source(metric.scorer)) for name, metric in METRICS.items()]
     if section == "A training method":
-        from encoder_shrink.recipes import Recipe
+        from encoder_shrink.training.methods import TRAINING_METHODS, registered_training_methods
 
-        from encoder_shrink.distill.loop import distill_loop
-        from encoder_shrink.tiue.loop import tiue_loop
-        from encoder_shrink.tiue.recipe import TiUERecipe
-
-        return [("distill", _source(distill_loop)), ("tiue", _source(tiue_loop)),
-                ("distill recipe", _source(Recipe)), ("tiue recipe", _source(TiUERecipe))]
+        registered_training_methods()
+        return [(f"{name} {part}", _source(method.resolved(part)))
+                for name, method in TRAINING_METHODS.items() for part in ("recipe_class", "build", "step")]
     if section == "A command":
         return [(" ".join(words), _source(parser.get_default("func"))) for words, parser in _commands()]
     raise AssertionError(section)

@@ -3,7 +3,9 @@ it shares with TiUE, checkpoints included, is `encoder_shrink.training`)."""
 
 from typing import TYPE_CHECKING
 
+from encoder_shrink.distill.command import description as _description
 from encoder_shrink.lazy import lazy_exports
+from encoder_shrink.training.methods import MethodCommand, register_training_method
 
 __all__ = [
     "DistillationDiverged",
@@ -37,3 +39,27 @@ if TYPE_CHECKING:
     from encoder_shrink.distill.losses import DistillationLoss, LossInputs, get_loss, register_loss, registered_losses
     from encoder_shrink.training.checkpoint import latest_checkpoint
     from encoder_shrink.training.run import DistillationDiverged
+
+# The method's one registration: its recipe class, build and step (by reference: this package is imported to list the
+# CLI's commands, and must not import torch), and its command.
+register_training_method(
+    "distill",
+    recipe_class="encoder_shrink.recipes.recipe:Recipe",
+    build="encoder_shrink.distill.loop:build",
+    step="encoder_shrink.distill.loop:step",
+    summarize="encoder_shrink.distill.loop:summarize",
+    command=MethodCommand(
+        words=("distill",),
+        help="distil a pipeline's T5 encoder into a student (vision-based step-following loss)",
+        description=_description,
+        default_recipe="flux-t5base",
+        default_output="encoder-shrink-student",
+        overrides=(("max_steps", int), ("batch_size", int), ("learning_rate", float), ("resolution", int),
+                   ("num_inference_steps", int), ("checkpoint_every", int), ("max_sequence_length", int),
+                   ("gradient_checkpointing", bool)),
+        dtype_help="dtype the pipeline is loaded in (the student trains in fp32 regardless)",
+        arguments="encoder_shrink.distill.command:add_arguments",
+        recipe_overrides="encoder_shrink.distill.command:recipe_overrides",
+        run="encoder_shrink.distill.command:run",
+    ),
+)

@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 from encoder_shrink.lazy import lazy_exports
+from encoder_shrink.training.methods import MethodCommand, register_training_method
 
 __all__ = ["DDIMCombine", "TiUEDistiller", "TiUEPipeline", "TiUERecipe", "TiUESampler", "UNetFeatures", "UNetSplit",
            "available_tiue_recipes", "energy_distance", "load_tiue_recipe", "sample_distance"]
@@ -31,3 +32,25 @@ if TYPE_CHECKING:
     from encoder_shrink.tiue.sampler import TiUESampler
     from encoder_shrink.tiue.schedule import DDIMCombine
     from encoder_shrink.tiue.split import UNetFeatures, UNetSplit
+
+# The method's one registration (by reference: the CLI imports this package to list its commands, without torch).
+register_training_method(
+    "tiue",
+    recipe_class="encoder_shrink.tiue.recipe:TiUERecipe",
+    build="encoder_shrink.tiue.loop:build",
+    step="encoder_shrink.tiue.loop:step",
+    summarize="encoder_shrink.tiue.loop:summarize",
+    recipes="tiue",
+    command=MethodCommand(
+        words=("tiue", "distill"),
+        help="distil a Stable Diffusion pipeline's UNet into a TiUE student",
+        description="Distil the UNet of a Stable Diffusion (1.5 / 2.1) pipeline into a TiUE student; write the "
+                    "TiUEPipeline folder to OUTPUT/pipeline, checkpoints and training_summary.json.",
+        default_recipe="sd21-tiue",
+        default_output="encoder-shrink-tiue",
+        overrides=(("max_steps", int), ("batch_size", int), ("learning_rate", float), ("lora_learning_rate", float),
+                   ("resolution", int), ("checkpoint_every", int)),
+        dtype_help="dtype of the frozen teacher (the student trains in fp32)",
+        run="encoder_shrink.tiue.command:run",
+    ),
+)

@@ -1,9 +1,10 @@
-"""The TiUE training loop (variational score distillation + KL, the fake score in the same step), top to bottom."""
+"""The TiUE training method (variational score distillation + KL, the fake score in the same step): build and step."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,7 @@ from encoder_shrink.tiue.losses import fake_score_loss, kl_loss, vsd_loss
 from encoder_shrink.tiue.sampler import TiUESampler
 from encoder_shrink.tiue.schedule import DDIMCombine
 from encoder_shrink.training.checkpoint import TrainingState
-from encoder_shrink.training.run import TrainingRun, step_seed
-
-logger = logging.getLogger(__name__)
+from encoder_shrink.training.run import Built, TrainingRun, run_method, step_seed
 
 # The name of the fake score's LoRA on the teacher UNet (peft adapter name).
 FAKE_SCORE = "fake_score"
@@ -39,6 +38,7 @@ class TiUEParts:
         encode: prompts to the text encoder's conditioning (frozen, no gradients).
         uncond: the empty prompt's conditioning, one row.
         latent_shape: `(channels, height, width)` of the student's latents.
+        mixture: the prompt mixture (`.batch(step, size, stream=process)`).
     """
 
     student: torch.nn.Module
@@ -48,6 +48,7 @@ class TiUEParts:
     encode: Callable[[list[str]], torch.Tensor]
     uncond: torch.Tensor
     latent_shape: tuple[int, int, int]
+    mixture: object = None
 
 
 def _epsilon(prediction: torch.Tensor, noisy: torch.Tensor, alphas: torch.Tensor, prediction_type: str):
@@ -69,33 +70,35 @@ def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path | None = None, resume: bool = False,
-              callback: Callable[[int, dict], None] | None = None) -> tuple[dict, EMAModel | None]:
+@dataclass(kw_only=True)
+class TiUEBuilt(Built):
+    """The built run: the parts, the recipe, the prepared sampler and fake score, both optimizers and the EMA."""
+
+    parts: TiUEParts
+    recipe: object
+    accelerator: object
+    sampler: torch.nn.Module
+    fake_model: torch.nn.Module
+    lora: list[torch.nn.Parameter]
+    teacher_dtype: torch.dtype
+    student_optimizer: torch.optim.Optimizer
+    fake_optimizer: torch.optim.Optimizer
+    student_schedule: object
+    fake_schedule: object
+    ema: EMAModel | None
+    alphas_cumprod: torch.Tensor
+
+
+@contextmanager
+def build(parts: TiUEParts, recipe, accelerator) -> Iterator[TiUEBuilt]:
     r"""
-    Train `parts.student` as a TiUE student of the frozen teacher; return a summary and the student's EMA.
-
-    Each step takes `recipe.batch_size` prompts and pure noise x_T, and:
-    1. the student samples z_0 loop-free ([`TiUESampler`]: encoder once, K decoders in one batch, the combine);
-    2. variational score distillation: z_0 is noised to z_t at t ~ U[min_timestep, max_timestep]; the teacher (the
-       fake score's UNet with its adapters off) and the fake score predict its noise with CFG; their difference,
-       weighted by sigma_t^2, is the gradient sent into z_0, plus lambda times the KL term on the K x B predictions;
-       one student step (clipped), then the EMA;
-    3. the fake score (LoRA only) learns the student's current distribution: the detached z_0 noised at
-       t ~ U[0, 1000), the empty prompt on a `uncond_probability` share of rows; one LoRA step (clipped).
-
-    Every random draw is a function of `(recipe.seed, step, process)` (noise, timesteps, prompts, dropped prompts),
-    so two runs of one recipe give the same bits, and a run killed and resumed from a checkpoint (student, LoRA, both
-    optimizers and schedules, EMA) ends as one that was not. A non-finite loss saves the last good state and raises
-    [`DistillationDiverged`].
+    Put the student and the fake score in training mode, make both AdamW optimizers and schedules (the student's
+    whole UNet; the fake score's LoRA only) and the student's EMA; accelerate wraps the sampler (the student) and the
+    fake score, which processes train together. On exit the user's UNet is as it came: no accelerate forward wrapper,
+    its mode and its checkpointing flag.
     """
-    student, fake_score, scheduler = parts.student, parts.fake_score, parts.scheduler
-    prediction_type = scheduler.config.prediction_type
-    rank = accelerator.process_index
-    device = accelerator.device
-    alphas_cumprod = scheduler.alphas_cumprod.to(device)
-
+    student, fake_score = parts.student, parts.fake_score
     lora = _trainable(fake_score)
-    teacher_dtype = next(p for p in fake_score.parameters() if not p.requires_grad).dtype  # the frozen base's
     teacher_was_training = fake_score.training
     checkpointing_was_on = bool(getattr(fake_score, "gradient_checkpointing", False))
     student.train()
@@ -115,99 +118,23 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
                       num_training_steps=recipe.max_steps)
         for opt in (student_optimizer, fake_optimizer)
     )
-    ema = None
-    if recipe.ema_decay is not None:
-        ema = EMAModel(student.parameters(), decay=recipe.ema_decay)
-    # The sampler (the student) and the fake score are what processes train together: DDP wraps them; the teacher
-    # passes (adapters off, no gradients) call the unwrapped UNet.
+    ema = EMAModel(student.parameters(), decay=recipe.ema_decay) if recipe.ema_decay is not None else None
+    # The teacher passes (adapters off, no gradients) call the unwrapped UNet.
     sampler, fake_model, student_optimizer, fake_optimizer = accelerator.prepare(
         TiUESampler(student, parts.combine), fake_score, student_optimizer, fake_optimizer)
-
     state = TrainingState({"student": student, "fake_score_lora": fake_score},
                           {"optimizer": student_optimizer, "fake_score_optimizer": fake_optimizer},
                           {"student": student_schedule, "fake_score": fake_schedule}, ema=ema,
                           scaler=accelerator.scaler, trainable_only=("fake_score_lora",), ema_of="student")
-    run = TrainingRun(state, accelerator, total=recipe.max_steps, output_dir=output_dir,
-                      record={"recipe": recipe.name, "method": "tiue"}, checkpoint_every=recipe.checkpoint_every,
-                      desc="tiue distill", callback=callback)
-    channels, height, width = parts.latent_shape
-
-    def step(at: int) -> dict:
-        # This step's draws, on the CPU so they are the same on any device.
-        generator = torch.Generator("cpu").manual_seed(step_seed(recipe.seed, at, rank))
-        batch = recipe.batch_size
-        prompts = mixture.batch(at, batch, stream=rank)
-        shape = (batch, channels, height, width)
-        noise = torch.randn(shape, generator=generator).to(device)
-        vsd_t = torch.randint(recipe.min_timestep, recipe.max_timestep + 1, (batch,), generator=generator)
-        vsd_noise = torch.randn(shape, generator=generator).to(device)
-        fake_t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)
-        fake_noise = torch.randn(shape, generator=generator).to(device)
-        dropped = (torch.rand(batch, generator=generator) < recipe.uncond_probability).to(device)
-        vsd_t, fake_t = vsd_t.to(device), fake_t.to(device)
-        with torch.no_grad():
-            cond = parts.encode(prompts).to(device)
-        uncond = parts.uncond.to(device=device, dtype=cond.dtype).expand_as(cond)
-
-        # 1. the student samples z_0 loop-free, keeping the K x B predictions for the KL term
-        with accelerator.autocast():
-            sample, outputs = sampler(noise * scheduler.init_noise_sigma, cond, return_outputs=True)
-
-        # 2. VSD: the teacher's and the fake score's guided noise predictions on the noised sample
-        noisy = scheduler.add_noise(sample.detach(), vsd_noise, vsd_t)
-        alphas = alphas_cumprod[vsd_t]
-        base = accelerator.unwrap_model(fake_model)
-        with torch.no_grad(), accelerator.autocast():
-            args = (noisy.to(teacher_dtype), vsd_t, cond.to(teacher_dtype), uncond.to(teacher_dtype))
-            base.disable_adapters()
-            teacher_eps = _guided(base, *args, recipe.guidance_scale)
-            base.enable_adapters()
-            fake_eps = _guided(base, *args, recipe.guidance_scale)
-        teacher_eps = _epsilon(teacher_eps.float(), noisy.float(), alphas, prediction_type)
-        fake_eps = _epsilon(fake_eps.float(), noisy.float(), alphas, prediction_type)
-        loss_vsd = vsd_loss(sample, teacher_eps, fake_eps, 1 - alphas)
-        # (For a v-prediction UNet the decoder's outputs are v, which is also unit-variance: the KL reads them.)
-        loss_kl = kl_loss(outputs, recipe.kl_reduction)
-        loss = loss_vsd + recipe.kl_weight * loss_kl
-        run.guard(loss, "student loss")
-
-        # 3. the fake score's loss on the student's current samples (LoRA only; the teacher's weights are frozen)
-        fake_noisy = scheduler.add_noise(sample.detach(), fake_noise, fake_t)
-        conditioning = torch.where(dropped[:, None, None], uncond, cond)
-        with accelerator.autocast():
-            prediction = fake_model(fake_noisy.to(teacher_dtype), fake_t, conditioning.to(teacher_dtype)).sample
-        fake_alphas = alphas_cumprod[fake_t]
-        loss_fake = fake_score_loss(_epsilon(prediction.float(), fake_noisy.float(), fake_alphas, prediction_type),
-                                    fake_noise.float(), fake_alphas)
-        run.guard(loss_fake, "fake-score loss")
-
-        # 4. the two updates, one model after the other (they share fp16's loss scaler). Gradient norms are checked
-        # too, except under fp16, whose scaler skips steps with overflowing gradients on purpose.
-        check_norms = accelerator.scaler is None
-        accelerator.backward(loss)
-        norm = accelerator.clip_grad_norm_(sampler.parameters(), recipe.max_grad_norm)
-        if check_norms:
-            run.guard(norm, "student gradient norm")
-        with run.updating():  # from here to the step's end a checkpoint would hold half a step
-            student_optimizer.step()
-            student_schedule.step()
-            student_optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(student.parameters())
-            accelerator.backward(loss_fake)
-            norm = accelerator.clip_grad_norm_(lora, recipe.max_grad_norm)
-            if check_norms:
-                run.guard(norm, "fake-score gradient norm")
-            fake_optimizer.step()
-            fake_schedule.step()
-            fake_optimizer.zero_grad(set_to_none=True)
-        return {"vsd": loss_vsd.item(), "kl": loss_kl.item(), "fake_score": loss_fake.item(),
-                "lr": student_schedule.get_last_lr()[0]}
-
     try:
-        summary = run.train(step, resume=resume and output_dir is not None)
+        yield TiUEBuilt(
+            state=state, total=recipe.max_steps, desc="tiue distill", parts=parts, recipe=recipe,
+            accelerator=accelerator, sampler=sampler, fake_model=fake_model, lora=lora,
+            teacher_dtype=next(p for p in fake_score.parameters() if not p.requires_grad).dtype,  # the frozen base's
+            student_optimizer=student_optimizer, fake_optimizer=fake_optimizer, student_schedule=student_schedule,
+            fake_schedule=fake_schedule, ema=ema, alphas_cumprod=parts.scheduler.alphas_cumprod.to(accelerator.device),
+        )
     finally:
-        # Leave the user's UNet as it came: no accelerate forward wrapper, its mode and checkpointing flag.
         accelerator.unwrap_model(fake_model, keep_fp32_wrapper=False)
         accelerator.unwrap_model(sampler, keep_fp32_wrapper=False)
         fake_score.train(teacher_was_training)
@@ -215,12 +142,119 @@ def tiue_loop(parts: TiUEParts, recipe, mixture, accelerator, output_dir: Path |
             student.disable_gradient_checkpointing()
             if not checkpointing_was_on:
                 fake_score.disable_gradient_checkpointing()
+
+
+def step(b: TiUEBuilt, run: TrainingRun, at: int) -> dict:
+    r"""
+    One step. It takes `recipe.batch_size` prompts and pure noise x_T, and:
+    1. the student samples z_0 loop-free ([`TiUESampler`]: encoder once, K decoders in one batch, the combine);
+    2. variational score distillation: z_0 is noised to z_t at t ~ U[min_timestep, max_timestep]; the teacher (the
+       fake score's UNet with its adapters off) and the fake score predict its noise with CFG; their difference,
+       weighted by sigma_t^2, is the gradient sent into z_0, plus lambda times the KL term on the K x B predictions;
+       one student step (clipped), then the EMA;
+    3. the fake score (LoRA only) learns the student's current distribution: the detached z_0 noised at
+       t ~ U[0, 1000), the empty prompt on a `uncond_probability` share of rows; one LoRA step (clipped).
+    Every draw comes from `(recipe.seed, step, process)`, on the CPU so it is the same on any device.
+    """
+    parts, recipe, accelerator = b.parts, b.recipe, b.accelerator
+    scheduler, device, prediction_type = parts.scheduler, accelerator.device, parts.scheduler.config.prediction_type
+    generator = torch.Generator("cpu").manual_seed(step_seed(recipe.seed, at, accelerator.process_index))
+    batch = recipe.batch_size
+    prompts = parts.mixture.batch(at, batch, stream=accelerator.process_index)
+    shape = (batch, *parts.latent_shape)
+    noise = torch.randn(shape, generator=generator).to(device)
+    vsd_t = torch.randint(recipe.min_timestep, recipe.max_timestep + 1, (batch,), generator=generator)
+    vsd_noise = torch.randn(shape, generator=generator).to(device)
+    fake_t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator)
+    fake_noise = torch.randn(shape, generator=generator).to(device)
+    dropped = (torch.rand(batch, generator=generator) < recipe.uncond_probability).to(device)
+    vsd_t, fake_t = vsd_t.to(device), fake_t.to(device)
+    with torch.no_grad():
+        cond = parts.encode(prompts).to(device)
+    uncond = parts.uncond.to(device=device, dtype=cond.dtype).expand_as(cond)
+
+    # 1. the student samples z_0 loop-free, keeping the K x B predictions for the KL term
+    with accelerator.autocast():
+        sample, outputs = b.sampler(noise * scheduler.init_noise_sigma, cond, return_outputs=True)
+
+    # 2. VSD: the teacher's and the fake score's guided noise predictions on the noised sample
+    noisy = scheduler.add_noise(sample.detach(), vsd_noise, vsd_t)
+    alphas = b.alphas_cumprod[vsd_t]
+    base, dtype = accelerator.unwrap_model(b.fake_model), b.teacher_dtype
+    with torch.no_grad(), accelerator.autocast():
+        args = (noisy.to(dtype), vsd_t, cond.to(dtype), uncond.to(dtype))
+        base.disable_adapters()
+        teacher_eps = _guided(base, *args, recipe.guidance_scale)
+        base.enable_adapters()
+        fake_eps = _guided(base, *args, recipe.guidance_scale)
+    teacher_eps = _epsilon(teacher_eps.float(), noisy.float(), alphas, prediction_type)
+    fake_eps = _epsilon(fake_eps.float(), noisy.float(), alphas, prediction_type)
+    loss_vsd = vsd_loss(sample, teacher_eps, fake_eps, 1 - alphas)
+    # (For a v-prediction UNet the decoder's outputs are v, which is also unit-variance: the KL reads them.)
+    loss_kl = kl_loss(outputs, recipe.kl_reduction)
+    loss = loss_vsd + recipe.kl_weight * loss_kl
+    run.guard(loss, "student loss")
+
+    # 3. the fake score's loss on the student's current samples (LoRA only; the teacher's weights are frozen)
+    fake_noisy = scheduler.add_noise(sample.detach(), fake_noise, fake_t)
+    conditioning = torch.where(dropped[:, None, None], uncond, cond)
+    with accelerator.autocast():
+        prediction = b.fake_model(fake_noisy.to(dtype), fake_t, conditioning.to(dtype)).sample
+    fake_alphas = b.alphas_cumprod[fake_t]
+    loss_fake = fake_score_loss(_epsilon(prediction.float(), fake_noisy.float(), fake_alphas, prediction_type),
+                                fake_noise.float(), fake_alphas)
+    run.guard(loss_fake, "fake-score loss")
+
+    # 4. the two updates, one model after the other (they share fp16's loss scaler). Gradient norms are checked
+    # too, except under fp16, whose scaler skips steps with overflowing gradients on purpose.
+    check_norms = accelerator.scaler is None
+    accelerator.backward(loss)
+    norm = accelerator.clip_grad_norm_(b.sampler.parameters(), recipe.max_grad_norm)
+    if check_norms:
+        run.guard(norm, "student gradient norm")
+    with run.updating():  # from here to the step's end a checkpoint would hold half a step
+        b.student_optimizer.step()
+        b.student_schedule.step()
+        b.student_optimizer.zero_grad(set_to_none=True)
+        if b.ema is not None:
+            b.ema.step(parts.student.parameters())
+        accelerator.backward(loss_fake)
+        norm = accelerator.clip_grad_norm_(b.lora, recipe.max_grad_norm)
+        if check_norms:
+            run.guard(norm, "fake-score gradient norm")
+        b.fake_optimizer.step()
+        b.fake_schedule.step()
+        b.fake_optimizer.zero_grad(set_to_none=True)
+    return {"vsd": loss_vsd.item(), "kl": loss_kl.item(), "fake_score": loss_fake.item(),
+            "lr": b.student_schedule.get_last_lr()[0]}
+
+
+def summarize(b: TiUEBuilt, summary: dict) -> dict:
+    """Each loss's mean over the run's first and last tenth (one noisy step does not decide), and every step's."""
     history = summary.pop("history")
 
     def summary_of(values: list[float]) -> dict:
-        tenth = max(1, len(values) // 10)  # the first and last tenth of the run, so one noisy step does not decide
+        tenth = max(1, len(values) // 10)
         return {"first": float(np.mean(values[:tenth])), "last": float(np.mean(values[-tenth:])),
                 "per_step": [round(v, 6) for v in values]} if values else {}
 
     summary["losses"] = {name: summary_of(history.get(name, [])) for name in ("vsd", "kl", "fake_score")}
-    return summary, ema
+    return summary
+
+
+def tiue_loop(parts: TiUEParts, recipe, mixture=None, accelerator=None, output_dir: Path | None = None,
+              resume: bool = False,
+              callback: Callable[[int, dict], None] | None = None) -> tuple[dict, EMAModel | None]:
+    r"""
+    Train `parts.student` as a TiUE student of the frozen teacher (`run_method("tiue", ...)`); return a summary and
+    the student's EMA.
+
+    Every random draw is a function of `(recipe.seed, step, process)`, so two runs of one recipe give the same bits,
+    and a run killed and resumed from a checkpoint (student, LoRA, both optimizers and schedules, EMA) ends as one
+    that was not. A non-finite loss saves the last good state and raises [`DistillationDiverged`].
+    """
+    if mixture is not None:
+        parts = dataclasses.replace(parts, mixture=mixture)
+    summary, built = run_method("tiue", parts, recipe, accelerator, output_dir=output_dir, resume=resume,
+                                callback=callback)
+    return summary, built.ema

@@ -2,45 +2,40 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import ClassVar
 
 from encoder_shrink.recipes.recipe import (
-    LR_SCHEDULERS,
-    MIXED_PRECISIONS,
-    RECIPES_DIR,
+    RecipeBase,
     RecipeError,
     SourceConfig,
     StageConfig,
     _from_dict,
+    available_recipes,
+    load_recipe,
 )
-from encoder_shrink.registry import nearest as _nearest
 
-TIUE_RECIPES_DIR = RECIPES_DIR / "tiue"
 KL_REDUCTIONS = ("mean", "sum")
 # DDIMScheduler's spacings: "leading" is SD's (K = 4: [751, 501, 251, 1]); a one-step student needs "trailing" ([999]),
 # since leading spacing puts K = 1 at t = 1, where pure noise is read as an almost clean image.
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
-@dataclass
-class TiUERecipe:
+@dataclass(kw_only=True)
+class TiUERecipe(RecipeBase):
     r"""
-    A TiUE distillation recipe (`recipes/tiue/*.yaml`). Every field can be overridden at distill time.
+    A TiUE distillation recipe (`recipes/tiue/*.yaml`), on [`RecipeBase`]'s shared fields with TiUE's defaults. Every
+    field can be overridden at distill time.
 
     Args:
-        name / version / description: identity of the recipe, recorded in the model card.
         sources: the prompt sources (as a text-encoder recipe's stage; `journeydb` for the paper's captions).
+        max_steps: optimizer steps of the student (the fake score makes one step each too); required.
         num_steps: K, the DDIM timesteps the student's decoder runs at once (the paper: 4, `[751, 501, 251, 1]`).
         timestep_spacing: how the K timesteps are spread (DDIMScheduler's `timestep_spacing`): `"leading"` as SD
             samples, `"trailing"` for K = 1 (`[999]`).
         resolution: image size in pixels the student is trained at.
         batch_size: prompts per optimizer step and process.
-        max_steps: optimizer steps of the student (the fake score makes one step each too).
         learning_rate: Adam rate of the student (the whole UNet).
         lora_learning_rate / lora_rank / lora_alpha / lora_target_modules: the fake score, the teacher plus a LoRA.
         guidance_scale: CFG scale of the teacher and the fake score in the VSD gradient (no CFG at inference).
@@ -48,10 +43,8 @@ class TiUERecipe:
         min_timestep / max_timestep: range of the uniform VSD timestep (inclusive).
         uncond_probability: share of the fake score's training rows with the empty prompt (its CFG needs them).
         max_grad_norm: gradient clipping of the student and of the LoRA.
-        adam_betas / adam_epsilon / weight_decay: Adam(W) of both optimizers.
-        lr_scheduler / lr_warmup_steps: learning-rate schedule of both (diffusers' get_scheduler names).
+        lr_scheduler / lr_warmup_steps: learning-rate schedule of both optimizers.
         ema_decay: decay of the student's EMA (`None`: no EMA; the pipeline then holds the raw student).
-        mixed_precision: `"fp16"`/`"bf16"` autocast on accelerators (master weights fp32); CPU runs use fp32.
         gradient_checkpointing: recompute the student's and the fake score's activations in the backward pass.
         checkpoint_every: full-state checkpoint interval in steps (0: only on interrupt or divergence).
         seed: every random draw of the run (noise, timesteps, prompts, dropped prompts, LoRA init) derives from it.
@@ -67,16 +60,22 @@ class TiUERecipe:
     ```
     """
 
-    name: str
+    method: ClassVar[str] = "tiue"
+    describes: ClassVar[str] = "TiUE recipe"
+
     sources: list[SourceConfig]
     max_steps: int
-    version: int = 1
-    description: str = ""
-    num_steps: int = 4
-    timestep_spacing: str = "leading"
-    resolution: int = 512
+    # TiUE's defaults of the shared fields (the paper's settings)
     batch_size: int = 8
     learning_rate: float = 1e-6
+    weight_decay: float = 0.0
+    lr_scheduler: str = "constant"
+    mixed_precision: str = "fp16"
+    gradient_checkpointing: bool = True
+    eval_prompt_count: int = 8
+    # TiUE's own
+    num_steps: int = 4
+    timestep_spacing: str = "leading"
     lora_learning_rate: float = 1e-3
     lora_rank: int = 64
     lora_alpha: int | None = None
@@ -87,18 +86,7 @@ class TiUERecipe:
     min_timestep: int = 20
     max_timestep: int = 980
     uncond_probability: float = 0.1
-    max_grad_norm: float = 1.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_epsilon: float = 1e-8
-    weight_decay: float = 0.0
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
     ema_decay: float | None = 0.9999
-    mixed_precision: str = "fp16"
-    gradient_checkpointing: bool = True
-    checkpoint_every: int = 1000
-    seed: int = 0
-    eval_prompt_count: int = 8
     eval_images_per_prompt: int = 4
     eval_steps: int = 25
 
@@ -109,8 +97,10 @@ class TiUERecipe:
         ]
         if not self.sources:
             raise RecipeError(f"recipe {self.name!r}: needs at least one prompt source.")
-        positive = ("num_steps", "resolution", "batch_size", "max_steps", "learning_rate", "lora_learning_rate",
-                    "lora_rank", "guidance_scale", "max_grad_norm", "eval_prompt_count", "eval_images_per_prompt",
+        if self.max_steps is None:
+            raise RecipeError(f"recipe {self.name!r}: max_steps must be positive, got None.")
+        super().__post_init__()
+        positive = ("num_steps", "lora_learning_rate", "lora_rank", "guidance_scale", "eval_images_per_prompt",
                     "eval_steps")
         for name in positive:
             value = getattr(self, name)
@@ -133,52 +123,31 @@ class TiUERecipe:
             )
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise RecipeError(f"recipe {self.name!r}: ema_decay must be in (0, 1) or null, got {self.ema_decay!r}.")
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise RecipeError(
-                f"recipe {self.name!r}: adam_betas must be two values in [0, 1), got {self.adam_betas!r}."
-            )
-        if self.checkpoint_every < 0 or self.lr_warmup_steps < 0 or self.weight_decay < 0:
-            raise RecipeError(
-                f"recipe {self.name!r}: checkpoint_every, lr_warmup_steps and weight_decay must be >= 0."
-            )
-        for name, allowed in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISIONS),
-                              ("kl_reduction", KL_REDUCTIONS), ("timestep_spacing", TIMESTEP_SPACINGS)):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise RecipeError(f"recipe {self.name!r}: {name} {value!r} is not one of {', '.join(allowed)}."
-                                  f"{_nearest(str(value), allowed)}")
-
+        self._check_choices(("kl_reduction", KL_REDUCTIONS), ("timestep_spacing", TIMESTEP_SPACINGS))
         if self.num_steps == 1 and self.timestep_spacing != "trailing":
             raise RecipeError(
                 f"recipe {self.name!r}: num_steps 1 with timestep_spacing {self.timestep_spacing!r} samples at t = 1 "
                 "or 0, where noise reads as a clean image; use timestep_spacing: trailing (t = 999)."
             )
 
+    def listing(self) -> tuple[str, str]:
+        """The `encoder-shrink recipes` columns after the version: the method, and the student's K."""
+        return "tiue", f"K = {self.num_steps}"
+
     @property
     def stage(self) -> StageConfig:
         """The recipe's prompt sources as one stage, for `encoder_shrink.data.build_mixture`."""
         return StageConfig(name=self.name, steps=self.max_steps, sources=self.sources)
 
-    def with_overrides(self, **overrides) -> TiUERecipe:
-        """A copy with fields replaced; unknown names raise with the nearest field."""
-        names = {f.name for f in dataclasses.fields(self)}
-        for key in overrides:
-            if key not in names:
-                raise RecipeError(f"unknown TiUE recipe field {key!r} in overrides.{_nearest(key, names)}")
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def available_tiue_recipes() -> dict[str, Path]:
-    """Names of the bundled TiUE recipes and their files."""
-    return {path.stem: path for path in sorted(TIUE_RECIPES_DIR.glob("*.yaml"))}
+    """Names of the bundled TiUE recipes and their files (`available_recipes(method="tiue")`)."""
+    return available_recipes(method="tiue")
 
 
 def load_tiue_recipe(name_or_path: str | Path | TiUERecipe) -> TiUERecipe:
     r"""
-    Load a bundled TiUE recipe by name (`"sd21-tiue"`) or a recipe YAML by path, validated into a [`TiUERecipe`].
+    Load a bundled TiUE recipe by name (`"sd21-tiue"`) or a recipe YAML by path: `load_recipe(..., method="tiue")`.
 
     Example:
 
@@ -187,20 +156,4 @@ def load_tiue_recipe(name_or_path: str | Path | TiUERecipe) -> TiUERecipe:
     4
     ```
     """
-    if isinstance(name_or_path, TiUERecipe):
-        return name_or_path
-    recipes = available_tiue_recipes()
-    path = recipes.get(str(name_or_path), Path(name_or_path))
-    if str(name_or_path) not in recipes and path.suffix not in (".yaml", ".yml"):
-        raise RecipeError(f"unknown TiUE recipe {str(name_or_path)!r}.{_nearest(str(name_or_path), recipes)} "
-                          f"Bundled: {', '.join(recipes)}; or pass a path to a .yaml file.")
-    if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    try:
-        return _from_dict(TiUERecipe, data, str(path))
-    except TypeError as error:  # a missing required key
-        raise RecipeError(f"{path}: {error}") from None
+    return load_recipe(name_or_path, method="tiue")

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,19 @@ class DistillationDiverged(EncoderShrinkError, FloatingPointError):
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The seed of step `step` on process `rank`: every draw a method makes in that step derives from it."""
     return int(np.random.default_rng([seed, step, rank]).integers(2**62))
+
+
+@dataclass(kw_only=True)
+class Built:
+    r"""
+    What a training method's build yields: the checkpointed [`TrainingState`], the step the run ends at, the progress
+    bar's label and extra `state.json` fields. A method subclasses it with what its step reads (models, optimizers).
+    """
+
+    state: TrainingState
+    total: int
+    desc: str
+    record: dict = field(default_factory=dict)
 
 
 class TrainingRun:
@@ -162,4 +176,29 @@ class TrainingRun:
         }
 
 
-__all__ = ["KEEP_CHECKPOINTS", "DistillationDiverged", "TrainingRun", "step_seed"]
+def run_method(method: str, parts, recipe, accelerator, *, output_dir: Path | None = None, resume: bool = False,
+               callback: Callable[[int, dict], None] | None = None) -> tuple[dict, object]:
+    r"""
+    Train with the registered training method `method`: its build (inside whose context the models are set up and
+    afterwards restored), a [`TrainingRun`] over its step, and its summary. Returns `(summary, built)`: the summary
+    dict, and what the build made (the method's models, optimizers, EMA).
+
+    Example:
+
+    ```python
+    >>> summary, built = run_method("distill", parts, recipe, accelerator, output_dir=out)  # doctest: +SKIP
+    ```
+    """
+    from encoder_shrink.training.methods import get_training_method
+
+    entry = get_training_method(method)
+    step, summarize = entry.resolved("step"), entry.resolved("summarize")
+    with entry.resolved("build")(parts, recipe, accelerator) as built:
+        run = TrainingRun(built.state, accelerator, total=built.total, output_dir=output_dir,
+                          record={"recipe": recipe.name, "method": method, **built.record},
+                          checkpoint_every=recipe.checkpoint_every, desc=built.desc, callback=callback)
+        summary = run.train(lambda at: step(built, run, at), resume=resume and output_dir is not None)
+    return (summarize(built, summary) if summarize is not None else summary), built
+
+
+__all__ = ["KEEP_CHECKPOINTS", "Built", "DistillationDiverged", "TrainingRun", "run_method", "step_seed"]
