@@ -111,6 +111,23 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from encoder_shrink.files import atomic_write_text
+    from encoder_shrink.training.plan import plan, plan_chart
+
+    result = plan(args.pipeline, args.recipe, gpus=args.gpus, gpu_memory=args.gpu_memory, gpu=args.gpu,
+                  utilisation=args.utilisation, slot=args.slot)
+    print(result.table())
+    if args.output:
+        folder = Path(args.output)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "plan.json", json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic_write_text(folder / "plan.md", "```\n" + result.table() + "\n```\n")
+        plan_chart(result, folder / "plan.png")
+        print(f"plan.json, plan.md and plan.png written to {args.output}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     """Any registered training method's command: its recipe with the flags' overrides, the run folder, the run."""
     import torch
@@ -436,6 +453,18 @@ def _recipe_names(method: str):
 _REGISTRY_NAMES = {"losses": lambda: _losses(), "sources": lambda: _sources(), "families": lambda: _families()}
 
 
+def _synthetic_families():
+    from encoder_shrink.pipelines import synthetic_families
+
+    return synthetic_families()
+
+
+def _gpu_names():
+    from encoder_shrink.training.plan import GPUS
+
+    return list(GPUS)
+
+
 def _sources():
     from encoder_shrink.data import registered_prompt_sources
 
@@ -715,6 +744,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--output", default="encoder-shrink-bench", help="results folder (default: %(default)s)")
     _register(bench, _bench, inputs=("pipeline", "student"), output="output")
+
+    plan_ = commands.add_parser(
+        "plan",
+        help="before renting GPUs: memory per GPU (DDP / FSDP2), largest batch, FLOPs and GPU-hours of a recipe",
+        description="Run one distill step of the pipeline's real architecture on fake tensors (no weights, no GPU) "
+                    "under torch's memory tracker and FLOP counter, and report per GPU: peak memory split into "
+                    "weights, gradients, optimizer state and activations for DDP and FSDP2, with and without "
+                    "gradient checkpointing, the teacher resident or cached; the largest batch that fits; the step "
+                    "time and GPU-hours; the teacher cache's size; and which accelerate config to launch with.",
+    )
+    _named(plan_.add_argument("--pipeline", required=True,
+                              help="a family with a published architecture (%(names)s) or a local pipeline folder"),
+           _Names(_synthetic_families))
+    plan_.add_argument("--recipe", default="flux-t5base", help="recipe name or YAML path (default: %(default)s)")
+    plan_.add_argument("--gpus", type=int, default=8, help="GPUs to run on (default: %(default)s)")
+    plan_.add_argument("--gpu-memory", default="80GB", help="memory per GPU, e.g. 80GB, 24GB (default: %(default)s)")
+    plan_.add_argument("--gpu", default="h100", choices=_Names(_gpu_names), metavar="GPU",
+                       help="GPU whose bf16 peak sets the step time: %(choices)s (default: %(default)s)")
+    plan_.add_argument("--utilisation", type=float, default=0.4,
+                       help="share of the GPU's bf16 peak a step reaches (default: %(default)s)")
+    plan_.add_argument("--slot", help="the text encoder to shrink (default: the family's)")
+    plan_.add_argument("--output", help="folder for plan.json, plan.md and plan.png")
+    _register(plan_, _plan, output="output")
 
     inspect_ = commands.add_parser(
         "inspect",

@@ -243,7 +243,10 @@ class ShrunkLLMEncoderModel(StudentMixin, T5PreTrainedModel):
             `(batch_size, sequence_length, config.teacher_dim)`, the distilled layers side by side.
         """
         tokens = input_ids if input_ids is not None else inputs_embeds
-        if tokens is not None and not (torch.compiler.is_exporting() or torch.compiler.is_compiling()):
+        # (Compiling, exporting or planning on fake tensors, there are no token values to check.)
+        values = not (torch.compiler.is_exporting() or torch.compiler.is_compiling()
+                      or torch._guards.detect_fake_mode(tokens) is not None)
+        if tokens is not None and values:
             self._warn_if_called_differently(tokens.shape[1], attention_mask is not None)
             if input_ids is not None and input_ids.numel() and int(input_ids.max()) >= self.config.vocab_size:
                 raise IncompatibleModelError(

@@ -170,7 +170,7 @@ def step(b: DistillBuilt, run: TrainingRun, at: int) -> dict:
         b.optimizer.zero_grad(set_to_none=True)
     if trajectory is not None:
         adapter.step(trajectory, inputs.teacher_prediction(), t)
-    return {"loss": loss.item(), "lr": b.lr_scheduler.get_last_lr()[0], "stage": c["stage"].name}
+    return {"loss": loss.detach(), "lr": b.lr_scheduler.get_last_lr()[0], "stage": c["stage"].name}
 
 
 def summarize(b: DistillBuilt, summary: dict) -> dict:

@@ -225,7 +225,7 @@ def step(b: TiUEBuilt, run: TrainingRun, at: int) -> dict:
         b.fake_optimizer.step()
         b.fake_schedule.step()
         b.fake_optimizer.zero_grad(set_to_none=True)
-    return {"vsd": loss_vsd.item(), "kl": loss_kl.item(), "fake_score": loss_fake.item(),
+    return {"vsd": loss_vsd.detach(), "kl": loss_kl.detach(), "fake_score": loss_fake.detach(),
             "lr": b.student_schedule.get_last_lr()[0]}
 
 

@@ -146,7 +146,9 @@ class TrainingRun:
         progress = tqdm(total=self.total, initial=self.step, desc=self.desc, unit="step", disable=not main)
         try:
             while self.step < self.total:
-                figures = step(self.step)
+                # (A step returns its figures as tensors, read here: the planner runs the same step on fake tensors.)
+                figures = {name: value.item() if isinstance(value, torch.Tensor) else value
+                           for name, value in step(self.step).items()}
                 self.step += 1
                 for name, value in figures.items():
                     history.setdefault(name, []).append(value)

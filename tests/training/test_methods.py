@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from encoder_shrink.recipes import RecipeBase, RecipeError, load_recipe
 
 from encoder_shrink.errors import DuplicateRegistrationError, InvalidArgumentError
-from encoder_shrink.recipes import RecipeBase, RecipeError, load_recipe
 from encoder_shrink.training.checkpoint import TrainingState, checkpoint_dir
 from encoder_shrink.training.methods import (
     TRAINING_METHODS,

@@ -1,0 +1,484 @@
+"""The planner: one distill step of the real architecture on fake tensors, as memory, FLOPs and GPU-hours per GPU."""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from encoder_shrink.errors import InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """A GPU's dense bf16 tensor-core peak (TFLOP/s, no sparsity) and its memory, from the vendor's data sheet."""
+
+    name: str
+    bf16_tflops: float
+    memory_gib: float
+
+
+GPUS = {
+    "h100": GPUSpec("H100 SXM", 989.0, 80),
+    "h200": GPUSpec("H200 SXM", 989.0, 141),
+    "a100": GPUSpec("A100 SXM", 312.0, 80),
+    "l40s": GPUSpec("L40S", 362.0, 48),
+    "rtx4090": GPUSpec("RTX 4090", 165.0, 24),
+}
+# Model FLOPs utilisation assumed for the step time: large transformer training reaches 35-45 % of bf16 peak
+# (torchtitan's FLUX and Llama runs); a frozen denoiser run twice per step with a small student sits at that range.
+UTILISATION = 0.4
+# FSDP2 keeps the next unit's all-gathered weights while the current unit runs (forward prefetch of one): two of the
+# largest unit are unsharded at once.
+FSDP_UNSHARDED_UNITS = 2
+
+
+def parse_memory(value: str | float) -> float:
+    r"""
+    GiB from `"80GB"`, `"24GiB"`, `"80"` or a number (GB and GiB are both read as GiB, as GPU data sheets mean it).
+
+    Example:
+
+    ```python
+    >>> parse_memory("80GB"), parse_memory(24)
+    (80.0, 24.0)
+    ```
+    """
+    text = str(value).strip().lower().removesuffix("ib").removesuffix("b").removesuffix("g")
+    try:
+        gib = float(text)
+    except ValueError:
+        raise InvalidArgumentError(f"gpu memory {value!r} is not a size; pass e.g. 80GB or 24GiB.") from None
+    if not gib > 0:
+        raise InvalidArgumentError(f"gpu memory {value!r} must be positive; pass e.g. 80GB.")
+    return gib
+
+
+class _PlanRun:
+    """The planner's stand-in for `TrainingRun` inside a step: no divergence check (fake values), no checkpoint."""
+
+    def guard(self, value, what: str) -> None:
+        return None
+
+    def updating(self):
+        return nullcontext()
+
+
+def _step_tracker():
+    r"""
+    torch's `MemTracker` (weights, gradients, optimizer state, activations per device, on real or fake tensors), with
+    its per-module statistics off: those assume one forward per module per step, and the step-following loss runs the
+    frozen denoiser twice, with hooks a frozen parameter cannot take. Gradients are categorised by a hook on each
+    trainable parameter instead (`track_grads`).
+    """
+    from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+
+    class StepMemTracker(MemTracker):
+        def _pre_fw_hook(self, module, inputs):
+            return None
+
+        def _post_fw_hook(self, module, inputs, outputs):
+            return None
+
+        def _pre_bw_hook(self, module, args):
+            return None
+
+        def _post_bw_hook(self, module, args):
+            return None
+
+        def track_grads(self, parameters) -> None:
+            def hook(parameter):
+                self._update_and_maybe_create_winfos(parameter.grad, _MemRefType.GRAD)
+
+            for parameter in parameters:
+                parameter.register_post_accumulate_grad_hook(hook)
+
+        def totals(self, which: str) -> dict[str, int]:
+            snapshot = self.get_tracker_snapshot(which)
+            out: dict[str, int] = {}
+            for per_device in snapshot.values():
+                for kind, nbytes in per_device.items():
+                    name = {"_MemRefType.PARAM": "weights", "_MemRefType.BUFFER": "buffers",
+                            "_MemRefType.GRAD": "gradients", "_MemRefType.ACT": "activations",
+                            "_MemRefType.TEMP": "backward_temporaries", "_MemRefType.OPT": "optimizer_state",
+                            "_MemRefType.OTH": "other", "Total": "total"}.get(str(kind), str(kind))
+                    out[name] = out.get(name, 0) + int(nbytes)
+            return out
+
+    return StepMemTracker()
+
+
+def _bytes(module: torch.nn.Module | None) -> int:
+    if module is None:
+        return 0
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _largest_unit(module: torch.nn.Module) -> int:
+    """The parameter bytes of the largest block in one of `module`'s `ModuleList`s (FSDP2's unit), or all of it."""
+    blocks = [child for m in module.modules() if isinstance(m, torch.nn.ModuleList) for child in m]
+    return max((_bytes(b) for b in blocks), default=_bytes(module))
+
+
+@dataclass
+class StepMeasure:
+    r"""
+    What one distillation step at one batch size costs on one process.
+
+    Args:
+        batch: prompts per process in the step.
+        gradient_checkpointing: the denoiser recomputed its activations in the backward pass.
+        peak: the step's peak memory by category (bytes: weights, gradients, optimizer_state, activations, ...).
+        start: memory held when the step began (weights, optimizer state).
+        flops: the step's FLOPs (`FlopCounterMode`: the two denoiser passes, the backward, the student).
+        teacher_bytes / denoiser_bytes / student_bytes: the weights of each.
+        largest_unit_bytes: the denoiser's largest block (what FSDP2 all-gathers at once).
+        row_bytes_per_text: the teacher-embedding cache's bytes per text (the rows the step reads).
+    """
+
+    batch: int
+    gradient_checkpointing: bool
+    peak: dict[str, int]
+    start: dict[str, int]
+    flops: int
+    teacher_bytes: int
+    denoiser_bytes: int
+    student_bytes: int
+    largest_unit_bytes: int
+    row_bytes_per_text: int
+
+
+@contextmanager
+def _fake_modules(modules: list[torch.nn.Module], fake: bool):
+    """A FakeTensorMode in which `modules` hold fake tensors of their shapes (or, with `fake=False`, nothing)."""
+    if not fake:
+        yield None
+        return
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    made = [p for m in modules for p in m.parameters() if isinstance(p, FakeTensor)]
+    mode = made[0].fake_mode if made else FakeTensorMode(allow_non_fake_inputs=True)  # (a pipeline measured before)
+    with mode:
+        for module in modules:
+            if not any(isinstance(p, FakeTensor) for p in module.parameters()):
+                module.to_empty(device="cpu")
+    yield mode
+
+
+def measure_step(pipe, recipe, *, batch: int | None = None, gradient_checkpointing: bool | None = None,
+                 fake: bool = True, slot: str | None = None, warmup: bool = True) -> StepMeasure:
+    r"""
+    Run the distill method's own build and step (`encoder_shrink.distill.loop`) once to allocate the optimizer state,
+    then once under torch's memory tracker and FLOP counter, and return what the second cost (`warmup=False`: the
+    first step itself, as a fresh process runs it). With `fake=True` every
+    module's weights become fake tensors first (FakeTensorMode): nothing is allocated or computed, so a FLUX-dev or
+    Wan-14B step is measured on a laptop; `pipe` may then hold meta-device modules (`synthetic_pipeline(...,
+    device="meta")`). With `fake=False` the same step runs for real (the planner's own check).
+
+    Example:
+
+    ```python
+    >>> pipe = synthetic_pipeline("flux-dev", device="meta")  # doctest: +SKIP
+    >>> measure_step(pipe, load_recipe("flux-t5base"), batch=1).peak["total"] / 2**30  # doctest: +SKIP
+    ```
+    """
+    from accelerate import Accelerator
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from encoder_shrink.distill.cache import TeacherEmbeddingCache
+    from encoder_shrink.distill.loop import DistillParts, build, step
+    from encoder_shrink.distill.losses import get_loss
+    from encoder_shrink.shrinker import EncoderShrinker
+
+    overrides = {"batch_size": batch or recipe.batch_size}
+    if gradient_checkpointing is not None:
+        overrides["gradient_checkpointing"] = gradient_checkpointing
+    recipe = recipe.with_overrides(**overrides)
+    shrinker = EncoderShrinker(pipe, slot=slot)
+    adapter = shrinker.adapter
+    student = _plan_student(shrinker, recipe)
+    teacher = adapter.teacher
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)] + [student]
+    length = recipe.max_sequence_length or adapter.max_sequence_length
+    prompts = [f"a photo of {i} red cubes on a blue table" for i in range(recipe.batch_size)]
+    texts = adapter.encoder_texts(prompts, recipe.negative_prompt)
+    with _fake_modules(modules, fake) as mode:
+        input_ids, mask = adapter.tokenize(texts, length)
+        # The trajectory's latents and the scheduler stay real (small): the scheduler's bookkeeping reads values.
+        trajectory = adapter.start_trajectory(len(prompts), recipe.resolution, recipe.num_inference_steps,
+                                              torch.Generator("cpu").manual_seed(recipe.seed),
+                                              num_frames=recipe.num_frames, texts=texts)
+        # The teacher's rows too: prompt code that reads the mask's values (Wan cuts each row to its length) runs on
+        # real masks; the teacher's weights are fake, so its outputs are.
+        cache = TeacherEmbeddingCache(adapter, length)
+        with torch.no_grad():
+            rows = cache.rows(texts)
+        row_bytes = sum(t.numel() * t.element_size() for t in rows.values() if isinstance(t, torch.Tensor))
+        with mode or nullcontext():
+            parts = DistillParts(adapter, student, None, cache)
+            # The recipe's autocast, as on a GPU (bf16 activations), and no device move: the tensors are fake.
+            accelerator = Accelerator(cpu=True, device_placement=False, mixed_precision=recipe.mixed_precision)
+            with build(parts, recipe, accelerator) as built:
+                built.current.update(index=0, stage=recipe.stages[0], rows=rows, input_ids=input_ids, mask=mask,
+                                     loss_fn=get_loss(recipe.loss_at(0)), trajectory=trajectory,
+                                     guidance=float(recipe.guidance_scales[0]) if adapter.guidance else None)
+                if warmup:
+                    step(built, _PlanRun(), 0)  # allocates AdamW's state, as every later step finds it
+                tracker = _step_tracker()
+                tracker.track_external(*modules, built.optimizer)
+                tracker.track_grads(p for p in student.parameters() if p.requires_grad)
+                start = tracker.totals("current")
+                with tracker, FlopCounterMode(display=False) as flops:
+                    step(built, _PlanRun(), 0)  # (the same trajectory step: its cost is every step's)
+                peak = tracker.totals("peak")
+    return StepMeasure(
+        batch=recipe.batch_size, gradient_checkpointing=recipe.gradient_checkpointing, peak=peak, start=start,
+        flops=int(flops.get_total_flops()), teacher_bytes=_bytes(teacher),
+        denoiser_bytes=sum(_bytes(d) for d in adapter.denoisers), student_bytes=_bytes(student),
+        largest_unit_bytes=max(_largest_unit(d) for d in adapter.denoisers),
+        row_bytes_per_text=row_bytes // max(1, len(texts)),
+    )
+
+
+def _plan_student(shrinker, recipe):
+    """
+    The recipe's student with its architecture and no download: a `student_t5` that is not a local folder is built from
+    the published T5 size its name carries (`google/t5-v1_1-base` -> t5-base), on the meta device when the pipeline is.
+    """
+    from pathlib import Path
+
+    from accelerate import init_empty_weights
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from encoder_shrink.benchmarks.synthetic import T5_CONFIGS, t5_config
+    from encoder_shrink.recipes.recipe import PACKAGE_PREFIX
+
+    on_meta = any(p.is_meta or isinstance(p, FakeTensor) for p in shrinker.adapter.denoisers[0].parameters())
+    if recipe.student_t5 is not None and not recipe.student_t5.startswith(PACKAGE_PREFIX) \
+            and not Path(recipe.student_t5).is_dir():
+        kind = shrinker.adapter.student_kind
+        size = next((s for s in ("xxl", "xl", "large", "base", "small") if s in recipe.student_t5.lower()), "base")
+        name = f"umt5-{size}" if kind == "umt5" and f"umt5-{size}" in T5_CONFIGS else f"t5-{size}"
+        config = t5_config(name if name in T5_CONFIGS else "t5-base").to_dict()
+        fields = {k: config[k] for k in ("d_model", "d_ff", "num_layers", "num_heads", "d_kv", "feed_forward_proj")}
+        if kind != "llm":
+            fields["vocab_size"] = config["vocab_size"]
+        recipe = recipe.with_overrides(student_t5=None, student_config=fields)
+    with init_empty_weights() if on_meta else nullcontext():
+        return shrinker.build_student(recipe)
+
+
+@dataclass
+class Plan:
+    r"""
+    What `plan` tells before GPUs are rented: per GPU memory for DDP and FSDP2 (with and without gradient
+    checkpointing, the teacher resident or cached), the largest batch that fits, FLOPs, step time and GPU-hours, and
+    the teacher cache's size. `to_dict()` is the JSON; `table()` the text.
+    """
+
+    pipeline: str
+    recipe: str
+    gpus: int
+    gpu: str
+    gpu_memory_gib: float
+    utilisation: float
+    batch: int
+    total_steps: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    flops_per_step: int = 0
+    step_seconds: float = 0.0
+    gpu_hours: float = 0.0
+    cache_bytes_per_text: int = 0
+    cache_texts: int = 0
+    recommended: str = ""
+    assumptions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        head = (f"{'strategy':8} {'ckpt':5} {'teacher':9} {'weights':>8} {'grads':>7} {'optim':>7} {'activ.':>8} "
+                f"{'peak GiB':>9} {'fits':>5} {'max batch':>9}")
+        lines = [f"{self.pipeline} / {self.recipe} on {self.gpus} x {self.gpu} ({self.gpu_memory_gib:g} GiB), "
+                 f"batch {self.batch} per GPU", head, "-" * len(head)]
+        for r in self.rows:
+            gib = {k.removesuffix("_bytes"): v / GIB for k, v in r.items() if k.endswith("_bytes")}
+            lines.append(f"{r['strategy']:8} {'on' if r['gradient_checkpointing'] else 'off':5} {r['teacher']:9} "
+                         f"{gib['weights']:8.2f} {gib['gradients']:7.2f} {gib['optimizer']:7.2f} "
+                         f"{gib['activations']:8.2f} {gib['peak']:9.2f} {'yes' if r['fits'] else 'no':>5} "
+                         f"{r['max_batch']:>9}")
+        lines += [
+            f"FLOPs per step and GPU: {self.flops_per_step / 1e12:.1f} TFLOP; step time at {self.utilisation:.0%} of "
+            f"{self.gpu}'s bf16 peak: {self.step_seconds:.2f} s; {self.total_steps} steps: "
+            f"{self.gpu_hours:.0f} GPU-hours",
+            f"Teacher cache: {self.cache_bytes_per_text / 2**20:.2f} MiB per text; {self.cache_texts} texts drawn: "
+            f"{self.cache_bytes_per_text * self.cache_texts / GIB:.1f} GiB",
+            f"Launch: {self.recommended}",
+        ]
+        return "\n".join(lines)
+
+
+def _row(strategy: str, checkpointing: bool, teacher: str, measures: dict[int, StepMeasure], gpus: int,
+         memory: float, batch: int) -> dict[str, Any]:
+    """Per-GPU memory of one configuration at `batch`, from the measured steps at batch 1 and 2 (linear in batch)."""
+    one, two = measures[1], measures[2]
+
+    def at(b: int) -> dict[str, float]:
+        peak = {k: one.peak.get(k, 0) + (two.peak.get(k, 0) - one.peak.get(k, 0)) * (b - 1) for k in one.peak}
+        frozen = one.denoiser_bytes + (one.teacher_bytes if teacher == "resident" else 0)
+        weights = one.student_bytes + frozen
+        if strategy == "fsdp2":  # the frozen weights sharded; two units all-gathered at once
+            weights = one.student_bytes + frozen / gpus + FSDP_UNSHARDED_UNITS * one.largest_unit_bytes
+        gradients = peak.get("gradients", 0)
+        if strategy == "ddp":  # DDP's gradient buckets: one more copy of the student's gradients
+            gradients *= 2
+        activations = peak.get("activations", 0) + peak.get("backward_temporaries", 0) + peak.get("other", 0)
+        optimizer = peak.get("optimizer_state", 0)
+        return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
+                "total": weights + gradients + optimizer + activations + peak.get("buffers", 0)}
+
+    figures = at(batch)
+    per_sample = at(2)["total"] - at(1)["total"]
+    fixed = at(1)["total"] - per_sample
+    max_batch = max(0, math.floor((memory * GIB - fixed) / per_sample)) if per_sample > 0 else 0
+    return {"strategy": strategy, "gradient_checkpointing": checkpointing, "teacher": teacher,
+            **{f"{k}_bytes": int(v) for k, v in figures.items() if k != "total"},
+            "peak_bytes": int(figures["total"]), "fits": figures["total"] <= memory * GIB, "max_batch": max_batch}
+
+
+def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80GB", gpu: str = "h100",
+         utilisation: float = UTILISATION, slot: str | None = None) -> Plan:
+    r"""
+    Whether and how a distillation recipe fits `gpus` GPUs of `gpu_memory` each, before renting them: the distill step
+    of the real architecture is measured on fake tensors ([`measure_step`]) at batch 1 and 2, with and without
+    gradient checkpointing, and extended linearly in batch; DDP and FSDP2 (the frozen denoiser, and a resident
+    teacher, sharded) are derived from the categories.
+
+    `pipeline` is a registered family with a published architecture (`encoder-shrink bench --synthetic` lists them:
+    `flux-dev`, `wan`, `flux2`, ...), built on the meta device, or a local pipeline folder (loaded, then made fake).
+
+    Example:
+
+    ```python
+    >>> print(plan("flux-dev", "flux-t5base", gpus=8, gpu_memory="80GB").table())  # doctest: +SKIP
+    ```
+    """
+    from encoder_shrink.recipes import load_recipe
+
+    if gpu not in GPUS:
+        raise InvalidArgumentError(f"gpu {gpu!r} is not one of {', '.join(GPUS)}; pass one, or the closest.")
+    if gpus < 1:
+        raise InvalidArgumentError(f"gpus={gpus} must be at least 1.")
+    if not 0 < utilisation <= 1:
+        raise InvalidArgumentError(f"utilisation={utilisation} must be in (0, 1]; 0.4 is typical.")
+    memory = parse_memory(gpu_memory)
+    recipe = load_recipe(recipe)
+    pipe = _plan_pipeline(pipeline)
+    measures = {(b, c): measure_step(pipe, recipe, batch=b, gradient_checkpointing=c, slot=slot)
+                for c in (False, True) for b in (1, 2)}
+    rows = [_row(strategy, c, teacher, {1: measures[(1, c)], 2: measures[(2, c)]}, gpus, memory, recipe.batch_size)
+            for strategy in ("ddp", "fsdp2") for c in (False, True) for teacher in ("resident", "cached")]
+    one, two = measures[(1, False)], measures[(2, False)]
+    flops = one.flops + (two.flops - one.flops) * (recipe.batch_size - 1)
+    step_seconds = flops / (GPUS[gpu].bf16_tflops * 1e12 * utilisation)
+    trajectories = math.ceil(recipe.total_steps / recipe.num_inference_steps)
+    texts_per_prompt = max(1, len(_texts_of_one(pipe, recipe)))
+    fitting = [r for r in rows if r["fits"]]
+    # The cheapest launch that fits: DDP before FSDP2, no recomputation before checkpointing, the teacher resident.
+    best = min(fitting, key=lambda r: (r["strategy"] != "ddp", r["gradient_checkpointing"],
+                                       r["teacher"] != "resident", r["peak_bytes"])) if fitting else None
+    if best is None:
+        recommended = (f"nothing fits at batch {recipe.batch_size}: lower --batch-size to a max batch above, or use "
+                       "more or larger GPUs")
+    elif best["strategy"] == "ddp":
+        flags = (" --gradient-checkpointing" if best["gradient_checkpointing"] else "") + (
+            " --release-teacher" if best["teacher"] == "cached" else "")
+        recommended = (f"DDP ({'with' if best['gradient_checkpointing'] else 'no'} gradient checkpointing, teacher "
+                       f"{best['teacher']}): accelerate launch --multi_gpu --num_processes {gpus} -m "
+                       f"encoder_shrink.cli distill ...{flags}")
+    else:
+        recommended = ("FSDP2 only (the frozen denoiser sharded): no shipped accelerate config runs it yet; with DDP "
+                       "nothing fits at this batch")
+    return Plan(
+        pipeline=pipeline, recipe=recipe.name, gpus=gpus, gpu=gpu, gpu_memory_gib=memory, utilisation=utilisation,
+        batch=recipe.batch_size, total_steps=recipe.total_steps, rows=rows, flops_per_step=int(flops),
+        step_seconds=step_seconds, gpu_hours=step_seconds * recipe.total_steps * gpus / 3600,
+        cache_bytes_per_text=one.row_bytes_per_text,
+        cache_texts=trajectories * recipe.batch_size * gpus * texts_per_prompt, recommended=recommended,
+        assumptions=[
+            "memory from one distill step on fake tensors (torch MemTracker), linear in batch between 1 and 2",
+            f"FSDP2: frozen weights / {gpus} + {FSDP_UNSHARDED_UNITS} all-gathered blocks; student replicated",
+            "DDP: one extra copy of the student's gradients (its buckets)",
+            f"step time at {utilisation:.0%} of the GPU's dense bf16 peak; excludes data loading and the teacher "
+            "encoding each trajectory once",
+            "cache texts: every drawn prompt (and its negative under CFG) counted once per draw, an upper bound",
+        ],
+    )
+
+
+def _texts_of_one(pipe, recipe) -> list[str]:
+    from encoder_shrink.pipelines import adapter_for
+
+    return adapter_for(pipe).encoder_texts(["a prompt"], recipe.negative_prompt)
+
+
+def _plan_pipeline(pipeline: str):
+    """A registered family's published architecture on the meta device, or a local pipeline folder loaded."""
+    from pathlib import Path
+
+    from encoder_shrink.benchmarks.synthetic import synthetic_pipeline
+    from encoder_shrink.pipelines import synthetic_families
+
+    if pipeline in synthetic_families():
+        from diffusers.utils import logging as diffusers_logging
+
+        pipe = synthetic_pipeline(pipeline, dtype=torch.bfloat16, device="meta")
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # (its "keep these modules in fp32" advice names none here)
+        try:
+            for module in pipe.components.values():  # the frozen models in bf16, as a GPU run loads them
+                if isinstance(module, torch.nn.Module):
+                    module.to(torch.bfloat16)
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
+        return pipe
+    if Path(pipeline).is_dir():
+        from encoder_shrink.loading import load_pipeline
+
+        return load_pipeline(pipeline)
+    raise InvalidArgumentError(
+        f"pipeline {pipeline!r} is neither a family with a published architecture ({', '.join(synthetic_families())})"
+        " nor a local pipeline folder; pass one of them.")
+
+
+def plan_chart(result: Plan, path) -> None:
+    """A stacked bar per configuration (weights, gradients, optimizer, activations) against the GPU's memory."""
+    from encoder_shrink.files import pyplot, save_figure
+
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    labels = [f"{r['strategy']}\n{'ckpt' if r['gradient_checkpointing'] else 'no ckpt'}\n{r['teacher']}"
+              for r in result.rows]
+    bottom = [0.0] * len(result.rows)
+    for key, colour in (("weights", "#4c72b0"), ("gradients", "#dd8452"), ("optimizer", "#55a868"),
+                        ("activations", "#c44e52")):
+        values = [r[f"{key}_bytes"] / GIB for r in result.rows]
+        axis.bar(labels, values, bottom=bottom, label=key, color=colour)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    axis.axhline(result.gpu_memory_gib, color="black", linestyle="--", label=f"{result.gpu_memory_gib:g} GiB")
+    axis.set_ylabel("GiB per GPU")
+    axis.set_title(f"{result.pipeline} / {result.recipe}: {result.gpus} x {result.gpu}, batch {result.batch} per GPU")
+    axis.legend(fontsize=8)
+    axis.tick_params(axis="x", labelsize=7)
+    save_figure(figure, path)
+
+
+__all__ = ["GPUS", "GPUSpec", "Plan", "StepMeasure", "measure_step", "parse_memory", "plan", "plan_chart"]
