@@ -228,6 +228,51 @@ def synthetic_pipeline(name: str, dtype: torch.dtype = torch.bfloat16, device: s
     return adapter.diffusers_pipeline_class()(**components)
 
 
+# Stable Diffusion's published UNets and text encoders (the TiUE teachers): SD 1.5 (CLIP ViT-L/14) and SD 2.1
+# (OpenCLIP ViT-H/14, its penultimate layer: 23 of 24 layers, as the released text_encoder holds).
+SD_CONFIGS = {
+    "sd15": {"cross_attention_dim": 768, "attention_head_dim": 8, "use_linear_projection": False,
+             "text": (768, 12, 12, 3072, 768, "quick_gelu")},
+    "sd21": {"cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20), "use_linear_projection": True,
+             "text": (1024, 23, 16, 4096, 512, "gelu")},
+}
+
+
+def synthetic_sd_pipeline(name: str, dtype: torch.dtype = torch.float16, device: str | torch.device = "cpu",
+                          seed: int = 0):
+    r"""
+    A `StableDiffusionPipeline` with the published architecture of SD 1.5 or SD 2.1 (`SD_CONFIGS`) and random
+    weights: the UNet (865 M), the CLIP text encoder and the VAE. `device="meta"` builds the architecture only.
+
+    Example:
+
+    ```python
+    >>> synthetic_sd_pipeline("sd21", device="meta").unet.num_parameters()  # doctest: +SKIP
+    865910724
+    ```
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    if name not in SD_CONFIGS:
+        raise UnknownNameError(f"Unknown synthetic SD pipeline {name!r}; choose one of {', '.join(SD_CONFIGS)}.")
+    spec = dict(SD_CONFIGS[name])
+    hidden, layers, heads, intermediate, projection, act = spec.pop("text")
+    build = Builder(dtype, device, seed)
+    unet = build.empty(lambda: UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **spec))
+    text = Builder.clip_text(hidden, layers, heads, intermediate, projection, act, with_projection=False)
+    return StableDiffusionPipeline(
+        vae=build.real(Builder.vae(4), 1), text_encoder=build.real(text, 2), tokenizer=Builder.clip_tokenizer(),
+        unet=build.real(unet, 3),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                prediction_type="v_prediction" if name == "sd21" else "epsilon"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
 def synthetic_names() -> list[str]:
     """Everything `--synthetic` accepts: the T5 encoder sizes, then the families with a synthetic pipeline."""
     from encoder_shrink.pipelines import synthetic_families
@@ -235,5 +280,5 @@ def synthetic_names() -> list[str]:
     return list(T5_CONFIGS) + synthetic_families()
 
 
-__all__ = ["T5_CONFIGS", "Builder", "synthetic_names", "synthetic_pipeline", "synthetic_student", "synthetic_t5",
-           "t5_config"]
+__all__ = ["SD_CONFIGS", "T5_CONFIGS", "Builder", "synthetic_names", "synthetic_pipeline", "synthetic_sd_pipeline",
+           "synthetic_student", "synthetic_t5", "t5_config"]

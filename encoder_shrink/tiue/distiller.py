@@ -93,6 +93,61 @@ class TiUEDistiller:
         teacher.set_progress_bar_config(disable=True)
         return teacher
 
+    def build_student(self, recipe: TiUERecipe, device, student=None):
+        r"""
+        The student (the teacher's UNet, or `student`, copied to fp32 and trainable), its [`TiUEPipeline`], the K-step
+        DDIM combine and the recipe's DDIM scheduler; returns `(student, tiue, combine, scheduler)`.
+        """
+        pipe = self.pipe
+        scheduler = sd_ddim_scheduler(pipe.scheduler, recipe.timestep_spacing)
+        scheduler.set_timesteps(recipe.num_steps)
+        combine = DDIMCombine.from_scheduler(scheduler)
+        # The student: the whole teacher UNet, fine-tuned in fp32 (master weights; autocast runs the math).
+        if student is not None and (student.config.in_channels, student.config.cross_attention_dim) != (
+                pipe.unet.config.in_channels, pipe.unet.config.cross_attention_dim):
+            raise IncompatibleModelError(
+                f"the given student takes {student.config.in_channels}-channel latents and "
+                f"{student.config.cross_attention_dim}-wide text; the teacher's are "
+                f"{pipe.unet.config.in_channels} and {pipe.unet.config.cross_attention_dim}."
+            )
+        student = copy.deepcopy(student if student is not None else pipe.unet)
+        student = student.to(device=device, dtype=torch.float32).requires_grad_(True)
+        tiue = TiUEPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
+                            scheduler=sd_ddim_scheduler(pipe.scheduler, recipe.timestep_spacing),
+                            timesteps=list(combine.timesteps))
+        tiue.set_progress_bar_config(disable=True)
+        return student, tiue, combine, scheduler
+
+    def add_fake_score(self, recipe: TiUERecipe) -> None:
+        """The fake score: the recipe's LoRA on the teacher UNet (its base frozen; adapters disabled, the teacher)."""
+        from peft import LoraConfig
+
+        unet = self.pipe.unet
+        # The LoRA's initial weights come from the recipe's seed, whatever the caller's RNG did before.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            unet.add_adapter(LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha or recipe.lora_rank,
+                                        target_modules=list(recipe.lora_target_modules)), adapter_name=FAKE_SCORE)
+        for parameter in unet.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()  # the LoRA trains in fp32 beside an fp16/bf16 teacher
+
+    def build_parts(self, recipe: TiUERecipe, device, student, tiue, combine, scheduler) -> TiUEParts:
+        r"""
+        What the TiUE method trains and reads: the student, the fake score (`add_fake_score` first), the prompts'
+        encoder and the empty prompt's conditioning.
+        """
+        pipe = self.pipe
+        with torch.no_grad():
+            uncond = tiue.encode_prompt([""], device)
+        scale = tiue.vae_scale_factor
+        return TiUEParts(
+            student=student, fake_score=pipe.unet, combine=combine, scheduler=scheduler,
+            encode=lambda texts: tiue.encode_prompt(texts, device).to(student.dtype),
+            uncond=uncond.to(student.dtype),
+            latent_shape=(student.config.in_channels, recipe.resolution // scale, recipe.resolution // scale),
+        )
+
     def distill(
         self,
         recipe: str | os.PathLike | TiUERecipe = "sd21-tiue",
@@ -125,8 +180,6 @@ class TiUEDistiller:
                 `output_dir` holding a run is refused; a run another live process is writing to always is).
             overrides: recipe fields, e.g. `max_steps=1000, batch_size=4, resolution=256`.
         """
-        from peft import LoraConfig
-
         recipe = load_tiue_recipe(recipe).with_overrides(**overrides)
         if resume and output_dir is None:
             raise InvalidArgumentError("resume=True needs the output_dir of the run to continue.")
@@ -152,49 +205,15 @@ class TiUEDistiller:
             for module in (pipe.vae, pipe.text_encoder, pipe.unet):
                 module.to(device).requires_grad_(False).eval()
 
-            scheduler = sd_ddim_scheduler(pipe.scheduler, recipe.timestep_spacing)
-            scheduler.set_timesteps(recipe.num_steps)
-            combine = DDIMCombine.from_scheduler(scheduler)
-            # The student: the whole teacher UNet, fine-tuned in fp32 (master weights; autocast runs the math).
-            if student is not None and (student.config.in_channels, student.config.cross_attention_dim) != (
-                    pipe.unet.config.in_channels, pipe.unet.config.cross_attention_dim):
-                raise IncompatibleModelError(
-                    f"the given student takes {student.config.in_channels}-channel latents and "
-                    f"{student.config.cross_attention_dim}-wide text; the teacher's are "
-                    f"{pipe.unet.config.in_channels} and {pipe.unet.config.cross_attention_dim}."
-                )
-            student = copy.deepcopy(student if student is not None else pipe.unet)
-            student = student.to(device=device, dtype=torch.float32).requires_grad_(True)
-            tiue = TiUEPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
-                                scheduler=sd_ddim_scheduler(pipe.scheduler, recipe.timestep_spacing),
-                                timesteps=list(combine.timesteps))
-            tiue.set_progress_bar_config(disable=True)
+            student, tiue, combine, scheduler = self.build_student(recipe, device, student)
             teacher = self._teacher_sampler(sd_ddim_scheduler(pipe.scheduler))  # samples as SD does, whatever K
             distance = dict(images_per_prompt=recipe.eval_images_per_prompt, num_inference_steps=recipe.eval_steps,
                             guidance_scale=recipe.guidance_scale, resolution=recipe.resolution,
                             seed=recipe.seed + 10_000)
             before = sample_distance(teacher, tiue, held_out, **distance)
 
-            # The fake score: the teacher UNet plus a LoRA (its base frozen); with adapters disabled it is the teacher.
-            # Its initial weights come from the recipe's seed, whatever the caller's RNG did before.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(recipe.seed)
-                pipe.unet.add_adapter(LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha or recipe.lora_rank,
-                                                 target_modules=list(recipe.lora_target_modules)),
-                                      adapter_name=FAKE_SCORE)
-            for parameter in pipe.unet.parameters():
-                if parameter.requires_grad:
-                    parameter.data = parameter.data.float()  # the LoRA trains in fp32 beside an fp16/bf16 teacher
-
-            with torch.no_grad():
-                uncond = tiue.encode_prompt([""], device)
-            scale = tiue.vae_scale_factor
-            parts = TiUEParts(
-                student=student, fake_score=pipe.unet, combine=combine, scheduler=scheduler,
-                encode=lambda texts: tiue.encode_prompt(texts, device).to(student.dtype),
-                uncond=uncond.to(student.dtype),
-                latent_shape=(student.config.in_channels, recipe.resolution // scale, recipe.resolution // scale),
-            )
+            self.add_fake_score(recipe)
+            parts = self.build_parts(recipe, device, student, tiue, combine, scheduler)
             try:
                 summary, ema = tiue_loop(parts, recipe, mixture, accelerator, output_dir=project, resume=resume,
                                          callback=callback)

@@ -62,6 +62,24 @@ def parse_memory(value: str | float) -> float:
     return gib
 
 
+def _accelerator():
+    """
+    The method's accelerator for a planned step: one process, no device move (the tensors are fake). No precision or
+    device is asked for, so an accelerator this process made before (accelerate allows one state) is not contradicted.
+    """
+    from accelerate import Accelerator
+
+    return Accelerator(device_placement=False)
+
+
+def _autocast(recipe):
+    """The recipe's autocast, as a GPU run applies it (bf16 or fp16 activations), on the CPU's fake tensors."""
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if recipe.mixed_precision not in dtypes:
+        return nullcontext()
+    return torch.autocast("cpu", dtype=dtypes[recipe.mixed_precision])
+
+
 class _PlanRun:
     """The planner's stand-in for `TrainingRun` inside a step: no divergence check (fake values), no checkpoint."""
 
@@ -139,7 +157,9 @@ class StepMeasure:
         peak: the step's peak memory by category (bytes: weights, gradients, optimizer_state, activations, ...).
         start: memory held when the step began (weights, optimizer state).
         flops: the step's FLOPs (`FlopCounterMode`: the two denoiser passes, the backward, the student).
-        teacher_bytes / denoiser_bytes / student_bytes: the weights of each.
+        teacher_bytes / denoiser_bytes / student_bytes: the weights of each (TiUE: the text encoder, the teacher
+            UNet with the VAE, and the trainable student UNet plus the fake score's LoRA).
+        shard_trainable: FSDP2 shards the trainable weights too (TiUE's whole-UNet student), not only the frozen.
         largest_unit_bytes: the denoiser's largest block (what FSDP2 all-gathers at once).
         row_bytes_per_text: the teacher-embedding cache's bytes per text (the rows the step reads).
     """
@@ -154,6 +174,7 @@ class StepMeasure:
     student_bytes: int
     largest_unit_bytes: int
     row_bytes_per_text: int
+    shard_trainable: bool = False
 
 
 @contextmanager
@@ -177,8 +198,8 @@ def measure_step(pipe, recipe, *, batch: int | None = None, gradient_checkpointi
                  fake: bool = True, slot: str | None = None, warmup: bool = True) -> StepMeasure:
     r"""
     Run the distill method's own build and step (`encoder_shrink.distill.loop`) once to allocate the optimizer state,
-    then once under torch's memory tracker and FLOP counter, and return what the second cost (`warmup=False`: the
-    first step itself, as a fresh process runs it). With `fake=True` every
+    then once under torch's memory tracker and once under its FLOP counter, and return what they cost
+    (`warmup=False`: the first step itself, as a fresh process runs it). With `fake=True` every
     module's weights become fake tensors first (FakeTensorMode): nothing is allocated or computed, so a FLUX-dev or
     Wan-14B step is measured on a laptop; `pipe` may then hold meta-device modules (`synthetic_pipeline(...,
     device="meta")`). With `fake=False` the same step runs for real (the planner's own check).
@@ -190,9 +211,11 @@ def measure_step(pipe, recipe, *, batch: int | None = None, gradient_checkpointi
     >>> measure_step(pipe, load_recipe("flux-t5base"), batch=1).peak["total"] / 2**30  # doctest: +SKIP
     ```
     """
-    from accelerate import Accelerator
     from torch.utils.flop_counter import FlopCounterMode
 
+    if getattr(recipe, "method", "distill") == "tiue":
+        return _measure_tiue_step(pipe, recipe, batch=batch, gradient_checkpointing=gradient_checkpointing, fake=fake,
+                                  warmup=warmup)
     from encoder_shrink.distill.cache import TeacherEmbeddingCache
     from encoder_shrink.distill.loop import DistillParts, build, step
     from encoder_shrink.distill.losses import get_loss
@@ -224,27 +247,91 @@ def measure_step(pipe, recipe, *, batch: int | None = None, gradient_checkpointi
         row_bytes = sum(t.numel() * t.element_size() for t in rows.values() if isinstance(t, torch.Tensor))
         with mode or nullcontext():
             parts = DistillParts(adapter, student, None, cache)
-            # The recipe's autocast, as on a GPU (bf16 activations), and no device move: the tensors are fake.
-            accelerator = Accelerator(cpu=True, device_placement=False, mixed_precision=recipe.mixed_precision)
+            accelerator = _accelerator()
             with build(parts, recipe, accelerator) as built:
                 built.current.update(index=0, stage=recipe.stages[0], rows=rows, input_ids=input_ids, mask=mask,
                                      loss_fn=get_loss(recipe.loss_at(0)), trajectory=trajectory,
                                      guidance=float(recipe.guidance_scales[0]) if adapter.guidance else None)
                 if warmup:
-                    step(built, _PlanRun(), 0)  # allocates AdamW's state, as every later step finds it
+                    with _autocast(recipe):
+                        step(built, _PlanRun(), 0)  # allocates AdamW's state, as every later step finds it
                 tracker = _step_tracker()
                 tracker.track_external(*modules, built.optimizer)
                 tracker.track_grads(p for p in student.parameters() if p.requires_grad)
                 start = tracker.totals("current")
-                with tracker, FlopCounterMode(display=False) as flops:
+                with tracker, _autocast(recipe):
                     step(built, _PlanRun(), 0)  # (the same trajectory step: its cost is every step's)
                 peak = tracker.totals("peak")
+                # FLOPs in a step of their own: the counter's module tracking keeps checkpointed activations alive.
+                with FlopCounterMode(display=False) as flops, _autocast(recipe):
+                    step(built, _PlanRun(), 0)
     return StepMeasure(
         batch=recipe.batch_size, gradient_checkpointing=recipe.gradient_checkpointing, peak=peak, start=start,
         flops=int(flops.get_total_flops()), teacher_bytes=_bytes(teacher),
         denoiser_bytes=sum(_bytes(d) for d in adapter.denoisers), student_bytes=_bytes(student),
         largest_unit_bytes=max(_largest_unit(d) for d in adapter.denoisers),
         row_bytes_per_text=row_bytes // max(1, len(texts)),
+    )
+
+
+class _FixedPrompts:
+    """The planner's prompt source: the same prompts at every step (a step's cost does not depend on the words)."""
+
+    def batch(self, index: int, size: int, stream: int = 0) -> list[str]:
+        return [f"a photo of {i} red cubes on a blue table" for i in range(size)]
+
+
+def _measure_tiue_step(pipe, recipe, *, batch, gradient_checkpointing, fake, warmup) -> StepMeasure:
+    """`measure_step` for a TiUE recipe: the TiUE method's own build and step on `pipe` (a Stable Diffusion one)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from encoder_shrink.tiue.distiller import TiUEDistiller
+    from encoder_shrink.tiue.loop import build, step
+
+    overrides = {"batch_size": batch or recipe.batch_size}
+    if gradient_checkpointing is not None:
+        overrides["gradient_checkpointing"] = gradient_checkpointing
+    recipe = recipe.with_overrides(**overrides)
+    distiller = TiUEDistiller(pipe)
+    frozen = [pipe.vae, pipe.text_encoder, pipe.unet]
+    for module in frozen:
+        module.requires_grad_(False).eval()
+    # The student (a copy of the teacher UNet in fp32), the schedule (it reads values) and the fake score's LoRA are
+    # built before the weights become fake (a fake module cannot be moved or cast).
+    student, tiue, combine, scheduler = distiller.build_student(recipe, "cpu")
+    distiller.add_fake_score(recipe)
+    with _fake_modules([*frozen, student], fake) as mode:
+        with mode or nullcontext():
+            parts = distiller.build_parts(recipe, "cpu", student, tiue, combine, scheduler)
+            parts.mixture = _FixedPrompts()
+            try:
+                accelerator = _accelerator()
+                with build(parts, recipe, accelerator) as built:
+                    if warmup:
+                        with _autocast(recipe):
+                            step(built, _PlanRun(), 0)
+                    tracker = _step_tracker()
+                    tracker.track_external(*frozen, student, built.student_optimizer, built.fake_optimizer)
+                    if built.ema is not None:
+                        tracker.track_external(*built.ema.shadow_params)
+                    trainable = [p for m in (student, pipe.unet) for p in m.parameters() if p.requires_grad]
+                    tracker.track_grads(trainable)
+                    start = tracker.totals("current")
+                    with tracker, _autocast(recipe):
+                        step(built, _PlanRun(), 0)
+                    peak = tracker.totals("peak")
+                    with FlopCounterMode(display=False) as flops, _autocast(recipe):  # (apart: see measure_step)
+                        step(built, _PlanRun(), 0)
+                lora_bytes = sum(p.numel() * p.element_size() for p in pipe.unet.parameters() if p.requires_grad)
+                largest = _largest_unit(pipe.unet)
+                teacher_unet = _bytes(pipe.unet) - lora_bytes
+            finally:
+                pipe.unet.unload_lora()  # the next measurement starts from the plain teacher
+    return StepMeasure(
+        batch=recipe.batch_size, gradient_checkpointing=recipe.gradient_checkpointing, peak=peak, start=start,
+        flops=int(flops.get_total_flops()), teacher_bytes=_bytes(pipe.text_encoder),
+        denoiser_bytes=teacher_unet + _bytes(pipe.vae), student_bytes=_bytes(student) + lora_bytes,
+        largest_unit_bytes=largest, row_bytes_per_text=0, shard_trainable=True,
     )
 
 
@@ -335,13 +422,15 @@ def _row(strategy: str, checkpointing: bool, teacher: str, measures: dict[int, S
         peak = {k: one.peak.get(k, 0) + (two.peak.get(k, 0) - one.peak.get(k, 0)) * (b - 1) for k in one.peak}
         frozen = one.denoiser_bytes + (one.teacher_bytes if teacher == "resident" else 0)
         weights = one.student_bytes + frozen
-        if strategy == "fsdp2":  # the frozen weights sharded; two units all-gathered at once
-            weights = one.student_bytes + frozen / gpus + FSDP_UNSHARDED_UNITS * one.largest_unit_bytes
         gradients = peak.get("gradients", 0)
+        optimizer = peak.get("optimizer_state", 0) + peak.get("other", 0)  # (TiUE's EMA is tracked as other)
         if strategy == "ddp":  # DDP's gradient buckets: one more copy of the student's gradients
             gradients *= 2
-        activations = peak.get("activations", 0) + peak.get("backward_temporaries", 0) + peak.get("other", 0)
-        optimizer = peak.get("optimizer_state", 0)
+        else:  # FSDP2: the frozen weights sharded, two units all-gathered at once; the trainable ones too for TiUE
+            split = gpus if one.shard_trainable else 1
+            weights = one.student_bytes / split + frozen / gpus + FSDP_UNSHARDED_UNITS * one.largest_unit_bytes
+            gradients, optimizer = gradients / split, optimizer / split
+        activations = peak.get("activations", 0) + peak.get("backward_temporaries", 0)
         return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
                 "total": weights + gradients + optimizer + activations + peak.get("buffers", 0)}
 
@@ -372,6 +461,7 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
     ```
     """
     from encoder_shrink.recipes import load_recipe
+    from encoder_shrink.training.methods import get_training_method
 
     if gpu not in GPUS:
         raise InvalidArgumentError(f"gpu {gpu!r} is not one of {', '.join(GPUS)}; pass one, or the closest.")
@@ -380,7 +470,11 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
     if not 0 < utilisation <= 1:
         raise InvalidArgumentError(f"utilisation={utilisation} must be in (0, 1]; 0.4 is typical.")
     memory = parse_memory(gpu_memory)
-    recipe = load_recipe(recipe)
+    if isinstance(recipe, str) and recipe in get_training_method("tiue").bundled_recipes():
+        recipe = load_recipe(recipe, method="tiue")
+    else:
+        recipe = load_recipe(recipe) if not hasattr(recipe, "method") else recipe
+    tiue = recipe.method == "tiue"
     pipe = _plan_pipeline(pipeline)
     measures = {(b, c): measure_step(pipe, recipe, batch=b, gradient_checkpointing=c, slot=slot)
                 for c in (False, True) for b in (1, 2)}
@@ -389,8 +483,9 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
     one, two = measures[(1, False)], measures[(2, False)]
     flops = one.flops + (two.flops - one.flops) * (recipe.batch_size - 1)
     step_seconds = flops / (GPUS[gpu].bf16_tflops * 1e12 * utilisation)
-    trajectories = math.ceil(recipe.total_steps / recipe.num_inference_steps)
-    texts_per_prompt = max(1, len(_texts_of_one(pipe, recipe)))
+    # The texts the teacher encodes over the run (TiUE encodes its prompts with the frozen text encoder each step).
+    drawn = 0 if tiue else (math.ceil(recipe.total_steps / recipe.num_inference_steps) * recipe.batch_size * gpus
+                            * max(1, len(_texts_of_one(pipe, recipe))))
     fitting = [r for r in rows if r["fits"]]
     # The cheapest launch that fits: DDP before FSDP2, no recomputation before checkpointing, the teacher resident.
     best = min(fitting, key=lambda r: (r["strategy"] != "ddp", r["gradient_checkpointing"],
@@ -403,7 +498,7 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
             " --release-teacher" if best["teacher"] == "cached" else "")
         recommended = (f"DDP ({'with' if best['gradient_checkpointing'] else 'no'} gradient checkpointing, teacher "
                        f"{best['teacher']}): accelerate launch --multi_gpu --num_processes {gpus} -m "
-                       f"encoder_shrink.cli distill ...{flags}")
+                       f"encoder_shrink.cli {'tiue distill' if tiue else 'distill'} ...{flags}")
     else:
         recommended = ("FSDP2 only (the frozen denoiser sharded): no shipped accelerate config runs it yet; with DDP "
                        "nothing fits at this batch")
@@ -412,7 +507,7 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
         batch=recipe.batch_size, total_steps=recipe.total_steps, rows=rows, flops_per_step=int(flops),
         step_seconds=step_seconds, gpu_hours=step_seconds * recipe.total_steps * gpus / 3600,
         cache_bytes_per_text=one.row_bytes_per_text,
-        cache_texts=trajectories * recipe.batch_size * gpus * texts_per_prompt, recommended=recommended,
+        cache_texts=drawn, recommended=recommended,
         assumptions=[
             "memory from one distill step on fake tensors (torch MemTracker), linear in batch between 1 and 2",
             f"FSDP2: frozen weights / {gpus} + {FSDP_UNSHARDED_UNITS} all-gathered blocks; student replicated",
@@ -434,19 +529,22 @@ def _plan_pipeline(pipeline: str):
     """A registered family's published architecture on the meta device, or a local pipeline folder loaded."""
     from pathlib import Path
 
-    from encoder_shrink.benchmarks.synthetic import synthetic_pipeline
+    from encoder_shrink.benchmarks.synthetic import SD_CONFIGS, synthetic_pipeline, synthetic_sd_pipeline
     from encoder_shrink.pipelines import synthetic_families
 
-    if pipeline in synthetic_families():
+    if pipeline in SD_CONFIGS or pipeline in synthetic_families():
         from diffusers.utils import logging as diffusers_logging
 
-        pipe = synthetic_pipeline(pipeline, dtype=torch.bfloat16, device="meta")
+        # The frozen models in the dtype a GPU run loads them in: fp16 for SD (TiUE's recipes), bf16 otherwise.
+        dtype = torch.float16 if pipeline in SD_CONFIGS else torch.bfloat16
+        build = synthetic_sd_pipeline if pipeline in SD_CONFIGS else synthetic_pipeline
+        pipe = build(pipeline, dtype=dtype, device="meta")
         verbosity = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()  # (its "keep these modules in fp32" advice names none here)
         try:
-            for module in pipe.components.values():  # the frozen models in bf16, as a GPU run loads them
+            for module in pipe.components.values():
                 if isinstance(module, torch.nn.Module):
-                    module.to(torch.bfloat16)
+                    module.to(dtype)
         finally:
             diffusers_logging.set_verbosity(verbosity)
         return pipe
@@ -455,8 +553,8 @@ def _plan_pipeline(pipeline: str):
 
         return load_pipeline(pipeline)
     raise InvalidArgumentError(
-        f"pipeline {pipeline!r} is neither a family with a published architecture ({', '.join(synthetic_families())})"
-        " nor a local pipeline folder; pass one of them.")
+        f"pipeline {pipeline!r} is neither a family with a published architecture ({', '.join(synthetic_families())}"
+        f", or {', '.join(SD_CONFIGS)} for TiUE) nor a local pipeline folder; pass one of them.")
 
 
 def plan_chart(result: Plan, path) -> None:

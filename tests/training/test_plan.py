@@ -22,15 +22,16 @@ def _tiny(family):
     return pipe, recipe
 
 
-@pytest.mark.parametrize("family", ["flux-dev", "wan", "flux2"])  # a T5, a UMT5 and an LLM teacher
-def test_the_fake_step_equals_the_same_tracker_on_a_real_step(family):
-    fake = measure_step(*_tiny(family), batch=2, fake=True)
-    real = measure_step(*_tiny(family), batch=2, fake=False)
+@pytest.mark.parametrize(("family", "checkpointing"), [("flux-dev", False), ("flux-dev", True), ("wan", False),
+                                                       ("flux2", False)])  # a T5, a UMT5 and an LLM teacher
+def test_the_fake_step_equals_the_same_tracker_on_a_real_step(family, checkpointing):
+    fake = measure_step(*_tiny(family), batch=2, fake=True, gradient_checkpointing=checkpointing)
+    real = measure_step(*_tiny(family), batch=2, fake=False, gradient_checkpointing=checkpointing)
     assert fake.peak["total"] > fake.start["total"] > 0
     assert fake.peak["total"] == pytest.approx(real.peak["total"], rel=0.05)
     assert fake.flops == real.flops > 0
     # Twice the batch: more activations and FLOPs, the same weights.
-    double = measure_step(*_tiny(family), batch=4, fake=True)
+    double = measure_step(*_tiny(family), batch=4, fake=True, gradient_checkpointing=checkpointing)
     assert double.peak["activations"] > fake.peak["activations"]
     assert double.flops > 1.5 * fake.flops
     assert double.peak["weights"] == fake.peak["weights"]
@@ -130,3 +131,15 @@ def test_a_real_steps_resident_memory_growth_is_within_a_quarter_of_the_estimate
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["estimated_growth"] > 50 * 2**20, figures  # the check means something only for a large step
     assert figures["rss_growth"] == pytest.approx(figures["estimated_growth"], rel=0.25), figures
+
+
+def test_a_tiue_step_is_planned_by_the_same_tracker():
+    from diffusers import StableDiffusionPipeline
+
+    recipe = load_recipe("tiny-tiue", method="tiue")
+    fake, real = (measure_step(StableDiffusionPipeline(**tiny.tiny_sd_components()), recipe, batch=2, fake=f)
+                  for f in (True, False))
+    assert fake.peak["total"] == pytest.approx(real.peak["total"], rel=0.05)
+    assert fake.flops == real.flops > 0
+    assert fake.peak["optimizer_state"] > 0 and fake.peak["other"] > 0  # both AdamWs, and the student's EMA
+    assert fake.shard_trainable and fake.student_bytes > fake.teacher_bytes
