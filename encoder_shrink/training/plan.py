@@ -72,12 +72,26 @@ def _accelerator():
     return Accelerator(device_placement=False)
 
 
-def _autocast(recipe):
-    """The recipe's autocast, as a GPU run applies it (bf16 or fp16 activations), on the CPU's fake tensors."""
+def _autocast(recipe, device: str = "cpu"):
+    """The recipe's autocast, as a GPU run applies it (bf16 or fp16 activations), on `device` (fake tensors: cpu)."""
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     if recipe.mixed_precision not in dtypes:
         return nullcontext()
-    return torch.autocast("cpu", dtype=dtypes[recipe.mixed_precision])
+    return torch.autocast(torch.device(device).type, dtype=dtypes[recipe.mixed_precision])
+
+
+@contextmanager
+def _device_peak(device: str, out: dict):
+    """`torch.cuda.max_memory_allocated` growth over the block, into `out["growth"]` (nothing off CUDA)."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    yield
+    torch.cuda.synchronize(device)
+    out["growth"] = torch.cuda.max_memory_allocated(device) - before
 
 
 class _PlanRun:
@@ -162,6 +176,8 @@ class StepMeasure:
         shard_trainable: FSDP2 shards the trainable weights too (TiUE's whole-UNet student), not only the frozen.
         largest_unit_bytes: the denoiser's largest block (what FSDP2 all-gathers at once).
         row_bytes_per_text: the teacher-embedding cache's bytes per text (the rows the step reads).
+        device_peak_growth: on a GPU (a real step), `torch.cuda.max_memory_allocated` during the step minus what was
+            allocated when it began: the figure the tracker's `peak - start` is checked against.
     """
 
     batch: int
@@ -175,6 +191,7 @@ class StepMeasure:
     largest_unit_bytes: int
     row_bytes_per_text: int
     shard_trainable: bool = False
+    device_peak_growth: int | None = None
 
 
 @contextmanager
@@ -195,14 +212,16 @@ def _fake_modules(modules: list[torch.nn.Module], fake: bool):
 
 
 def measure_step(pipe, recipe, *, batch: int | None = None, gradient_checkpointing: bool | None = None,
-                 fake: bool = True, slot: str | None = None, warmup: bool = True) -> StepMeasure:
+                 fake: bool = True, slot: str | None = None, warmup: bool = True,
+                 device: str = "cpu") -> StepMeasure:
     r"""
     Run the distill method's own build and step (`encoder_shrink.distill.loop`) once to allocate the optimizer state,
     then once under torch's memory tracker and once under its FLOP counter, and return what they cost
-    (`warmup=False`: the first step itself, as a fresh process runs it). With `fake=True` every
-    module's weights become fake tensors first (FakeTensorMode): nothing is allocated or computed, so a FLUX-dev or
-    Wan-14B step is measured on a laptop; `pipe` may then hold meta-device modules (`synthetic_pipeline(...,
-    device="meta")`). With `fake=False` the same step runs for real (the planner's own check).
+    (`warmup=False`: the first step itself, as a fresh process runs it). With `fake=True` every module's weights
+    become fake tensors first (FakeTensorMode): nothing is allocated or computed, so a FLUX-dev or Wan-14B step is
+    measured on a laptop; `pipe` may then hold meta-device modules (`synthetic_pipeline(..., device="meta")`). With
+    `fake=False` the same step runs for real (the planner's own check) where `pipe` is: with `device="cuda"` (the
+    pipeline's modules there) `torch.cuda.max_memory_allocated` is recorded beside the tracker.
 
     Example:
 
@@ -213,9 +232,11 @@ def measure_step(pipe, recipe, *, batch: int | None = None, gradient_checkpointi
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    if fake and device != "cpu":
+        raise InvalidArgumentError(f"a fake step is planned on the CPU; drop device={device!r} or pass fake=False.")
     if getattr(recipe, "method", "distill") == "tiue":
         return _measure_tiue_step(pipe, recipe, batch=batch, gradient_checkpointing=gradient_checkpointing, fake=fake,
-                                  warmup=warmup)
+                                  warmup=warmup, device=device)
     from encoder_shrink.distill.cache import TeacherEmbeddingCache
     from encoder_shrink.distill.loop import DistillParts, build, step
     from encoder_shrink.distill.losses import get_loss
@@ -228,6 +249,8 @@ def measure_step(pipe, recipe, *, batch: int | None = None, gradient_checkpointi
     shrinker = EncoderShrinker(pipe, slot=slot)
     adapter = shrinker.adapter
     student = _plan_student(shrinker, recipe)
+    if not fake:
+        student.to(device)
     teacher = adapter.teacher
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)] + [student]
     length = recipe.max_sequence_length or adapter.max_sequence_length
@@ -253,24 +276,25 @@ def measure_step(pipe, recipe, *, batch: int | None = None, gradient_checkpointi
                                      loss_fn=get_loss(recipe.loss_at(0)), trajectory=trajectory,
                                      guidance=float(recipe.guidance_scales[0]) if adapter.guidance else None)
                 if warmup:
-                    with _autocast(recipe):
+                    with _autocast(recipe, device):
                         step(built, _PlanRun(), 0)  # allocates AdamW's state, as every later step finds it
                 tracker = _step_tracker()
                 tracker.track_external(*modules, built.optimizer)
                 tracker.track_grads(p for p in student.parameters() if p.requires_grad)
                 start = tracker.totals("current")
-                with tracker, _autocast(recipe):
+                device_peak: dict = {}
+                with tracker, _autocast(recipe, device), _device_peak(device, device_peak):
                     step(built, _PlanRun(), 0)  # (the same trajectory step: its cost is every step's)
                 peak = tracker.totals("peak")
                 # FLOPs in a step of their own: the counter's module tracking keeps checkpointed activations alive.
-                with FlopCounterMode(display=False) as flops, _autocast(recipe):
+                with FlopCounterMode(display=False) as flops, _autocast(recipe, device):
                     step(built, _PlanRun(), 0)
     return StepMeasure(
         batch=recipe.batch_size, gradient_checkpointing=recipe.gradient_checkpointing, peak=peak, start=start,
         flops=int(flops.get_total_flops()), teacher_bytes=_bytes(teacher),
         denoiser_bytes=sum(_bytes(d) for d in adapter.denoisers), student_bytes=_bytes(student),
         largest_unit_bytes=max(_largest_unit(d) for d in adapter.denoisers),
-        row_bytes_per_text=row_bytes // max(1, len(texts)),
+        row_bytes_per_text=row_bytes // max(1, len(texts)), device_peak_growth=device_peak.get("growth"),
     )
 
 
@@ -281,7 +305,7 @@ class _FixedPrompts:
         return [f"a photo of {i} red cubes on a blue table" for i in range(size)]
 
 
-def _measure_tiue_step(pipe, recipe, *, batch, gradient_checkpointing, fake, warmup) -> StepMeasure:
+def _measure_tiue_step(pipe, recipe, *, batch, gradient_checkpointing, fake, warmup, device) -> StepMeasure:
     """`measure_step` for a TiUE recipe: the TiUE method's own build and step on `pipe` (a Stable Diffusion one)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -298,17 +322,23 @@ def _measure_tiue_step(pipe, recipe, *, batch, gradient_checkpointing, fake, war
         module.requires_grad_(False).eval()
     # The student (a copy of the teacher UNet in fp32), the schedule (it reads values) and the fake score's LoRA are
     # built before the weights become fake (a fake module cannot be moved or cast).
-    student, tiue, combine, scheduler = distiller.build_student(recipe, "cpu")
+    template = None
+    if fake:  # the student from the UNet's config, on the meta device (a copy of fake weights cannot be cast)
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            template = type(pipe.unet).from_config(pipe.unet.config)
+    student, tiue, combine, scheduler = distiller.build_student(recipe, "meta" if fake else device, template)
     distiller.add_fake_score(recipe)
     with _fake_modules([*frozen, student], fake) as mode:
         with mode or nullcontext():
-            parts = distiller.build_parts(recipe, "cpu", student, tiue, combine, scheduler)
+            parts = distiller.build_parts(recipe, device, student, tiue, combine, scheduler)
             parts.mixture = _FixedPrompts()
             try:
                 accelerator = _accelerator()
                 with build(parts, recipe, accelerator) as built:
                     if warmup:
-                        with _autocast(recipe):
+                        with _autocast(recipe, device):
                             step(built, _PlanRun(), 0)
                     tracker = _step_tracker()
                     tracker.track_external(*frozen, student, built.student_optimizer, built.fake_optimizer)
@@ -317,10 +347,11 @@ def _measure_tiue_step(pipe, recipe, *, batch, gradient_checkpointing, fake, war
                     trainable = [p for m in (student, pipe.unet) for p in m.parameters() if p.requires_grad]
                     tracker.track_grads(trainable)
                     start = tracker.totals("current")
-                    with tracker, _autocast(recipe):
+                    device_peak: dict = {}
+                    with tracker, _autocast(recipe, device), _device_peak(device, device_peak):
                         step(built, _PlanRun(), 0)
                     peak = tracker.totals("peak")
-                    with FlopCounterMode(display=False) as flops, _autocast(recipe):  # (apart: see measure_step)
+                    with FlopCounterMode(display=False) as flops, _autocast(recipe, device):  # (apart: measure_step)
                         step(built, _PlanRun(), 0)
                 lora_bytes = sum(p.numel() * p.element_size() for p in pipe.unet.parameters() if p.requires_grad)
                 largest = _largest_unit(pipe.unet)
@@ -332,6 +363,7 @@ def _measure_tiue_step(pipe, recipe, *, batch, gradient_checkpointing, fake, war
         flops=int(flops.get_total_flops()), teacher_bytes=_bytes(pipe.text_encoder),
         denoiser_bytes=teacher_unet + _bytes(pipe.vae), student_bytes=_bytes(student) + lora_bytes,
         largest_unit_bytes=largest, row_bytes_per_text=0, shard_trainable=True,
+        device_peak_growth=device_peak.get("growth"),
     )
 
 
@@ -413,30 +445,35 @@ class Plan:
         return "\n".join(lines)
 
 
-def _row(strategy: str, checkpointing: bool, teacher: str, measures: dict[int, StepMeasure], gpus: int,
-         memory: float, batch: int) -> dict[str, Any]:
-    """Per-GPU memory of one configuration at `batch`, from the measured steps at batch 1 and 2 (linear in batch)."""
-    one, two = measures[1], measures[2]
+def _per_gpu(m: StepMeasure, strategy: str, teacher: str, gpus: int) -> dict[str, float]:
+    """One measured step's memory on each GPU under `strategy` (`ddp` or `fsdp2`), the teacher resident or cached."""
+    frozen = m.denoiser_bytes + (m.teacher_bytes if teacher == "resident" else 0)
+    weights = m.student_bytes + frozen
+    gradients = m.peak.get("gradients", 0)
+    optimizer = m.peak.get("optimizer_state", 0) + m.peak.get("other", 0)  # (TiUE's EMA is tracked as other)
+    if strategy == "ddp":  # DDP's gradient buckets: one more copy of the student's gradients
+        gradients *= 2
+    else:  # FSDP2: the frozen weights sharded, two units all-gathered at once; the trainable ones too for TiUE
+        split = gpus if m.shard_trainable else 1
+        weights = m.student_bytes / split + frozen / gpus + FSDP_UNSHARDED_UNITS * m.largest_unit_bytes
+        gradients, optimizer = gradients / split, optimizer / split
+    activations = m.peak.get("activations", 0) + m.peak.get("backward_temporaries", 0)
+    return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
+            "total": weights + gradients + optimizer + activations + m.peak.get("buffers", 0)}
 
-    def at(b: int) -> dict[str, float]:
-        peak = {k: one.peak.get(k, 0) + (two.peak.get(k, 0) - one.peak.get(k, 0)) * (b - 1) for k in one.peak}
-        frozen = one.denoiser_bytes + (one.teacher_bytes if teacher == "resident" else 0)
-        weights = one.student_bytes + frozen
-        gradients = peak.get("gradients", 0)
-        optimizer = peak.get("optimizer_state", 0) + peak.get("other", 0)  # (TiUE's EMA is tracked as other)
-        if strategy == "ddp":  # DDP's gradient buckets: one more copy of the student's gradients
-            gradients *= 2
-        else:  # FSDP2: the frozen weights sharded, two units all-gathered at once; the trainable ones too for TiUE
-            split = gpus if one.shard_trainable else 1
-            weights = one.student_bytes / split + frozen / gpus + FSDP_UNSHARDED_UNITS * one.largest_unit_bytes
-            gradients, optimizer = gradients / split, optimizer / split
-        activations = peak.get("activations", 0) + peak.get("backward_temporaries", 0)
-        return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
-                "total": weights + gradients + optimizer + activations + peak.get("buffers", 0)}
 
-    figures = at(batch)
-    per_sample = at(2)["total"] - at(1)["total"]
-    fixed = at(1)["total"] - per_sample
+def _row(strategy: str, checkpointing: bool, teacher: str, one: StepMeasure, full: StepMeasure, gpus: int,
+         memory: float) -> dict[str, Any]:
+    """
+    Per-GPU memory of one configuration at the recipe's batch (`full`, measured there), and the largest batch that
+    fits, from the activations' growth per sample between batch 1 (`one`) and the recipe's.
+    """
+    figures = _per_gpu(full, strategy, teacher, gpus)
+    small = _per_gpu(one, strategy, teacher, gpus)
+    # Per sample: the activations' growth (the peak's other parts do not scale with the batch, and the moment of the
+    # peak may move between the two measured batches, e.g. from the backward to AdamW's update).
+    per_sample = (figures["activations"] - small["activations"]) / max(1, full.batch - one.batch)
+    fixed = figures["total"] - per_sample * full.batch
     max_batch = max(0, math.floor((memory * GIB - fixed) / per_sample)) if per_sample > 0 else 0
     return {"strategy": strategy, "gradient_checkpointing": checkpointing, "teacher": teacher,
             **{f"{k}_bytes": int(v) for k, v in figures.items() if k != "total"},
@@ -447,9 +484,9 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
          utilisation: float = UTILISATION, slot: str | None = None) -> Plan:
     r"""
     Whether and how a distillation recipe fits `gpus` GPUs of `gpu_memory` each, before renting them: the distill step
-    of the real architecture is measured on fake tensors ([`measure_step`]) at batch 1 and 2, with and without
-    gradient checkpointing, and extended linearly in batch; DDP and FSDP2 (the frozen denoiser, and a resident
-    teacher, sharded) are derived from the categories.
+    of the real architecture is measured on fake tensors ([`measure_step`]) at batch 1 and at the recipe's batch,
+    with and without gradient checkpointing (the largest batch that fits extends the growth between them); DDP and
+    FSDP2 (the frozen denoiser, and a resident teacher, sharded) are derived from the categories.
 
     `pipeline` is a registered family with a published architecture (`encoder-shrink bench --synthetic` lists them:
     `flux-dev`, `wan`, `flux2`, ...), built on the meta device, or a local pipeline folder (loaded, then made fake).
@@ -475,17 +512,20 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
     else:
         recipe = load_recipe(recipe) if not hasattr(recipe, "method") else recipe
     tiue = recipe.method == "tiue"
-    pipe = _plan_pipeline(pipeline)
-    measures = {(b, c): measure_step(pipe, recipe, batch=b, gradient_checkpointing=c, slot=slot)
-                for c in (False, True) for b in (1, 2)}
-    rows = [_row(strategy, c, teacher, {1: measures[(1, c)], 2: measures[(2, c)]}, gpus, memory, recipe.batch_size)
+    # A fresh pipeline per measurement: a measured one holds fake weights, which cannot take a new LoRA or a cast.
+    # Measured at batch 1 and at the recipe's (2 when that is 1): the reported figures are the recipe's, measured;
+    # the largest batch that fits extends the growth between them.
+    full = max(2, recipe.batch_size)
+    measures = {(b, c): measure_step(_plan_pipeline(pipeline), recipe, batch=b, gradient_checkpointing=c, slot=slot)
+                for c in (False, True) for b in (1, full)}
+    rows = [_row(strategy, c, teacher, measures[(1, c)], measures[(full, c)], gpus, memory)
             for strategy in ("ddp", "fsdp2") for c in (False, True) for teacher in ("resident", "cached")]
-    one, two = measures[(1, False)], measures[(2, False)]
-    flops = one.flops + (two.flops - one.flops) * (recipe.batch_size - 1)
+    one, two = measures[(1, False)], measures[(full, False)]
+    flops = one.flops + (two.flops - one.flops) * (recipe.batch_size - 1) / (full - 1)
     step_seconds = flops / (GPUS[gpu].bf16_tflops * 1e12 * utilisation)
     # The texts the teacher encodes over the run (TiUE encodes its prompts with the frozen text encoder each step).
     drawn = 0 if tiue else (math.ceil(recipe.total_steps / recipe.num_inference_steps) * recipe.batch_size * gpus
-                            * max(1, len(_texts_of_one(pipe, recipe))))
+                            * max(1, len(_texts_of_one(_plan_pipeline(pipeline), recipe))))
     fitting = [r for r in rows if r["fits"]]
     # The cheapest launch that fits: DDP before FSDP2, no recomputation before checkpointing, the teacher resident.
     best = min(fitting, key=lambda r: (r["strategy"] != "ddp", r["gradient_checkpointing"],
@@ -509,7 +549,8 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
         cache_bytes_per_text=one.row_bytes_per_text,
         cache_texts=drawn, recommended=recommended,
         assumptions=[
-            "memory from one distill step on fake tensors (torch MemTracker), linear in batch between 1 and 2",
+            "memory from one step on fake tensors (torch MemTracker) at the recipe's batch; the largest batch "
+            "extends the growth from batch 1 linearly",
             f"FSDP2: frozen weights / {gpus} + {FSDP_UNSHARDED_UNITS} all-gathered blocks; student replicated",
             "DDP: one extra copy of the student's gradients (its buckets)",
             f"step time at {utilisation:.0%} of the GPU's dense bf16 peak; excludes data loading and the teacher "

@@ -30,6 +30,10 @@ SMOKE_ARGS = {
     # Two backends (the int8 one exported and parity-checked; each timed in its own process) and the masked section.
     # Two helps, one process each: the top level and one subcommand.
     "cli_startup": ["--commands", "", "recipes", "--repeats", "1"],
+    # The planner's estimate beside the real step, on a tiny pipeline (the GPU run does FLUX-dev on CUDA).
+    "step_memory": ["--tiny", "flux-dev", "--recipe", "tiny", "--batch", "2"],
+    # The GPU run's steps at tiny size on the CPU (each skips or shrinks what needs CUDA).
+    "gpu_run": ["--tiny", "--budget", "500"],
     "cpu_limit": ["--size", "tiny", "--lengths", "8", "16", "--repeats", "1", "--warmup", "0", "--gemm-seconds",
                   "0.05", "--backends", "torch-fp32", "onnx-int8"],
 }
