@@ -15,6 +15,11 @@ from encoder_shrink import __version__
 from encoder_shrink.errors import EncoderShrinkError, InvalidArgumentError
 
 
+def _without_torchvision_notice(record: logging.LogRecord) -> bool:
+    """False for transformers' notice that an image processor falls back to its PIL version without torchvision."""
+    return "requires torchvision" not in record.getMessage()
+
+
 def _quiet_libraries() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -22,6 +27,11 @@ def _quiet_libraries() -> None:
     # One progress bar per job; the libraries' per-load and per-step bars would bury it.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    # Loading a pipeline imports its image processors (safety checker, IP-adapter inputs) that no command of ours uses;
+    # without torchvision (not a dependency) transformers falls back to their PIL versions and says so on stderr.
+    notices = logging.getLogger("transformers.utils.import_utils")
+    if _without_torchvision_notice not in notices.filters:
+        notices.addFilter(_without_torchvision_notice)
 
 
 def _demo(args: argparse.Namespace) -> int:

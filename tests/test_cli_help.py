@@ -99,3 +99,14 @@ def test_help_listing_the_export_registry_imports_no_heavy_library(words, shown,
                           env={**os.environ, "COLUMNS": "100000"})
     assert shown in done.stdout
     assert done.stderr.strip().splitlines()[-1] == "[]", f"`{' '.join(words)} --help` imports {done.stderr}"
+
+
+def test_a_plain_command_prints_no_library_warning(tiny_pipeline_dirs):
+    """A command that loads a pipeline (whose image processors transformers falls back on without torchvision)
+    prints its result on stdout and nothing on stderr."""
+    done = subprocess.run([sys.executable, "-m", "encoder_shrink.cli", "inspect", "--pipeline",
+                           str(tiny_pipeline_dirs["flux-dev"])], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '"family": "flux-dev"' in done.stdout
+    assert done.stderr == ""
