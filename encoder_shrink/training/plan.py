@@ -418,6 +418,8 @@ class Plan:
     cache_bytes_per_text: int = 0
     cache_texts: int = 0
     recommended: str = ""
+    measured_at: str = ""
+    flops_per_step_largest: int = 0
     assumptions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -427,7 +429,8 @@ class Plan:
         head = (f"{'strategy':8} {'ckpt':5} {'teacher':9} {'weights':>8} {'grads':>7} {'optim':>7} {'activ.':>8} "
                 f"{'peak GiB':>9} {'fits':>5} {'max batch':>9}")
         lines = [f"{self.pipeline} / {self.recipe} on {self.gpus} x {self.gpu} ({self.gpu_memory_gib:g} GiB), "
-                 f"batch {self.batch} per GPU", head, "-" * len(head)]
+                 f"batch {self.batch} per GPU; memory at the largest stage, {self.measured_at}", head,
+                 "-" * len(head)]
         for r in self.rows:
             gib = {k.removesuffix("_bytes"): v / GIB for k, v in r.items() if k.endswith("_bytes")}
             lines.append(f"{r['strategy']:8} {'on' if r['gradient_checkpointing'] else 'off':5} {r['teacher']:9} "
@@ -435,7 +438,8 @@ class Plan:
                          f"{gib['activations']:8.2f} {gib['peak']:9.2f} {'yes' if r['fits'] else 'no':>5} "
                          f"{r['max_batch']:>9}")
         lines += [
-            f"FLOPs per step and GPU: {self.flops_per_step / 1e12:.1f} TFLOP; step time at {self.utilisation:.0%} of "
+            f"FLOPs per step and GPU: {self.flops_per_step / 1e12:.1f} TFLOP on average over the stages "
+            f"({self.flops_per_step_largest / 1e12:.1f} at the largest); step time at {self.utilisation:.0%} of "
             f"{self.gpu}'s bf16 peak: {self.step_seconds:.2f} s; {self.total_steps} steps: "
             f"{self.gpu_hours:.0f} GPU-hours",
             f"Teacher cache: {self.cache_bytes_per_text / 2**20:.2f} MiB per text; {self.cache_texts} texts drawn: "
@@ -516,13 +520,26 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
     # Measured at batch 1 and at the recipe's (2 when that is 1): the reported figures are the recipe's, measured;
     # the largest batch that fits extends the growth between them.
     full = max(2, recipe.batch_size)
-    measures = {(b, c): measure_step(_plan_pipeline(pipeline), recipe, batch=b, gradient_checkpointing=c, slot=slot)
+    # Memory is measured at the stage with the most latent tokens (FLUX's 1024 px CommonText): it decides the fit.
+    shapes = _stage_shapes(recipe)
+    largest = max(shapes, key=lambda shape: shape[1] ** 2 * (shape[2] or 1))
+    measured = recipe if tiue else recipe.with_overrides(resolution=largest[1], num_frames=largest[2])
+    measures = {(b, c): measure_step(_plan_pipeline(pipeline), measured, batch=b, gradient_checkpointing=c, slot=slot)
                 for c in (False, True) for b in (1, full)}
     rows = [_row(strategy, c, teacher, measures[(1, c)], measures[(full, c)], gpus, memory)
             for strategy in ("ddp", "fsdp2") for c in (False, True) for teacher in ("resident", "cached")]
     one, two = measures[(1, False)], measures[(full, False)]
     flops = one.flops + (two.flops - one.flops) * (recipe.batch_size - 1) / (full - 1)
-    step_seconds = flops / (GPUS[gpu].bf16_tflops * 1e12 * utilisation)
+    # Time: each stage's steps at its own shape (a batch-1 step of each other shape, scaled as the largest scales).
+    seconds = 0.0
+    for _, resolution, frames, steps in shapes:
+        stage_flops = flops
+        if (resolution, frames) != largest[1:3]:
+            small = measure_step(_plan_pipeline(pipeline), recipe.with_overrides(resolution=resolution,
+                                 num_frames=frames), batch=1, gradient_checkpointing=False, slot=slot)
+            stage_flops = small.flops * flops / one.flops
+        seconds += steps * stage_flops / (GPUS[gpu].bf16_tflops * 1e12 * utilisation)
+    step_seconds = seconds / recipe.total_steps
     # The texts the teacher encodes over the run (TiUE encodes its prompts with the frozen text encoder each step).
     drawn = 0 if tiue else (math.ceil(recipe.total_steps / recipe.num_inference_steps) * recipe.batch_size * gpus
                             * max(1, len(_texts_of_one(_plan_pipeline(pipeline), recipe))))
@@ -544,8 +561,10 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
                        "nothing fits at this batch")
     return Plan(
         pipeline=pipeline, recipe=recipe.name, gpus=gpus, gpu=gpu, gpu_memory_gib=memory, utilisation=utilisation,
-        batch=recipe.batch_size, total_steps=recipe.total_steps, rows=rows, flops_per_step=int(flops),
-        step_seconds=step_seconds, gpu_hours=step_seconds * recipe.total_steps * gpus / 3600,
+        batch=recipe.batch_size, total_steps=recipe.total_steps, rows=rows,
+        flops_per_step=int(seconds * GPUS[gpu].bf16_tflops * 1e12 * utilisation / recipe.total_steps),
+        step_seconds=step_seconds, gpu_hours=seconds * gpus / 3600, flops_per_step_largest=int(flops),
+        measured_at=f"{largest[0]} ({largest[1]} px" + (f", {largest[2]} frames)" if largest[2] else ")"),
         cache_bytes_per_text=one.row_bytes_per_text,
         cache_texts=drawn, recommended=recommended,
         assumptions=[
@@ -558,6 +577,23 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
             "cache texts: every drawn prompt (and its negative under CFG) counted once per draw, an upper bound",
         ],
     )
+
+
+def _stage_shapes(recipe) -> list[tuple[str, int, int | None, int]]:
+    """(stage, resolution, frames, steps it runs) of each stage, in order, cut at the recipe's last step."""
+    if getattr(recipe, "method", "distill") == "tiue":
+        return [(recipe.name, recipe.resolution, None, recipe.total_steps)]
+    shapes, done = [], 0
+    for stage in recipe.stages:
+        steps = min(stage.steps, recipe.total_steps - done)
+        if steps > 0:
+            shapes.append((stage.name, stage.resolution or recipe.resolution, stage.num_frames or recipe.num_frames,
+                           steps))
+        done += stage.steps
+    if done < recipe.total_steps:  # (the last stage continues past its steps)
+        name, resolution, frames, steps = shapes[-1]
+        shapes[-1] = (name, resolution, frames, steps + recipe.total_steps - done)
+    return shapes
 
 
 def _texts_of_one(pipe, recipe) -> list[str]:

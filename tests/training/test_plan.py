@@ -38,7 +38,17 @@ def test_the_fake_step_equals_the_same_tracker_on_a_real_step(family, checkpoint
 
 
 def test_plan_reports_every_configuration_per_gpu(tiny_pipeline_dirs):
-    result = plan(str(tiny_pipeline_dirs["flux-dev"]), "tiny", gpus=4, gpu_memory="1GB", gpu="rtx4090")
+    import dataclasses
+
+    tiny_recipe = load_recipe("tiny")
+    # Two stages, the second at twice the resolution: memory is measured there, time over both.
+    first = tiny_recipe.stages[0]
+    recipe = tiny_recipe.with_overrides(stages=[dataclasses.replace(first, name="small", steps=20),
+                                                dataclasses.replace(first, name="large", steps=20, resolution=64)],
+                                        max_steps=None)
+    result = plan(str(tiny_pipeline_dirs["flux-dev"]), recipe, gpus=4, gpu_memory="1GB", gpu="rtx4090")
+    assert result.measured_at == "large (64 px)"
+    assert result.flops_per_step_largest > result.flops_per_step > 0  # the small stage's steps cost less
     rows = {(r["strategy"], r["gradient_checkpointing"], r["teacher"]): r for r in result.rows}
     assert len(rows) == 8
     for (strategy, checkpointing, teacher), row in rows.items():
