@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 
 from encoder_shrink.compat import check_compatible
 from encoder_shrink.data import build_mixture
@@ -21,6 +22,7 @@ from encoder_shrink.recipes import Recipe, RecipeError, load_recipe, resolve_stu
 from encoder_shrink.run_folder import check_run_folder, claim_for_run
 from encoder_shrink.student import ShrunkT5EncoderModel
 from encoder_shrink.training.setup import finish_run, make_accelerator, split_held_out, start_tracking
+from encoder_shrink.training.sharding import held_fraction, is_sharded, shard_frozen, strategy, unsharded_copy
 
 logger = logging.getLogger(__name__)
 
@@ -173,13 +175,22 @@ class EncoderShrinker:
         # it was found.
         with claim_for_run(accelerator, project, record, resume=resume, overwrite=overwrite, outputs=(STUDENT,)):
             start_tracking(accelerator, "encoder-shrink", recipe.to_dict())
+            # Under FSDP2 the frozen denoiser(s), and a resident teacher, are sharded instead (placed by FSDP).
+            sharded = is_sharded(accelerator)
+            frozen = [*self.adapter.denoisers, *([self.adapter.teacher] if sharded and not offload_teacher else [])]
             for name, module in self.pipe.components.items():
-                if isinstance(module, torch.nn.Module) and name != self.adapter.encoder_slot:
+                if isinstance(module, torch.nn.Module) and name != self.adapter.encoder_slot and not (
+                        sharded and any(module is f for f in frozen)):
                     module.to(accelerator.device)
-            if not offload_teacher:
+            if not offload_teacher and not sharded:
                 self.adapter.teacher.to(accelerator.device)
+            shard_frozen(accelerator, frozen)
+            names = {id(module): name for name, module in self.pipe.components.items()}
+            held = {names.get(id(m), type(m).__name__): round(held_fraction(m), 4) for m in frozen} if sharded else {}
             student.to(accelerator.device)
             cache = TeacherEmbeddingCache(self.adapter, length, directory=cache_dir, teacher_id=self.teacher_id)
+            if sharded:  # the sharded teacher encodes every process's texts in the same calls
+                cache.lockstep = gather_object
             teacher_parameters = sum(p.numel() for p in self.adapter.teacher.parameters())
             if release_teacher:
                 prompts_to_encode = [p for mixture in mixtures.values() for source in mixture.sources.values()
@@ -203,6 +214,9 @@ class EncoderShrinker:
                                    output_dir=project, resume=resume, callback=callback)
             student = accelerator.unwrap_model(student).eval()
             after = denoiser_fidelity(self.adapter, student, held_out, **fidelity_kwargs)
+            if sharded:
+                held["student"] = round(held_fraction(student), 4)
+            student = unsharded_copy(student).eval()  # (FSDP2: the full student, gathered; as it is otherwise)
             cache.flush()
             summary.update(
                 recipe=recipe.to_dict(),
@@ -212,6 +226,8 @@ class EncoderShrinker:
                 student_class=self.adapter.student_class().__name__,
                 teacher=self.teacher_id,
                 device=str(accelerator.device),
+                distributed=strategy(accelerator),
+                sharded_fraction=held,
                 fidelity_before=before,
                 fidelity_after=after,
                 student_parameters=sum(p.numel() for p in student.parameters()),

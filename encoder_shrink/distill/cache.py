@@ -73,6 +73,9 @@ class TeacherEmbeddingCache:
         self._written: dict[str, str] = {}  # what this writer's index holds
         self.bytes_written = 0  # safetensors bytes this cache wrote (the disk cost of what it encoded)
         self.padded_length = adapter.encoded_length(max_sequence_length)
+        # Under FSDP2 the teacher is sharded and each call is collective: `lockstep(texts)` gathers every process's
+        # texts (e.g. accelerate's `gather_object`), so every process encodes the same texts in the same calls.
+        self.lockstep = None
         if directory is not None:
             fingerprint = (f"{self.teacher_id}|{adapter.name}|{adapter.encoder_slot}|{max_sequence_length}|"
                            f"{adapter.uses_attention_mask}")
@@ -103,6 +106,8 @@ class TeacherEmbeddingCache:
         """The teacher rows of `texts`, stacked in order, on the pipeline's device; encodes only unseen texts."""
         keys = [_text_key(t) for t in texts]
         missing = list(dict.fromkeys(t for t, k in zip(texts, keys) if self._lookup(k) is None))
+        if self.lockstep is not None:  # every process's misses, encoded by all of them alike
+            missing = list(dict.fromkeys(self.lockstep(missing)))
         if missing:
             self._encode(missing)
         found = [self._lookup(k) for k in keys]
@@ -123,6 +128,8 @@ class TeacherEmbeddingCache:
         optionally move the teacher encoder to the CPU afterwards. Returns how many were encoded.
         """
         todo = [t for t in dict.fromkeys(texts) if t not in self]
+        if self.lockstep is not None:
+            todo = list(dict.fromkeys(self.lockstep(todo)))
         starts = range(0, len(todo), batch_size)
         for number, start in enumerate(tqdm(starts, desc="teacher embeddings", unit="batch", disable=not todo)):
             self._encode(todo[start:start + batch_size])

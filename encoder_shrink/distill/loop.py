@@ -18,6 +18,7 @@ from encoder_shrink.distill.losses import LossInputs, get_loss
 from encoder_shrink.pipelines import PipelineAdapter
 from encoder_shrink.training.checkpoint import TrainingState
 from encoder_shrink.training.run import Built, TrainingRun, run_method, step_seed
+from encoder_shrink.training.sharding import prepare
 
 
 def _stage_scaled(schedule, recipe):
@@ -90,7 +91,7 @@ def build(parts: DistillParts, recipe, accelerator: Accelerator) -> Iterator[Dis
         # (The optimizer keeps `initial_lr` from the first scheduler, so the new one starts from the same base.)
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, [_stage_scaled(f, recipe) for f in lr_scheduler.lr_lambdas])
-    model, optimizer = accelerator.prepare(parts.student, optimizer)
+    model, optimizer = prepare(accelerator, parts.student, optimizer)  # (DDP, or FSDP2 under an FSDP2 launch)
     state = TrainingState({"student": accelerator.unwrap_model(model)}, {"optimizer": optimizer},
                           {"student": lr_scheduler}, scaler=accelerator.scaler)
     try:

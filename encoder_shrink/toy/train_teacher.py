@@ -186,7 +186,7 @@ def save_training_state(state_dir: Path, params, ema, optimizer, schedule, step:
     with atomic_dir(state_dir) as tmp:
         save_file({**{f"live.{i}": p.detach().contiguous() for i, p in enumerate(params)},
                    **{f"ema.{i}": q.contiguous() for i, q in enumerate(ema)}}, tmp / "weights.safetensors")
-        tensors, meta = _optimizer_to_files(optimizer)
+        tensors, meta = _optimizer_to_files(optimizer.state_dict())
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "history": history,
                                                     "schedule": schedule.state_dict()}))

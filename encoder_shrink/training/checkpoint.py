@@ -39,8 +39,7 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return done[-1] if done else None
 
 
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
+def _optimizer_to_files(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
         for name, value in values.items():
@@ -61,16 +60,34 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
 
 def save_optimizer(folder: Path, optimizer, name: str = "optimizer") -> None:
     """`optimizer`'s state as `<name>.safetensors` (its tensors) and `<name>.json` (the rest) in `folder`."""
-    tensors, meta = _optimizer_to_files(optimizer)
+    save_optimizer_state(folder, optimizer.state_dict(), name)
+
+
+def save_optimizer_state(folder: Path, state: dict, name: str = "optimizer") -> None:
+    """An optimizer's `state_dict()` (parameters by index) as `save_optimizer` writes it."""
+    tensors, meta = _optimizer_to_files(state)
     save_file(tensors, folder / f"{name}.safetensors")
     atomic_write_text(folder / f"{name}.json", json.dumps(meta))
 
 
+def read_optimizer_state(folder: Path, name: str = "optimizer") -> dict:
+    """The `state_dict()` `save_optimizer` wrote."""
+    return _optimizer_from_files(load_file(folder / f"{name}.safetensors"),
+                                 json.loads((folder / f"{name}.json").read_text()))
+
+
 def load_optimizer(folder: Path, optimizer, name: str = "optimizer") -> None:
     """Restore what `save_optimizer` wrote into `optimizer`."""
-    optimizer.load_state_dict(_optimizer_from_files(
-        load_file(folder / f"{name}.safetensors"), json.loads((folder / f"{name}.json").read_text())
-    ))
+    optimizer.load_state_dict(read_optimizer_state(folder, name))
+
+
+def _like(full: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """`full` laid out as `current`: sharded the same way when `current` is a DTensor, else as it is."""
+    if not hasattr(current, "device_mesh"):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(current.device), current.device_mesh, current.placements)
 
 
 def write_checkpoint(directory: Path, write: Callable[[Path], None], state: dict, *, is_main: bool, barrier) -> None:
@@ -138,35 +155,92 @@ class TrainingState:
     scaler: Any = None
     trainable_only: tuple[str, ...] = ()
     ema_of: str | None = None
+    optimizer_of: dict[str, str] = field(default_factory=dict)
 
-    def write(self, folder: Path) -> None:
-        """Write every object into `folder` (a checkpoint's staging folder: see `write_checkpoint`)."""
+    def _module_of(self, optimizer: str) -> torch.nn.Module:
+        """The module whose parameters optimizer `optimizer` updates (FSDP2 reads its state through it)."""
+        return self.modules[self.optimizer_of.get(optimizer, next(iter(self.modules)))]
+
+    def gather(self) -> dict[str, Any] | None:
+        r"""
+        The full state of sharded (FSDP2) modules and their optimizers, gathered on every process (collective: all
+        call it): what `write` writes in place of the shards. None when nothing is sharded.
+        """
+        from encoder_shrink.training.sharding import (
+            full_optimizer_state,
+            full_state_dict,
+            is_sharded_module,
+            unsharded_copy,
+        )
+
+        if not any(is_sharded_module(m) for m in self.modules.values()):
+            return None
+        modules = {}
+        for name, module in self.modules.items():
+            if name in self.trainable_only:
+                trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+                modules[name] = {n: v for n, v in full_state_dict(module).items() if n in trainable}
+            elif hasattr(module, "save_pretrained"):
+                modules[name] = unsharded_copy(module)
+            else:
+                modules[name] = full_state_dict(module)
+        optimizers = {name: full_optimizer_state(self._module_of(name), optimizer)
+                      for name, optimizer in self.optimizers.items()}
+        ema = None
+        if self.ema is not None:
+            ema = self.ema.state_dict()
+            ema["shadow_params"] = [p.full_tensor() if hasattr(p, "full_tensor") else p
+                                    for p in ema["shadow_params"]]
+        return {"modules": modules, "optimizers": optimizers, "ema": ema}
+
+    def write(self, folder: Path, gathered: dict[str, Any] | None = None) -> None:
+        """
+        Write every object into `folder` (a checkpoint's staging folder: see `write_checkpoint`); sharded modules as
+        their full state, `gathered` (from `gather`).
+        """
         from safetensors.torch import save_model
 
         for name, module in self.modules.items():
+            full = gathered["modules"][name] if gathered is not None else None
             if name in self.trainable_only:
-                save_file({n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad},
+                weights = full if full is not None else {n: p for n, p in module.named_parameters() if p.requires_grad}
+                save_file({n: p.detach().cpu().contiguous() for n, p in weights.items()},
                           folder / f"{name}.safetensors")
             elif hasattr(module, "save_pretrained"):
-                module.save_pretrained(folder / name)
+                (full if full is not None else module).save_pretrained(folder / name)
+            elif full is not None:
+                save_file({n: p.contiguous() for n, p in full.items()}, folder / f"{name}.safetensors")
             else:
                 save_model(module, str(folder / f"{name}.safetensors"))
         for name, optimizer in self.optimizers.items():
-            save_optimizer(folder, optimizer, name)
+            if gathered is not None:
+                save_optimizer_state(folder, gathered["optimizers"][name], name)
+            else:
+                save_optimizer(folder, optimizer, name)
         if self.schedulers:
             atomic_write_text(folder / "lr_schedulers.json",
                               json.dumps({name: s.state_dict() for name, s in self.schedulers.items()}))
         if self.scaler is not None:
             atomic_write_text(folder / "grad_scaler.json", json.dumps(self.scaler.state_dict()))
         if self.ema is not None:
-            saved = self.ema.state_dict()
+            saved = gathered["ema"] if gathered is not None else self.ema.state_dict()
             save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(saved.pop("shadow_params"))},
                       folder / "ema.safetensors")
             atomic_write_text(folder / "ema.json", json.dumps(saved))
 
     def read(self, folder: Path) -> None:
-        """Restore what `write` wrote into the objects (weights in place), or a one-line error naming what differs."""
+        r"""
+        Restore what `write` wrote into the objects (weights in place; each process keeps its shard of a sharded
+        module), or a one-line error naming what differs.
+        """
         from safetensors.torch import load_model
+
+        from encoder_shrink.training.sharding import (
+            is_sharded_module,
+            load_full_optimizer_state,
+            load_full_state_dict,
+            plain_class,
+        )
 
         for name, module in self.modules.items():
             file = folder / f"{name}.safetensors"
@@ -174,10 +248,13 @@ class TrainingState:
             if not (folder / name if pretrained else file).exists():
                 raise InvalidArgumentError(f"{folder} holds no {name}; resume with the recipe the run started with.")
             if pretrained:  # the folder `save_pretrained` wrote, read by the class's own loader (safetensors only)
-                module.load_state_dict(type(module).from_pretrained(folder / name).state_dict())
+                load_full_state_dict(module, plain_class(module).from_pretrained(folder / name).state_dict())
                 continue
             if name not in self.trainable_only:
-                load_model(module, str(file), strict=True, device=str(next(module.parameters()).device))
+                if is_sharded_module(module):
+                    load_full_state_dict(module, load_file(file))
+                else:
+                    load_model(module, str(file), strict=True, device=str(next(module.parameters()).device))
                 continue
             saved = load_file(file)
             missing = {n for n, p in module.named_parameters() if p.requires_grad} - set(saved)
@@ -185,9 +262,9 @@ class TrainingState:
                 raise InvalidArgumentError(
                     f"{folder} holds no {name} weights for {sorted(missing)[0]} (and {len(missing) - 1} more); resume "
                     "with the recipe the run started with.")
-            module.load_state_dict(saved, strict=False)
+            load_full_state_dict(module, saved, strict=False)
         for name, optimizer in self.optimizers.items():
-            load_optimizer(folder, optimizer, name)
+            load_full_optimizer_state(self._module_of(name), optimizer, read_optimizer_state(folder, name))
         if self.schedulers:
             saved = json.loads((folder / "lr_schedulers.json").read_text())
             for name, scheduler in self.schedulers.items():
@@ -199,14 +276,22 @@ class TrainingState:
                 raise InvalidArgumentError(f"{folder} holds no EMA; resume with the recipe's ema_decay the run "
                                            "started with (null there: no EMA).")
             shadow = load_file(folder / "ema.safetensors")
-            self.ema.load_state_dict({**json.loads((folder / "ema.json").read_text()),
-                                      "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
+            shadow = [shadow[str(i)] for i in range(len(shadow))]
+            current = self.ema.shadow_params
+            # (a sharded module's EMA keeps its shards: each full tensor is cut as the parameter it follows is)
+            shadow = [_like(full, now) for full, now in zip(shadow, current, strict=True)]
+            self.ema.load_state_dict({**json.loads((folder / "ema.json").read_text()), "shadow_params": shadow})
             if self.ema_of is not None:
                 self.ema.to(next(self.modules[self.ema_of].parameters()).device)
 
     def save(self, directory: Path, state: dict, *, is_main: bool, barrier) -> None:
-        """A complete checkpoint in `directory`: the objects, then `state.json` (with the layout) last."""
-        write_checkpoint(directory, self.write, {**state, "layout": LAYOUT}, is_main=is_main, barrier=barrier)
+        r"""
+        A complete checkpoint in `directory`: the objects, then `state.json` (with the layout) last. Every process
+        calls it (sharded state is gathered first; the main process writes).
+        """
+        gathered = self.gather()
+        write_checkpoint(directory, lambda folder: self.write(folder, gathered), {**state, "layout": LAYOUT},
+                         is_main=is_main, barrier=barrier)
 
     def load(self, directory: Path, processes: int) -> dict:
         """Restore the checkpoint in `directory`; return its `state.json`."""

@@ -22,7 +22,8 @@ def make_accelerator(mixed_precision: str, output_dir: Path | None, tracker: str
     r"""
     The run's `accelerate.Accelerator`: `mixed_precision` on a GPU (fp32 on the CPU), TensorBoard logging under
     `<output_dir>/logs` when tensorboard is installed and there is a run folder. Call `start_tracking` once the run
-    folder is claimed.
+    folder is claimed. Under an FSDP2 launch (`accelerate launch --config_file configs/accelerate/fsdp2.yaml`) its
+    `is_fsdp2` is true, on the CPU too (see `encoder_shrink.training.sharding`).
 
     Example:
 
@@ -33,10 +34,15 @@ def make_accelerator(mixed_precision: str, output_dir: Path | None, tracker: str
     import torch
     from accelerate import Accelerator
 
+    from encoder_shrink.training.sharding import check_fsdp_version, enable_fsdp_on_cpu
+
+    check_fsdp_version()
     on_accelerator = torch.cuda.is_available()
     log_with = "tensorboard" if output_dir is not None and has_tensorboard() else None
-    return Accelerator(mixed_precision=mixed_precision if on_accelerator else "no", cpu=not on_accelerator,
-                       log_with=log_with, project_dir=str(Path(output_dir) / "logs") if output_dir else None)
+    accelerator = Accelerator(mixed_precision=mixed_precision if on_accelerator else "no", cpu=not on_accelerator,
+                              log_with=log_with, project_dir=str(Path(output_dir) / "logs") if output_dir else None)
+    enable_fsdp_on_cpu(accelerator)
+    return accelerator
 
 
 def start_tracking(accelerator, project: str, recipe: dict) -> None:
