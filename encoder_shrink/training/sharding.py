@@ -247,6 +247,7 @@ def unsharded_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.train(module.training)
 
 
-__all__ = ["ACCELERATE_CONFIGS", "accelerate_config", "check_fsdp_version", "enable_fsdp_on_cpu", "fsdp_requested", "full_optimizer_state", "full_state_dict",
-           "held_fraction", "is_sharded", "is_sharded_module", "join_tied_modules", "load_full_optimizer_state",
-           "load_full_state_dict", "plain_class", "prepare", "shard_frozen", "strategy", "unsharded_copy"]
+__all__ = ["ACCELERATE_CONFIGS", "accelerate_config", "check_fsdp_version", "enable_fsdp_on_cpu", "fsdp_requested",
+           "full_optimizer_state", "full_state_dict", "held_fraction", "is_sharded", "is_sharded_module",
+           "join_tied_modules", "load_full_optimizer_state", "load_full_state_dict", "plain_class", "prepare",
+           "shard_frozen", "strategy", "unsharded_copy"]

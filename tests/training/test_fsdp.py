@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from encoder_shrink.training.checkpoint import latest_checkpoint
+from encoder_shrink.training.sharding import accelerate_config
 
 ROOT = Path(__file__).resolve().parents[2]
-from encoder_shrink.training.sharding import ACCELERATE_CONFIGS as CONFIGS
 # 24 steps of the tiny recipe (6 trajectories of 4 steps), a checkpoint every 6: a kill lands mid-run.
 STEPS, EVERY = 24, 6
 
@@ -32,7 +32,7 @@ pytestmark = [
 
 
 def _command(config: str, pipeline: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config(config)),
             "--num_processes", "2", "--mixed_precision", "no", "-m", "encoder_shrink.cli", "distill",
             "--pipeline", str(pipeline), "--recipe", "tiny", "--output", str(output), "--max-steps", str(STEPS),
             "--checkpoint-every", str(EVERY), *extra]
