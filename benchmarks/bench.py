@@ -95,6 +95,15 @@ class BenchConfig:
             raise UnknownNameError(
                 f"synthetic={self.synthetic!r} is not known; choose one of {', '.join(synthetic_names())}."
             )
+        if self.synthetic is not None and self.synthetic not in T5_CONFIGS:
+            from encoder_shrink.pipelines import get_adapter
+
+            if get_adapter(self.synthetic).student_kind == "llm":
+                raise InvalidArgumentError(
+                    f"synthetic={self.synthetic!r} has an LLM teacher, whose student the synthetic bench does not "
+                    f"build yet; plan it (encoder-shrink plan --pipeline {self.synthetic}) or bench a distilled "
+                    "student with pipeline=PATH."
+                )
         if self.synthetic_student is not None and self.synthetic_student not in T5_CONFIGS:
             raise UnknownNameError(
                 f"synthetic_student={self.synthetic_student!r} is not known; choose one of {', '.join(T5_CONFIGS)}."

@@ -55,6 +55,16 @@ def _lock_owner(lock: Path) -> dict | None:
         return None  # a lock being written, or garbage: treated as held by an unknown owner below
 
 
+def _launch() -> str | None:
+    """
+    The multi-process launch this process belongs to (`accelerate launch` / torchrun: its agent, the ranks' common
+    parent, and its rendezvous port), or None when not launched that way: the processes of one launch share a lock.
+    """
+    if "LOCAL_RANK" not in os.environ:
+        return None
+    return f"{socket.gethostname()}:{os.getppid()}:{os.environ.get('MASTER_PORT', '')}"
+
+
 def _is_alive(owner: dict | None) -> bool:
     """Whether the process that wrote a lock still runs (a lock from another host, or unreadable, counts as alive)."""
     if owner is None or owner.get("host") != socket.gethostname():
@@ -65,7 +75,16 @@ def _is_alive(owner: dict | None) -> bool:
         return False
     except (PermissionError, KeyError, ValueError, TypeError):
         return True
-    return True
+    return not _is_zombie(int(owner["pid"]))
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet (state Z in /proc): it holds nothing, it has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def _refuse_if_locked(folder: Path) -> None:
@@ -74,6 +93,8 @@ def _refuse_if_locked(folder: Path) -> None:
     if not lock.exists():
         return
     owner = _lock_owner(lock)
+    if owner is not None and owner.get("launch") is not None and owner.get("launch") == _launch():
+        return  # held by this launch's main process (the others check the folder while it claims it)
     if _is_alive(owner):
         who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
         raise RunLockedError(
@@ -95,7 +116,8 @@ def _take_lock(folder: Path) -> Path:
             lock.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as handle:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, handle)
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                       "launch": _launch()}, handle)
         return lock
     raise RunLockedError(f"{folder} was locked by another run while this one started; choose another output_dir.")
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from encoder_shrink.pipelines.base import CopiedLogic, register_adapter
+from encoder_shrink.pipelines.base import CopiedLogic, SyntheticSpec, register_adapter
 from encoder_shrink.pipelines.llm import LLMAdapter
 
 _FLUX2 = "diffusers.pipelines.flux2.pipeline_flux2.Flux2Pipeline"
@@ -102,6 +102,42 @@ class Flux2Adapter(LLMAdapter):
             return_dict=False,
         )[0]
         return prediction[:, : latents.size(1)]
+
+    # black-forest-labs/FLUX.2-dev: the 32B transformer (diffusers' Flux2Transformer2DModel defaults are its config)
+    # and Mistral-Small-3.1-24B (its text model, vision tower and projector), both published rounded.
+    synthetic = SyntheticSpec("black-forest-labs/FLUX.2-dev", {}, teacher="mistral-small-3.1-24b",
+                              student="t5-base", approximate={"transformer": "32B", "text_encoder": "24B"},
+                              unpublished=("vae",))
+
+    @classmethod
+    def synthetic_components(cls, build, text_encoder=None) -> dict[str, Any]:
+        from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+        from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+        if text_encoder is None:
+            # mistralai/Mistral-Small-3.1-24B-Instruct-2503 config.json
+            config = Mistral3Config(
+                text_config={
+                    "model_type": "mistral", "vocab_size": 131072, "hidden_size": 5120, "intermediate_size": 32768,
+                    "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                    "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 1e9,
+                    "sliding_window": None, "tie_word_embeddings": False,
+                },
+                vision_config={
+                    "model_type": "pixtral", "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                    "num_attention_heads": 16, "head_dim": 64, "image_size": 1540, "patch_size": 14,
+                    "num_channels": 3, "rope_theta": 10000.0,
+                },
+                image_token_index=10, spatial_merge_size=2, multimodal_projector_bias=False,
+                projector_hidden_act="gelu", vision_feature_layer=-1, tie_word_embeddings=False,
+            )
+            text_encoder = build.real(build.empty(lambda: Mistral3ForConditionalGeneration(config)), 2)
+        transformer = build.empty(lambda: Flux2Transformer2DModel())
+        vae = build.empty(lambda: AutoencoderKLFlux2())
+        return {"scheduler": FlowMatchEulerDiscreteScheduler(), "vae": build.real(vae, 1),
+                "text_encoder": text_encoder, "tokenizer": build.llm_tokenizer(cls.max_sequence_length,
+                                                                               MISTRAL_CHAT_TEMPLATE),
+                "transformer": build.real(transformer, 3)}
 
     @classmethod
     def tiny_components(cls, seed: int = 0) -> dict[str, Any]:

@@ -49,7 +49,7 @@ register_training_method(
         default_recipe="sd21-tiue",
         default_output="encoder-shrink-tiue",
         overrides=(("max_steps", int), ("batch_size", int), ("learning_rate", float), ("lora_learning_rate", float),
-                   ("resolution", int), ("checkpoint_every", int)),
+                   ("resolution", int), ("checkpoint_every", int), ("gradient_checkpointing", bool)),
         dtype_help="dtype of the frozen teacher (the student trains in fp32)",
         run="encoder_shrink.tiue.command:run",
     ),

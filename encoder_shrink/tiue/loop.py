@@ -18,6 +18,7 @@ from encoder_shrink.tiue.sampler import TiUESampler
 from encoder_shrink.tiue.schedule import DDIMCombine
 from encoder_shrink.training.checkpoint import TrainingState
 from encoder_shrink.training.run import Built, TrainingRun, run_method, step_seed
+from encoder_shrink.training.sharding import prepare
 
 # The name of the fake score's LoRA on the teacher UNet (peft adapter name).
 FAKE_SCORE = "fake_score"
@@ -98,7 +99,6 @@ def build(parts: TiUEParts, recipe, accelerator) -> Iterator[TiUEBuilt]:
     its mode and its checkpointing flag.
     """
     student, fake_score = parts.student, parts.fake_score
-    lora = _trainable(fake_score)
     teacher_was_training = fake_score.training
     checkpointing_was_on = bool(getattr(fake_score, "gradient_checkpointing", False))
     student.train()
@@ -112,20 +112,25 @@ def build(parts: TiUEParts, recipe, accelerator) -> Iterator[TiUEBuilt]:
                                  weight_decay=recipe.weight_decay)
 
     student_optimizer = adam(student.parameters(), recipe.learning_rate)
-    fake_optimizer = adam(lora, recipe.lora_learning_rate)
+    fake_optimizer = adam(_trainable(fake_score), recipe.lora_learning_rate)
     student_schedule, fake_schedule = (
         get_scheduler(recipe.lr_scheduler, opt, num_warmup_steps=recipe.lr_warmup_steps,
                       num_training_steps=recipe.max_steps)
         for opt in (student_optimizer, fake_optimizer)
     )
+    # One model per prepare (accelerate's FSDP2 prepares one model with its optimizer per call). Under FSDP2 the
+    # student and the fake score (its frozen base and its LoRA) are sharded. The teacher passes (adapters off, no
+    # gradients) call the same UNet.
+    sampler, student_optimizer = prepare(accelerator, TiUESampler(student, parts.combine), student_optimizer)
+    fake_model, fake_optimizer = prepare(accelerator, fake_score, fake_optimizer)
+    lora = _trainable(fake_score)  # (after prepare: FSDP2 replaces the parameters with their shards)
+    # The EMA follows the prepared parameters (under FSDP2 its shadow is sharded as they are).
     ema = EMAModel(student.parameters(), decay=recipe.ema_decay) if recipe.ema_decay is not None else None
-    # The teacher passes (adapters off, no gradients) call the unwrapped UNet.
-    sampler, fake_model, student_optimizer, fake_optimizer = accelerator.prepare(
-        TiUESampler(student, parts.combine), fake_score, student_optimizer, fake_optimizer)
     state = TrainingState({"student": student, "fake_score_lora": fake_score},
                           {"optimizer": student_optimizer, "fake_score_optimizer": fake_optimizer},
                           {"student": student_schedule, "fake_score": fake_schedule}, ema=ema,
-                          scaler=accelerator.scaler, trainable_only=("fake_score_lora",), ema_of="student")
+                          scaler=accelerator.scaler, trainable_only=("fake_score_lora",), ema_of="student",
+                          optimizer_of={"optimizer": "student", "fake_score_optimizer": "fake_score_lora"})
     try:
         yield TiUEBuilt(
             state=state, total=recipe.max_steps, desc="tiue distill", parts=parts, recipe=recipe,

@@ -28,6 +28,8 @@ class TiUESampler(torch.nn.Module):
         self.unet = unet
         self.combine = combine
         self.split = UNetSplit(unet)
+        # (FSDP2 through accelerate shards a model block by block, the blocks its `_no_split_modules` names)
+        self._no_split_modules = getattr(unet, "_no_split_modules", None)
 
     def forward(self, noise: torch.Tensor, encoder_hidden_states: torch.Tensor, return_outputs: bool = False):
         """`z_0` for `noise` (B rows) and one row of text conditioning each; with `return_outputs` also the K x B

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from encoder_shrink.errors import InvalidArgumentError
+from encoder_shrink.training.sharding import accelerate_config
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,6 @@ class StepMeasure:
         flops: the step's FLOPs (`FlopCounterMode`: the two denoiser passes, the backward, the student).
         teacher_bytes / denoiser_bytes / student_bytes: the weights of each (TiUE: the text encoder, the teacher
             UNet with the VAE, and the trainable student UNet plus the fake score's LoRA).
-        shard_trainable: FSDP2 shards the trainable weights too (TiUE's whole-UNet student), not only the frozen.
         largest_unit_bytes: the denoiser's largest block (what FSDP2 all-gathers at once).
         row_bytes_per_text: the teacher-embedding cache's bytes per text (the rows the step reads).
         device_peak_growth: on a GPU (a real step), `torch.cuda.max_memory_allocated` during the step minus what was
@@ -190,7 +190,6 @@ class StepMeasure:
     student_bytes: int
     largest_unit_bytes: int
     row_bytes_per_text: int
-    shard_trainable: bool = False
     device_peak_growth: int | None = None
 
 
@@ -362,7 +361,7 @@ def _measure_tiue_step(pipe, recipe, *, batch, gradient_checkpointing, fake, war
         batch=recipe.batch_size, gradient_checkpointing=recipe.gradient_checkpointing, peak=peak, start=start,
         flops=int(flops.get_total_flops()), teacher_bytes=_bytes(pipe.text_encoder),
         denoiser_bytes=teacher_unet + _bytes(pipe.vae), student_bytes=_bytes(student) + lora_bytes,
-        largest_unit_bytes=largest, row_bytes_per_text=0, shard_trainable=True,
+        largest_unit_bytes=largest, row_bytes_per_text=0,
         device_peak_growth=device_peak.get("growth"),
     )
 
@@ -418,6 +417,7 @@ class Plan:
     cache_bytes_per_text: int = 0
     cache_texts: int = 0
     recommended: str = ""
+    config: str | None = None
     measured_at: str = ""
     flops_per_step_largest: int = 0
     assumptions: list[str] = field(default_factory=list)
@@ -457,10 +457,10 @@ def _per_gpu(m: StepMeasure, strategy: str, teacher: str, gpus: int) -> dict[str
     optimizer = m.peak.get("optimizer_state", 0) + m.peak.get("other", 0)  # (TiUE's EMA is tracked as other)
     if strategy == "ddp":  # DDP's gradient buckets: one more copy of the student's gradients
         gradients *= 2
-    else:  # FSDP2: the frozen weights sharded, two units all-gathered at once; the trainable ones too for TiUE
-        split = gpus if m.shard_trainable else 1
-        weights = m.student_bytes / split + frozen / gpus + FSDP_UNSHARDED_UNITS * m.largest_unit_bytes
-        gradients, optimizer = gradients / split, optimizer / split
+    else:  # FSDP2 (accelerate's prepare): every model sharded, two units all-gathered at once; the student's
+        # gradients and AdamW state are sharded with it
+        weights = (m.student_bytes + frozen) / gpus + FSDP_UNSHARDED_UNITS * m.largest_unit_bytes
+        gradients, optimizer = gradients / gpus, optimizer / gpus
     activations = m.peak.get("activations", 0) + m.peak.get("backward_temporaries", 0)
     return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
             "total": weights + gradients + optimizer + activations + m.peak.get("buffers", 0)}
@@ -547,18 +547,18 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
     # The cheapest launch that fits: DDP before FSDP2, no recomputation before checkpointing, the teacher resident.
     best = min(fitting, key=lambda r: (r["strategy"] != "ddp", r["gradient_checkpointing"],
                                        r["teacher"] != "resident", r["peak_bytes"])) if fitting else None
+    config = None
     if best is None:
         recommended = (f"nothing fits at batch {recipe.batch_size}: lower --batch-size to a max batch above, or use "
                        "more or larger GPUs")
-    elif best["strategy"] == "ddp":
+    else:
         flags = (" --gradient-checkpointing" if best["gradient_checkpointing"] else "") + (
             " --release-teacher" if best["teacher"] == "cached" else "")
-        recommended = (f"DDP ({'with' if best['gradient_checkpointing'] else 'no'} gradient checkpointing, teacher "
-                       f"{best['teacher']}): accelerate launch --multi_gpu --num_processes {gpus} -m "
-                       f"encoder_shrink.cli {'tiue distill' if tiue else 'distill'} ...{flags}")
-    else:
-        recommended = ("FSDP2 only (the frozen denoiser sharded): no shipped accelerate config runs it yet; with DDP "
-                       "nothing fits at this batch")
+        config = str(accelerate_config(best["strategy"]))
+        recommended = (f"{best['strategy'].upper()} ({'with' if best['gradient_checkpointing'] else 'no'} gradient "
+                       f"checkpointing, teacher {best['teacher']}): accelerate launch --config_file {config} "
+                       f"--num_processes {gpus} -m encoder_shrink.cli {'tiue distill' if tiue else 'distill'} "
+                       f"...{flags}")
     return Plan(
         pipeline=pipeline, recipe=recipe.name, gpus=gpus, gpu=gpu, gpu_memory_gib=memory, utilisation=utilisation,
         batch=recipe.batch_size, total_steps=recipe.total_steps, rows=rows,
@@ -566,11 +566,12 @@ def plan(pipeline: str, recipe, *, gpus: int = 8, gpu_memory: str | float = "80G
         step_seconds=step_seconds, gpu_hours=seconds * gpus / 3600, flops_per_step_largest=int(flops),
         measured_at=f"{largest[0]} ({largest[1]} px" + (f", {largest[2]} frames)" if largest[2] else ")"),
         cache_bytes_per_text=one.row_bytes_per_text,
-        cache_texts=drawn, recommended=recommended,
+        cache_texts=drawn, recommended=recommended, config=config,
         assumptions=[
             "memory from one step on fake tensors (torch MemTracker) at the recipe's batch; the largest batch "
             "extends the growth from batch 1 linearly",
-            f"FSDP2: frozen weights / {gpus} + {FSDP_UNSHARDED_UNITS} all-gathered blocks; student replicated",
+            f"FSDP2 (the shipped fsdp2.yaml): every model's weights / {gpus} + {FSDP_UNSHARDED_UNITS} all-gathered "
+            f"blocks; the student's gradients and AdamW state / {gpus} too",
             "DDP: one extra copy of the student's gradients (its buckets)",
             f"step time at {utilisation:.0%} of the GPU's dense bf16 peak; excludes data loading and the teacher "
             "encoding each trajectory once",

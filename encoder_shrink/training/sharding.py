@@ -153,9 +153,8 @@ def join_tied_modules(model: torch.nn.Module) -> None:
 
 
 def is_sharded_module(module: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
+    """Whether `module` holds sharded (DTensor) weights: an FSDP2 module, or a model inside one (TiUE's UNet)."""
+    return any(hasattr(p, "device_mesh") for p in module.parameters())
 
 
 def plain_class(module: torch.nn.Module) -> type:

@@ -46,8 +46,9 @@ def test_synthetic_pipelines_have_the_published_parameter_counts(family):
         assert adapter.synthetic.within_published(count, published), f"{component}: {count:,} is not {published}"
     assert "transformer" in {**adapter.synthetic.parameters, **adapter.synthetic.approximate,
                              **dict.fromkeys(adapter.synthetic.unpublished)}
-    assert _parameters(getattr(pipe, adapter.encoder_slot)) == _parameters(synthetic_t5(adapter.synthetic.teacher,
-                                                                                       device="meta"))
+    if adapter.student_kind != "llm":  # (an LLM teacher is the family's own build, checked as published above)
+        assert _parameters(getattr(pipe, adapter.encoder_slot)) == _parameters(
+            synthetic_t5(adapter.synthetic.teacher, device="meta"))
 
 
 def test_every_registered_family_with_an_architecture_is_a_synthetic_name():

@@ -14,6 +14,7 @@ from encoder_shrink.recipes import load_recipe
 from encoder_shrink import tiny
 from encoder_shrink.errors import InvalidArgumentError
 from encoder_shrink.training.plan import measure_step, parse_memory, plan
+from encoder_shrink.training.sharding import accelerate_config
 
 
 def _tiny(family):
@@ -61,7 +62,8 @@ def test_plan_reports_every_configuration_per_gpu(tiny_pipeline_dirs):
     assert result.flops_per_step > 0 and result.step_seconds > 0 and result.gpu_hours >= 0
     assert result.cache_bytes_per_text > 0 and result.cache_texts > 0
     assert result.recommended.startswith("DDP (no gradient checkpointing, teacher resident)")
-    assert "accelerate launch --multi_gpu --num_processes 4" in result.recommended
+    assert f"accelerate launch --config_file {accelerate_config('ddp')} --num_processes 4" in result.recommended
+    assert result.config == str(accelerate_config("ddp"))
     assert json.loads(json.dumps(result.to_dict()))["rows"][0]["strategy"] == "ddp"
     assert "ddp      off   resident" in result.table()
 
@@ -168,4 +170,4 @@ def test_a_tiue_step_is_planned_by_the_same_tracker():
     assert fake.peak["total"] == pytest.approx(real.peak["total"], rel=0.05)
     assert fake.flops == real.flops > 0
     assert fake.peak["optimizer_state"] > 0 and fake.peak["other"] > 0  # both AdamWs, and the student's EMA
-    assert fake.shard_trainable and fake.student_bytes > fake.teacher_bytes
+    assert fake.student_bytes > fake.teacher_bytes
