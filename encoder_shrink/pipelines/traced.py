@@ -437,6 +437,14 @@ class TracedAdapter(PipelineAdapter):
     # --- the trace --------------------------------------------------------------------------------------------------
 
     def _trace(self, slot: str | None) -> TraceReport:
+        """What the pipeline does (the report); its probes run at the probe size, the caller's size is kept after."""
+        given = dict(self.call_kwargs)
+        try:
+            return self._trace_probes(slot)
+        finally:
+            self.call_kwargs = given
+
+    def _trace_probes(self, slot: str | None) -> TraceReport:
         pipe = self.pipe
         name = self.pipeline_class
         encoders = {k: v for k, v in pipe.components.items()
@@ -475,8 +483,10 @@ class TracedAdapter(PipelineAdapter):
         tokenizer_slot = "tokenizer" + slot[len("text_encoder"):]
         tokenizer_slot = tokenizer_slot if getattr(pipe, tokenizer_slot, None) is not None else None
 
-        # 1. The pipeline's own sampling, 2 steps: the encoder calls, the denoiser calls, the scheduler steps.
-        first = self._observe_run(teacher, denoisers)
+        # 1. The pipeline's own sampling, 2 steps: the encoder calls, the denoiser calls, the scheduler steps. At a
+        # small size when the pipeline takes one: what the trace learns does not depend on it, and the default size
+        # of a video pipeline (LTX-2's 121 frames) costs minutes and gigabytes.
+        first = self._observe_at_probe_size(teacher, denoisers)
         encoder_calls, denoiser_calls, steps = first["encoder"], first["denoiser"], first["steps"]
         if not encoder_calls:
             raise IncompatibleModelError(f"{name} never called {slot} in __call__; pass the slot it encodes with.")
@@ -575,6 +585,56 @@ class TracedAdapter(PipelineAdapter):
                 f"({getattr(teacher.config, 'model_type', '')}); encoder-shrink shrinks "
                 f"{', '.join(registered_student_kinds())} text encoders, not this kind yet: nothing was written.")
         return kind.name
+
+    def _probe_sizes(self) -> dict[str, int]:
+        r"""
+        A small `height`/`width` (and `num_frames`) for the trace's own probes, where `__call__` takes them and the
+        caller's `call_kwargs` do not set them: 4 latent pixels per side times the denoiser's patch (at most the
+        pipeline's default), and 9 frames (a valid length for 4k+1 and 8k+1 video models).
+        """
+        pipe, sizes = self.pipe, {}
+        if self._accepts("height") and self._accepts("width") and not {"height", "width"} & set(self.call_kwargs):
+            factor = next((getattr(pipe, name) for name in ("vae_scale_factor", "vae_scale_factor_spatial",
+                                                            "vae_spatial_compression_ratio")
+                           if isinstance(getattr(pipe, name, None), int)), None)
+            patch = getattr(getattr(self.denoiser_module, "config", None), "patch_size", None) or 1
+            patch = max(patch) if isinstance(patch, (tuple, list)) else patch
+            if isinstance(factor, int) and isinstance(patch, int):
+                small = 4 * factor * patch
+                default = getattr(pipe, "default_sample_size", None)
+                if not isinstance(default, int) or small < default * factor:
+                    sizes.update(height=small, width=small)
+        for name in ("num_frames", "video_length"):
+            if self._accepts(name) and name not in self.call_kwargs:
+                sizes[name] = 9
+        return sizes
+
+    @property
+    def denoiser_module(self) -> torch.nn.Module:
+        return getattr(self.pipe, self._denoisers[0])
+
+    def _observe_at_probe_size(self, teacher, denoisers) -> dict[str, Any]:
+        """`_observe_run` at the probe size (`_probe_sizes`); at the caller's size if the pipeline refuses it."""
+        sizes = self._probe_sizes()
+        given = dict(self.call_kwargs)
+        # A pipeline may want a multiple of more than its VAE's factor (LTX-2: 32 px): the size doubles, 4 times.
+        for _ in range(4 if sizes else 0):
+            # (the trace's later probes run at the same size: `_trace` restores the caller's afterwards)
+            self.call_kwargs = {**given, **sizes}
+            try:
+                seen = self._observe_run(teacher, denoisers)
+                self.probe_kwargs = sizes
+                return seen
+            except IncompatibleModelError:
+                raise
+            except Exception as error:  # noqa: BLE001 (a size the pipeline's checks refuse)
+                logger.debug("%s refused the probe size %s (%s).", self.pipeline_class, sizes, error)
+                if "height" not in sizes:
+                    break
+                sizes = {**sizes, "height": 2 * sizes["height"], "width": 2 * sizes["width"]}
+        self.call_kwargs = given  # probed at the pipeline's own size
+        self.probe_kwargs = {}
+        return self._observe_run(teacher, denoisers)
 
     def _observe_run(self, teacher, denoisers) -> dict[str, Any]:
         """The probe prompts sampled for 2 steps by `__call__`, every encoder and denoiser call recorded."""

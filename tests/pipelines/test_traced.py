@@ -223,3 +223,23 @@ def test_traced_release_teacher_frees_its_weights_and_trains_the_same_student(ti
         torch.testing.assert_close(released, kept, atol=0, rtol=0, msg=name)
     with pytest.raises(IncompatibleModelError, match="was released"):
         TeacherEmbeddingCache(shrinker.adapter, 64).rows(["an unseen prompt"])
+
+
+@pytest.mark.parametrize("family", ["wan", "flux-dev", "ltx2"])
+def test_the_trace_probes_at_a_small_size_and_learns_what_it_learns_at_the_callers(family):
+    """A pipeline traced without a size probes at a few latent pixels (9 frames), not at its default (Wan's
+    480 x 832 x 81; LTX-2's 512 x 768 x 121, minutes and gigabytes); the report equals the one traced at the given
+    size, and the caller's call_kwargs are kept. LTX-2 wants multiples of 32 px: the probe size doubles to it."""
+    if family == "ltx2":
+        from tests.pipelines.traced_families import build_ltx2
+
+        pipe, call = build_ltx2()
+    else:
+        pipe, call = _tiny(family)
+    rest = {k: v for k, v in call.items() if k not in ("height", "width", "num_frames")}
+    small = TracedAdapter(pipe, call_kwargs=rest)
+    assert small.probe_kwargs["height"] == small.probe_kwargs["width"] <= 32
+    assert small.probe_kwargs.get("num_frames", 9) == 9 and small.call_kwargs == rest
+    given = TracedAdapter(pipe, call_kwargs=call)
+    assert given.probe_kwargs == {} and given.call_kwargs == call
+    assert small.report == given.report
