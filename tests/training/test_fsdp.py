@@ -1,6 +1,6 @@
-"""FSDP2 through accelerate on the CPU (2 processes, gloo), for both training methods: the shipped config shards the
-frozen models and the trained one; the run equals the DDP run, resumes bit-identically after `kill -9`, and writes
-ordinary folders.
+"""FSDP2 through accelerate on the CPU (2 processes, gloo), for both training methods and a traced family: the shipped
+config shards the frozen models and the trained one; the run equals the DDP run, resumes bit-identically after
+`kill -9`, and writes ordinary folders.
 
 Every run is a fresh `accelerate launch --config_file <shipped> -m encoder_shrink.cli ...`; nothing is seeded.
 """
@@ -41,6 +41,7 @@ class Method:
     # FSDP2 vs DDP: the reductions sum in another order; the distill step's happen to give identical bits, TiUE's
     # (two optimizers, the EMA, four steps of lr 2e-4 on a random UNet) drift by ~1.5e-4 of the largest weight
     tolerance: float
+    extra: tuple[str, ...] = ()
 
 
 METHODS = {
@@ -48,7 +49,11 @@ METHODS = {
     "distill": Method(("distill",), "tiny", 24, "student", frozenset({"transformer", "text_encoder_2", "student"}),
                       1e-6),
     "tiue": Method(("tiue", "distill"), "tiny-tiue", 8, "pipeline/unet", frozenset(), 1e-3),
+    # a family no file describes (FLUX.2 klein: Qwen3, an LLM student), traced by every process from its __call__
+    "traced": Method(("distill",), "tiny", 8, "student", frozenset({"transformer", "text_encoder", "student"}), 1e-6,
+                     ("--resolution", "16")),
 }
+ALL, REGISTERED = sorted(METHODS), ["distill", "tiue"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -61,7 +66,7 @@ def _command(method: str, config: str, pipeline: Path, output: Path, *extra: str
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config(config)),
             "--num_processes", "2", "--mixed_precision", "no", "-m", "encoder_shrink.cli", *m.command,
             "--pipeline", str(pipeline), "--recipe", m.recipe, "--output", str(output), "--max-steps", str(m.steps),
-            "--checkpoint-every", str(m.steps // 4), *extra]
+            "--checkpoint-every", str(m.steps // 4), *m.extra, *extra]
 
 
 def _env() -> dict:
@@ -92,7 +97,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(files[0])
 
 
-@pytest.fixture(scope="module", params=sorted(METHODS))
+@pytest.fixture(scope="module")
 def method(request) -> str:
     return request.param
 
@@ -103,6 +108,12 @@ def pipeline(method, tiny_pipeline_dirs, tmp_path_factory) -> Path:
 
     if method == "tiue":
         return tiny.save_tiny_pipeline(tiny.STABLE_DIFFUSION, tmp_path_factory.mktemp("sd") / "sd")
+    if method == "traced":
+        from tests.pipelines.traced_families import build_flux2_klein
+
+        folder = tmp_path_factory.mktemp("klein") / "klein"
+        build_flux2_klein()[0].save_pretrained(folder)
+        return folder
     return tiny_pipeline_dirs["flux-dev"]
 
 
@@ -113,10 +124,11 @@ def fsdp_run(method, pipeline, tmp_path_factory) -> Path:
     return output
 
 
+@pytest.mark.parametrize("method", ALL, indirect=True)
 def test_fsdp2_shards_the_frozen_models_and_the_trained_one(method, fsdp_run):
     summary = json.loads((fsdp_run / "training_summary.json").read_text())
     assert summary["processes"] == 2 and summary["distributed"] == "fsdp2"
-    if method == "distill":
+    if method != "tiue":
         # the main process held about half of each model's weights (FSDP2 cuts dim 0, the first process taking
         # the larger part of an odd size: the tiny student's 2-head attention bias and 263-token table)
         held = summary["sharded_fraction"]
@@ -130,6 +142,7 @@ def test_fsdp2_shards_the_frozen_models_and_the_trained_one(method, fsdp_run):
             t.numel() for t in unet.values())
 
 
+@pytest.mark.parametrize("method", REGISTERED, indirect=True)
 def test_fsdp2_run_equals_the_ddp_run(method, fsdp_run, pipeline, tmp_path):
     """Same processes, same prompts per process: sharding changes where the weights live, not what is learnt."""
     m = METHODS[method]
@@ -145,6 +158,7 @@ def test_fsdp2_run_equals_the_ddp_run(method, fsdp_run, pipeline, tmp_path):
         assert ddp["fidelity_after"]["relative_mse"] < 0.5 * ddp["fidelity_before"]["relative_mse"]
 
 
+@pytest.mark.parametrize("method", REGISTERED, indirect=True)
 def test_fsdp2_writes_ordinary_folders(method, fsdp_run):
     """The trained model and every checkpoint's are whole models a single process loads, with the full shapes."""
     m = METHODS[method]
@@ -164,6 +178,7 @@ def test_fsdp2_writes_ordinary_folders(method, fsdp_run):
     assert {n: t.shape for n, t in saved.items()} == {n: t.shape for n, t in weights.items()}
 
 
+@pytest.mark.parametrize("method", ALL, indirect=True)
 def test_fsdp2_kill_9_then_resume_ends_bit_identical(method, fsdp_run, pipeline, tmp_path):
     m = METHODS[method]
     output = tmp_path / "killed"
