@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import re
 import sys
 import traceback
@@ -159,7 +160,9 @@ def _train(args: argparse.Namespace) -> int:
                      overwrite=args.overwrite)
     pipe = load_pipeline(args.pipeline, dtype=getattr(torch, args.dtype))
     pipe.set_progress_bar_config(disable=True)
-    print(resolve(command.run)(args, pipe, recipe, overrides, _parse_prompts(args.prompts)))
+    line = resolve(command.run)(args, pipe, recipe, overrides, _parse_prompts(args.prompts))
+    if os.environ.get("RANK", "0") == "0":  # (under `accelerate launch`, once: from the first process)
+        print(line)
     return 0
 
 
