@@ -188,7 +188,10 @@ class EncoderShrinker:
             names = {id(module): name for name, module in self.pipe.components.items()}
             held = {names.get(id(m), type(m).__name__): round(held_fraction(m), 4) for m in frozen} if sharded else {}
             student.to(accelerator.device)
-            cache = TeacherEmbeddingCache(self.adapter, length, directory=cache_dir, teacher_id=self.teacher_id)
+            # Under several processes each writes its own shards and index into a shared cache folder.
+            writer = f"r{accelerator.process_index}" if accelerator.num_processes > 1 else None
+            cache = TeacherEmbeddingCache(self.adapter, length, directory=cache_dir, teacher_id=self.teacher_id,
+                                          writer=writer)
             if sharded:  # the sharded teacher encodes every process's texts in the same calls
                 cache.lockstep = gather_object
             teacher_parameters = sum(p.numel() for p in self.adapter.teacher.parameters())

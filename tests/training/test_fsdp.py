@@ -50,8 +50,9 @@ METHODS = {
                       1e-6),
     "tiue": Method(("tiue", "distill"), "tiny-tiue", 8, "pipeline/unet", frozenset(), 1e-3),
     # a family no file describes (FLUX.2 klein: Qwen3, an LLM student), traced by every process from its __call__
+    # (with a teacher cache beside the run: each process writes its own shards and index there)
     "traced": Method(("distill",), "tiny", 8, "student", frozenset({"transformer", "text_encoder", "student"}), 1e-6,
-                     ("--resolution", "16")),
+                     ("--resolution", "16", "--cache-dir", "{cache}")),
 }
 ALL, REGISTERED = sorted(METHODS), ["distill", "tiue"]
 
@@ -66,7 +67,8 @@ def _command(method: str, config: str, pipeline: Path, output: Path, *extra: str
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config(config)),
             "--num_processes", "2", "--mixed_precision", "no", "-m", "encoder_shrink.cli", *m.command,
             "--pipeline", str(pipeline), "--recipe", m.recipe, "--output", str(output), "--max-steps", str(m.steps),
-            "--checkpoint-every", str(m.steps // 4), *m.extra, *extra]
+            "--checkpoint-every", str(m.steps // 4),
+            *(a.replace("{cache}", str(output.parent / "cache")) for a in m.extra), *extra]
 
 
 def _env() -> dict:
@@ -134,6 +136,9 @@ def test_fsdp2_shards_the_frozen_models_and_the_trained_one(method, fsdp_run):
         held = summary["sharded_fraction"]
         assert set(held) == METHODS[method].sharded, held
         assert all(0.45 <= fraction <= 0.65 for fraction in held.values()), held
+        if "--cache-dir" in METHODS[method].extra:
+            indexes = sorted(p.name for p in (fsdp_run.parent / "cache").rglob("index*.json"))
+            assert indexes == ["index-r0.json", "index-r1.json"], indexes
     else:  # TiUE's checkpointed moments are those of one process holding half of each weight: whole here
         checkpoint = latest_checkpoint(fsdp_run)
         unet = _weights(fsdp_run / METHODS[method].model)
