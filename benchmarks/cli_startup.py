@@ -10,7 +10,6 @@ Run:  python -m encoder_shrink.benchmarks.cli_startup --output benchmarks/result
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -19,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.files import pyplot, save_figure, write_results
 
 logger = logging.getLogger(__name__)
 # Issue 29's target: each help answers in under this many CPU seconds on the 2-core machine.
@@ -100,9 +99,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = measure(args.commands, args.repeats)
     output = Path(args.output)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(output / "results.md", table(results) + "\n")
-    _chart(results, output / "results.png")
+    write_results(output, results, table(results), _chart)
     print(table(results))
 
 

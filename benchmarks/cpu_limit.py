@@ -20,14 +20,13 @@ random weights: speed does not depend on the values. Writes results.json, result
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.files import pyplot, save_figure, write_results
 
 LENGTHS = (77, 128, 256, 512)
 # The masked-pipeline section: PixArt pads to 300; prompts of these many real tokens.
@@ -211,9 +210,7 @@ def run(args) -> dict:
                                                            MASKED_LENGTH)}
     _summarise(results)
     output = Path(args.output)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(output / "results.md", table(results) + "\n")
-    _chart(results, output / "results.png")
+    write_results(output, results, table(results), _chart)
     return results
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from encoder_shrink.errors import BenchmarkFailedError
-from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.files import pyplot, save_figure, write_results
 
 PROMPTS = [
     "two red circles left of a blue square", "a cat holding a sign that says 'hello'", "a green cube on a table",
@@ -174,9 +174,7 @@ def run(args) -> dict:
         figures["peak_rss_vs_reference"] = round(figures["peak_rss_mb"] / reference["peak_rss_mb"], 3)
         figures["resident_weights_vs_reference"] = round(
             figures["resident_weights_mb"] / reference["resident_weights_mb"], 3)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(output / "results.md", table(results) + "\n")
-    _chart(results, output / "results.png")
+    write_results(output, results, table(results), _chart)
     return results
 
 

@@ -11,7 +11,6 @@ repeats. Writes results.json, results.md and results.png.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.files import pyplot, save_figure, write_results
 
 # Student T5 sizes: FLAN-T5-base (what BENCHMARKS.md reports), and a tiny one for the smoke test.
 SIZES = {
@@ -104,9 +103,7 @@ def run(args) -> dict:
         results["targets"][f"{name}: size <= 0.3x onnx fp32"] = int8["size_vs_onnx_fp32"] <= 0.3
         results["targets"][f"{name}: latency <= 0.5x torch eager fp32"] = int8["latency_vs_torch"] <= 0.5
     output = Path(args.output)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(output / "results.md", table(results) + "\n")
-    _chart(results, output / "results.png")
+    write_results(output, results, table(results), _chart)
     return results
 
 

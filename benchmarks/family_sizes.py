@@ -11,12 +11,11 @@ Run:  python -m encoder_shrink.benchmarks.family_sizes --output benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.files import pyplot, save_figure, write_results
 
 
 def _parameters(module) -> int:
@@ -101,9 +100,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     results = measure(args.student, args.families)
     output = Path(args.output)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(output / "results.md", table(results) + "\n")
-    _chart(results, output / "results.png")
+    write_results(output, results, table(results), _chart)
     print(table(results))
 
 

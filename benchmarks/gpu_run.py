@@ -27,7 +27,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.files import pyplot, save_figure, write_results
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent
@@ -155,9 +155,7 @@ def main(argv=None) -> None:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     results = run(output, args.budget, tiny=args.tiny)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(output / "results.md", table(results) + "\n")
-    _chart(results, output / "results.png")
+    write_results(output, results, table(results), _chart)
     print(table(results))
 
 

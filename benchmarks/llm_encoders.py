@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.files import pyplot, save_figure, write_results
 
 # The language models of the published checkpoints (their config.json `text_config` where the encoder is a VLM), with
 # the layers each pipeline reads. "layers" index `hidden_states` (0 = the embeddings).
@@ -178,9 +178,7 @@ def main(argv=None) -> None:
         return
     results = measure(args.teachers, args.tokens, args.repeats, args.teacher_layers, timed=not args.no_timing)
     output = Path(args.output)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(output / "results.md", table(results) + "\n")
-    _chart(results, output / "results.png")
+    write_results(output, results, table(results), _chart)
     print(table(results))
 
 

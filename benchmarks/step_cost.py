@@ -14,14 +14,13 @@ Run:  python -m encoder_shrink.benchmarks.step_cost --output benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.files import pyplot, save_figure, write_results
 
 logger = logging.getLogger(__name__)
 REFERENCE = "flux-dev"
@@ -147,9 +146,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     results = measure(args.families, args.steps, args.warmup)
     output = Path(args.output)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(output / "results.md", table(results) + "\n")
-    _chart(results, output / "results.png")
+    write_results(output, results, table(results), _chart)
     print(table(results))
 
 

@@ -11,13 +11,12 @@ On the CPU:    python -m encoder_shrink.benchmarks.step_memory --tiny flux-dev -
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.files import pyplot, save_figure, write_results
 
 logger = logging.getLogger(__name__)
 MIB = 2**20
@@ -121,9 +120,7 @@ def main(argv=None) -> None:
     results = measure(args.pipeline or args.tiny, args.recipe, batch=args.batch, device=args.device,
                       tiny=bool(args.tiny), gradient_checkpointing=args.gradient_checkpointing)
     output = Path(args.output)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(output / "results.md", table(results) + "\n")
-    _chart(results, output / "results.png")
+    write_results(output, results, table(results), _chart)
     print(table(results))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from encoder_shrink.files import atomic_write_text, pyplot, save_figure
+from encoder_shrink.files import pyplot, save_figure, write_results
 
 # stabilityai/stable-diffusion-2-1-base unet/config.json (512 px: a 64 x 64 latent), and a tiny one for smoke runs.
 UNETS = {
@@ -152,9 +152,7 @@ def main(argv=None) -> None:
         return
     results = measure(args.size, args.steps, args.repeats, args.warmup)
     output = Path(args.output)
-    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
-    atomic_write_text(output / "results.md", table(results) + "\n")
-    _chart(results, output / "results.png")
+    write_results(output, results, table(results), _chart)
     print(table(results))
 
 

@@ -105,6 +105,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def write_results(output: str | os.PathLike, results: dict, table: str, chart) -> Path:
+    r"""
+    A benchmark's results in `output`: `results.json`, `results.md` (the table) and `results.png` (`chart(results,
+    path)` draws it), each written atomically. Returns the folder.
+
+    Example:
+
+    ```python
+    >>> write_results("out", {"rows": []}, "| a |", _chart)  # doctest: +SKIP
+    ```
+    """
+    import json
+
+    output = Path(output)
+    atomic_write_text(output / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(output / "results.md", table + "\n")
+    chart(results, output / "results.png")
+    return output
+
+
 def require_writable(path: str | os.PathLike, what: str = "output") -> None:
     """
     Refuse, before any work, an output `path` that cannot be written: a read-only file system or folder, or a file

@@ -23,6 +23,8 @@ SMOKE_ARGS = {
     "step_cost": ["--families", "ltx", "--steps", "2", "--warmup", "1"],
     # One family, registered against traced, one alternating round of two timed steps.
     "traced_step_cost": ["--families", "flux-dev", "--steps", "2", "--warmup", "1", "--rounds", "1"],
+    # One family the trace serves and one it refuses (Bria: a length per prompt), four steps each.
+    "traced_learning": ["--families", "pixart-sigma", "bria", "--steps", "4"],
     # A tiny teacher (the real ones take a minute to build), timed on one layer at 16 tokens, a process per variant.
     "llm_encoders": ["--teachers", "tiny", "--tokens", "16", "--repeats", "1", "--teacher-layers", "1"],
     # A tiny UNet; the SD 2.1 count and FLOPs are checked on meta by tests/tiue/test_cost.py.
