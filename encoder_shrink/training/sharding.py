@@ -187,8 +187,9 @@ def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]
     names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
     missing = sorted(names - set(state)) if strict else []
     if missing:
-        raise RuntimeError(f"the state for {plain_class(module).__name__} has no {missing[0]} "
-                           f"(and {len(missing) - 1} more)")
+        raise InvalidArgumentError(
+            f"the saved state for {plain_class(module).__name__} has no {missing[0]} (and {len(missing) - 1} more); "
+            "resume with the recipe the run started with.")
     state = {name: value for name, value in state.items() if name in names}
     set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
