@@ -20,7 +20,7 @@ from encoder_shrink.tiue.pipeline import TiUEPipeline
 from encoder_shrink.tiue.recipe import TiUERecipe, load_tiue_recipe
 from encoder_shrink.tiue.schedule import DDIMCombine
 from encoder_shrink.training.setup import finish_run, make_accelerator, split_held_out, start_tracking
-from encoder_shrink.training.sharding import is_sharded, strategy, unsharded_copy
+from encoder_shrink.training.sharding import held_fraction, is_sharded, strategy, unsharded_copy
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,9 @@ class TiUEDistiller:
                 pipe.unet.unload_lora()  # leave the user's UNet as it was (no LoRA layers; it had none, see __init__)
             if ema is not None:
                 ema.copy_to(student.parameters())  # the pipeline holds the EMA weights (the paper's)
+            held = {}
             if is_sharded(accelerator):  # (FSDP2: the pipeline holds the full student, gathered)
+                held = {"student": round(held_fraction(student), 4), "fake_score": round(held_fraction(pipe.unet), 4)}
                 student = unsharded_copy(student).to(device)
                 tiue.register_modules(unet=student)
             student.eval().requires_grad_(False)
@@ -235,6 +237,7 @@ class TiUEDistiller:
                 teacher=self.teacher_id,
                 device=str(device),
                 distributed=strategy(accelerator),
+                sharded_fraction=held,
                 timesteps=list(combine.timesteps),
                 ema=recipe.ema_decay is not None,
                 distance_before=before,
