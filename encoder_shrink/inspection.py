@@ -105,6 +105,9 @@ def inspect_pipeline(pipe: Any, slot: str | None = None, trace: bool = False,
         "student_parameters": student,
         "weights_ratio": float(f"{teacher_parameters / student:.4g}"),
         "call_length": adapter.max_sequence_length,
+        # per-prompt lengths (padding to the batch's longest, a call per prompt): call_length is the widest call
+        "call_length_varies": (adapter.report.variable_length if getattr(adapter, "traced", False)
+                               else not (adapter.pads_prompts and adapter.fixed_call_length)),
         "attention_mask": adapter.uses_attention_mask,
         "layers_read": "last_hidden_state" if kind != "llm" else f"hidden_states{list(layers)}",
         "guidance": adapter.guidance,

@@ -112,11 +112,15 @@ class TeacherEmbeddingCache:
             self._encode(missing)
         found = [self._lookup(k) for k in keys]
         device = self.adapter.device
-        return {name: torch.stack([self._padded(name, row[name]) for row in found]).to(device) for name in found[0]}
+        length = self.padded_length
+        if self.adapter.pads_to_batch_longest:  # (each row is stored at its call's length)
+            length = max(row["t5"].shape[0] for row in found)
+        return {name: torch.stack([self._padded(name, row[name], length) for row in found]).to(device)
+                for name in found[0]}
 
-    def _padded(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        """A stored row at the full encoded length (the positions not stored are zeros)."""
-        missing = self.padded_length - value.shape[0]
+    def _padded(self, name: str, value: torch.Tensor, length: int) -> torch.Tensor:
+        """A stored row at `length` positions (the positions not stored are zeros)."""
+        missing = length - value.shape[0]
         if name != "t5" or missing <= 0:
             return value
         return torch.cat([value, value.new_zeros(missing, *value.shape[1:])])
@@ -173,7 +177,7 @@ class TeacherEmbeddingCache:
                 f"released (first: {texts[0][:60]!r}); cache them before releasing the teacher."
             )
         rows = self.adapter.encode_teacher(texts, self.max_sequence_length)
-        kept = self._stored_lengths(texts)
+        kept = self.adapter.stored_lengths(texts, self.max_sequence_length)
         self.encoded += len(texts)
         for i, text in enumerate(texts):
             row = {name: value[i].detach().to("cpu") for name, value in rows.items()}
@@ -182,15 +186,6 @@ class TeacherEmbeddingCache:
             self._remember(_text_key(text), row)
             if self.directory is not None:
                 self._pending[_text_key(text)] = row
-
-    def _stored_lengths(self, texts: list[str]) -> list[int] | None:
-        """Per text, how many leading positions the denoiser may read (None: all of them, e.g. FLUX's padding)."""
-        if self.adapter.denoiser_positions is None:
-            return None
-        _, mask = self.adapter.tokenize(texts, self.max_sequence_length)
-        attended = self.adapter.attended(mask)
-        positions = torch.arange(attended.shape[1], device=attended.device)
-        return [int((positions * (row > 0)).max()) + 1 for row in attended]
 
     def _remember(self, key: str, row: dict[str, torch.Tensor]) -> None:
         self._memory[key] = row

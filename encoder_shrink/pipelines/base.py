@@ -131,6 +131,9 @@ class PipelineAdapter:
     # the pipeline masks the denoiser's attention, PixArt), or "tokens+1" (the real tokens and the first pad, Chroma).
     # The embedding loss and the fidelity measures weigh these positions only.
     denoiser_positions: ClassVar[str | None] = None
+    # True where `tokenize` pads a batch to its longest call rather than to `encoded_length` (the traced adapter at
+    # per-prompt lengths): a cache then pads the batch's teacher rows to the longest of them.
+    pads_to_batch_longest: ClassVar[bool] = False
     # Why `max_sequence_length` differs from the pipeline's `__call__` default, where it does (checked by the tests).
     length_note: ClassVar[str] = ""
     # Key of `pipe.transformer.config` holding the width of the text conditioning.
@@ -266,6 +269,18 @@ class PipelineAdapter:
         # "tokens+1": the real tokens and the first pad token after them.
         lengths = mask.sum(dim=1, keepdim=True)
         return (torch.arange(mask.shape[1], device=mask.device)[None] <= lengths).to(mask.dtype)
+
+    def stored_lengths(self, texts: list[str], max_sequence_length: int) -> list[int] | None:
+        """
+        Per text, how many leading positions of its teacher row the denoiser may read, so a cache keeps only those
+        (None: all of them, e.g. FLUX's padding).
+        """
+        if self.denoiser_positions is None:
+            return None
+        _, mask = self.tokenize(texts, max_sequence_length)
+        attended = self.attended(mask)
+        positions = torch.arange(attended.shape[1], device=attended.device)
+        return [int((positions * (row > 0)).max()) + 1 for row in attended]
 
     @classmethod
     def record(cls, max_sequence_length: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import copy
 import inspect
 import logging
 import types
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +27,11 @@ PROBE_NEGATIVES = ("blurry", "grainy")
 PROBE_STEPS = 4
 # A guidance above 1, so CFG pipelines encode their negatives and run their unconditional pass.
 PROBE_GUIDANCE = 3.0
+# Words of the trace's longest probe: more than any pipeline's max_sequence_length (CogView4's 1024 and Qwen-Image's
+# 1024 + template are the widest in diffusers 0.42), so its calls show the widest call a pipeline truncates to.
+LONG_PROBE_WORDS = 4096
+# Texts whose per-prompt call (ids and mask) is kept for reuse: a batch's texts and more, a bounded memory.
+SOLO_TOKENS_KEPT = 4096
 # Parameters of `__call__` a text-only call never needs, even when they have no default.
 _NOT_INPUTS = {"self", "prompt", "args", "kwargs"}
 
@@ -73,6 +79,9 @@ class TraceReport:
     calls_per_step: int
     # Per denoiser call of a step: the names of the inputs that derive from the encoder.
     text_inputs: tuple[tuple[str, ...], ...]
+    # Whether the call length varies per prompt (padding to the batch's longest, prompts and negatives at different
+    # lengths, one call per prompt): then `call_length` is the widest call, and `__call__` runs one prompt at a time.
+    variable_length: bool = False
     # Per denoiser call of a step: the positions of those inputs among the call's flattened inputs.
     text_leaves: tuple[tuple[int, ...], ...] = field(repr=False, default=())
 
@@ -94,6 +103,26 @@ def _patched(owner: Any, name: str, value: Any):
             setattr(owner, name, old)
         else:
             delattr(owner, name)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Only errors from these libraries' loggers for the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
+def _cloned(value: Any) -> Any:
+    """Copies of a call's tensors, gradients kept: the pipeline may write into its inputs after the call (Kandinsky
+    5 steps the latents in place)."""
+    return pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, value)
 
 
 def _detached(value: Any) -> Any:
@@ -172,6 +201,9 @@ class TracedAdapter(PipelineAdapter):
         self.name = f"traced:{self.pipeline_class}"
         self._length_override: int | None = None
         self._student_cache: tuple[torch.Tensor, list] | None = None
+        # Variable call lengths: per (text, length override), the call's ids and mask; per override, the widest call.
+        self._solo_tokens: OrderedDict[tuple[str, int | None], tuple] = OrderedDict()
+        self._widest: dict[int | None, int] = {}
         self.teacher_released = False
         self.report = self._trace(slot)
         report = self.report
@@ -182,6 +214,12 @@ class TracedAdapter(PipelineAdapter):
         self.student_kind = report.kind
         if report.hidden_state_layers is not None:
             self.hidden_state_layers = report.hidden_state_layers
+        if report.variable_length:
+            # Each text's row is as long as its call: the positions past it are padding of ours, which neither the
+            # embedding loss nor the cache keeps.
+            self.denoiser_positions = "tokens"
+            self.pads_to_batch_longest = True  # (not to the widest call: Qwen-Image's is its template and 1024 tokens)
+            self._widest[None] = report.call_length
 
     # --- what the distiller calls -----------------------------------------------------------------------------------
 
@@ -209,8 +247,12 @@ class TracedAdapter(PipelineAdapter):
         return get_student_kind(self.student_kind).student_class
 
     def record(self, max_sequence_length: int) -> dict[str, Any]:
+        # Per-prompt lengths: no length for the student to warn about; an unmasked pipeline's student is trained
+        # with a mask over the batch's padding and called without one, both right.
+        fixed = not self.report.variable_length
         return {"pipeline_family": self.name, "component": self.encoder_slot,
-                "max_sequence_length": max_sequence_length, "use_attention_mask": self.uses_attention_mask}
+                "max_sequence_length": max_sequence_length if fixed else None,
+                "use_attention_mask": self.uses_attention_mask if fixed or self.uses_attention_mask else None}
 
     def student_fields(self) -> dict[str, Any]:
         return LLMAdapter.student_fields(self) if self.report.kind == "llm" else {}
@@ -247,12 +289,45 @@ class TracedAdapter(PipelineAdapter):
         """The token ids and mask the pipeline's own prompt code gives the encoder for `texts`."""
         self._set_length(max_sequence_length)
         calls = self._encoder_calls(texts, mode="tokens")
-        input_ids = torch.cat([ids for ids, _, _ in calls]).to(self.device)
         masks = [torch.ones_like(ids) if mask is None else mask.to(ids.dtype) for ids, mask, _ in calls]
+        if self.report.variable_length:  # each call padded (masked) to the batch's longest
+            width = max(ids.shape[1] for ids, _, _ in calls)
+            pad = self._pad_token_id()
+            masks = [torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]
+            calls = [(torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=pad), None, None)
+                     for ids, _, _ in calls]
+        input_ids = torch.cat([ids for ids, _, _ in calls]).to(self.device)
         return input_ids, torch.cat(masks).to(self.device)
 
     def encoder_mask(self, mask: torch.Tensor) -> torch.Tensor | None:
-        return mask if self.uses_attention_mask else None
+        # Per-prompt lengths: the mask hides our padding of each call to the batch's longest, whether or not the
+        # pipeline passes one (a call it does not mask is all ones up to its length).
+        return mask if self.uses_attention_mask or self.report.variable_length else None
+
+    def encoded_length(self, max_sequence_length: int) -> int:
+        """The call length; per-prompt lengths: the widest call (at the pipeline's truncation for this length)."""
+        if not self.report.variable_length:
+            return max_sequence_length
+        given = self._length_override
+        self._set_length(max_sequence_length)
+        key = self._length_override
+        try:
+            if key not in self._widest:
+                self._widest[key] = max(ids.shape[1] for ids, _, _ in self._widest_calls())
+        finally:
+            self._length_override = given
+        return self._widest[key]
+
+    def stored_lengths(self, texts: list[str], max_sequence_length: int) -> list[int] | None:
+        if not self.report.variable_length:
+            return super().stored_lengths(texts, max_sequence_length)
+        self._set_length(max_sequence_length)
+        return [ids.shape[1] for ids, _, _ in self._encoder_calls(texts, mode="tokens")]
+
+    def _pad_token_id(self) -> int:
+        tokenizer = getattr(self.pipe, self.tokenizer_slot) if self.tokenizer_slot else None
+        pad = getattr(tokenizer, "pad_token_id", None)
+        return 0 if pad is None else int(pad)
 
     def encoder_features(self, encoder: torch.nn.Module, input_ids: torch.Tensor,
                          attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -267,7 +342,11 @@ class TracedAdapter(PipelineAdapter):
                 "precompute every prompt the run draws before releasing it.")
         self._set_length(max_sequence_length)
         calls = self._encoder_calls(texts, mode="teacher")
-        return {"t5": torch.cat([features for _, _, features in calls])}
+        features = [f for _, _, f in calls]
+        if self.report.variable_length:  # each call's features, zeros past it to the batch's longest
+            width = max(f.shape[1] for f in features)
+            features = [torch.nn.functional.pad(f, (0, 0, 0, width - f.shape[1])) for f in features]
+        return {"t5": torch.cat(features)}
 
     def start_trajectory(self, batch_size: int, resolution: int, num_inference_steps: int,
                          generator: torch.Generator, num_frames: int | None = None,
@@ -297,7 +376,8 @@ class TracedAdapter(PipelineAdapter):
         predictions = []
         for k, call in enumerate(recorded):
             flat, spec = pytree.tree_flatten(call["inputs"])
-            for position, value in zip(self.report.text_leaves[k], leaves[k], strict=True):
+            for position, value in zip(self.report.text_leaves[k % self.report.calls_per_step], leaves[k],
+                                       strict=True):
                 flat[position] = value
             args, kwargs = pytree.tree_unflatten(flat, spec)
             predictions.append(_first_tensor(getattr(self.pipe, call["module"])(*args, **kwargs)))
@@ -318,6 +398,10 @@ class TracedAdapter(PipelineAdapter):
         self.teacher_released = True
 
     def guidance_call_kwargs(self, guidance_scale: float) -> dict[str, Any]:
+        report = getattr(self, "report", None)
+        if report is not None and report.guidance == "cfg" and self._accepts("true_cfg_scale"):
+            # diffusers' name for the CFG scale where `guidance_scale` is an embedded one (Qwen-Image, FLUX)
+            return {"true_cfg_scale": guidance_scale}
         return {"guidance_scale": guidance_scale} if self._accepts("guidance_scale") else {}
 
     @classmethod
@@ -341,21 +425,25 @@ class TracedAdapter(PipelineAdapter):
 
     def _call(self, prompts: list[str], negatives: list[str] | None, guidance: float | None, steps: int,
               generator_state: torch.Tensor | None = None, resolution: int | None = None,
-              num_frames: int | None = None, grad: bool = False) -> Any:
-        """Run `__call__` (without its `no_grad` when `grad`) to the end or to a probe's `_Stop`."""
+              num_frames: int | None = None, grad: bool = False, generator: torch.Generator | None = None) -> Any:
+        """
+        Run `__call__` (without its `no_grad` when `grad`) to the end or to a probe's `_Stop`; with `generator` (one
+        prompt at a time: the runs of a batch draw from one generator in turn) or a fresh one at `generator_state`.
+        """
         pipe = self.pipe
         kwargs = dict(self.call_kwargs)
         kwargs.update(prompt=list(prompts), num_inference_steps=steps, output_type="latent")
-        generator = torch.Generator("cpu")
-        if generator_state is not None:
-            generator.set_state(generator_state)
-        else:
-            generator.manual_seed(0)
+        if generator is None:
+            generator = torch.Generator("cpu")
+            if generator_state is not None:
+                generator.set_state(generator_state)
+            else:
+                generator.manual_seed(0)
         kwargs["generator"] = generator
         if negatives is not None and self._accepts("negative_prompt"):
             kwargs["negative_prompt"] = list(negatives)
-        if guidance is not None and self._accepts("guidance_scale"):
-            kwargs["guidance_scale"] = guidance
+        if guidance is not None:
+            kwargs.update(self.guidance_call_kwargs(guidance))
         if resolution is not None and self._accepts("height"):
             kwargs.update(height=resolution, width=resolution)
         if num_frames is not None:
@@ -486,38 +574,37 @@ class TracedAdapter(PipelineAdapter):
         # 1. The pipeline's own sampling, 2 steps: the encoder calls, the denoiser calls, the scheduler steps. At a
         # small size when the pipeline takes one: what the trace learns does not depend on it, and the default size
         # of a video pipeline (LTX-2's 121 frames) costs minutes and gigabytes.
+        self._probe_prompts = list(PROBE_PROMPTS)
         first = self._observe_at_probe_size(teacher, denoisers)
-        encoder_calls, denoiser_calls, steps = first["encoder"], first["denoiser"], first["steps"]
-        if not encoder_calls:
-            raise IncompatibleModelError(f"{name} never called {slot} in __call__; pass the slot it encodes with.")
-        # The denoisers are the models called at every scheduler step; one called only before the loop (LTX-2's
-        # text connectors) is prompt code, and runs as such.
-        in_loop = [m for m in dict.fromkeys(c["module"] for c in denoiser_calls)
-                   if {c["step"] for c in denoiser_calls if c["module"] == m} == set(range(steps))]
-        denoiser_calls = [c for c in denoiser_calls if c["module"] in in_loop]
-        self._denoisers = in_loop
-        if not denoiser_calls or steps == 0 or len(denoiser_calls) % steps:
-            raise IncompatibleModelError(
-                f"{name} called its denoiser {len(denoiser_calls)} times over {steps} scheduler steps; the trace "
-                "needs the same denoiser calls at every step.")
-        per_step = len(denoiser_calls) // steps
-        lengths = {ids.shape[1] for ids, _, _ in encoder_calls}
+        encoder_calls, denoiser_calls, per_step = self._loop_calls(first)
         masked = {mask is not None for _, mask, _ in encoder_calls}
-        if len(lengths) > 1 or len(masked) > 1:
+        if len(masked) > 1:
             raise IncompatibleModelError(
-                f"{name} calls {slot} at lengths {sorted(lengths)} (prompts and negatives differently); the trace "
-                "needs one call length: a family file can serve it.")
+                f"{name} calls {slot} with an attention mask for some prompts and without for others; the trace "
+                "needs one way: a family file can serve it.")
+        # A fixed call length shows as one length for every call: of the two probes (prompts and negatives), of one
+        # short prompt twice, and of a prompt longer than any pipeline keeps (the length it truncates to).
+        short = self._probe_tokens([PROBE_PROMPTS[0]] * 2, [PROBE_NEGATIVES[0]] * 2)
+        widest = self._widest_calls()
+        lengths = {ids.shape[1] for ids, _, _ in [*encoder_calls, *short, *widest]}
+        variable = len(lengths) > 1
+        if variable:
+            # Per-prompt lengths (padding to the batch's longest, prompts and negatives at different lengths, a call
+            # per prompt): `__call__` runs one prompt at a time, its calls at their own lengths, each padded to the
+            # longest call of the batch. What follows is learned from a one-prompt run.
+            self._check_solo_calls(widest)
+            self._probe_prompts = [PROBE_PROMPTS[1]]
+            encoder_calls, denoiser_calls, per_step = self._loop_calls(self._observe_run(teacher, self._denoisers))
+            self._check_solo_calls(encoder_calls)
+        call_length = max(lengths)
 
         # 2. Which encoder calls carry negatives: those whose tokens change with the negative prompt, or do not
         # change with the prompt (a pipeline's own fixed negative, as FLUX.2 [klein] encodes "" without taking one).
-        other = self._probe_tokens(list(PROBE_PROMPTS), [PROBE_NEGATIVES[1]] * len(PROBE_PROMPTS))
-        short = self._probe_tokens([PROBE_PROMPTS[0]] * 2, [PROBE_NEGATIVES[0]] * 2)
+        count = len(self._probe_prompts)
+        other = self._probe_tokens(self._probe_prompts, [PROBE_NEGATIVES[1]] * count)
+        short = self._probe_tokens([PROBE_PROMPTS[0]] * count, [PROBE_NEGATIVES[0]] * count)
         layout = tuple("prompt" if _equal(a[0], b[0]) and not _equal(a[0], c[0]) else "negative"
                        for a, b, c in zip(encoder_calls, other, short, strict=True))
-        if {ids.shape[1] for ids, _, _ in short} != lengths:
-            raise IncompatibleModelError(
-                f"{name} pads prompts to the batch's longest, not to a fixed length; the trace needs a fixed call "
-                "length (pass max_sequence_length in call_kwargs if the pipeline takes one).")
 
         # 3. Which denoiser inputs derive from the encoder: they change when only its outputs change.
         reference = denoiser_calls[:per_step]
@@ -568,12 +655,50 @@ class TracedAdapter(PipelineAdapter):
             layers = None
         return TraceReport(
             pipeline=name, slots=slots, slot=slot, tokenizer_slot=tokenizer_slot, teacher_class=type(teacher).__name__,
-            kind=kind, call_length=lengths.pop(), uses_attention_mask=masked.pop(), hidden_state_layers=layers,
+            kind=kind, call_length=call_length, uses_attention_mask=masked.pop(), hidden_state_layers=layers,
             hidden_size=width, num_hidden_states=count, reads_last="last_hidden_state" in read, encoder_calls=layout,
             guidance=guidance,
             denoisers=tuple(dict.fromkeys(call["module"] for call in denoiser_calls)), calls_per_step=per_step,
-            text_inputs=names, text_leaves=tuple(text_leaves),
+            text_inputs=names, variable_length=variable, text_leaves=tuple(text_leaves),
         )
+
+    def _loop_calls(self, seen: dict[str, Any]) -> tuple[list, list, int]:
+        """The encoder calls, the denoiser calls in the loop and the calls per step of an observed run."""
+        name, slot = self.pipeline_class, self._slot
+        encoder_calls, denoiser_calls, steps = seen["encoder"], seen["denoiser"], seen["steps"]
+        if not encoder_calls:
+            raise IncompatibleModelError(f"{name} never called {slot} in __call__; pass the slot it encodes with.")
+        # The denoisers are the models called at every scheduler step; one called only before the loop (LTX-2's
+        # text connectors) is prompt code, and runs as such.
+        in_loop = [m for m in dict.fromkeys(c["module"] for c in denoiser_calls)
+                   if {c["step"] for c in denoiser_calls if c["module"] == m} == set(range(steps))]
+        denoiser_calls = [c for c in denoiser_calls if c["module"] in in_loop]
+        self._denoisers = in_loop
+        if not denoiser_calls or steps == 0 or len(denoiser_calls) % steps:
+            raise IncompatibleModelError(
+                f"{name} called its denoiser {len(denoiser_calls)} times over {steps} scheduler steps; the trace "
+                "needs the same denoiser calls at every step.")
+        return encoder_calls, denoiser_calls, len(denoiser_calls) // steps
+
+    def _widest_calls(self) -> list[tuple]:
+        """The encoder calls (ids and masks) for a prompt and negative longer than any the pipeline keeps."""
+        long = " ".join(["red"] * LONG_PROBE_WORDS)
+        with _quiet("diffusers", "transformers"):  # not the truncation warnings that quote the cut 4000 words
+            return self._probe_tokens([long], [long])
+
+    def _check_solo_calls(self, calls: list[tuple]) -> None:
+        """Refuse what one-prompt runs cannot serve: calls that batch several texts, or prompts never truncated."""
+        batched = sorted({ids.shape[0] for ids, _, _ in calls} - {1})
+        if batched:
+            raise IncompatibleModelError(
+                f"{self.pipeline_class} encodes at per-prompt lengths and calls {self._slot} on {batched[0]} texts "
+                "at once for one prompt (prompt and negative padded together); the trace cannot follow it: a "
+                "family file can serve it.")
+        width = max(ids.shape[1] for ids, _, _ in calls)
+        if width >= LONG_PROBE_WORDS:
+            raise IncompatibleModelError(
+                f"{self.pipeline_class} encodes a {LONG_PROBE_WORDS}-word prompt whole ({width} tokens, no "
+                "truncation); the trace needs a longest call: pass max_sequence_length in call_kwargs.")
 
     def _kind(self, teacher: torch.nn.Module) -> str:
         from encoder_shrink.student_kinds import kind_of_teacher, registered_student_kinds
@@ -662,7 +787,7 @@ class TracedAdapter(PipelineAdapter):
 
         with torch.no_grad(), self._hooked(encoder, denoiser, on_step=count):
             try:
-                self._call(list(PROBE_PROMPTS), [PROBE_NEGATIVES[0]] * len(PROBE_PROMPTS), PROBE_GUIDANCE,
+                self._call(self._probe_prompts, [PROBE_NEGATIVES[0]] * len(self._probe_prompts), PROBE_GUIDANCE,
                            PROBE_STEPS)
             except _Refused as refused:
                 raise IncompatibleModelError(str(refused)) from None
@@ -705,11 +830,11 @@ class TracedAdapter(PipelineAdapter):
         def denoiser(name, original, *args, **kwargs):
             if len(captured) == len(reference):
                 raise _Stop
-            captured.append({"module": name, "inputs": (args, kwargs)})
+            captured.append({"module": name, "inputs": _cloned((args, kwargs))})
             return reference[len(captured) - 1]["output"]
 
         with self._hooked(encoder, denoiser):
-            self._call(list(PROBE_PROMPTS), [PROBE_NEGATIVES[0]] * len(PROBE_PROMPTS), guidance, PROBE_STEPS,
+            self._call(self._probe_prompts, [PROBE_NEGATIVES[0]] * len(self._probe_prompts), guidance, PROBE_STEPS,
                        grad=grad)
         if len(captured) < len(reference):
             raise IncompatibleModelError(f"{self.pipeline_class} called its denoiser differently on a second run.")
@@ -832,6 +957,8 @@ class TracedAdapter(PipelineAdapter):
 
     def _encoder_calls(self, texts: list[str], mode: str) -> list[tuple]:
         """Per text, in order: its ids, its mask and (mode "teacher") its features, as the pipeline calls for it."""
+        if self.report.variable_length:
+            return [self._solo_call(text, mode) for text in texts]
         prompts = list(dict.fromkeys(t for t in texts if not t.startswith(NEGATIVE)))
         negatives = list(dict.fromkeys(t[len(NEGATIVE):] for t in texts if t.startswith(NEGATIVE)))
         rows: dict[str, tuple] = {}
@@ -855,82 +982,152 @@ class TracedAdapter(PipelineAdapter):
                                  None if features is None else features[r:r + 1])
         return [rows[t] for t in texts]
 
+    def _solo_call(self, text: str, mode: str) -> tuple:
+        """One text's encoder call in a one-prompt run (per-prompt lengths): its ids, its mask, its features."""
+        key = (text, self._length_override)
+        if mode == "tokens" and key in self._solo_tokens:
+            self._solo_tokens.move_to_end(key)
+            return (*self._solo_tokens[key], None)
+        marked = text.startswith(NEGATIVE)
+        body = text[len(NEGATIVE):] if marked else text
+        cfg = self.report.guidance == "cfg"
+        calls = self._prompt_code([body], [body] if marked else ([""] if cfg else None), mode)
+        layout = self.report.encoder_calls if (cfg or marked) else tuple(
+            k for k in self.report.encoder_calls if k == "prompt")
+        kind = "negative" if marked else "prompt"
+        if len(calls) == len(layout):
+            ids, mask, features = next(call for k, call in zip(layout, calls, strict=True) if k == kind)
+        elif len(calls) == layout.count("prompt") and not marked:  # the negative not encoded (below)
+            ids, mask, features = calls[0]
+        elif len(calls) == layout.count("prompt"):
+            # No call for this negative (Bria samples an empty negative as zeros, never encoding it): a row of
+            # length 0, which no run reads.
+            ids, mask = torch.zeros(1, 0, dtype=torch.long, device=self.device), None
+            features = None if mode == "tokens" else torch.zeros(1, 0, self.conditioning_width, device=self.device)
+        else:
+            raise IncompatibleModelError(
+                f"{self.pipeline_class} called {self._slot} {len(calls)} times for one prompt where the trace saw "
+                f"{len(layout)} calls; the trace cannot tell them apart: a family file can serve it.")
+        self._solo_tokens[key] = (ids, mask)
+        while len(self._solo_tokens) > SOLO_TOKENS_KEPT:
+            self._solo_tokens.popitem(last=False)
+        return ids, mask, features
+
     # --- a trajectory -----------------------------------------------------------------------------------------------
 
+    def _runs(self, texts: list[str]) -> list[tuple[list[str], list[str] | None, list[int]]]:
+        """
+        The `__call__` runs that sample a batch: one with every prompt, or (per-prompt lengths) one per prompt; each
+        with the indices of its encoder texts (in `encoder_texts` order: call kind by call kind).
+        """
+        prompts, negatives = self._split(texts)
+        if not self.report.variable_length:
+            return [(prompts, negatives, list(range(len(texts))))]
+        kinds = len(self.report.encoder_calls)
+        return [([prompt], None if negatives is None else [negatives[i]],
+                 [k * len(prompts) + i for k in range(kinds)]) for i, prompt in enumerate(prompts)]
+
     def _sample(self, trajectory: Trajectory, teacher_features: torch.Tensor, guidance_scale) -> None:
-        """Sample the trajectory with the pipeline's `__call__`, the teacher's features in the slot; record it."""
+        """
+        Sample the trajectory with the pipeline's `__call__`, the teacher's features in the slot; record every
+        denoiser call (the calls of a step: run by run, in each run's order) and the other encoders' outputs.
+        """
         extras = trajectory.extras
-        record: list[dict] = []
-        blocks = self._blocks(extras["texts"], teacher_features)
+        texts = extras["texts"]
+        generator = torch.Generator("cpu")
+        if extras["generator"] is not None:
+            generator.set_state(extras["generator"])
+        else:
+            generator.manual_seed(0)
+        records, others_records, states, latents = [], [], [], []
+        for prompts, negatives, rows in self._runs(texts):
+            blocks = self._blocks(texts, teacher_features, rows)
+            record: list[dict] = []
+            # The other (frozen) text encoders' outputs, in call order: the student's passes replay them rather
+            # than re-encode the same prompts at every training step.
+            others_record: list[tuple] = []
 
-        def encoder(original, *args, **kwargs):
-            return self._output_from_features(self._last_output, blocks.pop(0))
+            def encoder(original, *args, _blocks=blocks, **kwargs):
+                return self._output_from_features(self._last_output, _blocks.pop(0))
 
-        def denoiser(name, original, *args, **kwargs):
-            output = original(*args, **kwargs)
-            record.append({"module": name, "inputs": _detached((args, kwargs)), "output": _detached(output)})
-            return output
+            def denoiser(name, original, *args, _record=record, **kwargs):
+                output = original(*args, **kwargs)
+                _record.append({"module": name, "inputs": _detached((args, kwargs)), "output": _detached(output)})
+                return output
 
-        # The other (frozen) text encoders' outputs, in call order: the student's passes replay them rather than
-        # re-encode the same prompts at every training step.
-        others_record: list[tuple] = []
+            def others(name, original, *args, _record=others_record, **kwargs):
+                output = original(*args, **kwargs)
+                _record.append((name, _detached((args, kwargs)), _detached(output)))
+                return output
 
-        def others(name, original, *args, **kwargs):
-            output = original(*args, **kwargs)
-            others_record.append((name, _detached((args, kwargs)), _detached(output)))
-            return output
-
-        prompts, negatives = self._split(extras["texts"])
-        extras["other_encoder_outputs"] = others_record
-        with torch.no_grad(), self._hooked(encoder, denoiser, others=others):
-            result = self._call(prompts, negatives, guidance_scale, extras["steps"], extras["generator"],
-                                extras["resolution"], extras["num_frames"])
+            states.append(generator.get_state())
+            with torch.no_grad(), self._hooked(encoder, denoiser, others=others):
+                result = self._call(prompts, negatives, guidance_scale, extras["steps"], None, extras["resolution"],
+                                    extras["num_frames"], generator=generator)
+            records.append(record)
+            others_records.append(others_record)
+            latents.append(result[0])
         per_step = self.report.calls_per_step
-        extras["steps_record"] = [record[i:i + per_step] for i in range(0, len(record), per_step)]
-        trajectory.latents = result[0]
+        extras["steps_record"] = [[call for record in records for call in record[i:i + per_step]]
+                                  for i in range(0, len(records[0]), per_step)]
+        extras["other_encoder_outputs"] = others_records
+        extras["run_generators"] = states
+        trajectory.latents = torch.cat(latents)
 
     def _text_leaves(self, trajectory: Trajectory, features: torch.Tensor, guidance_scale) -> list[list]:
-        """The text-derived denoiser inputs the pipeline's prompt code makes from `features` (gradients kept)."""
+        """
+        The text-derived denoiser inputs the pipeline's prompt code makes from `features` (gradients kept), per
+        denoiser call of a step in `steps_record`'s order.
+        """
         cached = self._student_cache
         if cached is not None and cached[0] is features and cached[1] is trajectory:
             return cached[2]
         extras = trajectory.extras
-        blocks = self._blocks(extras["texts"], features)
-        reference = extras["steps_record"][0]
-        captured: list[dict] = []
+        texts = extras["texts"]
+        per_step = self.report.calls_per_step
+        leaves: list[list] = []
+        for run, (prompts, negatives, rows) in enumerate(self._runs(texts)):
+            blocks = self._blocks(texts, features, rows)
+            reference = extras["steps_record"][0][run * per_step:(run + 1) * per_step]
+            captured: list = []
 
-        def encoder(original, *args, **kwargs):
-            return self._output_from_features(self._last_output, blocks.pop(0))
+            def encoder(original, *args, _blocks=blocks, **kwargs):
+                return self._output_from_features(self._last_output, _blocks.pop(0))
 
-        def denoiser(name, original, *args, **kwargs):
-            if len(captured) == len(reference):
-                raise _Stop
-            captured.append((args, kwargs))
-            return reference[len(captured) - 1]["output"]
+            def denoiser(name, original, *args, _captured=captured, _reference=reference, **kwargs):
+                if len(_captured) == len(_reference):
+                    raise _Stop
+                _captured.append(_cloned((args, kwargs)))
+                return _reference[len(_captured) - 1]["output"]
 
-        replays = iter(extras.get("other_encoder_outputs", ()))
+            replays = iter(extras["other_encoder_outputs"][run])
 
-        def others(name, original, *args, **kwargs):
-            # The sampling run's output for the same call (same encoder, equal inputs), else a real forward.
-            recorded = next(replays, None)
-            if recorded is not None and recorded[0] == name and _equal(recorded[1], (args, kwargs)):
-                return _detached(recorded[2])  # a copy: prompt code may change what it gets in place
-            return original(*args, **kwargs)
+            def others(name, original, *args, _replays=replays, **kwargs):
+                # The sampling run's output for the same call (same encoder, equal inputs), else a real forward.
+                recorded = next(_replays, None)
+                if recorded is not None and recorded[0] == name and _equal(recorded[1], (args, kwargs)):
+                    return _detached(recorded[2])  # a copy: prompt code may change what it gets in place
+                return original(*args, **kwargs)
 
-        prompts, negatives = self._split(extras["texts"])
-        with self._hooked(encoder, denoiser, others=others):
-            self._call(prompts, negatives, guidance_scale, extras["steps"], extras["generator"],
-                       extras["resolution"], extras["num_frames"], grad=True)
-        leaves = [[pytree.tree_leaves(call)[i] for i in positions]
-                  for call, positions in zip(captured, self.report.text_leaves, strict=True)]
+            with self._hooked(encoder, denoiser, others=others):
+                self._call(prompts, negatives, guidance_scale, extras["steps"], extras["run_generators"][run],
+                           extras["resolution"], extras["num_frames"], grad=True)
+            leaves += [[pytree.tree_leaves(call)[i] for i in positions]
+                       for call, positions in zip(captured, self.report.text_leaves, strict=True)]
         self._student_cache = (features, trajectory, leaves)
         return leaves
 
-    def _blocks(self, texts: list[str], features: torch.Tensor) -> list[torch.Tensor]:
-        """`features` (one row per text, in `encoder_texts` order) split into the pipeline's encoder calls."""
-        batch = len(texts) // len(self.report.encoder_calls)
+    def _blocks(self, texts: list[str], features: torch.Tensor, rows: list[int]) -> list[torch.Tensor]:
+        """
+        The encoder outputs of a run: `features`' rows (one per text, in `encoder_texts` order) of its texts, split
+        into its encoder calls; per-prompt lengths: each row cut to its call's length.
+        """
         # Copies, not `split`'s views: prompt code may write into the embeddings (Cosmos zeroes the padding), which
         # autograd refuses on the views of a multi-output function.
+        if self.report.variable_length:  # (a text its run never encodes has length 0, and no block)
+            lengths = {r: self._solo_call(texts[r], "tokens")[0].shape[1] for r in rows}
+            return [features[r:r + 1, :lengths[r]].clone() for r in rows if lengths[r]]
+        batch = len(texts) // len(self.report.encoder_calls)
         return [block.clone() for block in features.split(batch)]
 
     @staticmethod

@@ -15,10 +15,10 @@ from encoder_shrink.pipelines import adapter_for, get_adapter
 from encoder_shrink.pipelines.traced import TracedAdapter
 
 PROMPTS = ["a red circle", "two green squares"]
-# Registered families the trace refuses, and the word its one-line reason names: Bria encodes each prompt at its own
-# length, Qwen-Image pads to the batch's longest, Sana encodes prompts (with an instruction) and negatives at
-# different lengths. Their family files serve them.
-REFUSED = {"bria": "lengths", "qwenimage": "lengths", "sana": "lengths"}
+# Registered families whose pipelines encode at per-prompt lengths: Bria encodes each prompt at its own length,
+# Qwen-Image pads to the batch's longest, Sana encodes prompts (with an instruction) and negatives at different
+# lengths. The trace runs their `__call__` one prompt at a time.
+PER_PROMPT_LENGTHS = {"bria", "qwenimage", "sana"}
 # CogView3-Plus's family file samples the negative as the pipeline does for negative_prompt=None (zeros); the trace
 # passes the recipe's negative, "" here: the two are compared with the pipeline's own output for the same call.
 NEGATIVE_AS_ZEROS = {"cogview3plus"}
@@ -32,14 +32,14 @@ def _tiny(family):
     return pipe, adapter.tiny_call_kwargs()
 
 
-def _sample(adapter, call, guidance, steps=3, seed=5, length=None):
-    """The adapter's teacher trajectory for PROMPTS: its final latents."""
+def _sample(adapter, call, guidance, steps=3, seed=5, length=None, prompts=PROMPTS):
+    """The adapter's teacher trajectory for `prompts`: its final latents."""
     length = length or adapter.max_sequence_length
-    texts = adapter.encoder_texts(PROMPTS, "")
+    texts = adapter.encoder_texts(prompts, "")
     rows = adapter.encode_teacher(texts, length)
     _, mask = adapter.tokenize(texts, length)
     frames = call.get(adapter.frames_argument)
-    trajectory = adapter.start_trajectory(len(PROMPTS), call["height"], steps, torch.Generator().manual_seed(seed),
+    trajectory = adapter.start_trajectory(len(prompts), call["height"], steps, torch.Generator().manual_seed(seed),
                                           num_frames=frames, texts=texts)
     with torch.no_grad():
         for t in trajectory.timesteps:
@@ -50,15 +50,11 @@ def _sample(adapter, call, guidance, steps=3, seed=5, length=None):
 @pytest.mark.parametrize("family", tiny.TINY_FAMILIES)
 def test_trace_of_a_registered_family_samples_as_its_family_file(family):
     pipe, call = _tiny(family)
-    if family in REFUSED:
-        with pytest.raises(IncompatibleModelError, match=REFUSED[family]) as refused:
-            TracedAdapter(pipe, call_kwargs=call)
-        assert "\n" not in str(refused.value)
-        return
     registered = adapter_for(pipe)
     traced = TracedAdapter(pipe, call_kwargs=call)
     # what the trace learned is what the family file states
     report = traced.report
+    assert report.variable_length == (family in PER_PROMPT_LENGTHS)
     assert (traced.encoder_slot, traced.uses_attention_mask) == (registered.encoder_slot,
                                                                  registered.uses_attention_mask)
     assert traced.student_class() is registered.student_class()
@@ -71,18 +67,28 @@ def test_trace_of_a_registered_family_samples_as_its_family_file(family):
     length = registered.max_sequence_length
     latents = _sample(traced, call, guidance, length=length)
     # the traced trajectory is the pipeline's own sampling (the teacher's rows come from batches of their own, so a
-    # batch-dependent kernel may move the last bits: HiDream's Llama differs by 2e-6)
-    kwargs = {**call, "num_inference_steps": 3, "generator": torch.Generator().manual_seed(5), "output_type": "latent"}
+    # batch-dependent kernel may move the last bits: HiDream's Llama differs by 2e-6); at per-prompt lengths, one
+    # prompt per call, drawing from one generator in turn
+    generator = torch.Generator().manual_seed(5)
+    kwargs = {**call, "num_inference_steps": 3, "generator": generator, "output_type": "latent"}
     if "max_sequence_length" in inspect.signature(pipe.__call__).parameters:
         kwargs["max_sequence_length"] = length
     if guidance is not None:
         kwargs.update(registered.guidance_call_kwargs(guidance))
-    if registered.guidance == "cfg":
-        kwargs["negative_prompt"] = [""] * len(PROMPTS)
-    own = pipe(prompt=list(PROMPTS), **kwargs)[0]
-    torch.testing.assert_close(latents, own, atol=1e-5, rtol=0)
-    if family not in NEGATIVE_AS_ZEROS:
-        torch.testing.assert_close(latents, _sample(registered, call, guidance, length=length), atol=1e-5, rtol=0)
+    batches = [[p] for p in PROMPTS] if report.variable_length else [PROMPTS]
+    own = []
+    for batch in batches:
+        if registered.guidance == "cfg":
+            kwargs["negative_prompt"] = [""] * len(batch)
+        own.append(pipe(prompt=list(batch), **kwargs)[0])
+    torch.testing.assert_close(latents, torch.cat(own), atol=1e-5, rtol=0)
+    if family in NEGATIVE_AS_ZEROS:
+        return
+    # a family file samples the batch at once: at per-prompt lengths, compared on one prompt
+    compared = PROMPTS[1:] if report.variable_length else PROMPTS
+    torch.testing.assert_close(_sample(traced, call, guidance, length=length, prompts=compared),
+                               _sample(registered, call, guidance, length=length, prompts=compared),
+                               atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
@@ -176,18 +182,22 @@ def test_trace_refuses_a_required_image_input():
         TracedAdapter(pipe, call_kwargs={"height": 16, "width": 16})
 
 
-def test_inspect_reports_registered_and_traced_families_alike():
-    pipe, call = _tiny("flux2")
+@pytest.mark.parametrize("family", ["flux2", "qwenimage"])
+def test_inspect_reports_registered_and_traced_families_alike(family):
+    pipe, call = _tiny(family)
     registered = inspect_pipeline(pipe, call_kwargs=call)
     traced = inspect_pipeline(pipe, call_kwargs=call, trace=True)
-    assert registered["family"] == "flux2" and traced["family"] == "traced:Flux2Pipeline"
-    for key in ("slot", "student", "call_length", "attention_mask", "layers_read", "denoiser_calls_per_step",
-                "text_derived_inputs", "student_parameters"):
+    assert registered["family"] == family and traced["family"] == f"traced:{type(pipe).__name__}"
+    for key in ("slot", "student", "attention_mask", "layers_read", "call_length_varies", "student_parameters"):
         assert registered[key] == traced[key], key
-    assert traced["layers_read"] == "hidden_states[10, 20, 30]"
-    assert traced["text_derived_inputs"] == [["encoder_hidden_states"]]
+    assert traced["call_length_varies"] == (family in PER_PROMPT_LENGTHS)
     assert traced["weights_ratio"] == pytest.approx(traced["teacher_parameters"] / traced["student_parameters"],
                                                     rel=1e-3)
+    if family == "flux2":  # (Qwen-Image's widest call is its template plus the tokenizer's longest)
+        for key in ("call_length", "denoiser_calls_per_step", "text_derived_inputs"):
+            assert registered[key] == traced[key], key
+        assert traced["layers_read"] == "hidden_states[10, 20, 30]"
+        assert traced["text_derived_inputs"] == [["encoder_hidden_states"]]
 
 
 def test_inspect_command_prints_a_table_and_writes_json(tiny_pipeline_dirs, tmp_path, capsys):
@@ -243,3 +253,27 @@ def test_the_trace_probes_at_a_small_size_and_learns_what_it_learns_at_the_calle
     given = TracedAdapter(pipe, call_kwargs=call)
     assert given.probe_kwargs == {} and given.call_kwargs == call
     assert small.report == given.report
+
+
+@pytest.mark.parametrize("family", ["qwenimage", "bria"])
+def test_per_prompt_lengths_give_the_student_each_call_as_the_pipeline_gave_it(family):
+    # Each text's call at its own length, padded (masked) to the batch's longest: an encoder run on the padded batch
+    # sees what the pipeline's one-prompt call gave it, and the teacher rows are zeros past each call.
+    pipe, call = _tiny(family)
+    traced = TracedAdapter(pipe, call_kwargs=call)
+    assert traced.report.variable_length
+    texts = traced.encoder_texts(["a red circle", "two blue squares and a yellow star next to a green triangle"],
+                                 "blurry")
+    length = traced.max_sequence_length
+    ids, mask = traced.tokenize(texts, length)
+    lengths = traced.stored_lengths(texts, length)
+    assert len(set(lengths)) > 1 and ids.shape[1] == max(lengths) < length
+    assert [int(row.nonzero().max()) + 1 for row in mask] == lengths
+    rows = traced.encode_teacher(texts, length)["t5"]
+    assert rows.shape[:2] == ids.shape
+    teacher = getattr(pipe, traced.encoder_slot)
+    with torch.no_grad():
+        batched = traced.encoder_features(teacher, ids, traced.encoder_mask(mask))
+    for row, padded, n in zip(rows, batched, lengths, strict=True):
+        assert row[n:].abs().sum() == 0 and row[:n].abs().sum() > 0
+        torch.testing.assert_close(padded[:n], row[:n], atol=1e-5, rtol=1e-5)

@@ -15,13 +15,12 @@ from encoder_shrink.pipelines.traced import TracedAdapter
 from tests.pipelines.test_traced import PROMPTS, _sample
 from tests.pipelines.traced_families import TRACED_FAMILIES, reload_kwargs
 
-# Families the trace refuses, and the words of the one-line reason a user gets. The first four pad to the batch's
-# longest prompt (or encode prompts and negatives at different lengths), so no fixed call length exists; LongCat's
-# prompt code detaches the encoder's output, so no student could learn through it.
-REFUSED: dict[str, str] = {
-    "cogview4": "at lengths", "kandinsky5-t2i": "at lengths", "kandinsky5-t2v": "at lengths",
-    "sana-video": "at lengths", "longcat-image": "cuts the gradient",
-}
+# Families the trace refuses, and the words of the one-line reason a user gets: LongCat's prompt code detaches the
+# encoder's output, so no student could learn through it.
+REFUSED: dict[str, str] = {"longcat-image": "cuts the gradient"}
+# Families that encode at per-prompt lengths (padding to the batch's longest, or prompts and negatives at different
+# lengths): the trace runs their `__call__` one prompt at a time.
+PER_PROMPT_LENGTHS = {"cogview4", "kandinsky5-t2i", "kandinsky5-t2v", "sana-video"}
 SERVED = [family for family in TRACED_FAMILIES if family not in REFUSED]
 # Families whose tiny denoiser reads the text weakly get more steps and a 32-wide, 2-layer student (Cosmos: 0.51x of
 # the start after 160 steps, 0.37x after 480, 0.17x with the wider student; LTX-2: 0.55x, 0.47x, 0.40x).
@@ -47,22 +46,27 @@ def test_trace_of_a_new_family_samples_as_the_pipeline_does_and_inspect_reports_
         assert "\n" not in str(refused.value)
         return
     traced = TracedAdapter(pipe, call_kwargs=call)
+    assert traced.report.variable_length == (family in PER_PROMPT_LENGTHS)
     guidance = 3.0 if traced.guidance else None
     latents = _sample(traced, call, guidance)
+    # the pipeline's own output; at per-prompt lengths, one prompt per call, drawing from one generator in turn
     kwargs = {**call, "num_inference_steps": 3, "generator": torch.Generator().manual_seed(5), "output_type": "latent"}
     parameters = inspect.signature(pipe.__call__).parameters
-    if guidance is not None and "guidance_scale" in parameters:
-        kwargs["guidance_scale"] = guidance
-    if traced.guidance == "cfg" and "negative_prompt" in parameters:
-        kwargs["negative_prompt"] = [""] * len(PROMPTS)
-    own = pipe(prompt=list(PROMPTS), **kwargs)[0]
+    if guidance is not None:
+        kwargs.update(traced.guidance_call_kwargs(guidance))
+    own = []
+    for batch in [[p] for p in PROMPTS] if traced.report.variable_length else [PROMPTS]:
+        if traced.guidance == "cfg" and "negative_prompt" in parameters:
+            kwargs["negative_prompt"] = [""] * len(batch)
+        own.append(pipe(prompt=list(batch), **kwargs)[0])
     assert torch.isfinite(latents).all()
-    torch.testing.assert_close(latents, own, atol=1e-5, rtol=0)
+    torch.testing.assert_close(latents, torch.cat(own), atol=1e-5, rtol=0)
 
     report = inspect_pipeline(pipe, call_kwargs=call)
     assert report["family"] == f"traced:{type(pipe).__name__}"
     assert report["slot"] == traced.encoder_slot and report["student"] == traced.student_class().__name__
     assert report["call_length"] == traced.max_sequence_length
+    assert report["call_length_varies"] == (family in PER_PROMPT_LENGTHS)
     assert report["text_derived_inputs"] and report["denoiser_calls_per_step"] == traced.report.calls_per_step
     assert report["weights_ratio"] > 0
 

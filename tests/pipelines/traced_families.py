@@ -289,11 +289,19 @@ def _kandinsky5_transformer(seed: int, visual_cond: bool, hidden: int = 16):
     from diffusers import Kandinsky5Transformer3DModel
 
     torch.manual_seed(seed)
-    return Kandinsky5Transformer3DModel(
+    model = Kandinsky5Transformer3DModel(
         in_visual_dim=4, in_text_dim=hidden, in_text_dim2=tiny.CLIP_TINY_DIM, time_dim=16, out_visual_dim=4,
         patch_size=(1, 2, 2), model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=1, axes_dims=(2, 2, 4),
         visual_cond=visual_cond, attention_type="regular",
     )
+    # Its modulations start at zero (adaLN-zero), which gates every block shut: the prediction would not depend on
+    # the text at all. A trained model's are not zero; 0.2 is the scale of the other tiny weights.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "modulation.out_layer" in name:
+                parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return model
 
 
 def _drop_template_system(pipe) -> None:
