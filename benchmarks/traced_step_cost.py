@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from encoder_shrink.benchmarks.traced_learning import RESOLUTION
+
 from encoder_shrink.files import pyplot, save_figure, write_results
 
 logger = logging.getLogger(__name__)
@@ -37,10 +39,12 @@ def _step_seconds(pipe, family: str, trace: bool, steps: int, warmup: int) -> li
     call = get_adapter(family).tiny_call_kwargs() if trace else None
     shrinker = EncoderShrinker(pipe, trace=trace, call_kwargs=call)
     stamps: list[float] = []
+    overrides = tiny.tiny_recipe_overrides(family)
+    if family in RESOLUTION:
+        overrides["resolution"] = RESOLUTION[family]
     with tempfile.TemporaryDirectory() as output:
         shrinker.distill(recipe="tiny", max_steps=warmup + steps, eval_prompts=["a cat"], output_dir=output,
-                         callback=lambda step, loss: stamps.append(time.perf_counter()),
-                         **tiny.tiny_recipe_overrides(family))
+                         callback=lambda step, loss: stamps.append(time.perf_counter()), **overrides)
     return [b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:])]
 
 
