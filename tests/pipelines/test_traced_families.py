@@ -22,13 +22,11 @@ REFUSED: dict[str, str] = {"longcat-image": "cuts the gradient"}
 # lengths): the trace runs their `__call__` one prompt at a time.
 PER_PROMPT_LENGTHS = {"cogview4", "kandinsky5-t2i", "kandinsky5-t2v", "sana-video"}
 SERVED = [family for family in TRACED_FAMILIES if family not in REFUSED]
-# Families whose tiny denoiser reads the text weakly get more steps and a 32-wide, 2-layer student (Cosmos: 0.51x of
-# the start after 160 steps, 0.37x after 480, 0.17x with the wider student; LTX-2: 0.55x, 0.47x, 0.40x).
-STEPS = {"cosmos2": 480, "ltx2": 480}
+# Cosmos's tiny denoiser reads the text weakly: more steps and a 32-wide, 2-layer student (0.51x of the start after
+# 160 steps, 0.37x after 480, 0.17x with the wider student).
+STEPS = {"cosmos2": 480}
 WIDER = {"student_config": {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 2,
                             "feed_forward_proj": "gated-gelu"}}
-# LTX-2 misses the 0.3x bar (0.40x at best, reported as missed); its bar here keeps the learning it does show.
-BAR = {"ltx2": 0.5}
 
 
 def _built(family):
@@ -84,7 +82,7 @@ def test_a_new_family_distils_drops_in_and_reloads(family, tmp_path):
                                resolution=call.get("height", 16))
     before = shrinker.summary["fidelity_before"]["relative_mse"]
     after = shrinker.summary["fidelity_after"]["relative_mse"]
-    assert after < BAR.get(family, 0.3) * before, (before, after)
+    assert after < 0.3 * before, (before, after)
 
     slot = shrinker.adapter.encoder_slot
     saved = type(student).from_pretrained(tmp_path / "out" / "student")
