@@ -113,10 +113,11 @@ def build(parts: TiUEParts, recipe, accelerator) -> Iterator[TiUEBuilt]:
 
     student_optimizer = adam(student.parameters(), recipe.learning_rate)
     fake_optimizer = adam(_trainable(fake_score), recipe.lora_learning_rate)
+    # (the fake score's schedule steps once per fake-score update: `fake_updates` per student step)
     student_schedule, fake_schedule = (
-        get_scheduler(recipe.lr_scheduler, opt, num_warmup_steps=recipe.lr_warmup_steps,
-                      num_training_steps=recipe.max_steps)
-        for opt in (student_optimizer, fake_optimizer)
+        get_scheduler(recipe.lr_scheduler, opt, num_warmup_steps=recipe.lr_warmup_steps * updates,
+                      num_training_steps=recipe.max_steps * updates)
+        for opt, updates in ((student_optimizer, 1), (fake_optimizer, recipe.fake_updates))
     )
     # One model per prepare (accelerate's FSDP2 prepares one model with its optimizer per call). Under FSDP2 the
     # student and the fake score (its frozen base and its LoRA) are sharded. The teacher passes (adapters off, no
@@ -158,8 +159,11 @@ def step(b: TiUEBuilt, run: TrainingRun, at: int) -> dict:
        weighted by sigma_t^2, is the gradient sent into z_0, plus lambda times the KL term on the K x B predictions;
        one student step (clipped), then the EMA;
     3. the fake score (LoRA only) learns the student's current distribution: the detached z_0 noised at
-       t ~ U[0, 1000), the empty prompt on a `uncond_probability` share of rows; one LoRA step (clipped).
-    Every draw comes from `(recipe.seed, step, process)`, on the CPU so it is the same on any device.
+       t ~ U[0, 1000), the empty prompt on a `uncond_probability` share of rows; one LoRA step (clipped). With
+       `fake_updates` > 1 (DMD2's two time-scale rule), more LoRA steps follow the student's, each on a fresh z_0 of
+       the updated student (no gradient), fresh timesteps, noise and dropped prompts.
+    The VSD gradient's CFG scale is `recipe.target_guidance_scale`. Every draw comes from `(recipe.seed, step,
+    process)`, on the CPU so it is the same on any device; the extra updates draw after all of TiUE's own.
     """
     parts, recipe, accelerator = b.parts, b.recipe, b.accelerator
     scheduler, device, prediction_type = parts.scheduler, accelerator.device, parts.scheduler.config.prediction_type
@@ -189,9 +193,9 @@ def step(b: TiUEBuilt, run: TrainingRun, at: int) -> dict:
     with torch.no_grad(), accelerator.autocast():
         args = (noisy.to(dtype), vsd_t, cond.to(dtype), uncond.to(dtype))
         base.disable_adapters()
-        teacher_eps = _guided(base, *args, recipe.guidance_scale)
+        teacher_eps = _guided(base, *args, recipe.target_guidance_scale)
         base.enable_adapters()
-        fake_eps = _guided(base, *args, recipe.guidance_scale)
+        fake_eps = _guided(base, *args, recipe.target_guidance_scale)
     teacher_eps = _epsilon(teacher_eps.float(), noisy.float(), alphas, prediction_type)
     fake_eps = _epsilon(fake_eps.float(), noisy.float(), alphas, prediction_type)
     loss_vsd = vsd_loss(sample, teacher_eps, fake_eps, 1 - alphas)
@@ -201,14 +205,7 @@ def step(b: TiUEBuilt, run: TrainingRun, at: int) -> dict:
     run.guard(loss, "student loss")
 
     # 3. the fake score's loss on the student's current samples (LoRA only; the teacher's weights are frozen)
-    fake_noisy = scheduler.add_noise(sample.detach(), fake_noise, fake_t)
-    conditioning = torch.where(dropped[:, None, None], uncond, cond)
-    with accelerator.autocast():
-        prediction = b.fake_model(fake_noisy.to(dtype), fake_t, conditioning.to(dtype)).sample
-    fake_alphas = b.alphas_cumprod[fake_t]
-    loss_fake = fake_score_loss(_epsilon(prediction.float(), fake_noisy.float(), fake_alphas, prediction_type),
-                                fake_noise.float(), fake_alphas)
-    run.guard(loss_fake, "fake-score loss")
+    loss_fake = _fake_loss(b, run, sample.detach(), fake_t, fake_noise, dropped, cond, uncond)
 
     # 4. the two updates, one model after the other (they share fp16's loss scaler). Gradient norms are checked
     # too, except under fp16, whose scaler skips steps with overflowing gradients on purpose.
@@ -223,15 +220,45 @@ def step(b: TiUEBuilt, run: TrainingRun, at: int) -> dict:
         b.student_optimizer.zero_grad(set_to_none=True)
         if b.ema is not None:
             b.ema.step(parts.student.parameters())
-        accelerator.backward(loss_fake)
-        norm = accelerator.clip_grad_norm_(b.lora, recipe.max_grad_norm)
-        if check_norms:
-            run.guard(norm, "fake-score gradient norm")
-        b.fake_optimizer.step()
-        b.fake_schedule.step()
-        b.fake_optimizer.zero_grad(set_to_none=True)
-    return {"vsd": loss_vsd.detach(), "kl": loss_kl.detach(), "fake_score": loss_fake.detach(),
+        fake_losses = [loss_fake.detach()]
+        _update_fake_score(b, run, loss_fake, check_norms)
+        for _ in range(recipe.fake_updates - 1):  # DMD2's two time-scale rule: on the updated student's samples
+            noise = torch.randn(shape, generator=generator).to(device)
+            fake_t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator).to(device)
+            fake_noise = torch.randn(shape, generator=generator).to(device)
+            dropped = (torch.rand(batch, generator=generator) < recipe.uncond_probability).to(device)
+            with torch.no_grad(), accelerator.autocast():
+                sample = b.sampler(noise * scheduler.init_noise_sigma, cond)
+            loss_fake = _fake_loss(b, run, sample, fake_t, fake_noise, dropped, cond, uncond)
+            fake_losses.append(loss_fake.detach())
+            _update_fake_score(b, run, loss_fake, check_norms)
+    return {"vsd": loss_vsd.detach(), "kl": loss_kl.detach(), "fake_score": torch.stack(fake_losses).mean(),
             "lr": b.student_schedule.get_last_lr()[0]}
+
+
+def _fake_loss(b: TiUEBuilt, run: TrainingRun, sample, timesteps, noise, dropped, cond, uncond) -> torch.Tensor:
+    """The fake score's denoising loss on (detached) student samples, the empty prompt on the `dropped` rows."""
+    scheduler, prediction_type = b.parts.scheduler, b.parts.scheduler.config.prediction_type
+    noisy = scheduler.add_noise(sample, noise, timesteps)
+    conditioning = torch.where(dropped[:, None, None], uncond, cond)
+    with b.accelerator.autocast():
+        prediction = b.fake_model(noisy.to(b.teacher_dtype), timesteps, conditioning.to(b.teacher_dtype)).sample
+    alphas = b.alphas_cumprod[timesteps]
+    loss = fake_score_loss(_epsilon(prediction.float(), noisy.float(), alphas, prediction_type), noise.float(),
+                           alphas)
+    run.guard(loss, "fake-score loss")
+    return loss
+
+
+def _update_fake_score(b: TiUEBuilt, run: TrainingRun, loss: torch.Tensor, check_norms: bool) -> None:
+    """One clipped step of the fake score's LoRA (and its schedule) on `loss`."""
+    b.accelerator.backward(loss)
+    norm = b.accelerator.clip_grad_norm_(b.lora, b.recipe.max_grad_norm)
+    if check_norms:
+        run.guard(norm, "fake-score gradient norm")
+    b.fake_optimizer.step()
+    b.fake_schedule.step()
+    b.fake_optimizer.zero_grad(set_to_none=True)
 
 
 def summarize(b: TiUEBuilt, summary: dict) -> dict:

@@ -37,8 +37,15 @@ class TiUERecipe(RecipeBase):
         resolution: image size in pixels the student is trained at.
         batch_size: prompts per optimizer step and process.
         learning_rate: Adam rate of the student (the whole UNet).
-        lora_learning_rate / lora_rank / lora_alpha / lora_target_modules: the fake score, the teacher plus a LoRA.
-        guidance_scale: CFG scale of the teacher and the fake score in the VSD gradient (no CFG at inference).
+        lora_learning_rate / lora_rank / lora_alpha / lora_target_modules: the fake score, the teacher plus a LoRA
+            (a larger rank and more targets make it stronger: DMD2, Yin et al. 2024, trains the whole fake UNet).
+        fake_updates: fake-score updates per student update, each after the first on fresh samples of the updated
+            student (DMD2's two time-scale update rule: 5 for SDXL, 10 for SD 1.5; 1 is TiUE's single update).
+        guidance_scale: CFG scale of the teacher when it samples (the distance measured before and after), and of
+            the VSD gradient unless `distill_guidance_scale` is set (no CFG at inference).
+        distill_guidance_scale: CFG scale of the teacher and the fake score in the VSD gradient, the distillation
+            target, separately from the teacher's sampling guidance (`None`: `guidance_scale`). VSD with a high
+            guidance seeks the modes; DMD2 distils SD 1.5 at a guidance of 1.75.
         kl_weight / kl_reduction: lambda of the KL term, averaged (`"mean"`, scale-free) or summed over the K x B maps.
         min_timestep / max_timestep: range of the uniform VSD timestep (inclusive).
         uncond_probability: share of the fake score's training rows with the empty prompt (its CFG needs them).
@@ -80,7 +87,9 @@ class TiUERecipe(RecipeBase):
     lora_rank: int = 64
     lora_alpha: int | None = None
     lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_v"])
+    fake_updates: int = 1
     guidance_scale: float = 4.5
+    distill_guidance_scale: float | None = None
     kl_weight: float = 0.1
     kl_reduction: str = "mean"
     min_timestep: int = 20
@@ -100,12 +109,18 @@ class TiUERecipe(RecipeBase):
         if self.max_steps is None:
             raise RecipeError(f"recipe {self.name!r}: max_steps must be positive, got None.")
         super().__post_init__()
-        positive = ("num_steps", "lora_learning_rate", "lora_rank", "guidance_scale", "eval_images_per_prompt",
-                    "eval_steps")
+        positive = ("num_steps", "lora_learning_rate", "lora_rank", "fake_updates", "guidance_scale",
+                    "eval_images_per_prompt", "eval_steps")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not value > 0:
                 raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {value!r}.")
+        if not isinstance(self.fake_updates, int) or isinstance(self.fake_updates, bool):
+            raise RecipeError(f"recipe {self.name!r}: fake_updates must be a whole number, got {self.fake_updates!r}.")
+        if self.distill_guidance_scale is not None and not self.distill_guidance_scale > 0:
+            raise RecipeError(
+                f"recipe {self.name!r}: distill_guidance_scale must be positive or null (then guidance_scale), got "
+                f"{self.distill_guidance_scale!r}.")
         if self.lora_alpha is not None and not self.lora_alpha > 0:
             raise RecipeError(f"recipe {self.name!r}: lora_alpha must be positive or null, got {self.lora_alpha!r}.")
         if not self.lora_target_modules:
@@ -129,6 +144,11 @@ class TiUERecipe(RecipeBase):
                 f"recipe {self.name!r}: num_steps 1 with timestep_spacing {self.timestep_spacing!r} samples at t = 1 "
                 "or 0, where noise reads as a clean image; use timestep_spacing: trailing (t = 999)."
             )
+
+    @property
+    def target_guidance_scale(self) -> float:
+        """The CFG scale of the VSD target: `distill_guidance_scale`, or `guidance_scale` when it is unset."""
+        return self.guidance_scale if self.distill_guidance_scale is None else self.distill_guidance_scale
 
     def listing(self) -> tuple[str, str]:
         """The `encoder-shrink recipes` columns after the version: the method, and the student's K."""

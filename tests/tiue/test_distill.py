@@ -26,6 +26,7 @@ from encoder_shrink.tiue.distiller import sd_ddim_scheduler
 from encoder_shrink.tiue.loop import FAKE_SCORE, _guided
 from encoder_shrink.tiue.losses import fake_score_loss, kl_loss, vsd_loss
 from encoder_shrink.tiue.schedule import DDIMCombine
+from encoder_shrink.training.checkpoint import read_optimizer_state
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red circle", "a blue square", "two green triangles", "a yellow star", "a cat", "a sign that says hi"]
@@ -183,6 +184,59 @@ def test_distill_writes_a_pipeline_leaves_the_teacher_as_it_was_and_the_fake_sco
         lora_loss = fake_score_loss(fake(noisy, t, cond).sample, noise, alphas)
     # Measured: 0.1332 against 0.1367 (-2.6 %) after 10 steps; without training the LoRA (B = 0) the two are equal.
     assert lora_loss < 0.99 * teacher_loss, (float(lora_loss), float(teacher_loss))
+
+
+# Each TiUE run of these option tests: 4 steps, the distance before and after on 1 prompt x 2 images x 2 steps.
+QUICK = dict(prompts=PROMPTS, max_steps=4, eval_prompt_count=1, eval_images_per_prompt=2, eval_steps=2)
+
+
+def _interrupt_at(step):
+    def callback(at, losses):
+        if at == step:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+def test_fake_updates_step_the_lora_that_often_per_student_step_and_resume_bit_identical(sd_dir, tmp_path):
+    # DMD2's two time-scale rule: 3 LoRA steps per student step; a run interrupted after step 2 and resumed ends
+    # with the bits of the uninterrupted one.
+    full = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", output_dir=tmp_path / "full", fake_updates=3,
+                                                **QUICK)
+    with pytest.raises(KeyboardInterrupt):
+        TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", output_dir=tmp_path / "cut", fake_updates=3,
+                                             callback=_interrupt_at(2), **QUICK)
+    checkpoint = latest_checkpoint(tmp_path / "cut")
+    assert checkpoint.name == "step-00000002"
+    student_steps = {int(s["step"]) for s in read_optimizer_state(checkpoint, "optimizer")["state"].values()}
+    lora_steps = {int(s["step"]) for s in read_optimizer_state(checkpoint, "fake_score_optimizer")["state"].values()}
+    assert (student_steps, lora_steps) == ({2}, {6})
+    resumed = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", output_dir=tmp_path / "cut", fake_updates=3,
+                                                   resume=True, **QUICK)
+    for (name, a), b in zip(full.unet.state_dict().items(), resumed.unet.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # one update per step (the default) is another run: the extra updates changed what the student learned from
+    single = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", **QUICK)
+    assert any(not torch.equal(a, b) for a, b in zip(full.unet.parameters(), single.unet.parameters(), strict=True))
+
+
+def test_distill_guidance_sets_the_vsd_target_and_not_the_teachers_sampling(sd_dir):
+    def run(**overrides):
+        distiller = TiUEDistiller(_pipe(sd_dir))
+        tiue = distiller.distill(recipe="tiny-tiue", **{**QUICK, "max_steps": 2}, **overrides)
+        return [p.detach().clone() for p in tiue.unet.parameters()], distiller.summary
+
+    default, summary = run()
+    same, _ = run(distill_guidance_scale=4.5)  # tiny-tiue's guidance_scale: the same target, the same bits
+    low, low_summary = run(distill_guidance_scale=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(default, same, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(default, low, strict=True))
+    # the teacher still samples the distance at the recipe's guidance_scale
+    assert low_summary["distance_after"]["guidance_scale"] == summary["distance_after"]["guidance_scale"] == 4.5
+    with pytest.raises(RecipeError, match="distill_guidance_scale must be positive or null"):
+        load_tiue_recipe("tiny-tiue").with_overrides(distill_guidance_scale=0).__post_init__()
+    with pytest.raises(RecipeError, match="fake_updates must be a whole number, got 2.5"):
+        load_tiue_recipe("tiny-tiue").with_overrides(fake_updates=2.5).__post_init__()
 
 
 def test_a_non_finite_loss_saves_the_last_good_state_and_stops(sd_dir, tmp_path):
