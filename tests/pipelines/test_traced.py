@@ -277,3 +277,19 @@ def test_per_prompt_lengths_give_the_student_each_call_as_the_pipeline_gave_it(f
     for row, padded, n in zip(rows, batched, lengths, strict=True):
         assert row[n:].abs().sum() == 0 and row[:n].abs().sum() > 0
         torch.testing.assert_close(padded[:n], row[:n], atol=1e-5, rtol=1e-5)
+
+
+def test_a_slot_no_family_file_shrinks_is_traced_hidreams_llama():
+    # HiDream's family file shrinks its T5; slot= its Llama-3.1 (text_encoder_4) is served by the trace: an LLM
+    # student of the layers it stacks, and the trajectory is the pipeline's own.
+    pipe, call = _tiny("hidream")
+    shrinker = EncoderShrinker(pipe, slot="text_encoder_4", call_kwargs=call)
+    traced = shrinker.adapter
+    assert traced.name == "traced:HiDreamImagePipeline" and traced.encoder_slot == "text_encoder_4"
+    report = traced.report
+    assert report.kind == "llm" and report.text_inputs == (("encoder_hidden_states_llama3",),)
+    assert report.hidden_state_layers == tuple(range(1, report.num_hidden_states))  # every layer after the embeddings
+    latents = _sample(traced, call, 3.0)
+    own = pipe(prompt=list(PROMPTS), **call, num_inference_steps=3, generator=torch.Generator().manual_seed(5),
+               output_type="latent", guidance_scale=3.0, negative_prompt=[""] * len(PROMPTS))[0]
+    torch.testing.assert_close(latents, own, atol=1e-5, rtol=0)
