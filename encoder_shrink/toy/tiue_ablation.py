@@ -1,0 +1,287 @@
+"""The TiUE remedies ablation on the toy world: each arm distilled to one budget at K = 4 and 1, scored as the demo.
+
+Run:  python -m encoder_shrink.toy.tiue_ablation --output benchmarks/results/tiue_ablation [--arms today ttur5 ...]
+
+An arm is `toy-tiue` with the overrides of one remedy (`ARMS`), or several joined with "+" (`ttur5+guidance2`).
+Every arm trains the same steps on the same prompts; each (arm, K, seed) row is then scored on the same held-out
+prompts and seeds with `demo --tiue`'s metrics: checker accuracy per category and kind, position spread and
+appearance, UNet FLOPs, and the training's wall time, beside the training summary's latent energy distance (does it
+rank the arms as the checker does?). Resumable: a scored row is kept in OUTPUT/runs/ and not trained again, and a
+run killed mid-way continues from its checkpoints in OUTPUT/work/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from encoder_shrink.errors import InvalidArgumentError
+from encoder_shrink.files import atomic_write_text, pyplot, save_figure, write_results
+
+logger = logging.getLogger(__name__)
+
+# The remedies for VSD's mode seeking, each alone (issue 31), as overrides of recipe `toy-tiue`.
+ARMS: dict[str, dict] = {
+    # the shipped students' recipe
+    "today": {},
+    # DMD2's two time-scale update rule (Yin et al. 2024): 5 fake-score updates per student update (SDXL's; SD 1.5: 10)
+    "ttur5": {"fake_updates": 5},
+    # a lower guidance in the distillation target than the teacher samples with (3.0): guidance 2 lifted accuracy in
+    # an earlier probe; DMD2 distils SD 1.5 at 1.75
+    "guidance2": {"distill_guidance_scale": 2.0},
+    # a stronger fake score: rank 64 over the same targets (the shipped 16)
+    "rank64": {"lora_rank": 64, "lora_alpha": 64},
+    # the KL term summed over the K x B maps (the paper's), 0.1 as the paper
+    "kl-sum": {"kl_reduction": "sum"},
+}
+# The two students of every arm: the paper's K = 4, and the one-step ablation (its one timestep at 999).
+KS = {4: {"num_steps": 4}, 1: {"num_steps": 1, "timestep_spacing": "trailing"}}
+# The demo's held-out evaluation (`encoder_shrink.toy.tiue_demo`): 64 prompts x 8 seeds.
+EVAL_PROMPTS = 64
+SEEDS = 8
+
+
+def arm_overrides(arm: str) -> dict:
+    r"""
+    The recipe overrides of `arm`: one of `ARMS`, or several joined with "+" (later ones win on a shared field).
+
+    Example:
+
+    ```python
+    >>> arm_overrides("ttur5+guidance2")
+    {'fake_updates': 5, 'distill_guidance_scale': 2.0}
+    ```
+    """
+    overrides: dict = {}
+    for part in arm.split("+"):
+        if part not in ARMS:
+            raise InvalidArgumentError(f"unknown ablation arm {part!r} in {arm!r}; use {', '.join(ARMS)}, joined "
+                                       "with '+' for a combination.")
+        overrides.update(ARMS[part])
+    return overrides
+
+
+def _scored(draw, prompts: list[str], seeds: list[int], per_prompt: int) -> dict:
+    """Checker accuracy (overall, per category, per kind) and diversity of `draw`'s images of `prompts`."""
+    from encoder_shrink.toy.checker import score
+    from encoder_shrink.toy.tiue_demo import _draw, diversity
+    from encoder_shrink.toy.world import ATTRIBUTES, KINDS
+
+    images = _draw(draw, prompts, seeds)
+    accuracy = score(images, prompts)
+    return {"accuracy": {k: accuracy[k] for k in ("overall", *ATTRIBUTES) if k in accuracy},
+            "by_kind": {k: accuracy["by_kind"][k]["overall"] for k in KINDS if k in accuracy["by_kind"]},
+            "diversity": diversity(images, per_prompt)}
+
+
+def _held_out(eval_prompts: int, seeds: int) -> tuple[list[str], list[str], list[int]]:
+    """The demo's held-out prompts, each repeated for its seeds (prompt-major), and the noise seeds."""
+    from encoder_shrink.toy.world import sample_prompts
+
+    held_out = [p.text for p in sample_prompts(eval_prompts, "heldout", seed=1)]
+    return held_out, [p for p in held_out for _ in range(seeds)], [s for _ in held_out for s in range(seeds)]
+
+
+def _teacher_row(teacher, eval_prompts: int, seeds: int) -> dict:
+    """The teacher at 25 DDIM steps and at 4, with CFG, on the held-out prompts: the reference of every arm."""
+    from encoder_shrink.toy.sd_teacher import SD_GUIDANCE_SCALE, SD_STEPS
+    from encoder_shrink.toy.tiue_demo import unet_flops
+    from encoder_shrink.toy.world import IMAGE_SIZE
+
+    held_out, prompts, noise = _held_out(eval_prompts, seeds)
+    row = {}
+    for name, steps in (("teacher 25 steps", SD_STEPS), ("teacher 4 steps", 4)):
+        def draw(p, generators, output_type, _steps=steps):
+            return teacher(prompt=p, num_inference_steps=_steps, guidance_scale=SD_GUIDANCE_SCALE,
+                           generator=generators, output_type=output_type, height=IMAGE_SIZE, width=IMAGE_SIZE).images
+
+        row[name] = {**_scored(draw, prompts, noise, seeds), "unet_flops": unet_flops(draw, held_out[0])}
+    return row
+
+
+def _student_row(arm: str, k: int, seed: int, teacher, work: Path, common: dict, eval_prompts: int,
+                 seeds: int) -> dict:
+    """Distil (or resume) the student of `arm` at `k`, then score it on the held-out prompts."""
+    from encoder_shrink.toy.tiue_demo import unet_flops
+    from encoder_shrink.toy.tiue_students import distill_toy_tiue
+    from encoder_shrink.toy.world import IMAGE_SIZE
+    from encoder_shrink.training.checkpoint import latest_checkpoint
+
+    overrides = {**arm_overrides(arm), **KS[k], **common}
+    started = time.time()
+    resume = latest_checkpoint(work) is not None
+    if not resume and work.exists():  # a run killed before its first checkpoint: nothing to continue from
+        shutil.rmtree(work)
+    pipe = distill_toy_tiue("k4" if k == 4 else "k1", work, teacher=teacher, resume=resume, seed=seed, **overrides)
+    trained = time.time() - started
+    summary = pipe.training_summary
+
+    def draw(p, generators, output_type):
+        return pipe(p, generator=generators, output_type=output_type, height=IMAGE_SIZE, width=IMAGE_SIZE).images
+
+    held_out, prompts, noise = _held_out(eval_prompts, seeds)
+    return {"arm": arm, "k": k, "seed": seed, "overrides": overrides, **_scored(draw, prompts, noise, seeds),
+            "unet_flops": unet_flops(draw, held_out[0]), "train_seconds": round(trained, 1),
+            "steps": summary["steps"], "steps_this_run": summary["steps_this_run"],
+            "energy_distance": summary["distance_after"]["energy_distance"]}
+
+
+def measure(output: str | Path, arms: list[str], ks: list[int], seeds_of_arm: dict[str, list[int]] | None = None,
+            common: dict | None = None, eval_prompts: int = EVAL_PROMPTS, seeds: int = SEEDS,
+            teacher: str | Path | None = None) -> dict:
+    r"""
+    Train and score every (arm, K, seed) not yet in `output`/runs (each row is written when scored), and the
+    teacher's reference once; returns every row with the agreement of the energy distance with the checker.
+    `common` overrides the recipe for every arm (the budget `max_steps`, the distiller's own distance measure).
+
+    Example:
+
+    ```python
+    >>> results = measure("tiue-ablation", ["today", "ttur5"], [4, 1])  # doctest: +SKIP
+    ```
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from tqdm.auto import tqdm
+
+    from encoder_shrink.toy.sd_teacher import BUNDLED_SD_TEACHER, load_toy_sd_teacher
+
+    for arm in arms:
+        arm_overrides(arm)  # an unknown arm is refused before anything trains
+    bad = [k for k in ks if k not in KS]
+    if bad:
+        raise InvalidArgumentError(f"K must be one of {', '.join(map(str, KS))}, got {bad[0]!r}.")
+    output = Path(output)
+    runs = output / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    diffusers_logging.disable_progress_bar()
+    pipe = load_toy_sd_teacher(teacher or BUNDLED_SD_TEACHER)
+    teacher_file = runs / "teacher.json"
+    if not teacher_file.is_file():
+        atomic_write_text(teacher_file, json.dumps(_teacher_row(pipe, eval_prompts, seeds), indent=2))
+    jobs = [(arm, k, s) for arm in arms for k in ks for s in (seeds_of_arm or {}).get(arm, [0])]
+    for arm, k, seed in tqdm(jobs, desc="tiue ablation", unit="run"):
+        row_file = runs / f"{arm}-k{k}-s{seed}.json"
+        if row_file.is_file():
+            continue
+        row = _student_row(arm, k, seed, pipe, output / "work" / f"{arm}-k{k}-s{seed}", common or {},
+                           eval_prompts, seeds)
+        atomic_write_text(row_file, json.dumps(row, indent=2))
+        logger.info("%s K=%d seed %d: accuracy %.3f, position spread %.2f px", arm, k, seed,
+                    row["accuracy"]["overall"], row["diversity"]["position"])
+    rows = [json.loads(f.read_text()) for f in sorted(runs.glob("*-k*-s*.json"))]
+    return {"benchmark": "tiue_ablation", "device": "cpu", "common": common or {}, "eval_prompts": eval_prompts,
+            "seeds": seeds, "teacher": json.loads(teacher_file.read_text()), "rows": rows,
+            "agreement": agreement(rows)}
+
+
+def agreement(rows: list[dict]) -> dict:
+    r"""
+    Whether the training summary's latent energy distance ranks the students as the checker does: Spearman's rank
+    correlation of (minus) the distance with the checker's overall accuracy, per K (1.0: the same order).
+
+    Example:
+
+    ```python
+    >>> agreement([{"k": 4, "energy_distance": 0.1, "accuracy": {"overall": 0.8}},
+    ...            {"k": 4, "energy_distance": 0.2, "accuracy": {"overall": 0.7}}])
+    {'k4': 1.0}
+    ```
+    """
+    def ranks(values):
+        order = np.argsort(np.argsort(values, kind="stable"), kind="stable")
+        return order.astype(float)
+
+    result = {}
+    for k in sorted({r["k"] for r in rows}, reverse=True):
+        group = [r for r in rows if r["k"] == k]
+        if len(group) < 2:
+            continue
+        a = ranks([-r["energy_distance"] for r in group])
+        b = ranks([r["accuracy"]["overall"] for r in group])
+        if a.std() == 0 or b.std() == 0:
+            result[f"k{k}"] = None
+            continue
+        result[f"k{k}"] = round(float(np.corrcoef(a, b)[0, 1]), 3)
+    return result
+
+
+def table(results: dict) -> str:
+    """The rows (and the teacher's reference) as a Markdown table."""
+    teacher = results["teacher"]
+    categories = list(teacher["teacher 25 steps"]["accuracy"])
+    reference = teacher["teacher 25 steps"]
+
+    def line(name, r, extra):
+        return (f"| {name} | {r['accuracy']['overall']:.3f} | "
+                + " | ".join(f"{r['accuracy'].get(c, float('nan')):.3f}" for c in categories[1:])
+                + f" | {r['diversity']['position']:.2f} | {r['diversity']['appearance']:.3f} | "
+                f"{reference['unet_flops'] / r['unet_flops']:.1f} | {extra}")
+
+    lines = [f"TiUE ablation on the toy world: {results['eval_prompts']} held-out prompts x {results['seeds']} seeds; "
+             f"checker accuracy, position spread (px) and appearance; latent energy distance from the training "
+             f"summary.", "",
+             "| run | overall | " + " | ".join(categories[1:]) + " | position spread | appearance | x fewer UNet "
+             "FLOPs | energy distance | train s |", "|---|" + "---:|" * (len(categories) + 5)]
+    for name, r in teacher.items():
+        lines.append(line(name, r, "| |"))
+    for r in results["rows"]:
+        lines.append(line(f"{r['arm']} K={r['k']} seed {r['seed']}", r,
+                          f"{r['energy_distance']:.4f} | {r['train_seconds']:.0f} |"))
+    lines += ["", "Rank agreement of the energy distance with the checker (Spearman, per K): "
+              + ", ".join(f"{k} {v}" for k, v in results["agreement"].items())]
+    return "\n".join(lines)
+
+
+def _chart(results: dict, path: Path) -> None:
+    """Accuracy against position spread, one point per run, the teacher's as reference lines."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, r in results["teacher"].items():
+        ax.scatter(r["diversity"]["position"], r["accuracy"]["overall"], marker="*", s=120, label=name)
+    for k, marker in ((4, "o"), (1, "s")):
+        rows = [r for r in results["rows"] if r["k"] == k]
+        ax.scatter([r["diversity"]["position"] for r in rows], [r["accuracy"]["overall"] for r in rows],
+                   marker=marker, label=f"K = {k}")
+        for r in rows:
+            ax.annotate(f"{r['arm']} s{r['seed']}", (r["diversity"]["position"], r["accuracy"]["overall"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("position spread across seeds (px)")
+    ax.set_ylabel("checker accuracy (overall)")
+    ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, path, dpi=110)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="benchmarks/results/tiue_ablation")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), help=f"of {', '.join(ARMS)}; join with '+'")
+    parser.add_argument("--ks", nargs="+", type=int, default=list(KS), help="the students' K (4, 1)")
+    parser.add_argument("--seeds-of", nargs=2, action="append", default=[], metavar=("ARM", "SEEDS"),
+                        help="train ARM with these comma-separated seeds (default: seed 0)")
+    parser.add_argument("--max-steps", type=int, help="the budget of every run (default: the recipe's)")
+    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
+                        help="override a toy-tiue field for every arm (VALUE read as YAML), e.g. --set eval_steps 2")
+    parser.add_argument("--eval-prompts", type=int, default=EVAL_PROMPTS)
+    parser.add_argument("--seeds", type=int, default=SEEDS, help="noise seeds per held-out prompt")
+    parser.add_argument("--teacher", help="toy SD teacher folder (default: the bundled one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    seeds_of = {arm: [int(s) for s in seeds.split(",")] for arm, seeds in args.seeds_of}
+    common = {name: yaml.safe_load(value) for name, value in args.set}
+    if args.max_steps is not None:
+        common["max_steps"] = args.max_steps
+    results = measure(args.output, args.arms, args.ks, seeds_of, common, args.eval_prompts, args.seeds,
+                      args.teacher)
+    write_results(args.output, results, table(results), _chart)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The TiUE ablation script: arms as recipe overrides, trained, scored as `demo --tiue`, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from encoder_shrink.errors import InvalidArgumentError
+from encoder_shrink.toy.tiue_ablation import agreement, arm_overrides, main
+from tests.doctests import run_docstring_examples
+
+
+def test_arms_and_the_agreement_of_the_energy_distance_with_the_checker():
+    assert arm_overrides("today") == {}
+    assert arm_overrides("rank64+ttur5") == {"lora_rank": 64, "lora_alpha": 64, "fake_updates": 5}
+    with pytest.raises(InvalidArgumentError, match="unknown ablation arm 'ttur9' in 'today\\+ttur9'"):
+        arm_overrides("today+ttur9")
+    rows = [{"k": 4, "energy_distance": d, "accuracy": {"overall": a}}
+            for d, a in ((0.1, 0.6), (0.2, 0.8), (0.3, 0.7))]
+    assert agreement(rows) == {"k4": -0.5}  # the distance ranks them 1, 2, 3; the checker 3, 1, 2
+    import encoder_shrink.toy.tiue_ablation
+
+    assert run_docstring_examples(encoder_shrink.toy.tiue_ablation) >= 1
+
+
+@pytest.mark.slow
+def test_the_ablation_trains_each_arm_to_one_budget_scores_it_and_resumes(tmp_path, capsys):
+    out = tmp_path / "ablation"
+    # (the distiller's own distance on 1 prompt x 2 images x 2 steps: the run's cost is its evaluations)
+    args = ["--output", str(out), "--arms", "today", "ttur5+guidance2", "--ks", "1", "--max-steps", "2",
+            "--eval-prompts", "4", "--seeds", "2", "--set", "eval_prompt_count", "1", "--set",
+            "eval_images_per_prompt", "2", "--set", "eval_steps", "2"]
+    main(args)
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["arm"]: r for r in results["rows"]}
+    assert set(rows) == {"today", "ttur5+guidance2"}
+    assert rows["ttur5+guidance2"]["overrides"] == {
+        "fake_updates": 5, "distill_guidance_scale": 2.0, "num_steps": 1, "timestep_spacing": "trailing",
+        "eval_prompt_count": 1, "eval_images_per_prompt": 2, "eval_steps": 2, "max_steps": 2}
+    for row in rows.values():
+        assert row["steps"] == 2 and row["k"] == 1 and 0 <= row["accuracy"]["overall"] <= 1
+        assert row["diversity"]["position_prompts"] <= 4 and row["unet_flops"] > 0
+    teacher = results["teacher"]["teacher 25 steps"]
+    assert teacher["unet_flops"] > 10 * rows["today"]["unet_flops"]  # 25 steps with CFG against one pass
+    assert "today K=1 seed 0" in (out / "results.md").read_text() and (out / "results.png").stat().st_size > 0
+    assert "Rank agreement" in capsys.readouterr().out
+    # resumable: a second call trains and scores nothing again
+    kept = {f.name: f.read_text() for f in (out / "runs").glob("*.json")}
+    main(args)
+    assert {f.name: f.read_text() for f in (out / "runs").glob("*.json")} == kept
