@@ -19,8 +19,10 @@ def _images(pipeline_class, folder, slot, encoder, call, family):
     return np.asarray(pipe(prompt="a red circle", generator=torch.Generator().manual_seed(0), **run)[0]), pipe
 
 
-# One family per student kind: Cosmos-Predict2 (T5-XXL), Helios (UMT5-XXL), FLUX.2 [klein] (Qwen3, an LLM student).
-@pytest.mark.parametrize("family, kind", [("cosmos2", "t5"), ("helios", "umt5"), ("flux2-klein", "llm")])
+# One family per student kind: Cosmos-Predict2 (T5-XXL), Helios (UMT5-XXL), FLUX.2 [klein] (Qwen3, an LLM student);
+# and CogView4 (GLM-4), which encodes at per-prompt lengths without a mask.
+@pytest.mark.parametrize("family, kind", [("cosmos2", "t5"), ("helios", "umt5"), ("flux2-klein", "llm"),
+                                          ("cogview4", "llm")])
 @pytest.mark.parametrize("precision, atol", [
     ("fp32", 1e-4), pytest.param("int8", 0.05, marks=pytest.mark.slow)])
 def test_a_traced_student_exports_to_onnx_and_drops_in(family, kind, precision, atol, tmp_path):
