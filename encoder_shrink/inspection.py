@@ -104,7 +104,8 @@ def inspect_pipeline(pipe: Any, slot: str | None = None, trace: bool = False,
             f" (rank-{LLM_EMBEDDING_RANK} table)" if kind == "llm" else ""),
         "student_parameters": student,
         "weights_ratio": float(f"{teacher_parameters / student:.4g}"),
-        "call_length": adapter.max_sequence_length,
+        # the positions the encoder sees (the widest call at per-prompt lengths; a template included)
+        "call_length": adapter.encoded_length(adapter.max_sequence_length),
         # per-prompt lengths (padding to the batch's longest, a call per prompt): call_length is the widest call
         "call_length_varies": (adapter.report.variable_length if getattr(adapter, "traced", False)
                                else not (adapter.pads_prompts and adapter.fixed_call_length)),

@@ -209,6 +209,10 @@ class TracedAdapter(PipelineAdapter):
         report = self.report
         self.encoder_slot, self.tokenizer_slot = report.slot, report.tokenizer_slot
         self.max_sequence_length = report.call_length
+        if report.variable_length:
+            # The length the pipeline is called with (what `evaluate` and the recipes pass as max_sequence_length),
+            # not its widest call (Qwen-Image's: its template and 1024 tokens, over what its __call__ accepts).
+            self.max_sequence_length = self._own_length() or report.call_length
         self.uses_attention_mask = report.uses_attention_mask
         self.guidance = report.guidance
         self.student_kind = report.kind
@@ -313,7 +317,8 @@ class TracedAdapter(PipelineAdapter):
         key = self._length_override
         try:
             if key not in self._widest:
-                self._widest[key] = max(ids.shape[1] for ids, _, _ in self._widest_calls())
+                self._widest[key] = max((ids.shape[1] for ids, _, _ in self._widest_calls()),
+                                        default=self.report.call_length)
         finally:
             self._length_override = given
         return self._widest[key]
@@ -413,9 +418,16 @@ class TracedAdapter(PipelineAdapter):
     def _accepts(self, name: str) -> bool:
         return name in inspect.signature(type(self.pipe).__call__).parameters
 
+    def _own_length(self) -> int | None:
+        """The `max_sequence_length` `__call__` runs at (the caller's, or its default), if it takes one."""
+        parameter = inspect.signature(type(self.pipe).__call__).parameters.get("max_sequence_length")
+        value = self.call_kwargs.get("max_sequence_length", None if parameter is None else parameter.default)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     def _set_length(self, max_sequence_length: int | None) -> None:
         default = getattr(self, "report", None)
-        changed = default is not None and max_sequence_length not in (None, default.call_length)
+        unchanged = (None,) if default is None else (None, default.call_length, self.max_sequence_length)
+        changed = default is not None and max_sequence_length not in unchanged
         if changed and not self._accepts("max_sequence_length"):
             raise IncompatibleModelError(
                 f"{self.pipeline_class} encodes at {default.call_length} tokens and takes no max_sequence_length; "
@@ -586,7 +598,10 @@ class TracedAdapter(PipelineAdapter):
         # short prompt twice, and of a prompt longer than any pipeline keeps (the length it truncates to).
         short = self._probe_tokens([PROBE_PROMPTS[0]] * 2, [PROBE_NEGATIVES[0]] * 2)
         widest = self._widest_calls()
-        lengths = {ids.shape[1] for ids, _, _ in [*encoder_calls, *short, *widest]}
+        lengths = {ids.shape[1] for ids, _, _ in [*encoder_calls, *short]}
+        # (a pipeline that pads to a length without truncating keeps its fixed length for prompts that fit)
+        truncated = [call for call in widest if call[0].shape[1] < LONG_PROBE_WORDS]
+        lengths |= {ids.shape[1] for ids, _, _ in truncated} if len(truncated) == len(widest) else set()
         variable = len(lengths) > 1
         if variable:
             # Per-prompt lengths (padding to the batch's longest, prompts and negatives at different lengths, a call
@@ -684,7 +699,13 @@ class TracedAdapter(PipelineAdapter):
         """The encoder calls (ids and masks) for a prompt and negative longer than any the pipeline keeps."""
         long = " ".join(["red"] * LONG_PROBE_WORDS)
         with _quiet("diffusers", "transformers"):  # not the truncation warnings that quote the cut 4000 words
-            return self._probe_tokens([long], [long])
+            try:
+                return self._probe_tokens([long], [long])
+            except IncompatibleModelError:
+                raise
+            except Exception as error:  # noqa: BLE001 (a pipeline that refuses an over-long prompt: no widest call)
+                logger.debug("%s refused the trace's longest probe (%s).", self.pipeline_class, error)
+                return []
 
     def _check_solo_calls(self, calls: list[tuple]) -> None:
         """Refuse what one-prompt runs cannot serve: calls that batch several texts, or prompts never truncated."""
@@ -694,11 +715,12 @@ class TracedAdapter(PipelineAdapter):
                 f"{self.pipeline_class} encodes at per-prompt lengths and calls {self._slot} on {batched[0]} texts "
                 "at once for one prompt (prompt and negative padded together); the trace cannot follow it: a "
                 "family file can serve it.")
-        width = max(ids.shape[1] for ids, _, _ in calls)
+        width = max((ids.shape[1] for ids, _, _ in calls), default=LONG_PROBE_WORDS)
         if width >= LONG_PROBE_WORDS:
             raise IncompatibleModelError(
-                f"{self.pipeline_class} encodes a {LONG_PROBE_WORDS}-word prompt whole ({width} tokens, no "
-                "truncation); the trace needs a longest call: pass max_sequence_length in call_kwargs.")
+                f"{self.pipeline_class} encodes at per-prompt lengths and keeps a {LONG_PROBE_WORDS}-word prompt "
+                "whole (or refuses it); the trace needs the longest call it truncates to: pass max_sequence_length "
+                "in call_kwargs.")
 
     def _kind(self, teacher: torch.nn.Module) -> str:
         from encoder_shrink.student_kinds import kind_of_teacher, registered_student_kinds
@@ -1001,13 +1023,15 @@ class TracedAdapter(PipelineAdapter):
             ids, mask, features = calls[0]
         elif len(calls) == layout.count("prompt"):
             # No call for this negative (Bria samples an empty negative as zeros, never encoding it): a row of
-            # length 0, which no run reads.
-            ids, mask = torch.zeros(1, 0, dtype=torch.long, device=self.device), None
-            features = None if mode == "tokens" else torch.zeros(1, 0, self.conditioning_width, device=self.device)
+            # length 0, which no run reads (of the run's own call's dtypes).
+            ids, mask, features = calls[0]
+            ids, mask = ids[:, :0], None if mask is None else mask[:, :0]
+            features = None if features is None else features[:, :0]
         else:
             raise IncompatibleModelError(
                 f"{self.pipeline_class} called {self._slot} {len(calls)} times for one prompt where the trace saw "
                 f"{len(layout)} calls; the trace cannot tell them apart: a family file can serve it.")
+        ids, mask = ids.cpu(), None if mask is None else mask.cpu()  # (kept on the CPU: a few thousand of them)
         self._solo_tokens[key] = (ids, mask)
         while len(self._solo_tokens) > SOLO_TOKENS_KEPT:
             self._solo_tokens.popitem(last=False)
@@ -1068,6 +1092,11 @@ class TracedAdapter(PipelineAdapter):
             others_records.append(others_record)
             latents.append(result[0])
         per_step = self.report.calls_per_step
+        if len({len(record) for record in records}) > 1 or len(records[0]) % per_step:
+            raise IncompatibleModelError(
+                f"{self.pipeline_class} called its denoiser {[len(r) for r in records]} times for the batch's "
+                f"prompts, where the trace saw {per_step} calls per step; sample at a guidance the trace saw (above "
+                "1 for CFG).")
         extras["steps_record"] = [[call for record in records for call in record[i:i + per_step]]
                                   for i in range(0, len(records[0]), per_step)]
         extras["other_encoder_outputs"] = others_records

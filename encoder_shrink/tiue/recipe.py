@@ -109,15 +109,17 @@ class TiUERecipe(RecipeBase):
         if self.max_steps is None:
             raise RecipeError(f"recipe {self.name!r}: max_steps must be positive, got None.")
         super().__post_init__()
+        if not isinstance(self.fake_updates, int) or isinstance(self.fake_updates, bool):
+            raise RecipeError(f"recipe {self.name!r}: fake_updates must be a whole number, got {self.fake_updates!r}.")
         positive = ("num_steps", "lora_learning_rate", "lora_rank", "fake_updates", "guidance_scale",
                     "eval_images_per_prompt", "eval_steps")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not value > 0:
                 raise RecipeError(f"recipe {self.name!r}: {name} must be positive, got {value!r}.")
-        if not isinstance(self.fake_updates, int) or isinstance(self.fake_updates, bool):
-            raise RecipeError(f"recipe {self.name!r}: fake_updates must be a whole number, got {self.fake_updates!r}.")
-        if self.distill_guidance_scale is not None and not self.distill_guidance_scale > 0:
+        bad_guidance = isinstance(self.distill_guidance_scale, bool) or not isinstance(
+            self.distill_guidance_scale, (int, float, type(None)))
+        if bad_guidance or (self.distill_guidance_scale is not None and not self.distill_guidance_scale > 0):
             raise RecipeError(
                 f"recipe {self.name!r}: distill_guidance_scale must be positive or null (then guidance_scale), got "
                 f"{self.distill_guidance_scale!r}.")

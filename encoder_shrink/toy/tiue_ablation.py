@@ -127,6 +127,7 @@ def _student_row(arm: str, k: int, seed: int, teacher, work: Path, common: dict,
         return pipe(p, generator=generators, output_type=output_type, height=IMAGE_SIZE, width=IMAGE_SIZE).images
 
     held_out, prompts, noise = _held_out(eval_prompts, seeds)
+    # (train_seconds: this invocation's; a resumed run, steps_this_run < steps, counts only its last part)
     return {"arm": arm, "k": k, "seed": seed, "overrides": overrides, **_scored(draw, prompts, noise, seeds),
             "unet_flops": unet_flops(draw, held_out[0]), "train_seconds": round(trained, 1),
             "steps": summary["steps"], "steps_this_run": summary["steps_this_run"],
@@ -157,9 +158,21 @@ def measure(output: str | Path, arms: list[str], ks: list[int], seeds_of_arm: di
     bad = [k for k in ks if k not in KS]
     if bad:
         raise InvalidArgumentError(f"K must be one of {', '.join(map(str, KS))}, got {bad[0]!r}.")
+    common = dict(common or {})
+    owned = sorted({"seed", *KS[4], *KS[1]} & set(common))
+    if owned:
+        raise InvalidArgumentError(f"{owned[0]} is set per run (the seeds with --seeds-of, K with --ks), not for "
+                                   "every arm; drop it from the common overrides.")
     output = Path(output)
     runs = output / "runs"
+    # Rows are comparable only at one budget and one evaluation: a folder keeps the settings it was started with.
+    settings = {"common": common, "eval_prompts": eval_prompts, "seeds": seeds}
+    kept = output / "settings.json"
+    if kept.is_file() and json.loads(kept.read_text()) != json.loads(json.dumps(settings)):
+        raise InvalidArgumentError(f"{output} holds an ablation with settings {kept.read_text().strip()}, not "
+                                   f"{json.dumps(settings)}; continue it with those, or choose another --output.")
     runs.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(kept, json.dumps(settings))
     diffusers_logging.disable_progress_bar()
     pipe = load_toy_sd_teacher(teacher or BUNDLED_SD_TEACHER)
     teacher_file = runs / "teacher.json"
@@ -170,13 +183,16 @@ def measure(output: str | Path, arms: list[str], ks: list[int], seeds_of_arm: di
         row_file = runs / f"{arm}-k{k}-s{seed}.json"
         if row_file.is_file():
             continue
-        row = _student_row(arm, k, seed, pipe, output / "work" / f"{arm}-k{k}-s{seed}", common or {},
-                           eval_prompts, seeds)
+        row = _student_row(arm, k, seed, pipe, output / "work" / f"{arm}-k{k}-s{seed}", common, eval_prompts,
+                           seeds)
         atomic_write_text(row_file, json.dumps(row, indent=2))
         logger.info("%s K=%d seed %d: accuracy %.3f, position spread %.2f px", arm, k, seed,
                     row["accuracy"]["overall"], row["diversity"]["position"])
     rows = [json.loads(f.read_text()) for f in sorted(runs.glob("*-k*-s*.json"))]
-    return {"benchmark": "tiue_ablation", "device": "cpu", "common": common or {}, "eval_prompts": eval_prompts,
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"benchmark": "tiue_ablation", "device": device, "common": common, "eval_prompts": eval_prompts,
             "seeds": seeds, "teacher": json.loads(teacher_file.read_text()), "rows": rows,
             "agreement": agreement(rows)}
 

@@ -63,7 +63,7 @@ def test_trace_of_a_new_family_samples_as_the_pipeline_does_and_inspect_reports_
     report = inspect_pipeline(pipe, call_kwargs=call)
     assert report["family"] == f"traced:{type(pipe).__name__}"
     assert report["slot"] == traced.encoder_slot and report["student"] == traced.student_class().__name__
-    assert report["call_length"] == traced.max_sequence_length
+    assert report["call_length"] == traced.report.call_length
     assert report["call_length_varies"] == (family in PER_PROMPT_LENGTHS)
     assert report["text_derived_inputs"] and report["denoiser_calls_per_step"] == traced.report.calls_per_step
     assert report["weights_ratio"] > 0

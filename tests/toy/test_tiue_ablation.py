@@ -49,3 +49,8 @@ def test_the_ablation_trains_each_arm_to_one_budget_scores_it_and_resumes(tmp_pa
     kept = {f.name: f.read_text() for f in (out / "runs").glob("*.json")}
     main(args)
     assert {f.name: f.read_text() for f in (out / "runs").glob("*.json")} == kept
+    # another budget in the same folder would mix budgets: refused in one line
+    with pytest.raises(InvalidArgumentError, match="holds an ablation with settings"):
+        main([*args[:-1], "3"])
+    with pytest.raises(InvalidArgumentError, match="seed is set per run"):
+        main(["--output", str(tmp_path / "other"), "--set", "seed", "3"])
