@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # The TiUEPipeline folder a run writes under its output directory.
 PIPELINE = "pipeline"
+# The prompt mixture's stream of the regression term's pairs (processes train on streams 0, 1, ...).
+PAIRS_STREAM = 2**32 - 1
 
 
 def sd_ddim_scheduler(scheduler, timestep_spacing: str = "leading"):
@@ -149,6 +151,31 @@ class TiUEDistiller:
             latent_shape=(student.config.in_channels, recipe.resolution // scale, recipe.resolution // scale),
         )
 
+    @torch.no_grad()
+    def teacher_pairs(self, teacher, mixture, recipe: TiUERecipe,
+                      device) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        r"""
+        The regression term's teacher ODE pairs `(prompts, noise, z_0)`: `recipe.regression_pairs` prompts of the
+        mixture (their own stream), each with seeded noise, sampled by `teacher` (DDIM at `recipe.regression_steps`
+        with CFG at `recipe.guidance_scale`) to its z_0. A function of the recipe's seed: a resumed run makes the
+        same pairs.
+        """
+        from tqdm.auto import tqdm
+
+        count, scale = recipe.regression_pairs, self.pipe.vae_scale_factor
+        # (a stream no process trains on: the pairs' prompts are drawn apart from every training batch)
+        prompts = mixture.batch(0, count, stream=PAIRS_STREAM)
+        shape = (count, self.pipe.unet.config.in_channels, recipe.resolution // scale, recipe.resolution // scale)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(recipe.seed + 20_000))
+        chunk, latents = 64, []  # (64 rows a teacher call: its CFG doubles them)
+        for start in tqdm(range(0, count, chunk), desc="teacher ODE pairs", unit="batch"):
+            rows = slice(start, start + chunk)
+            latents.append(teacher(
+                prompts[rows], height=recipe.resolution, width=recipe.resolution, output_type="latent",
+                num_inference_steps=recipe.regression_steps, guidance_scale=recipe.guidance_scale,
+                latents=noise[rows].to(device, teacher.unet.dtype)).images.float().cpu())
+        return prompts, noise, torch.cat(latents)
+
     def distill(
         self,
         recipe: str | os.PathLike | TiUERecipe = "sd21-tiue",
@@ -195,6 +222,11 @@ class TiUEDistiller:
             )
         train_prompts, held_out = split_held_out(prompts, eval_prompts, recipe.eval_prompt_count, recipe.seed)
         mixture = build_mixture(recipe.stage, train_prompts, seed=recipe.seed)  # a missing file fails now
+        if recipe.eval_metric is not None:  # a metric that cannot run here, or read these prompts, fails now
+            from encoder_shrink.evaluation.metrics import check_available, check_prompts, metric_config
+
+            check_available(metric_config(recipe.eval_metric))
+            check_prompts(metric_config(recipe.eval_metric), held_out)
 
         project = Path(output_dir) if output_dir is not None else None
         accelerator = make_accelerator(recipe.mixed_precision, project)
@@ -210,11 +242,14 @@ class TiUEDistiller:
             teacher = self._teacher_sampler(sd_ddim_scheduler(pipe.scheduler))  # samples as SD does, whatever K
             distance = dict(images_per_prompt=recipe.eval_images_per_prompt, num_inference_steps=recipe.eval_steps,
                             guidance_scale=recipe.guidance_scale, resolution=recipe.resolution,
-                            seed=recipe.seed + 10_000)
+                            seed=recipe.seed + 10_000, metric=recipe.eval_metric)
             before = sample_distance(teacher, tiue, held_out, **distance)
 
+            # (the pairs before the fake score's LoRA joins the teacher's UNet)
+            pairs = self.teacher_pairs(teacher, mixture, recipe, device) if recipe.regression_weight > 0 else None
             self.add_fake_score(recipe)
             parts = self.build_parts(recipe, device, student, tiue, combine, scheduler)
+            parts.pairs = pairs
             try:
                 summary, ema = tiue_loop(parts, recipe, mixture, accelerator, output_dir=project, resume=resume,
                                          callback=callback)

@@ -1,4 +1,4 @@
-"""How close a TiUE student's samples are to its teacher's: the energy distance between their z_0 distributions."""
+"""How close a TiUE student's samples are to its teacher's: the energy distances of latents and images; a metric."""
 
 from __future__ import annotations
 
@@ -33,19 +33,32 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(2 * torch.cdist(x, y).mean() - within(x) - within(y))
 
 
+def _decoded(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """`latents` decoded by `pipe`'s VAE to float pixels in [0, 1], N x H x W x C on the CPU."""
+    vae = pipe.vae
+    pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return (pixels.float().cpu() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
+
 @torch.no_grad()
 def sample_distance(teacher, student, prompts: list[str], *, images_per_prompt: int = 4, num_inference_steps: int = 25,
-                    guidance_scale: float = 4.5, resolution: int | None = None, seed: int = 0) -> dict:
+                    guidance_scale: float = 4.5, resolution: int | None = None, seed: int = 0,
+                    metric: str | None = None) -> dict:
     r"""
     Sample the teacher (a [`~diffusers.StableDiffusionPipeline`], DDIM at `num_inference_steps` with CFG) and the
-    student (a [`TiUEPipeline`]) on `prompts`, `images_per_prompt` each from the same seeded noise, and compare their
-    z_0 latents: the energy distance between the two sets (the student's distribution against the teacher's,
-    headline), its mean over prompts (per-prompt distributions), and the mean distance of same-noise pairs.
+    student (a [`TiUEPipeline`]) on `prompts`, `images_per_prompt` each from the same seeded noise, and compare them:
+    - their z_0 latents: the energy distance between the two sets (the student's distribution against the teacher's),
+      its mean over prompts (per-prompt distributions), and the mean distance of same-noise pairs;
+    - their images (decoded by the student's VAE, pixels in [0, 1]): the same two energy distances. A latent distance
+      weighs every latent channel alike, the image one what is seen; on the toy world only the image one ranks
+      students as the checker does (BENCHMARKS.md, the TiUE ablation);
+    - with `metric` (a registered image metric, `encoder_shrink.evaluation.registered_metrics()`: `"checker"` on the
+      toy world, `"clip"`), its headline score of the teacher's and the student's images.
 
     Example:
 
     ```python
-    >>> sample_distance(sd_pipe, tiue_pipe, ["a red circle"])["energy_distance"]  # doctest: +SKIP
+    >>> sample_distance(sd_pipe, tiue_pipe, ["a red circle"], metric="checker")["student_score"]  # doctest: +SKIP
     ```
     """
     scale = student.vae_scale_factor
@@ -64,17 +77,33 @@ def sample_distance(teacher, student, prompts: list[str], *, images_per_prompt: 
         ).images.float().cpu())
     teacher_all, student_all = torch.cat(teacher_latents), torch.cat(student_latents)
     finite = bool(torch.isfinite(student_all).all())
-    return {
-        "energy_distance": energy_distance(teacher_all, student_all) if finite else float("inf"),
-        "per_prompt_energy_distance": float(np.mean([energy_distance(t, s) for t, s in
-                                                     zip(teacher_latents, student_latents, strict=True)]))
-        if finite else float("inf"),
+
+    def distances(teacher_rows: list[torch.Tensor], student_rows: list[torch.Tensor]) -> tuple[float, float]:
+        if not finite:
+            return float("inf"), float("inf")
+        return (energy_distance(torch.cat(teacher_rows), torch.cat(student_rows)),
+                float(np.mean([energy_distance(t, s) for t, s in zip(teacher_rows, student_rows, strict=True)])))
+
+    latent, latent_per_prompt = distances(teacher_latents, student_latents)
+    result = {
+        "energy_distance": latent,
+        "per_prompt_energy_distance": latent_per_prompt,
         "paired_l2": float((teacher_all - student_all).flatten(1).norm(dim=1).mean()),
         "teacher_std": float(teacher_all.std()),
         "student_std": float(student_all.std()),
-        "prompts": len(prompts),
-        "images_per_prompt": images_per_prompt,
-        "teacher_steps": num_inference_steps,
-        "guidance_scale": guidance_scale,
-        "resolution": size,
     }
+    teacher_images = [_decoded(student, t) for t in teacher_latents]
+    student_images = [_decoded(student, s) for s in student_latents] if finite else []
+    result["image_energy_distance"], result["per_prompt_image_energy_distance"] = distances(teacher_images,
+                                                                                            student_images)
+    if metric is not None:
+        from encoder_shrink.evaluation.metrics import get_metric, score_images
+
+        headline = get_metric(metric).headline[0]
+        repeated = [p for p in prompts for _ in range(images_per_prompt)]
+        result.update(metric=metric, metric_figure=headline,
+                      teacher_score=float(score_images(torch.cat(teacher_images).numpy(), repeated, metric)[headline]),
+                      student_score=float(score_images(torch.cat(student_images).numpy(), repeated, metric)[headline])
+                      if finite else float("nan"))
+    return {**result, "prompts": len(prompts), "images_per_prompt": images_per_prompt,
+            "teacher_steps": num_inference_steps, "guidance_scale": guidance_scale, "resolution": size}

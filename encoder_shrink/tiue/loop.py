@@ -13,7 +13,7 @@ import torch
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
-from encoder_shrink.tiue.losses import fake_score_loss, kl_loss, vsd_loss
+from encoder_shrink.tiue.losses import fake_score_loss, kl_loss, regression_loss, vsd_loss
 from encoder_shrink.tiue.sampler import TiUESampler
 from encoder_shrink.tiue.schedule import DDIMCombine
 from encoder_shrink.training.checkpoint import TrainingState
@@ -40,6 +40,7 @@ class TiUEParts:
         uncond: the empty prompt's conditioning, one row.
         latent_shape: `(channels, height, width)` of the student's latents.
         mixture: the prompt mixture (`.batch(step, size, stream=process)`).
+        pairs: the teacher's ODE pairs for the regression term, `(prompts, noise, z_0)` (`None`: no regression).
     """
 
     student: torch.nn.Module
@@ -50,6 +51,7 @@ class TiUEParts:
     uncond: torch.Tensor
     latent_shape: tuple[int, int, int]
     mixture: object = None
+    pairs: tuple[list[str], torch.Tensor, torch.Tensor] | None = None
 
 
 def _epsilon(prediction: torch.Tensor, noisy: torch.Tensor, alphas: torch.Tensor, prediction_type: str):
@@ -157,7 +159,8 @@ def step(b: TiUEBuilt, run: TrainingRun, at: int) -> dict:
     2. variational score distillation: z_0 is noised to z_t at t ~ U[min_timestep, max_timestep]; the teacher (the
        fake score's UNet with its adapters off) and the fake score predict its noise with CFG; their difference,
        weighted by sigma_t^2, is the gradient sent into z_0, plus lambda times the KL term on the K x B predictions;
-       one student step (clipped), then the EMA;
+       with `regression_weight`, plus DMD's regression of the student's z_0 from teacher ODE pairs' noise onto
+       their z_0; one student step (clipped), then the EMA;
     3. the fake score (LoRA only) learns the student's current distribution: the detached z_0 noised at
        t ~ U[0, 1000), the empty prompt on a `uncond_probability` share of rows; one LoRA step (clipped). With
        `fake_updates` > 1 (DMD2's two time-scale rule), more LoRA steps follow the student's, each on a fresh z_0 of
@@ -202,6 +205,10 @@ def step(b: TiUEBuilt, run: TrainingRun, at: int) -> dict:
     # (For a v-prediction UNet the decoder's outputs are v, which is also unit-variance: the KL reads them.)
     loss_kl = kl_loss(outputs, recipe.kl_reduction)
     loss = loss_vsd + recipe.kl_weight * loss_kl
+    losses = {}
+    if recipe.regression_weight > 0:  # DMD's regression: the student maps a pair's noise to the teacher's z_0
+        losses["regression"] = _regression(b, at)
+        loss = loss + recipe.regression_weight * losses["regression"]
     run.guard(loss, "student loss")
 
     # 3. the fake score's loss on the student's current samples (LoRA only; the teacher's weights are frozen)
@@ -233,7 +240,21 @@ def step(b: TiUEBuilt, run: TrainingRun, at: int) -> dict:
             fake_losses.append(loss_fake.detach())
             _update_fake_score(b, run, loss_fake, check_norms)
     return {"vsd": loss_vsd.detach(), "kl": loss_kl.detach(), "fake_score": torch.stack(fake_losses).mean(),
-            "lr": b.student_schedule.get_last_lr()[0]}
+            **{name: value.detach() for name, value in losses.items()}, "lr": b.student_schedule.get_last_lr()[0]}
+
+
+def _regression(b: TiUEBuilt, at: int) -> torch.Tensor:
+    """The regression loss on this step's teacher ODE pairs: consecutive rows, by step and process, cycling."""
+    prompts, noise, target = b.parts.pairs
+    batch, accelerator = b.recipe.regression_batch_size, b.accelerator
+    start = (at * accelerator.num_processes + accelerator.process_index) * batch
+    rows = [(start + i) % len(prompts) for i in range(batch)]
+    device = accelerator.device
+    with torch.no_grad():
+        cond = b.parts.encode([prompts[i] for i in rows]).to(device)
+    with accelerator.autocast():
+        sample = b.sampler(noise[rows].to(device) * b.parts.scheduler.init_noise_sigma, cond)
+    return regression_loss(sample, target[rows].to(device))
 
 
 def _fake_loss(b: TiUEBuilt, run: TrainingRun, sample, timesteps, noise, dropped, cond, uncond) -> torch.Tensor:
@@ -270,7 +291,8 @@ def summarize(b: TiUEBuilt, summary: dict) -> dict:
         return {"first": float(np.mean(values[:tenth])), "last": float(np.mean(values[-tenth:])),
                 "per_step": [round(v, 6) for v in values]} if values else {}
 
-    summary["losses"] = {name: summary_of(history.get(name, [])) for name in ("vsd", "kl", "fake_score")}
+    names = ("vsd", "kl", "fake_score", *(("regression",) if "regression" in history else ()))
+    summary["losses"] = {name: summary_of(history.get(name, [])) for name in names}
     return summary
 
 

@@ -1,4 +1,4 @@
-"""The TiUE losses: variational score distillation into z_0, the KL term on the predictions, the fake score's loss."""
+"""The TiUE losses: VSD into z_0, the KL term on the predictions, the fake score's loss, DMD's regression term."""
 
 from __future__ import annotations
 
@@ -59,3 +59,19 @@ def fake_score_loss(prediction_eps: torch.Tensor, noise: torch.Tensor, alphas_cu
     """
     scale = alphas_cumprod.to(noise.dtype).sqrt().reshape(-1, *[1] * (noise.ndim - 1))
     return F.mse_loss((scale * prediction_eps).float(), (scale * noise).float())
+
+
+def regression_loss(sample: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    r"""
+    DMD's regression term (Yin et al. 2024): the distance of the student's z_0 from a teacher ODE pair's noise to the
+    teacher's z_0 from the same noise, here the mean squared error on latents (DMD: LPIPS on images, which needs a
+    pretrained VGG).
+
+    Example:
+
+    ```python
+    >>> regression_loss(torch.ones(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)).item()
+    1.0
+    ```
+    """
+    return F.mse_loss(sample.float(), target.float())

@@ -47,6 +47,12 @@ class TiUERecipe(RecipeBase):
             target, separately from the teacher's sampling guidance (`None`: `guidance_scale`). VSD with a high
             guidance seeks the modes; DMD2 distils SD 1.5 at a guidance of 1.75.
         kl_weight / kl_reduction: lambda of the KL term, averaged (`"mean"`, scale-free) or summed over the K x B maps.
+        regression_weight: weight of DMD's regression term (Yin et al. 2024, arXiv 2311.18828; 0.25 there, with
+            LPIPS): the student maps the noise of a teacher ODE pair to the teacher's z_0 (mean squared error on
+            latents), which anchors each noise to the teacher's layout where VSD alone seeks the modes (0: off).
+        regression_pairs / regression_batch_size / regression_steps: the pairs, made before training by the teacher
+            (DDIM at `regression_steps` with CFG at `guidance_scale`, from seeded noise, on prompts of the recipe's
+            mixture), and how many of them each step regresses.
         min_timestep / max_timestep: range of the uniform VSD timestep (inclusive).
         uncond_probability: share of the fake score's training rows with the empty prompt (its CFG needs them).
         max_grad_norm: gradient clipping of the student and of the LoRA.
@@ -56,7 +62,11 @@ class TiUERecipe(RecipeBase):
         checkpoint_every: full-state checkpoint interval in steps (0: only on interrupt or divergence).
         seed: every random draw of the run (noise, timesteps, prompts, dropped prompts, LoRA init) derives from it.
         eval_prompt_count / eval_images_per_prompt / eval_steps: the distribution distance measured before and after
-            (teacher at `eval_steps` DDIM steps with CFG against the student, on held-out prompts).
+            (teacher at `eval_steps` DDIM steps with CFG against the student, on held-out prompts): energy distances
+            of latents and of decoded images ([`sample_distance`]).
+        eval_metric: a registered image metric (`encoder_shrink.evaluation.registered_metrics()`, e.g. `"checker"`
+            on the toy world, `"clip"`) scoring the teacher's and the student's held-out images beside the distances
+            (`None`: distances only).
 
     Example:
 
@@ -92,12 +102,17 @@ class TiUERecipe(RecipeBase):
     distill_guidance_scale: float | None = None
     kl_weight: float = 0.1
     kl_reduction: str = "mean"
+    regression_weight: float = 0.0
+    regression_pairs: int = 1024
+    regression_batch_size: int = 8
+    regression_steps: int = 25
     min_timestep: int = 20
     max_timestep: int = 980
     uncond_probability: float = 0.1
     ema_decay: float | None = 0.9999
     eval_images_per_prompt: int = 4
     eval_steps: int = 25
+    eval_metric: str | None = None
 
     def __post_init__(self):
         self.sources = [
@@ -112,7 +127,8 @@ class TiUERecipe(RecipeBase):
         if not isinstance(self.fake_updates, int) or isinstance(self.fake_updates, bool):
             raise RecipeError(f"recipe {self.name!r}: fake_updates must be a whole number, got {self.fake_updates!r}.")
         positive = ("num_steps", "lora_learning_rate", "lora_rank", "fake_updates", "guidance_scale",
-                    "eval_images_per_prompt", "eval_steps")
+                    "eval_images_per_prompt", "eval_steps", "regression_pairs", "regression_batch_size",
+                    "regression_steps")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not value > 0:
@@ -127,8 +143,9 @@ class TiUERecipe(RecipeBase):
             raise RecipeError(f"recipe {self.name!r}: lora_alpha must be positive or null, got {self.lora_alpha!r}.")
         if not self.lora_target_modules:
             raise RecipeError(f"recipe {self.name!r}: lora_target_modules is empty; the paper uses [to_q, to_v].")
-        if self.kl_weight < 0:
-            raise RecipeError(f"recipe {self.name!r}: kl_weight must be >= 0, got {self.kl_weight!r}.")
+        for name in ("kl_weight", "regression_weight"):
+            if isinstance(getattr(self, name), bool) or not getattr(self, name) >= 0:
+                raise RecipeError(f"recipe {self.name!r}: {name} must be >= 0, got {getattr(self, name)!r}.")
         if not 0 <= self.min_timestep <= self.max_timestep <= 999:
             raise RecipeError(
                 f"recipe {self.name!r}: need 0 <= min_timestep <= max_timestep <= 999, got "
@@ -141,6 +158,10 @@ class TiUERecipe(RecipeBase):
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise RecipeError(f"recipe {self.name!r}: ema_decay must be in (0, 1) or null, got {self.ema_decay!r}.")
         self._check_choices(("kl_reduction", KL_REDUCTIONS), ("timestep_spacing", TIMESTEP_SPACINGS))
+        if self.eval_metric is not None:
+            from encoder_shrink.evaluation import registered_metrics
+
+            self._check_choices(("eval_metric", registered_metrics()))
         if self.num_steps == 1 and self.timestep_spacing != "trailing":
             raise RecipeError(
                 f"recipe {self.name!r}: num_steps 1 with timestep_spacing {self.timestep_spacing!r} samples at t = 1 "

@@ -5,9 +5,11 @@ Run:  python -m encoder_shrink.toy.tiue_ablation --output benchmarks/results/tiu
 An arm is `toy-tiue` with the overrides of one remedy (`ARMS`), or several joined with "+" (`ttur5+guidance2`).
 Every arm trains the same steps on the same prompts; each (arm, K, seed) row is then scored on the same held-out
 prompts and seeds with `demo --tiue`'s metrics: checker accuracy per category and kind, position spread and
-appearance, UNet FLOPs, and the training's wall time, beside the training summary's latent energy distance (does it
-rank the arms as the checker does?). Resumable: a scored row is kept in OUTPUT/runs/ and not trained again, and a
-run killed mid-way continues from its checkpoints in OUTPUT/work/.
+appearance, UNet FLOPs, and the training's wall time, beside the training summary's figures (latent and image energy
+distances, the checker's score of its own held-out images): does each rank the arms as the checker does? Resumable: a
+scored row is kept in OUTPUT/runs/ and not trained again, and a run killed mid-way continues from its checkpoints in
+OUTPUT/work/ (not results: keep it out of version control). Several processes may share one OUTPUT, each with its own
+arms (`OMP_NUM_THREADS=1` each on a small machine: the toy UNet's ops are too small for two threads to pay).
 """
 
 from __future__ import annotations
@@ -40,9 +42,17 @@ ARMS: dict[str, dict] = {
     "rank64": {"lora_rank": 64, "lora_alpha": 64},
     # the KL term summed over the K x B maps (the paper's), 0.1 as the paper
     "kl-sum": {"kl_reduction": "sum"},
+    # DMD's regression on teacher ODE pairs (Yin et al. 2024), DMD's weight 0.25 (there on LPIPS, here latent MSE):
+    # 1,024 pairs at the teacher's 25 DDIM steps with CFG, 8 regressed per step
+    "regress": {"regression_weight": 0.25},
 }
 # The two students of every arm: the paper's K = 4, and the one-step ablation (its one timestep at 999).
 KS = {4: {"num_steps": 4}, 1: {"num_steps": 1, "timestep_spacing": "trailing"}}
+# The training summary's figures (`distance_after`, on its own 8 held-out prompts x 4 seeds) whose ranking of the
+# students is compared with the demo's accuracy and spread; a distance ranks lower-is-better.
+SUMMARY_FIGURES = {"energy_distance": "latent energy distance", "per_prompt_energy_distance": "per-prompt latent",
+                   "image_energy_distance": "image energy distance", "per_prompt_image_energy_distance":
+                   "per-prompt image", "student_score": "checker score"}
 # The demo's held-out evaluation (`encoder_shrink.toy.tiue_demo`): 64 prompts x 8 seeds.
 EVAL_PROMPTS = 64
 SEEDS = 8
@@ -127,11 +137,14 @@ def _student_row(arm: str, k: int, seed: int, teacher, work: Path, common: dict,
         return pipe(p, generator=generators, output_type=output_type, height=IMAGE_SIZE, width=IMAGE_SIZE).images
 
     held_out, prompts, noise = _held_out(eval_prompts, seeds)
+    import torch
+
     # (train_seconds: this invocation's; a resumed run, steps_this_run < steps, counts only its last part)
     return {"arm": arm, "k": k, "seed": seed, "overrides": overrides, **_scored(draw, prompts, noise, seeds),
             "unet_flops": unet_flops(draw, held_out[0]), "train_seconds": round(trained, 1),
+            "threads": torch.get_num_threads(),
             "steps": summary["steps"], "steps_this_run": summary["steps_this_run"],
-            "energy_distance": summary["distance_after"]["energy_distance"]}
+            **{name: summary["distance_after"][name] for name in SUMMARY_FIGURES if name in summary["distance_after"]}}
 
 
 def measure(output: str | Path, arms: list[str], ks: list[int], seeds_of_arm: dict[str, list[int]] | None = None,
@@ -199,32 +212,38 @@ def measure(output: str | Path, arms: list[str], ks: list[int], seeds_of_arm: di
 
 def agreement(rows: list[dict]) -> dict:
     r"""
-    Whether the training summary's latent energy distance ranks the students as the checker does: Spearman's rank
-    correlation of (minus) the distance with the checker's overall accuracy, per K (1.0: the same order).
+    Whether each training-summary figure (`SUMMARY_FIGURES`) ranks the students as the demo's measures do: Spearman's
+    rank correlation of the figure (minus a distance) with the checker's overall accuracy and with the position
+    spread, per K (1.0: the same order; `None` where either ranking is flat; figures fewer than two rows have are
+    left out).
 
     Example:
 
     ```python
-    >>> agreement([{"k": 4, "energy_distance": 0.1, "accuracy": {"overall": 0.8}},
-    ...            {"k": 4, "energy_distance": 0.2, "accuracy": {"overall": 0.7}}])
-    {'k4': 1.0}
+    >>> agreement([{"k": 4, "energy_distance": 0.1, "accuracy": {"overall": 0.8}, "diversity": {"position": 1.0}},
+    ...            {"k": 4, "energy_distance": 0.2, "accuracy": {"overall": 0.7}, "diversity": {"position": 1.5}}])
+    {'energy_distance': {'k4': {'accuracy': 1.0, 'spread': -1.0}}}
     ```
     """
     def ranks(values):
         order = np.argsort(np.argsort(values, kind="stable"), kind="stable")
         return order.astype(float)
 
-    result = {}
-    for k in sorted({r["k"] for r in rows}, reverse=True):
-        group = [r for r in rows if r["k"] == k]
-        if len(group) < 2:
-            continue
-        a = ranks([-r["energy_distance"] for r in group])
-        b = ranks([r["accuracy"]["overall"] for r in group])
-        if a.std() == 0 or b.std() == 0:
-            result[f"k{k}"] = None
-            continue
-        result[f"k{k}"] = round(float(np.corrcoef(a, b)[0, 1]), 3)
+    def spearman(a, b):
+        a, b = ranks(a), ranks(b)
+        return None if a.std() == 0 or b.std() == 0 else round(float(np.corrcoef(a, b)[0, 1]), 3)
+
+    result: dict = {}
+    for figure in SUMMARY_FIGURES:
+        sign = 1 if figure == "student_score" else -1
+        for k in sorted({r["k"] for r in rows}, reverse=True):
+            group = [r for r in rows if r["k"] == k and r.get(figure) is not None]
+            if len(group) < 2:
+                continue
+            ours = [sign * r[figure] for r in group]
+            result.setdefault(figure, {})[f"k{k}"] = {
+                "accuracy": spearman(ours, [r["accuracy"]["overall"] for r in group]),
+                "spread": spearman(ours, [r["diversity"]["position"] for r in group])}
     return result
 
 
@@ -244,14 +263,23 @@ def table(results: dict) -> str:
              f"checker accuracy, position spread (px) and appearance; latent energy distance from the training "
              f"summary.", "",
              "| run | overall | " + " | ".join(categories[1:]) + " | position spread | appearance | x fewer UNet "
-             "FLOPs | energy distance | train s |", "|---|" + "---:|" * (len(categories) + 5)]
+             "FLOPs | latent energy distance | image energy distance | summary checker score | train s |",
+             "|---|" + "---:|" * (len(categories) + 7)]
     for name, r in teacher.items():
-        lines.append(line(name, r, "| |"))
+        lines.append(line(name, r, "| | | |"))
+
+    def figure(r, name, spec):
+        return "" if r.get(name) is None else format(r[name], spec)
+
     for r in results["rows"]:
         lines.append(line(f"{r['arm']} K={r['k']} seed {r['seed']}", r,
-                          f"{r['energy_distance']:.4f} | {r['train_seconds']:.0f} |"))
-    lines += ["", "Rank agreement of the energy distance with the checker (Spearman, per K): "
-              + ", ".join(f"{k} {v}" for k, v in results["agreement"].items())]
+                          f"{figure(r, 'energy_distance', '.4f')} | {figure(r, 'image_energy_distance', '.3f')} | "
+                          f"{figure(r, 'student_score', '.3f')} | {r['train_seconds']:.0f} |"))
+    lines += ["", "Rank agreement of each training-summary figure with the checker's accuracy and with the position "
+              "spread (Spearman over the runs, per K; 1: the same order):", ""]
+    for name, by_k in results["agreement"].items():
+        lines.append(f"- {SUMMARY_FIGURES[name]}: " + "; ".join(
+            f"K={k[1:]} accuracy {v['accuracy']}, spread {v['spread']}" for k, v in by_k.items()))
     return "\n".join(lines)
 
 

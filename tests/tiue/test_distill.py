@@ -239,6 +239,61 @@ def test_distill_guidance_sets_the_vsd_target_and_not_the_teachers_sampling(sd_d
         load_tiue_recipe("tiny-tiue").with_overrides(fake_updates=2.5).__post_init__()
 
 
+def test_the_regression_term_pulls_the_student_onto_the_teachers_ode_pairs_and_resumes_bit_identical(sd_dir, tmp_path):
+    from encoder_shrink.data import build_mixture
+    from encoder_shrink.tiue.losses import regression_loss
+
+    # DMD's regression: 8 teacher ODE pairs (DDIM 2 steps), 4 regressed per step, weighted heavily for a 4-step run
+    options = dict(regression_weight=50.0, regression_pairs=8, regression_batch_size=4, regression_steps=2, **QUICK)
+    distiller = TiUEDistiller(_pipe(sd_dir))
+    full = distiller.distill(recipe="tiny-tiue", output_dir=tmp_path / "full", **options)
+    assert len(distiller.summary["losses"]["regression"]["per_step"]) == 4
+    with pytest.raises(KeyboardInterrupt):
+        TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", output_dir=tmp_path / "cut",
+                                             callback=_interrupt_at(2), **options)
+    resumed = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", output_dir=tmp_path / "cut", resume=True,
+                                                   **options)
+    for (name, a), b in zip(full.unet.state_dict().items(), resumed.unet.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    without = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", **QUICK)
+
+    # the pairs, made again from the recipe: the regressed student lands nearer the teacher's z_0 than one without
+    pipe = _pipe(sd_dir)
+    recipe = load_tiue_recipe("tiny-tiue").with_overrides(**{k: v for k, v in options.items() if k != "prompts"})
+    teacher = TiUEDistiller(pipe)._teacher_sampler(sd_ddim_scheduler(pipe.scheduler))
+    prompts, noise, target = TiUEDistiller(pipe).teacher_pairs(
+        teacher, build_mixture(recipe.stage, PROMPTS, seed=recipe.seed), recipe, "cpu")
+    assert len(prompts) == 8 and noise.shape == target.shape == (8, 4, 8, 8)
+
+    def distance(tiue):
+        with torch.no_grad():
+            sample = tiue(prompts, height=16, width=16, latents=noise, output_type="latent").images
+        return float(regression_loss(sample, target))
+
+    assert distance(full) < 0.9 * distance(without), (distance(full), distance(without))
+    with pytest.raises(RecipeError, match="regression_weight must be >= 0, got -1"):
+        recipe.with_overrides(regression_weight=-1).__post_init__()
+
+
+def test_the_fake_scores_rank_and_targets_and_the_kl_reduction_change_what_they_claim(sd_dir, tmp_path):
+    # a stronger fake score: rank 8 on four attention projections (tiny-tiue's: rank 4 on to_q and to_v by default)
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    with pytest.raises(KeyboardInterrupt):
+        TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", output_dir=tmp_path / "rank", lora_rank=8,
+                                             lora_alpha=8, lora_target_modules=targets, callback=_interrupt_at(1),
+                                             **QUICK)
+    lora = load_file(latest_checkpoint(tmp_path / "rank") / "fake_score_lora.safetensors")
+    down = {name: t for name, t in lora.items() if "lora_A" in name}
+    assert down and all(t.shape[0] == 8 for t in down.values())
+    assert {next(m for m in targets if f".{m}.lora_A" in name) for name in down} == set(targets)
+    # the KL term summed over the K x B maps is the mean times their count, and trains another student
+    maps = torch.randn(16, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 2
+    assert torch.allclose(kl_loss(maps, "sum"), 16 * kl_loss(maps, "mean"))
+    mean = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", **{**QUICK, "max_steps": 2})
+    summed = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", kl_reduction="sum", **{**QUICK, "max_steps": 2})
+    assert any(not torch.equal(a, b) for a, b in zip(mean.unet.parameters(), summed.unet.parameters(), strict=True))
+
+
 def test_a_non_finite_loss_saves_the_last_good_state_and_stops(sd_dir, tmp_path):
     pipe = _pipe(sd_dir)
     with torch.no_grad():

@@ -11,14 +11,20 @@ from encoder_shrink.toy.tiue_ablation import agreement, arm_overrides, main
 from tests.doctests import run_docstring_examples
 
 
-def test_arms_and_the_agreement_of_the_energy_distance_with_the_checker():
+def test_arms_and_the_agreement_of_the_summary_figures_with_the_checker():
     assert arm_overrides("today") == {}
     assert arm_overrides("rank64+ttur5") == {"lora_rank": 64, "lora_alpha": 64, "fake_updates": 5}
     with pytest.raises(InvalidArgumentError, match="unknown ablation arm 'ttur9' in 'today\\+ttur9'"):
         arm_overrides("today+ttur9")
-    rows = [{"k": 4, "energy_distance": d, "accuracy": {"overall": a}}
-            for d, a in ((0.1, 0.6), (0.2, 0.8), (0.3, 0.7))]
-    assert agreement(rows) == {"k4": -0.5}  # the distance ranks them 1, 2, 3; the checker 3, 1, 2
+    rows = [{"k": 4, "energy_distance": d, "student_score": score, "accuracy": {"overall": a},
+             "diversity": {"position": spread}}
+            for d, score, a, spread in ((0.1, 0.5, 0.6, 2.0), (0.2, 0.9, 0.8, 1.5), (0.3, 0.7, 0.7, 1.0))]
+    # a K alone has no ranking
+    rows.append({"k": 1, "energy_distance": 0.5, "accuracy": {"overall": 0.5}, "diversity": {"position": 1.0}})
+    # the distance ranks them 1, 2, 3, the checker 3, 1, 2 and the spread 1, 2, 3; the summary's score ranks them as
+    # the checker does
+    assert agreement(rows) == {"energy_distance": {"k4": {"accuracy": -0.5, "spread": 1.0}},
+                               "student_score": {"k4": {"accuracy": 1.0, "spread": -0.5}}}
     import encoder_shrink.toy.tiue_ablation
 
     assert run_docstring_examples(encoder_shrink.toy.tiue_ablation) >= 1
@@ -41,6 +47,9 @@ def test_the_ablation_trains_each_arm_to_one_budget_scores_it_and_resumes(tmp_pa
     for row in rows.values():
         assert row["steps"] == 2 and row["k"] == 1 and 0 <= row["accuracy"]["overall"] <= 1
         assert row["diversity"]["position_prompts"] <= 4 and row["unet_flops"] > 0
+        # the training summary's figures beside the checker's: latent and image distances, the recipe's metric
+        assert row["energy_distance"] > 0 and row["image_energy_distance"] > 0 and 0 <= row["student_score"] <= 1
+    assert set(results["agreement"]) >= {"energy_distance", "image_energy_distance", "student_score"}
     teacher = results["teacher"]["teacher 25 steps"]
     assert teacher["unet_flops"] > 10 * rows["today"]["unet_flops"]  # 25 steps with CFG against one pass
     assert "today K=1 seed 0" in (out / "results.md").read_text() and (out / "results.png").stat().st_size > 0

@@ -79,7 +79,8 @@ def test_students_are_remade_by_the_recipe_and_load_with_their_schedule(tmp_path
 
     # Fields added since they were trained, at the values that train as they were trained (one fake-score update per
     # student step; the VSD target at the sampling guidance).
-    added = {"fake_updates": 1, "distill_guidance_scale": None}
+    # (eval_metric scores the summary's held-out images: it trains nothing)
+    added = {"fake_updates": 1, "distill_guidance_scale": None, "eval_metric": "checker"}
     for name, overrides in STUDENTS.items():
         recorded = json.loads((BUNDLED_TIUE / name / "training_summary.json").read_text())["recipe"]
         assert {**added, **recorded} == load_tiue_recipe("toy-tiue").with_overrides(**overrides).to_dict(), name
@@ -91,6 +92,31 @@ def test_students_are_remade_by_the_recipe_and_load_with_their_schedule(tmp_path
         load_toy_tiue("k2")
     with pytest.raises(InputNotFoundError, match="python -m encoder_shrink.toy.tiue_students --students k4"):
         load_toy_tiue("k4", tmp_path)
+
+
+def test_the_summary_distance_reads_images_and_the_checker_beside_the_latents():
+    """`sample_distance`, the training summary's figures: a student that draws the toy world's images is closer to the
+    teacher in image space and scores higher on the checker than one whose UNet is random."""
+    from diffusers import UNet2DConditionModel
+
+    from encoder_shrink.tiue import sample_distance
+    from encoder_shrink.toy.sd_teacher import load_toy_sd_teacher
+
+    teacher, student = load_toy_sd_teacher(), load_toy_tiue("k4")
+    for pipe in (teacher, student):
+        pipe.set_progress_bar_config(disable=True)
+    prompts = ["a red circle", "a green triangle", "two blue squares"]
+    options = dict(images_per_prompt=2, num_inference_steps=4, guidance_scale=3.0, resolution=32, metric="checker")
+    trained = sample_distance(teacher, student, prompts, **options)
+    torch.manual_seed(0)
+    student.register_modules(unet=UNet2DConditionModel.from_config(student.unet.config))
+    random = sample_distance(teacher, student, prompts, **options)
+    assert trained["metric"] == "checker" and trained["metric_figure"] == "overall"
+    assert trained["teacher_score"] == random["teacher_score"]  # the same teacher images
+    assert random["student_score"] < trained["student_score"]
+    assert trained["image_energy_distance"] < random["image_energy_distance"]  # (unbiased: a few rows may dip below 0)
+    assert trained["per_prompt_image_energy_distance"] < random["per_prompt_image_energy_distance"]
+    assert "student_score" not in sample_distance(teacher, student, prompts[:1], **{**options, "metric": None})
 
 
 def test_docstring_examples_run():
