@@ -49,7 +49,10 @@ register_training_method(
         default_recipe="sd21-tiue",
         default_output="encoder-shrink-tiue",
         overrides=(("max_steps", int), ("batch_size", int), ("learning_rate", float), ("lora_learning_rate", float),
-                   ("resolution", int), ("checkpoint_every", int), ("gradient_checkpointing", bool)),
+                   ("resolution", int), ("checkpoint_every", int), ("gradient_checkpointing", bool),
+                   # the remedies for VSD's mode seeking (docs/tiue.md)
+                   ("fake_updates", int), ("distill_guidance_scale", float), ("lora_rank", int),
+                   ("kl_weight", float), ("regression_weight", float)),
         dtype_help="dtype of the frozen teacher (the student trains in fp32)",
         run="encoder_shrink.tiue.command:run",
     ),

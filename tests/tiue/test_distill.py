@@ -331,12 +331,15 @@ def _unet(output: Path) -> dict[str, torch.Tensor]:
 def test_cli_kill_9_then_resume_ends_bit_identical_and_generates(sd_dir, tmp_path, capsys):
     # The uninterrupted run and the generation run in this process (the CLI's own entry); the killed run and its
     # resume are processes of their own.
+    # With two of the remedies on (flags of the CLI): two fake-score updates per step, DMD's regression term.
+    remedies = ("--fake-updates", "2", "--regression-weight", "0.5")
     full = tmp_path / "full"
-    assert main(_cli(sd_dir, full)[3:]) == 0
+    assert main(_cli(sd_dir, full, *remedies)[3:]) == 0
     assert "TiUE pipeline written to" in capsys.readouterr().out
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_cli(sd_dir, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(_cli(sd_dir, killed, *remedies), env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while latest_checkpoint(killed) is None and process.poll() is None and time.monotonic() < deadline:
@@ -346,13 +349,15 @@ def test_cli_kill_9_then_resume_ends_bit_identical_and_generates(sd_dir, tmp_pat
     finally:
         process.kill()
     assert latest_checkpoint(killed) is not None and not (killed / "pipeline").exists()
-    resumed = subprocess.run(_cli(sd_dir, killed, "--resume"), env=_env(), capture_output=True, text=True,
+    resumed = subprocess.run(_cli(sd_dir, killed, *remedies, "--resume"), env=_env(), capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     first, second = _unet(full), _unet(killed)
     assert first.keys() == second.keys() and all(torch.equal(first[n], second[n]) for n in first)
     summary = json.loads((killed / "training_summary.json").read_text())
     assert summary["steps"] == 8 and 0 < summary["steps_this_run"] < 8
+    assert (summary["recipe"]["fake_updates"], summary["recipe"]["regression_weight"]) == (2, 0.5)
+    assert "regression" in summary["losses"]
 
     images = tmp_path / "images"
     assert main(["tiue", "generate", "--pipeline", str(full / "pipeline"), "--prompt", "a red circle", "a cat",
