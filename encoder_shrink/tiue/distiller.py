@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 PIPELINE = "pipeline"
 # The prompt mixture's stream of the regression term's pairs (processes train on streams 0, 1, ...).
 PAIRS_STREAM = 2**32 - 1
+# The file in a run folder that keeps the regression term's pairs for a resumed run.
+PAIRS_FILE = "regression_pairs.safetensors"
 
 
 def sd_ddim_scheduler(scheduler, timestep_spacing: str = "leading"):
@@ -152,15 +154,30 @@ class TiUEDistiller:
         )
 
     @torch.no_grad()
-    def teacher_pairs(self, teacher, mixture, recipe: TiUERecipe,
-                      device) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    def teacher_pairs(self, teacher, mixture, recipe: TiUERecipe, device, folder: Path | None = None,
+                      write: bool = True) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         r"""
         The regression term's teacher ODE pairs `(prompts, noise, z_0)`: `recipe.regression_pairs` prompts of the
         mixture (their own stream), each with seeded noise, sampled by `teacher` (DDIM at `recipe.regression_steps`
-        with CFG at `recipe.guidance_scale`) to its z_0. A function of the recipe's seed: a resumed run makes the
-        same pairs.
+        with CFG at `recipe.guidance_scale`) to its z_0. With a run `folder`, they are kept in its
+        `regression_pairs.safetensors` (written where `write`: by the main process) and a resumed run reads them
+        back (on a GPU, sampling them again need not give the same bits).
         """
+        import json
+
+        from safetensors.torch import load_file, save_file
         from tqdm.auto import tqdm
+
+        from encoder_shrink.files import atomic_path
+
+        kept = folder / PAIRS_FILE if folder is not None else None
+        if kept is not None and kept.is_file():
+            from safetensors import safe_open
+
+            with safe_open(kept, "pt") as handle:
+                prompts = json.loads(handle.metadata()["prompts"])
+            tensors = load_file(kept)
+            return prompts, tensors["noise"], tensors["z_0"]
 
         count, scale = recipe.regression_pairs, self.pipe.vae_scale_factor
         # (a stream no process trains on: the pairs' prompts are drawn apart from every training batch)
@@ -174,7 +191,12 @@ class TiUEDistiller:
                 prompts[rows], height=recipe.resolution, width=recipe.resolution, output_type="latent",
                 num_inference_steps=recipe.regression_steps, guidance_scale=recipe.guidance_scale,
                 latents=noise[rows].to(device, teacher.unet.dtype)).images.float().cpu())
-        return prompts, noise, torch.cat(latents)
+        target = torch.cat(latents)
+        if kept is not None and write:
+            with atomic_path(kept) as temp:
+                save_file({"noise": noise.contiguous(), "z_0": target.contiguous()}, temp,
+                          metadata={"prompts": json.dumps(prompts)})
+        return prompts, noise, target
 
     def distill(
         self,
@@ -214,7 +236,7 @@ class TiUEDistiller:
         pipe = self.pipe
         record = {"method": "tiue", "pipeline": type(pipe).__name__, "recipe": recipe.to_dict()}
         if output_dir is not None:  # before anything is built: a folder holding another run is refused now
-            check_run_folder(output_dir, record, resume=resume, overwrite=overwrite, outputs=(PIPELINE,))
+            check_run_folder(output_dir, record, resume=resume, overwrite=overwrite, outputs=(PIPELINE, PAIRS_FILE))
         vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         if recipe.resolution % vae_scale:
             raise InvalidArgumentError(
@@ -232,7 +254,8 @@ class TiUEDistiller:
         accelerator = make_accelerator(recipe.mixed_precision, project)
         # The folder is locked and its record written from here; a failure before the first checkpoint leaves it as
         # it was found.
-        with claim_for_run(accelerator, project, record, resume=resume, overwrite=overwrite, outputs=(PIPELINE,)):
+        with claim_for_run(accelerator, project, record, resume=resume, overwrite=overwrite,
+                           outputs=(PIPELINE, PAIRS_FILE)):
             start_tracking(accelerator, "encoder-shrink-tiue", recipe.to_dict())
             device = accelerator.device
             for module in (pipe.vae, pipe.text_encoder, pipe.unet):
@@ -246,7 +269,8 @@ class TiUEDistiller:
             before = sample_distance(teacher, tiue, held_out, **distance)
 
             # (the pairs before the fake score's LoRA joins the teacher's UNet)
-            pairs = self.teacher_pairs(teacher, mixture, recipe, device) if recipe.regression_weight > 0 else None
+            pairs = (self.teacher_pairs(teacher, mixture, recipe, device, project, write=accelerator.is_main_process)
+                     if recipe.regression_weight > 0 else None)
             self.add_fake_score(recipe)
             parts = self.build_parts(recipe, device, student, tiue, combine, scheduler)
             parts.pairs = pairs

@@ -255,6 +255,7 @@ def test_the_regression_term_pulls_the_student_onto_the_teachers_ode_pairs_and_r
                                                    **options)
     for (name, a), b in zip(full.unet.state_dict().items(), resumed.unet.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    assert (tmp_path / "cut" / "regression_pairs.safetensors").is_file()  # the resumed run read the pairs it made
     without = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", **QUICK)
 
     # the pairs, made again from the recipe: the regressed student lands nearer the teacher's z_0 than one without
@@ -262,8 +263,10 @@ def test_the_regression_term_pulls_the_student_onto_the_teachers_ode_pairs_and_r
     recipe = load_tiue_recipe("tiny-tiue").with_overrides(**{k: v for k, v in options.items() if k != "prompts"})
     teacher = TiUEDistiller(pipe)._teacher_sampler(sd_ddim_scheduler(pipe.scheduler))
     prompts, noise, target = TiUEDistiller(pipe).teacher_pairs(
-        teacher, build_mixture(recipe.stage, PROMPTS, seed=recipe.seed), recipe, "cpu")
+        teacher, build_mixture(recipe.stage, PROMPTS[:-1], seed=recipe.seed), recipe, "cpu")  # (the last: held out)
     assert len(prompts) == 8 and noise.shape == target.shape == (8, 4, 8, 8)
+    kept = TiUEDistiller(pipe).teacher_pairs(None, None, recipe, "cpu", folder=tmp_path / "full")
+    assert torch.equal(kept[1], noise) and torch.equal(kept[2], target)  # the run's kept pairs are these
 
     def distance(tiue):
         with torch.no_grad():
