@@ -106,6 +106,22 @@ def write_tiue_model_card(folder: str | Path, summary: dict) -> Path:
     )
     measured = (f"{after['prompts']} held-out prompts x {after['images_per_prompt']} seeds, teacher DDIM "
                 f"{after['teacher_steps']} steps with CFG {after['guidance_scale']}, {after['resolution']} px")
+    rows = ""
+    if "image_energy_distance" in after:  # (summaries written before images were measured lack it)
+        rows += (f"| energy distance to the teacher's images | {before['image_energy_distance']:.4g} before, "
+                 f"**{after['image_energy_distance']:.4g}** |\n")
+    if after.get("metric"):
+        rows += (f"| {after['metric']} ({after['metric_figure']}) of the images | teacher "
+                 f"{after['teacher_score']:.4g}, student before {before['student_score']:.4g}, **after "
+                 f"{after['student_score']:.4g}** |\n")
+    remedies = [f"{recipe[name]} fake-score updates per student step (DMD2's two time-scale rule)"
+                for name in ("fake_updates",) if recipe.get(name, 1) > 1]
+    if recipe.get("distill_guidance_scale") is not None:
+        remedies.append(f"the VSD target at guidance {recipe['distill_guidance_scale']}")
+    if recipe.get("regression_weight"):
+        remedies.append(f"DMD's regression on {recipe['regression_pairs']} teacher ODE pairs (weight "
+                        f"{recipe['regression_weight']})")
+    remedies_line = f" With {'; '.join(remedies)}." if remedies else ""
     text = f"""---
 {data.to_yaml()}
 ---
@@ -115,7 +131,7 @@ def write_tiue_model_card(folder: str | Path, summary: dict) -> Path:
 A loop-free UNet ("One-Way Ticket", arXiv 2505.21960): its encoder runs once and its decoder for the
 {len(summary["timesteps"])} DDIM timesteps {summary["timesteps"]} in one batch, combined in closed form; no
 classifier-free guidance. Distilled with variational score distillation (LoRA fake score) and the KL term
-(lambda {recipe["kl_weight"]}, {recipe["kl_reduction"]} over maps).
+(lambda {recipe["kl_weight"]}, {recipe["kl_reduction"]} over maps).{remedies_line}
 
 | | value |
 |---|---|
@@ -124,7 +140,7 @@ classifier-free guidance. Distilled with variational score distillation (LoRA fa
 | UNet parameters | {summary["unet_parameters"]:,} |
 | weights | {"EMA of the student (decay " + str(recipe["ema_decay"]) + ")" if summary["ema"] else "the student"} |
 | energy distance to the teacher's z_0 | {before["energy_distance"]:.4g} before, **{after["energy_distance"]:.4g}** |
-| measured on | {measured} |
+{rows}| measured on | {measured} |
 
 ```python
 from encoder_shrink.tiue import TiUEPipeline

@@ -17,4 +17,8 @@ def run(args: argparse.Namespace, pipe, recipe, overrides: dict, prompts) -> str
     before, after = summary["distance_before"], summary["distance_after"]
     return (f"TiUE pipeline written to {args.output}/{PIPELINE} (K = {len(summary['timesteps'])}: "
             f"{summary['timesteps']}); energy distance to the teacher's samples {before['energy_distance']:.4g} -> "
-            f"{after['energy_distance']:.4g}; summary in {args.output}/{SUMMARY}")
+            f"{after['energy_distance']:.4g} (images {before['image_energy_distance']:.4g} -> "
+            f"{after['image_energy_distance']:.4g}"
+            + (f"; {after['metric']} {before['student_score']:.4g} -> {after['student_score']:.4g}, teacher "
+               f"{after['teacher_score']:.4g}" if after.get("metric") else "")
+            + f"); summary in {args.output}/{SUMMARY}")

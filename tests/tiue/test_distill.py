@@ -149,7 +149,7 @@ def test_distill_writes_a_pipeline_leaves_the_teacher_as_it_was_and_the_fake_sco
     torch.testing.assert_close(saved("a cat", generator=generator(), output_type="latent").images,
                                tiue("a cat", generator=generator(), output_type="latent").images)
     card = (tmp_path / "pipeline" / "README.md").read_text()
-    assert "tiny-tiue@v1" in card and "energy distance" in card
+    assert "tiny-tiue@v1" in card and "energy distance to the teacher's images" in card
     on_disk = json.loads((tmp_path / "training_summary.json").read_text())
     assert on_disk["steps"] == 12 and on_disk["distance_after"]["prompts"] >= 1
     assert sorted(on_disk["losses"]) == ["fake_score", "kl", "vsd"]
@@ -338,7 +338,10 @@ def test_cli_kill_9_then_resume_ends_bit_identical_and_generates(sd_dir, tmp_pat
     remedies = ("--fake-updates", "2", "--regression-weight", "0.5")
     full = tmp_path / "full"
     assert main(_cli(sd_dir, full, *remedies)[3:]) == 0
-    assert "TiUE pipeline written to" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "TiUE pipeline written to" in out and "(images " in out
+    card = (full / "pipeline" / "README.md").read_text()
+    assert "2 fake-score updates per student step" in card and "DMD's regression on 16 teacher ODE pairs" in card
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(_cli(sd_dir, killed, *remedies), env=_env(), stdout=subprocess.DEVNULL,

@@ -79,8 +79,9 @@ def test_students_are_remade_by_the_recipe_and_load_with_their_schedule(tmp_path
 
     # Fields added since they were trained, at the values that train as they were trained (one fake-score update per
     # student step; the VSD target at the sampling guidance).
-    # (eval_metric scores the summary's held-out images: it trains nothing)
-    added = {"fake_updates": 1, "distill_guidance_scale": None, "eval_metric": "checker"}
+    # (eval_metric scores the summary's held-out images: it trains nothing; the regression term is off)
+    added = {"fake_updates": 1, "distill_guidance_scale": None, "eval_metric": "checker", "regression_weight": 0.0,
+             "regression_pairs": 1024, "regression_batch_size": 8, "regression_steps": 25}
     for name, overrides in STUDENTS.items():
         recorded = json.loads((BUNDLED_TIUE / name / "training_summary.json").read_text())["recipe"]
         assert {**added, **recorded} == load_tiue_recipe("toy-tiue").with_overrides(**overrides).to_dict(), name
