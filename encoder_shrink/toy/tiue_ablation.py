@@ -260,8 +260,8 @@ def table(results: dict) -> str:
                 f"{reference['unet_flops'] / r['unet_flops']:.1f} | {extra}")
 
     lines = [f"TiUE ablation on the toy world: {results['eval_prompts']} held-out prompts x {results['seeds']} seeds; "
-             f"checker accuracy, position spread (px) and appearance; latent energy distance from the training "
-             f"summary.", "",
+             f"checker accuracy, position spread (px) and appearance; beside them the training summary's figures "
+             f"(its 8 held-out prompts x 4 seeds).", "",
              "| run | overall | " + " | ".join(categories[1:]) + " | position spread | appearance | x fewer UNet "
              "FLOPs | latent energy distance | image energy distance | summary checker score | train s |",
              "|---|" + "---:|" * (len(categories) + 7)]
