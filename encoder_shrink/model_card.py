@@ -114,8 +114,9 @@ def write_tiue_model_card(folder: str | Path, summary: dict) -> Path:
         rows += (f"| {after['metric']} ({after['metric_figure']}) of the images | teacher "
                  f"{after['teacher_score']:.4g}, student before {before['student_score']:.4g}, **after "
                  f"{after['student_score']:.4g}** |\n")
-    remedies = [f"{recipe[name]} fake-score updates per student step (DMD2's two time-scale rule)"
-                for name in ("fake_updates",) if recipe.get(name, 1) > 1]
+    remedies = []
+    if recipe.get("fake_updates", 1) > 1:
+        remedies.append(f"{recipe['fake_updates']} fake-score updates per student step (DMD2's two time-scale rule)")
     if recipe.get("distill_guidance_scale") is not None:
         remedies.append(f"the VSD target at guidance {recipe['distill_guidance_scale']}")
     if recipe.get("regression_weight"):

@@ -165,19 +165,17 @@ class TiUEDistiller:
         """
         import json
 
-        from safetensors.torch import load_file, save_file
+        from safetensors import safe_open
+        from safetensors.torch import save_file
         from tqdm.auto import tqdm
 
         from encoder_shrink.files import atomic_path
 
         kept = folder / PAIRS_FILE if folder is not None else None
         if kept is not None and kept.is_file():
-            from safetensors import safe_open
-
             with safe_open(kept, "pt") as handle:
-                prompts = json.loads(handle.metadata()["prompts"])
-            tensors = load_file(kept)
-            return prompts, tensors["noise"], tensors["z_0"]
+                return (json.loads(handle.metadata()["prompts"]), handle.get_tensor("noise"),
+                        handle.get_tensor("z_0"))
 
         count, scale = recipe.regression_pairs, self.pipe.vae_scale_factor
         # (a stream no process trains on: the pairs' prompts are drawn apart from every training batch)

@@ -34,10 +34,10 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _decoded(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """`latents` decoded by `pipe`'s VAE to float pixels in [0, 1], N x H x W x C on the CPU."""
+    """`latents` decoded as `pipe` decodes them (its VAE, its image processor) to pixels in [0, 1], N x H x W x C."""
     vae = pipe.vae
     pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    return (pixels.float().cpu() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    return pipe.image_processor.postprocess(pixels, output_type="pt").float().cpu().permute(0, 2, 3, 1)
 
 
 @torch.no_grad()
@@ -49,9 +49,9 @@ def sample_distance(teacher, student, prompts: list[str], *, images_per_prompt: 
     student (a [`TiUEPipeline`]) on `prompts`, `images_per_prompt` each from the same seeded noise, and compare them:
     - their z_0 latents: the energy distance between the two sets (the student's distribution against the teacher's),
       its mean over prompts (per-prompt distributions), and the mean distance of same-noise pairs;
-    - their images (decoded by the student's VAE, pixels in [0, 1]): the same two energy distances. A latent distance
-      weighs every latent channel alike, the image one what is seen; on the toy world only the image one ranks
-      students as the checker does (BENCHMARKS.md, the TiUE ablation);
+    - their images (decoded by the student's VAE and image processor, pixels in [0, 1]): the same two energy
+      distances. Both distances measure the distribution, diversity included: on the toy world they rank students by
+      layout spread, not by the checker's accuracy (BENCHMARKS.md, the TiUE ablation);
     - with `metric` (a registered image metric, `encoder_shrink.evaluation.registered_metrics()`: `"checker"` on the
       toy world, `"clip"`), its headline score of the teacher's and the student's images.
 

@@ -295,6 +295,10 @@ def test_the_fake_scores_rank_and_targets_and_the_kl_reduction_change_what_they_
     mean = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", **{**QUICK, "max_steps": 2})
     summed = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", kl_reduction="sum", **{**QUICK, "max_steps": 2})
     assert any(not torch.equal(a, b) for a, b in zip(mean.unet.parameters(), summed.unet.parameters(), strict=True))
+    # and its weight: without the KL term (lambda 0) the student learns something else than at tiny-tiue's 0.1
+    unweighted = TiUEDistiller(_pipe(sd_dir)).distill(recipe="tiny-tiue", kl_weight=0.0, **{**QUICK, "max_steps": 2})
+    assert any(not torch.equal(a, b) for a, b in zip(mean.unet.parameters(), unweighted.unet.parameters(),
+                                                     strict=True))
 
 
 def test_a_non_finite_loss_saves_the_last_good_state_and_stops(sd_dir, tmp_path):
