@@ -6,13 +6,16 @@ from encoder_shrink.lazy import lazy_exports
 from encoder_shrink.training.methods import MethodCommand, register_training_method
 
 __all__ = ["DDIMCombine", "TiUEDistiller", "TiUEPipeline", "TiUERecipe", "TiUESampler", "UNetFeatures", "UNetSplit",
-           "available_tiue_recipes", "energy_distance", "load_tiue_recipe", "sample_distance"]
+           "available_tiue_recipes", "distance_settings", "energy_distance", "load_tiue_recipe", "sample_distance",
+           "sample_teacher"]
 
 # Each name is imported from its module on first use, so importing this package imports none of them.
 _EXPORTS = {
     "TiUEDistiller": "encoder_shrink.tiue.distiller",
+    "distance_settings": "encoder_shrink.tiue.distiller",
     "energy_distance": "encoder_shrink.tiue.evaluation",
     "sample_distance": "encoder_shrink.tiue.evaluation",
+    "sample_teacher": "encoder_shrink.tiue.evaluation",
     "TiUEPipeline": "encoder_shrink.tiue.pipeline",
     "TiUERecipe": "encoder_shrink.tiue.recipe",
     "available_tiue_recipes": "encoder_shrink.tiue.recipe",
@@ -25,8 +28,8 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
-    from encoder_shrink.tiue.distiller import TiUEDistiller
-    from encoder_shrink.tiue.evaluation import energy_distance, sample_distance
+    from encoder_shrink.tiue.distiller import TiUEDistiller, distance_settings
+    from encoder_shrink.tiue.evaluation import energy_distance, sample_distance, sample_teacher
     from encoder_shrink.tiue.pipeline import TiUEPipeline
     from encoder_shrink.tiue.recipe import TiUERecipe, available_tiue_recipes, load_tiue_recipe
     from encoder_shrink.tiue.sampler import TiUESampler

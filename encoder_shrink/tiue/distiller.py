@@ -14,7 +14,7 @@ from encoder_shrink.data import build_mixture
 from encoder_shrink.errors import IncompatibleModelError, InvalidArgumentError
 from encoder_shrink.model_card import write_tiue_model_card
 from encoder_shrink.run_folder import check_run_folder, claim_for_run
-from encoder_shrink.tiue.evaluation import sample_distance
+from encoder_shrink.tiue.evaluation import sample_distance, sample_teacher
 from encoder_shrink.tiue.loop import FAKE_SCORE, TiUEParts, tiue_loop
 from encoder_shrink.tiue.pipeline import TiUEPipeline
 from encoder_shrink.tiue.recipe import TiUERecipe, load_tiue_recipe
@@ -44,6 +44,24 @@ def sd_ddim_scheduler(scheduler, timestep_spacing: str = "leading"):
 
     return DDIMScheduler.from_config(scheduler.config, clip_sample=False, set_alpha_to_one=False,
                                      timestep_spacing=timestep_spacing, thresholding=False)
+
+
+def distance_settings(recipe: TiUERecipe) -> dict:
+    r"""
+    The [`sample_distance`] settings of a run's summary (`distance_before`, `distance_after`): the recipe's
+    `eval_images_per_prompt`, `eval_steps`, sampling guidance, resolution and `eval_metric`, the noise seeded
+    `seed + 10000` (apart from the training's). Re-measure a finished student as its run would with these.
+
+    Example:
+
+    ```python
+    >>> distance_settings(load_tiue_recipe("toy-tiue"))["images_per_prompt"]
+    8
+    ```
+    """
+    return dict(images_per_prompt=recipe.eval_images_per_prompt, num_inference_steps=recipe.eval_steps,
+                guidance_scale=recipe.guidance_scale, resolution=recipe.resolution, seed=recipe.seed + 10_000,
+                metric=recipe.eval_metric)
 
 
 class TiUEDistiller:
@@ -92,9 +110,20 @@ class TiUEDistiller:
         self.pipe = pipe
         self.teacher_id = teacher_id or str(getattr(pipe, "name_or_path", None) or type(pipe).__name__)
 
-    def _teacher_sampler(self, scheduler):
-        """The teacher pipeline with the DDIM sampler, for the distance measured before and after."""
-        teacher = type(self.pipe)(**{**self.pipe.components, "scheduler": copy.deepcopy(scheduler)})
+    def teacher_sampler(self):
+        r"""
+        The teacher pipeline with SD's DDIM sampler ([`sd_ddim_scheduler`]), whatever the student's K: what samples
+        the summary's held-out reference ([`distance_settings`]) and the regression pairs.
+
+        Example:
+
+        ```python
+        >>> TiUEDistiller(sd_pipe).teacher_sampler().scheduler.config.timestep_spacing  # doctest: +SKIP
+        'leading'
+        ```
+        """
+        teacher = type(self.pipe)(**{**self.pipe.components,
+                                     "scheduler": copy.deepcopy(sd_ddim_scheduler(self.pipe.scheduler))})
         teacher.set_progress_bar_config(disable=True)
         return teacher
 
@@ -260,11 +289,11 @@ class TiUEDistiller:
                 module.to(device).requires_grad_(False).eval()
 
             student, tiue, combine, scheduler = self.build_student(recipe, device, student)
-            teacher = self._teacher_sampler(sd_ddim_scheduler(pipe.scheduler))  # samples as SD does, whatever K
-            distance = dict(images_per_prompt=recipe.eval_images_per_prompt, num_inference_steps=recipe.eval_steps,
-                            guidance_scale=recipe.guidance_scale, resolution=recipe.resolution,
-                            seed=recipe.seed + 10_000, metric=recipe.eval_metric)
-            before = sample_distance(teacher, tiue, held_out, **distance)
+            teacher = self.teacher_sampler()  # samples as SD does, whatever K
+            distance = distance_settings(recipe)
+            # (the teacher's held-out samples once: the reference of the distance before and after)
+            reference = sample_teacher(teacher, held_out, **{k: v for k, v in distance.items() if k != "metric"})
+            before = sample_distance(teacher, tiue, held_out, **distance, teacher_latents=reference)
 
             # (the pairs before the fake score's LoRA joins the teacher's UNet)
             pairs = (self.teacher_pairs(teacher, mixture, recipe, device, project, write=accelerator.is_main_process)
@@ -285,7 +314,7 @@ class TiUEDistiller:
                 student = unsharded_copy(student).to(device)
                 tiue.register_modules(unet=student)
             student.eval().requires_grad_(False)
-            after = sample_distance(teacher, tiue, held_out, **distance)
+            after = sample_distance(teacher, tiue, held_out, **distance, teacher_latents=reference)
 
             summary.update(
                 method="tiue",

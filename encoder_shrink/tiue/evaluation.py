@@ -7,6 +7,8 @@ import logging
 import numpy as np
 import torch
 
+from encoder_shrink.errors import InvalidArgumentError
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,10 +42,42 @@ def _decoded(pipe, latents: torch.Tensor) -> torch.Tensor:
     return pipe.image_processor.postprocess(pixels, output_type="pt").float().cpu().permute(0, 2, 3, 1)
 
 
+def _noise(pipe, images_per_prompt: int, resolution: int | None, seed: int, index: int) -> torch.Tensor:
+    """The seeded noise of the `index`-th prompt: the same for the teacher and the student, whoever draws it."""
+    scale = pipe.vae_scale_factor
+    size = resolution or pipe.unet.config.sample_size * scale
+    shape = (images_per_prompt, pipe.unet.config.in_channels, size // scale, size // scale)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed + index))
+
+
+@torch.no_grad()
+def sample_teacher(teacher, prompts: list[str], *, images_per_prompt: int = 4, num_inference_steps: int = 25,
+                   guidance_scale: float = 4.5, resolution: int | None = None, seed: int = 0) -> list[torch.Tensor]:
+    r"""
+    The teacher's z_0 latents of `prompts` (one `images_per_prompt` x C x h x w tensor per prompt, on the CPU) from
+    [`sample_distance`]'s seeded noise: sample them once and pass them as its `teacher_latents` to measure several
+    students (or one before and after training) against the same reference.
+
+    Example:
+
+    ```python
+    >>> prompts = ["a red circle"]
+    >>> reference = sample_teacher(sd_pipe, prompts, images_per_prompt=8)  # doctest: +SKIP
+    >>> sample_distance(sd_pipe, tiue_pipe, prompts, images_per_prompt=8, teacher_latents=reference)  # doctest: +SKIP
+    ```
+    """
+    size = resolution or teacher.unet.config.sample_size * teacher.vae_scale_factor
+    return [teacher([prompt] * images_per_prompt, height=size, width=size, num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale, output_type="latent",
+                    latents=_noise(teacher, images_per_prompt, resolution, seed, index).to(teacher.device,
+                                                                                          teacher.unet.dtype),
+                    ).images.float().cpu() for index, prompt in enumerate(prompts)]
+
+
 @torch.no_grad()
 def sample_distance(teacher, student, prompts: list[str], *, images_per_prompt: int = 4, num_inference_steps: int = 25,
                     guidance_scale: float = 4.5, resolution: int | None = None, seed: int = 0,
-                    metric: str | None = None) -> dict:
+                    metric: str | None = None, teacher_latents: list[torch.Tensor] | None = None) -> dict:
     r"""
     Sample the teacher (a [`~diffusers.StableDiffusionPipeline`], DDIM at `num_inference_steps` with CFG) and the
     student (a [`TiUEPipeline`]) on `prompts`, `images_per_prompt` each from the same seeded noise, and compare them:
@@ -53,7 +87,11 @@ def sample_distance(teacher, student, prompts: list[str], *, images_per_prompt: 
       distances. Both distances measure the distribution, diversity included: on the toy world they rank students by
       layout spread, not by the checker's accuracy (BENCHMARKS.md, the TiUE ablation);
     - with `metric` (a registered image metric, `encoder_shrink.evaluation.registered_metrics()`: `"checker"` on the
-      toy world, `"clip"`), its headline score of the teacher's and the student's images.
+      toy world, `"clip"`), its headline score of the teacher's and the student's images. On the toy world the
+      checker's score ranks students as the demo's accuracy does once it reads enough images (the ablation: 64
+      prompts x 8 seeds, not 8 x 4).
+
+    `teacher_latents` ([`sample_teacher`] with the same prompts and settings) skips sampling the teacher again.
 
     Example:
 
@@ -61,20 +99,20 @@ def sample_distance(teacher, student, prompts: list[str], *, images_per_prompt: 
     >>> sample_distance(sd_pipe, tiue_pipe, ["a red circle"], metric="checker")["student_score"]  # doctest: +SKIP
     ```
     """
-    scale = student.vae_scale_factor
-    size = resolution or student.unet.config.sample_size * scale
-    shape = (images_per_prompt, student.unet.config.in_channels, size // scale, size // scale)
-    teacher_latents, student_latents = [], []
-    for index, prompt in enumerate(prompts):
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed + index))
-        teacher_latents.append(teacher(
-            [prompt] * images_per_prompt, height=size, width=size, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, latents=noise.to(teacher.device, teacher.unet.dtype), output_type="latent",
-        ).images.float().cpu())
-        student_latents.append(student(
-            [prompt] * images_per_prompt, height=size, width=size, output_type="latent",
-            latents=noise.to(student.device, student.unet.dtype),
-        ).images.float().cpu())
+    settings = dict(images_per_prompt=images_per_prompt, resolution=resolution, seed=seed)
+    if teacher_latents is None:
+        teacher_latents = sample_teacher(teacher, prompts, num_inference_steps=num_inference_steps,
+                                         guidance_scale=guidance_scale, **settings)
+    elif len(teacher_latents) != len(prompts) or any(
+            t.shape != _noise(student, **settings, index=0).shape for t in teacher_latents):
+        raise InvalidArgumentError(
+            f"teacher_latents hold {len(teacher_latents)} prompts of {tuple(teacher_latents[0].shape)} latents, not "
+            f"{len(prompts)} of {tuple(_noise(student, **settings, index=0).shape)}; sample them with sample_teacher "
+            "on the same prompts and settings.")
+    size = resolution or student.unet.config.sample_size * student.vae_scale_factor
+    student_latents = [student([prompt] * images_per_prompt, height=size, width=size, output_type="latent",
+                               latents=_noise(student, **settings, index=index).to(student.device, student.unet.dtype),
+                               ).images.float().cpu() for index, prompt in enumerate(prompts)]
     teacher_all, student_all = torch.cat(teacher_latents), torch.cat(student_latents)
     finite = bool(torch.isfinite(student_all).all())
 

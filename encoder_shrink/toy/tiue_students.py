@@ -37,6 +37,21 @@ def _check_name(name: str) -> None:
         raise InvalidArgumentError(f"unknown toy TiUE student {name!r}; use one of {', '.join(STUDENTS)}.")
 
 
+def summary_prompts(count: int, seed: int = 0) -> list[str]:
+    r"""
+    The held-out prompts a toy student's training summary measures (`distance_before` / `distance_after`): `count` of
+    the world's held-out split, drawn apart from the demo's (seed 1) and never trained on.
+
+    Example:
+
+    ```python
+    >>> len(summary_prompts(8)), summary_prompts(8) == summary_prompts(8, seed=1)
+    (8, False)
+    ```
+    """
+    return [p.text for p in sample_prompts(count, "heldout", seed=seed + 2)]
+
+
 def distill_toy_tiue(name: str, output_dir: str | Path, teacher=None, resume: bool = False, seed: int = 0,
                      **overrides):
     r"""
@@ -60,7 +75,7 @@ def distill_toy_tiue(name: str, output_dir: str | Path, teacher=None, resume: bo
     teacher = teacher if teacher is not None else load_toy_sd_teacher()
     recipe = load_tiue_recipe(RECIPE).with_overrides(**{**STUDENTS[name], "seed": seed, **overrides})
     train = [p.text for p in sample_prompts(TRAIN_PROMPTS, "train", seed=seed)]
-    held_out = [p.text for p in sample_prompts(recipe.eval_prompt_count, "heldout", seed=seed + 2)]
+    held_out = summary_prompts(recipe.eval_prompt_count, seed)
     distiller = TiUEDistiller(teacher, teacher_id="encoder-shrink/toy-sd-teacher")
     pipe = distiller.distill(recipe=recipe, prompts=train, eval_prompts=held_out, output_dir=output_dir,
                              resume=resume)

@@ -82,9 +82,13 @@ def test_students_are_remade_by_the_recipe_and_load_with_their_schedule(tmp_path
     # (eval_metric scores the summary's held-out images: it trains nothing; the regression term is off)
     added = {"fake_updates": 1, "distill_guidance_scale": None, "eval_metric": "checker", "regression_weight": 0.0,
              "regression_pairs": 1024, "regression_batch_size": 8, "regression_steps": 25}
+    # The summary's held-out sample, grown since from 8 prompts x 4 to 64 x 8 (measurement only: the same weights,
+    # tests/tiue/test_distill.py); their summaries still read the 32 images.
+    measured = {"eval_prompt_count": 64, "eval_images_per_prompt": 8}
     for name, overrides in STUDENTS.items():
         recorded = json.loads((BUNDLED_TIUE / name / "training_summary.json").read_text())["recipe"]
-        assert {**added, **recorded} == load_tiue_recipe("toy-tiue").with_overrides(**overrides).to_dict(), name
+        assert (recorded["eval_prompt_count"], recorded["eval_images_per_prompt"]) == (8, 4), name
+        assert {**added, **recorded, **measured} == load_tiue_recipe("toy-tiue").with_overrides(**overrides).to_dict()
     assert {f.suffix for f in BUNDLED_TIUE.rglob("*") if f.is_file()} <= {".safetensors", ".json"}
     assert any(not torch.equal(a, b) for a, b in zip(k1.unet.parameters(), shipped.unet.parameters()))
     image = k1("a red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
@@ -100,7 +104,7 @@ def test_the_summary_distance_reads_images_and_the_checker_beside_the_latents():
     teacher in image space and scores higher on the checker than one whose UNet is random."""
     from diffusers import UNet2DConditionModel
 
-    from encoder_shrink.tiue import sample_distance
+    from encoder_shrink.tiue import sample_distance, sample_teacher
     from encoder_shrink.toy.sd_teacher import load_toy_sd_teacher
 
     teacher, student = load_toy_sd_teacher(), load_toy_tiue("k4")
@@ -109,9 +113,15 @@ def test_the_summary_distance_reads_images_and_the_checker_beside_the_latents():
     prompts = ["a red circle", "a green triangle", "two blue squares"]
     options = dict(images_per_prompt=2, num_inference_steps=4, guidance_scale=3.0, resolution=32, metric="checker")
     trained = sample_distance(teacher, student, prompts, **options)
+    # the teacher's samples, drawn once, serve every later measure (as a run's before and after) with the same result
+    reference = sample_teacher(teacher, prompts, **{k: v for k, v in options.items() if k != "metric"})
+    assert sample_distance(teacher, student, prompts, **options, teacher_latents=reference) == trained
+    with pytest.raises(InvalidArgumentError, match="teacher_latents hold 3 prompts of \\(2, 4, 16, 16\\) latents, "
+                       "not 3 of \\(4, 4, 16, 16\\); sample them with sample_teacher"):
+        sample_distance(teacher, student, prompts, **{**options, "images_per_prompt": 4}, teacher_latents=reference)
     torch.manual_seed(0)
     student.register_modules(unet=UNet2DConditionModel.from_config(student.unet.config))
-    random = sample_distance(teacher, student, prompts, **options)
+    random = sample_distance(teacher, student, prompts, **options, teacher_latents=reference)
     assert trained["metric"] == "checker" and trained["metric_figure"] == "overall"
     assert trained["teacher_score"] == random["teacher_score"]  # the same teacher images
     assert random["student_score"] < trained["student_score"]
