@@ -122,8 +122,7 @@ class TiUEDistiller:
         'leading'
         ```
         """
-        teacher = type(self.pipe)(**{**self.pipe.components,
-                                     "scheduler": copy.deepcopy(sd_ddim_scheduler(self.pipe.scheduler))})
+        teacher = type(self.pipe)(**{**self.pipe.components, "scheduler": sd_ddim_scheduler(self.pipe.scheduler)})
         teacher.set_progress_bar_config(disable=True)
         return teacher
 

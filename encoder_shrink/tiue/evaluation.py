@@ -42,12 +42,18 @@ def _decoded(pipe, latents: torch.Tensor) -> torch.Tensor:
     return pipe.image_processor.postprocess(pixels, output_type="pt").float().cpu().permute(0, 2, 3, 1)
 
 
-def _noise(pipe, images_per_prompt: int, resolution: int | None, seed: int, index: int) -> torch.Tensor:
-    """The seeded noise of the `index`-th prompt: the same for the teacher and the student, whoever draws it."""
+def _latent_shape(pipe, images_per_prompt: int, resolution: int | None) -> tuple[int, ...]:
+    """The z_T shape of one prompt's `images_per_prompt` samples at `resolution` (default: the UNet's)."""
     scale = pipe.vae_scale_factor
     size = resolution or pipe.unet.config.sample_size * scale
-    shape = (images_per_prompt, pipe.unet.config.in_channels, size // scale, size // scale)
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed + index))
+    return images_per_prompt, pipe.unet.config.in_channels, size // scale, size // scale
+
+
+def _noise(pipe, images_per_prompt: int, resolution: int | None, seed: int, index: int) -> torch.Tensor:
+    """The seeded noise of the `index`-th prompt, on `pipe`'s device: the same for the teacher and the student."""
+    noise = torch.randn(_latent_shape(pipe, images_per_prompt, resolution),
+                        generator=torch.Generator().manual_seed(seed + index))
+    return noise.to(pipe.device, pipe.unet.dtype)
 
 
 @torch.no_grad()
@@ -69,9 +75,8 @@ def sample_teacher(teacher, prompts: list[str], *, images_per_prompt: int = 4, n
     size = resolution or teacher.unet.config.sample_size * teacher.vae_scale_factor
     return [teacher([prompt] * images_per_prompt, height=size, width=size, num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale, output_type="latent",
-                    latents=_noise(teacher, images_per_prompt, resolution, seed, index).to(teacher.device,
-                                                                                          teacher.unet.dtype),
-                    ).images.float().cpu() for index, prompt in enumerate(prompts)]
+                    latents=_noise(teacher, images_per_prompt, resolution, seed, index)).images.float().cpu()
+            for index, prompt in enumerate(prompts)]
 
 
 @torch.no_grad()
@@ -88,10 +93,11 @@ def sample_distance(teacher, student, prompts: list[str], *, images_per_prompt: 
       layout spread, not by the checker's accuracy (BENCHMARKS.md, the TiUE ablation);
     - with `metric` (a registered image metric, `encoder_shrink.evaluation.registered_metrics()`: `"checker"` on the
       toy world, `"clip"`), its headline score of the teacher's and the student's images. On the toy world the
-      checker's score ranks students as the demo's accuracy does once it reads enough images (the ablation: 64
-      prompts x 8 seeds, not 8 x 4).
+      checker's score is the summary figure nearest the demo's accuracy ranking, and only with enough images (the
+      ablation: Spearman near 0 on 8 prompts x 4 seeds, 0.5-0.8 on 64 x 8).
 
-    `teacher_latents` ([`sample_teacher`] with the same prompts and settings) skips sampling the teacher again.
+    `teacher_latents` ([`sample_teacher`] with the same prompts and settings: only their count and shapes are
+    checked) skips sampling the teacher again.
 
     Example:
 
@@ -103,16 +109,18 @@ def sample_distance(teacher, student, prompts: list[str], *, images_per_prompt: 
     if teacher_latents is None:
         teacher_latents = sample_teacher(teacher, prompts, num_inference_steps=num_inference_steps,
                                          guidance_scale=guidance_scale, **settings)
-    elif len(teacher_latents) != len(prompts) or any(
-            t.shape != _noise(student, **settings, index=0).shape for t in teacher_latents):
+    expected = _latent_shape(student, images_per_prompt, resolution)
+    wrong = [tuple(t.shape) for t in teacher_latents if tuple(t.shape) != expected]
+    if len(teacher_latents) != len(prompts) or wrong:
+        held = f" of {wrong[0]} latents" if wrong else ""
         raise InvalidArgumentError(
-            f"teacher_latents hold {len(teacher_latents)} prompts of {tuple(teacher_latents[0].shape)} latents, not "
-            f"{len(prompts)} of {tuple(_noise(student, **settings, index=0).shape)}; sample them with sample_teacher "
-            "on the same prompts and settings.")
+            f"teacher_latents hold {len(teacher_latents)} prompts{held}, not {len(prompts)} of {expected}; sample "
+            "them with sample_teacher on the same prompts and settings.")
+    teacher_latents = [t.float().cpu() for t in teacher_latents]
     size = resolution or student.unet.config.sample_size * student.vae_scale_factor
     student_latents = [student([prompt] * images_per_prompt, height=size, width=size, output_type="latent",
-                               latents=_noise(student, **settings, index=index).to(student.device, student.unet.dtype),
-                               ).images.float().cpu() for index, prompt in enumerate(prompts)]
+                               latents=_noise(student, **settings, index=index)).images.float().cpu()
+                       for index, prompt in enumerate(prompts)]
     teacher_all, student_all = torch.cat(teacher_latents), torch.cat(student_latents)
     finite = bool(torch.isfinite(student_all).all())
 

@@ -7,9 +7,11 @@ Every arm trains the same steps on the same prompts; each (arm, K, seed) row is 
 prompts and seeds with `demo --tiue`'s metrics: checker accuracy per category and kind, position spread and
 appearance, UNet FLOPs, and the training's wall time, beside the training summary's figures (latent and image energy
 distances, the checker's score of its own held-out images): does each rank the arms as the checker does? Resumable: a
-scored row is kept in OUTPUT/runs/ and not trained again, and a run killed mid-way continues from its checkpoints in
-OUTPUT/work/ (not results: keep it out of version control). Several processes may share one OUTPUT, each with its own
-arms (`OMP_NUM_THREADS=1` each on a small machine: the toy UNet's ops are too small for two threads to pay).
+scored row is kept in OUTPUT/runs/ and not trained again (its summary figures are measured again from its saved
+student when the recipe's held-out measure has changed since), and a run killed mid-way continues from its
+checkpoints in OUTPUT/work/ (not results: keep it out of version control). Several processes may share one OUTPUT,
+each with its own arms (`OMP_NUM_THREADS=1` each on a small machine: the toy UNet's ops are too small for two
+threads to pay).
 """
 
 from __future__ import annotations
@@ -147,19 +149,26 @@ def _student_row(arm: str, k: int, seed: int, teacher, work: Path, common: dict,
             **_summary_figures(summary["distance_after"])}
 
 
+# What a training summary's measure read (the keys of `distance_after` that say so): rows compare only when equal.
+SUMMARY_EVAL = ("prompts", "images_per_prompt", "teacher_steps", "guidance_scale", "resolution", "metric")
+
+
 def _summary_figures(after: dict) -> dict:
-    """A training summary's `distance_after` as a row keeps it: `SUMMARY_FIGURES` and the held-out set they read."""
+    """A training summary's `distance_after` as a row keeps it: `SUMMARY_FIGURES` and how they were measured."""
     return {**{name: after[name] for name in SUMMARY_FIGURES if name in after},
-            "summary_eval": {"prompts": after["prompts"], "images_per_prompt": after["images_per_prompt"]}}
+            "summary_eval": {key: after.get(key) for key in SUMMARY_EVAL}}
 
 
 def _summary_eval(common: dict) -> dict:
-    """The held-out set today's `toy-tiue` (with `common`) gives the training summary: prompts x images per prompt."""
-    from encoder_shrink.tiue import load_tiue_recipe
+    """How today's `toy-tiue` (with `common`) has the training summary measure, as `_summary_figures` records it."""
+    from encoder_shrink.tiue import distance_settings, load_tiue_recipe
     from encoder_shrink.toy.tiue_students import RECIPE
 
     recipe = load_tiue_recipe(RECIPE).with_overrides(**common)
-    return {"prompts": recipe.eval_prompt_count, "images_per_prompt": recipe.eval_images_per_prompt}
+    settings = distance_settings(recipe)
+    return {"prompts": recipe.eval_prompt_count, "images_per_prompt": settings["images_per_prompt"],
+            "teacher_steps": settings["num_inference_steps"], "guidance_scale": settings["guidance_scale"],
+            "resolution": settings["resolution"], "metric": settings["metric"]}
 
 
 def _remeasured(row: dict, work: Path, teacher, references: dict) -> dict | None:
@@ -182,6 +191,9 @@ def _remeasured(row: dict, work: Path, teacher, references: dict) -> dict | None
 
     folder = work / PIPELINE
     if not (folder / "model_index.json").is_file():
+        logger.warning("%s K=%d seed %d was measured on another held-out set and %s keeps no student to measure "
+                       "again: its summary figures stay out of the agreement.", row["arm"], row["k"], row["seed"],
+                       work)
         return None
     recipe = load_tiue_recipe(RECIPE).with_overrides(**{**row["overrides"], "seed": row["seed"]})
     settings = distance_settings(recipe)
@@ -190,7 +202,7 @@ def _remeasured(row: dict, work: Path, teacher, references: dict) -> dict | None
     key = json.dumps([prompts, settings], sort_keys=True)
     if key not in references:
         references[key] = sample_teacher(sampler, prompts, **{k: v for k, v in settings.items() if k != "metric"})
-    student = TiUEPipeline.from_pretrained(folder)
+    student = TiUEPipeline.from_pretrained(folder).to(teacher.device)  # where the run measured its summary
     student.set_progress_bar_config(disable=True)
     after = sample_distance(sampler, student, prompts, **settings, teacher_latents=references[key])
     return {**row, **_summary_figures(after), "summary_remeasured": True}
@@ -201,7 +213,9 @@ def measure(output: str | Path, arms: list[str], ks: list[int], seeds_of_arm: di
             teacher: str | Path | None = None) -> dict:
     r"""
     Train and score every (arm, K, seed) not yet in `output`/runs (each row is written when scored), and the
-    teacher's reference once; returns every row with the agreement of the energy distance with the checker.
+    teacher's reference once; returns every row with the agreement of the summary's figures with the checker. A
+    scored row of these jobs whose summary read another held-out set than today's recipe sets (`SUMMARY_EVAL`) is
+    measured again from the student its run saved; rows of other arms are left as they are.
     `common` overrides the recipe for every arm (the budget `max_steps`, the distiller's own distance measure).
 
     Example:

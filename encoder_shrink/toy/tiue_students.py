@@ -40,7 +40,8 @@ def _check_name(name: str) -> None:
 def summary_prompts(count: int, seed: int = 0) -> list[str]:
     r"""
     The held-out prompts a toy student's training summary measures (`distance_before` / `distance_after`): `count` of
-    the world's held-out split, drawn apart from the demo's (seed 1) and never trained on.
+    the world's held-out split (never trained on), drawn with another seed than the demo's (seed 1). The split is
+    small, so the two overlap: at 64 each holds 43 distinct prompts, 23 of them shared.
 
     Example:
 

@@ -58,19 +58,25 @@ def test_the_ablation_trains_each_arm_to_one_budget_scores_it_and_resumes(tmp_pa
     kept = {f.name: f.read_text() for f in (out / "runs").glob("*.json")}
     main(args)
     assert {f.name: f.read_text() for f in (out / "runs").glob("*.json")} == kept
-    # a row scored before the summary's held-out set changed (here: marked as read on another set, its figures gone)
-    # is measured again from the student its run saved, as the run's own summary measured it
-    stale = out / "runs" / "today-k1-s0.json"
-    row = json.loads(stale.read_text())
-    stale.write_text(json.dumps({**{k: v for k, v in row.items() if k not in ("energy_distance", "student_score")},
-                                 "summary_eval": {"prompts": 8, "images_per_prompt": 4}}))
+    # rows scored before the summary's held-out measure changed (here: marked as read on another set, figures gone)
+    # are measured again from the students their runs saved, as the runs' own summaries measured them
+    measured = {"prompts": 1, "images_per_prompt": 2, "teacher_steps": 2, "guidance_scale": 3.0, "resolution": 32,
+                "metric": "checker"}
+    rows = {}
+    for name, other in (("today-k1-s0", {"prompts": 8, "images_per_prompt": 4}), ("ttur5+guidance2-k1-s0",
+                                                                                  {**measured, "teacher_steps": 25})):
+        stale = out / "runs" / f"{name}.json"
+        rows[name] = json.loads(stale.read_text())
+        assert rows[name]["summary_eval"] == measured
+        stale.write_text(json.dumps({**{k: v for k, v in rows[name].items()
+                                        if k not in ("energy_distance", "student_score")}, "summary_eval": other}))
     main(args)
-    assert "| today K=1 seed 0 |" in (out / "results.md").read_text()
-    again = json.loads(stale.read_text())
-    assert again.pop("summary_remeasured") is True and again.keys() == row.keys()
-    assert again["summary_eval"] == {"prompts": 1, "images_per_prompt": 2}
-    for name in ("energy_distance", "image_energy_distance", "student_score"):
-        assert again[name] == pytest.approx(row[name], rel=1e-5, abs=1e-6), name
+    for name, row in rows.items():
+        again = json.loads((out / "runs" / f"{name}.json").read_text())
+        assert again.pop("summary_remeasured") is True and again.keys() == row.keys()
+        assert again["summary_eval"] == measured
+        for figure in ("energy_distance", "image_energy_distance", "student_score"):
+            assert again[figure] == pytest.approx(row[figure], rel=1e-5, abs=1e-6), (name, figure)
     # another budget in the same folder would mix budgets: refused in one line
     with pytest.raises(InvalidArgumentError, match="holds an ablation with settings"):
         main([*args[:-1], "3"])

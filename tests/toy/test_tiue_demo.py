@@ -116,6 +116,10 @@ def test_the_summary_distance_reads_images_and_the_checker_beside_the_latents():
     # the teacher's samples, drawn once, serve every later measure (as a run's before and after) with the same result
     reference = sample_teacher(teacher, prompts, **{k: v for k, v in options.items() if k != "metric"})
     assert sample_distance(teacher, student, prompts, **options, teacher_latents=reference) == trained
+    shifted = sample_distance(teacher, student, prompts, **options, teacher_latents=[t + 1 for t in reference])
+    assert shifted["energy_distance"] > trained["energy_distance"]  # the reference given is the one measured against
+    with pytest.raises(InvalidArgumentError, match="teacher_latents hold 0 prompts, not 3 of \\(2, 4, 16, 16\\)"):
+        sample_distance(teacher, student, prompts, **options, teacher_latents=[])
     with pytest.raises(InvalidArgumentError, match="teacher_latents hold 3 prompts of \\(2, 4, 16, 16\\) latents, "
                        "not 3 of \\(4, 4, 16, 16\\); sample them with sample_teacher"):
         sample_distance(teacher, student, prompts, **{**options, "images_per_prompt": 4}, teacher_latents=reference)
