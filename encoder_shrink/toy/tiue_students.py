@@ -15,6 +15,8 @@ import logging
 import time
 from pathlib import Path
 
+import yaml
+
 from encoder_shrink.errors import InputNotFoundError, InvalidArgumentError
 from encoder_shrink.files import atomic_dir
 from encoder_shrink.toy.world import sample_prompts
@@ -149,11 +151,15 @@ def main(argv=None) -> None:
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
     parser.add_argument("--teacher", default=str(BUNDLED_SD_TEACHER), help="toy SD teacher folder")
     parser.add_argument("--max-steps", type=int, help="override the recipe's max_steps")
+    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
+                        help="override a toy-tiue field (VALUE read as YAML), e.g. --set regression_pairs 16")
     parser.add_argument("--resume", action="store_true", help="continue each run from its newest checkpoint")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     diffusers_logging.disable_progress_bar()
-    overrides = {"max_steps": args.max_steps} if args.max_steps else {}
+    overrides = {name: yaml.safe_load(value) for name, value in args.set}
+    if args.max_steps:
+        overrides["max_steps"] = args.max_steps
     for name in args.students:
         started = time.time()
         teacher = load_toy_sd_teacher(args.teacher)

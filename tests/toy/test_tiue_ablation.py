@@ -41,9 +41,12 @@ def test_the_ablation_trains_each_arm_to_one_budget_scores_it_and_resumes(tmp_pa
     results = json.loads((out / "results.json").read_text())
     rows = {r["arm"]: r for r in results["rows"]}
     assert set(rows) == {"today", "ttur5+guidance2"}
-    assert rows["ttur5+guidance2"]["overrides"] == {
-        "fake_updates": 5, "distill_guidance_scale": 2.0, "num_steps": 1, "timestep_spacing": "trailing",
-        "eval_prompt_count": 1, "eval_images_per_prompt": 2, "eval_steps": 2, "max_steps": 2}
+    # every arm on the paper's recipe (toy-tiue ships with regress+ttur5: the baseline turns both off)
+    common = {"num_steps": 1, "timestep_spacing": "trailing", "eval_prompt_count": 1, "eval_images_per_prompt": 2,
+              "eval_steps": 2, "max_steps": 2}
+    assert rows["today"]["overrides"] == {"fake_updates": 1, "regression_weight": 0.0, **common}
+    assert rows["ttur5+guidance2"]["overrides"] == {"fake_updates": 5, "regression_weight": 0.0,
+                                                    "distill_guidance_scale": 2.0, **common}
     for row in rows.values():
         assert row["steps"] == 2 and row["k"] == 1 and 0 <= row["accuracy"]["overall"] <= 1
         assert row["diversity"]["position_prompts"] <= 4 and row["unet_flops"] > 0

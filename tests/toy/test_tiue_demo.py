@@ -64,31 +64,30 @@ def test_demo_refusals(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_students_are_remade_by_the_recipe_and_load_with_their_schedule(tmp_path):
-    make_students(["--students", "k1", "--max-steps", "2", "--output", str(tmp_path / "students"),
-                   "--work-dir", str(tmp_path / "work")])
+    # 2 steps, 8 regression pairs of 2 teacher steps instead of 1,024 of 25, and a summary of 2 prompts x 2 images
+    # at 2 steps instead of 64 x 8 at 25 (minutes on the CPU)
+    cheap = {"regression_pairs": 8, "regression_steps": 2, "eval_prompt_count": 2, "eval_images_per_prompt": 2,
+             "eval_steps": 2}
+    sets = [arg for field, value in cheap.items() for arg in ("--set", field, str(value))]
+    make_students(["--students", "k1", "--max-steps", "2", *sets,
+                   "--output", str(tmp_path / "students"), "--work-dir", str(tmp_path / "work")])
     k1 = load_toy_tiue("k1", tmp_path / "students" / "k1")
     assert k1.timesteps == (999,)  # the one-step student samples at t = 999, not at leading spacing's t = 1
     summary = json.loads((tmp_path / "students" / "k1" / "training_summary.json").read_text())
     assert (summary["recipe"]["name"], summary["steps"], summary["timesteps"]) == ("toy-tiue", 2, [999])
+    assert {field: summary["recipe"][field] for field in cheap} == cheap  # --set
     assert summary["wall_seconds"] > 0
     shipped = load_toy_tiue("k1")
     assert load_toy_tiue("k4").timesteps == (751, 501, 251, 1)  # the paper's schedule, stored with the student
-    # The shipped students are what the bundled recipe makes: their recorded recipe is today's `toy-tiue`.
+    # The shipped students are what the bundled recipe makes: their recorded recipe is today's `toy-tiue`, field for
+    # field (fake_updates 5 and regression_weight 0.25 included), so a recipe change without re-made students fails.
     from encoder_shrink.tiue import load_tiue_recipe
     from encoder_shrink.toy.tiue_students import STUDENTS
 
-    # Fields added since they were trained, at the values that train as they were trained (one fake-score update per
-    # student step; the VSD target at the sampling guidance).
-    # (eval_metric scores the summary's held-out images: it trains nothing; the regression term is off)
-    added = {"fake_updates": 1, "distill_guidance_scale": None, "eval_metric": "checker", "regression_weight": 0.0,
-             "regression_pairs": 1024, "regression_batch_size": 8, "regression_steps": 25}
-    # The summary's held-out sample, grown since from 8 prompts x 4 to 64 x 8 (measurement only: the same weights,
-    # tests/tiue/test_distill.py); their summaries still read the 32 images.
-    measured = {"eval_prompt_count": 64, "eval_images_per_prompt": 8}
     for name, overrides in STUDENTS.items():
         recorded = json.loads((BUNDLED_TIUE / name / "training_summary.json").read_text())["recipe"]
-        assert (recorded["eval_prompt_count"], recorded["eval_images_per_prompt"]) == (8, 4), name
-        assert {**added, **recorded, **measured} == load_tiue_recipe("toy-tiue").with_overrides(**overrides).to_dict()
+        assert (recorded["fake_updates"], recorded["regression_weight"]) == (5, 0.25), name
+        assert recorded == load_tiue_recipe("toy-tiue").with_overrides(**overrides).to_dict(), name
     assert {f.suffix for f in BUNDLED_TIUE.rglob("*") if f.is_file()} <= {".safetensors", ".json"}
     assert any(not torch.equal(a, b) for a, b in zip(k1.unet.parameters(), shipped.unet.parameters()))
     image = k1("a red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
