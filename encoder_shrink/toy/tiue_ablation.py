@@ -199,7 +199,8 @@ def _remeasured(row: dict, work: Path, teacher, references: dict) -> dict | None
                        "again: its summary figures stay out of the agreement.", row["arm"], row["k"], row["seed"],
                        work)
         return None
-    recipe = load_tiue_recipe(RECIPE).with_overrides(**{**row["overrides"], "seed": row["seed"]})
+    # (rows written before BASE existed carry only their arm's overrides: BASE first, as the run trained)
+    recipe = load_tiue_recipe(RECIPE).with_overrides(**{**BASE, **row["overrides"], "seed": row["seed"]})
     settings = distance_settings(recipe)
     prompts = summary_prompts(recipe.eval_prompt_count, row["seed"])
     sampler = TiUEDistiller(teacher).teacher_sampler()

@@ -160,6 +160,16 @@ def main(argv=None) -> None:
     overrides = {name: yaml.safe_load(value) for name, value in args.set}
     if args.max_steps:
         overrides["max_steps"] = args.max_steps
+    owned = sorted({"seed", *STUDENTS["k4"], *STUDENTS["k1"]} & set(overrides))
+    if owned:  # a K set here would write a K = 1 student into k4/
+        parser.error(f"--set {owned[0]}: each student sets its own seed and K; drop it (--students picks them).")
+    from encoder_shrink.recipes import RecipeError
+    from encoder_shrink.tiue import load_tiue_recipe
+
+    try:  # a bad field or value, refused before the teacher loads
+        load_tiue_recipe(RECIPE).with_overrides(**overrides)
+    except RecipeError as error:
+        parser.error(str(error))
     for name in args.students:
         started = time.time()
         teacher = load_toy_sd_teacher(args.teacher)

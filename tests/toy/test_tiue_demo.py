@@ -140,3 +140,18 @@ def test_docstring_examples_run():
     assert run_docstring_examples(encoder_shrink.toy.tiue_demo) >= 1
     assert run_docstring_examples(encoder_shrink.toy.sd_teacher) >= 1
 
+
+
+def test_student_overrides_are_refused_before_anything_loads(tmp_path, capsys):
+    """`tiue_students --set`: a student's own K or seed, an unknown field or a bad value stop it in one line."""
+    for field, value, message in (("num_steps", "1", "each student sets its own seed and K"),
+                                  ("seed", "3", "each student sets its own seed and K"),
+                                  ("regresion_pairs", "8", "Did you mean 'regression_pairs'"),
+                                  ("fake_updates", "0", "fake_updates must be positive")):
+        with pytest.raises(SystemExit) as exit_:
+            make_students(["--set", field, value, "--output", str(tmp_path / "students"),
+                           "--work-dir", str(tmp_path / "work")])
+        assert exit_.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message in error, error
+    assert not (tmp_path / "students").exists() and not (tmp_path / "work").exists()
