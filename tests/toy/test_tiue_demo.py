@@ -141,7 +141,6 @@ def test_docstring_examples_run():
     assert run_docstring_examples(encoder_shrink.toy.sd_teacher) >= 1
 
 
-
 def test_student_overrides_are_refused_before_anything_loads(tmp_path, capsys):
     """`tiue_students --set`: a student's own K or seed, an unknown field or a bad value stop it in one line."""
     for field, value, message in (("num_steps", "1", "each student sets its own seed and K"),
